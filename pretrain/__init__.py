@@ -1,0 +1,3 @@
+"""arrowtrain pretraining: models, the Arrow shard loader and the DeepSpeed trainer."""
+
+__version__ = "0.1.0"

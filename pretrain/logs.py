@@ -1,0 +1,52 @@
+"""Rank-aware logging, set up once per process: INFO and above from rank 0, WARNING and above
+from every rank, the latter tagged with rank and host."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+
+_CONFIGURED = False
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int):
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.rank == 0 or record.levelno >= logging.WARNING
+
+
+def setup_logging(rank: int | None = None, level: int = logging.INFO) -> None:
+    """Configure the root logger once. Later calls only update the rank."""
+    global _CONFIGURED
+    rank = env_rank() if rank is None else rank
+    root = logging.getLogger()
+    if _CONFIGURED:
+        for h in root.handlers:
+            for f in h.filters:
+                if isinstance(f, _RankFilter):
+                    f.rank = rank
+        return
+    host = socket.gethostname().split(".")[0]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_RankFilter(rank))
+    fmt = f"%(asctime)s [rank {rank} {host}] %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%H:%M:%S"))
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # DeepSpeed and friends are chatty at INFO; keep their warnings.
+    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "wandb"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _CONFIGURED = True
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(name)
