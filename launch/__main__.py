@@ -1,0 +1,152 @@
+"""python -m launch {local,slurm,hostfile,status} — start, submit and watch training runs.
+
+Exit codes: 0 finished, 75 stopped after saving a checkpoint (resume me), 2 bad input or config,
+anything else the first failing rank's code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from launch.common import EXIT_USAGE, LaunchError
+
+OVERRIDES_HELP = "dotted config overrides, e.g. train.max_steps=100 optim.lr=1e-3"
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("--omp-threads", type=int, default=None,
+                   help="OMP_NUM_THREADS per rank (default: cores / ranks on the node)")
+
+
+def _local_parser(sub) -> None:
+    p = sub.add_parser("local", help="N ranks on this machine",
+                       description="Start N trainer ranks on this machine (gloo on CPU, NCCL "
+                       "on GPU). SIGTERM/SIGUSR1 are forwarded to every rank (they save and "
+                       "exit 75); the first Ctrl-C does the same, a second one kills.")
+    _add_config(p)
+    p.add_argument("--nproc", type=int, default=None,
+                   help="ranks to start (default: number of GPUs, else 1)")
+
+
+def _slurm_parser(sub) -> None:
+    p = sub.add_parser("slurm", help="render and submit a self-requeueing sbatch job",
+                       description="Render RUNDIR/slurm/job.sbatch and submit it with sbatch. "
+                       "The job asks for SIGUSR1 before its time limit, saves, exits 75 and "
+                       "requeues itself (up to --max-requeues times); it resumes from the last "
+                       "checkpoint on every restart.")
+    _add_config(p)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=None,
+                   help="GPUs per node; one task per GPU")
+    p.add_argument("--tasks-per-node", type=int, default=None,
+                   help="tasks (ranks) per node; default: --gpus-per-node, else 1")
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--time", default=None, help="time limit, e.g. 1-00:00:00 or 30:00")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--qos", default=None)
+    p.add_argument("--job-name", default="arrowtrain")
+    p.add_argument("--max-requeues", type=int, default=10,
+                   help="requeue at most this many times on exit 75 (default 10)")
+    p.add_argument("--signal-seconds", type=int, default=300,
+                   help="ask for SIGUSR1 this long before the time limit (default 300)")
+    p.add_argument("--python", default=sys.executable,
+                   help="interpreter on the compute nodes (default: this one)")
+    p.add_argument("--hold", action="store_true",
+                   help="submit held; start it with `scontrol release JOBID`")
+    p.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+
+
+def _hostfile_parser(sub) -> None:
+    p = sub.add_parser("hostfile", help="multi-node via DeepSpeed's launcher (pdsh/ssh)",
+                       description="Multi-node without SLURM through DeepSpeed's launcher. "
+                       "Default: pdsh/ssh from this node to every host in the hostfile. "
+                       "--no-ssh: run this command once on every node with its --node-rank.")
+    _add_config(p)
+    p.add_argument("--hostfile", required=True,
+                   help="DeepSpeed hostfile: one `HOST slots=N` line per node")
+    p.add_argument("--master-addr", default=None,
+                   help="address of the first node (required with --no-ssh)")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--no-ssh", action="store_true",
+                   help="per-node mode: start only this node's ranks (needs --node-rank)")
+    p.add_argument("--node-rank", type=int, default=None)
+    p.add_argument("--ssh-port", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _local_parser(sub)
+    _slurm_parser(sub)
+    _hostfile_parser(sub)
+    st = sub.add_parser("status", help="job state, restarts, checkpoint, metrics, ETA",
+                        description="Show a run folder's SLURM job state (squeue, else the "
+                        "job-completion record), restarts, why it failed, the last complete "
+                        "checkpoint, the last metrics line and an ETA.")
+    st.add_argument("run_dir", metavar="RUNDIR")
+    st.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return parser
+
+
+def _run_slurm(args) -> int:
+    from launch.common import validate_or_exit
+    from launch.slurm import SlurmJob, render_script, submit, validate, write_script
+
+    job = SlurmJob(config=args.config, overrides=list(args.overrides), run_dir="",
+                   nodes=args.nodes, tasks_per_node=args.tasks_per_node,
+                   gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                   time=args.time, partition=args.partition, account=args.account, qos=args.qos,
+                   job_name=args.job_name, max_requeues=args.max_requeues,
+                   signal_seconds=args.signal_seconds, omp_threads=args.omp_threads,
+                   python=args.python)
+    validate(job)  # options first: cheap, and before the config is even read
+    cfg = validate_or_exit(args.config, args.overrides, world_size=job.world_size)
+    job.config = str(Path(args.config).resolve())
+    job.run_dir = str(Path(cfg.run_dir).resolve())
+    validate(job)
+    if args.dry_run:
+        sys.stdout.write(render_script(job))
+        return 0
+    script = write_script(job)
+    job_id = submit(script, hold=args.hold)
+    print(f"Submitted batch job {job_id}: {job.world_size} rank(s) on {job.nodes} node(s); "
+          f"script {script}; log {script.parent}/job-{job_id}.out")
+    print(job_id)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pretrain.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        if args.command == "local":
+            from launch.local import run_local
+
+            if args.nproc is not None and args.nproc < 1:
+                raise LaunchError(f"--nproc: must be >= 1, got {args.nproc}")
+
+            return run_local(args.config, list(args.overrides), args.nproc, args.omp_threads)
+        if args.command == "slurm":
+            return _run_slurm(args)
+        if args.command == "hostfile":
+            from launch.hostfile import run_hostfile
+
+            return run_hostfile(args)
+        from launch.status import run_status
+
+        return run_status(args.run_dir, as_json=args.json)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""`python -m launch hostfile`: multi-node without SLURM through DeepSpeed's own launcher.
+
+Default mode: `deepspeed --hostfile H` reaches every host with pdsh/ssh from this node. With
+--no-ssh, run this command once on every node with its --node-rank (DeepSpeed's `--no_ssh`
+per-node mode). Either way each rank gets RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from
+DeepSpeed's launcher and OMP_NUM_THREADS from us (through a DeepSpeed env file for ssh hosts).
+SIGTERM/SIGUSR1 (and Ctrl-C, as SIGTERM) go straight to this node's trainer processes, which
+save and exit 75; DeepSpeed's launcher then passes that code back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from launch.common import (
+    TRAIN_MODULE,
+    LaunchError,
+    check_text,
+    default_omp_threads,
+    describe_exit,
+    normalize_code,
+    train_env,
+    validate_or_exit,
+)
+
+_HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.\-]*)\s+slots=(?P<slots>\d+)\s*$")
+
+
+def read_hostfile(path: str) -> dict[str, int]:
+    """`HOST slots=N` per line ('#' comments); errors name the file and line."""
+    check_text("--hostfile", path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise LaunchError(f"--hostfile {path}: {e.strerror}") from None
+    hosts: dict[str, int] = {}
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = _HOST_LINE.match(line)
+        if not m or int(m["slots"]) < 1:
+            raise LaunchError(f"{path} line {n}: expected `HOST slots=N` (N >= 1), got {raw!r}")
+        if m["host"] in hosts:
+            raise LaunchError(f"{path} line {n}: host {m['host']!r} listed twice")
+        hosts[m["host"]] = int(m["slots"])
+    if not hosts:
+        raise LaunchError(f"--hostfile {path}: no hosts")
+    return hosts
+
+
+def deepspeed_command(args, hosts: dict[str, int]) -> list[str]:
+    cmd = [sys.executable, "-u", "-m", "deepspeed.launcher.runner",
+           "--hostfile", str(Path(args.hostfile).resolve()), "--no_local_rank", "--module",
+           "--master_port", str(args.master_port)]
+    if args.master_addr:
+        cmd += ["--master_addr", check_text("--master-addr", args.master_addr)]
+    if args.ssh_port:
+        cmd += ["--ssh_port", str(args.ssh_port)]
+    if args.no_ssh:
+        cmd += ["--no_ssh", "--node_rank", str(args.node_rank)]
+    return [*cmd, TRAIN_MODULE, "--config", str(Path(args.config).resolve()), *args.overrides]
+
+
+def write_env_file(run_dir: Path, env: dict[str, str]) -> Path:
+    """DeepSpeed's env file: exported to every ssh host (KEY=VALUE lines, no shell)."""
+    keys = ["OMP_NUM_THREADS", "DS_ACCELERATOR", "WANDB_MODE", "TOKENIZERS_PARALLELISM"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "deepspeed_env"
+    path.write_text("".join(f"{k}={env[k]}\n" for k in keys if k in env))
+    return path
+
+
+def _trainer_pids(root: int) -> list[int]:
+    """Descendants of `root` running the trainer module (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                if TRAIN_MODULE.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+            except OSError:
+                continue
+    return found
+
+
+def _forward(proc: subprocess.Popen):
+    def handler(signum, _frame):
+        sig = signal.SIGTERM if signum == signal.SIGINT else signum
+        pids = _trainer_pids(proc.pid)
+        print(f"[launch] sending {signal.Signals(sig).name} to trainer pids {pids}",
+              file=sys.stderr, flush=True)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+    return handler
+
+
+def run_hostfile(args) -> int:
+    hosts = read_hostfile(args.hostfile)
+    if args.no_ssh and (args.node_rank is None or args.master_addr is None):
+        raise LaunchError("--no-ssh needs --node-rank and --master-addr")
+    if args.node_rank is not None and not 0 <= args.node_rank < len(hosts):
+        raise LaunchError(f"--node-rank {args.node_rank}: the hostfile has {len(hosts)} nodes")
+    world_size = sum(hosts.values())
+    cfg = validate_or_exit(args.config, args.overrides, world_size=world_size)
+    local_ranks = list(hosts.values())[args.node_rank or 0]
+    env = train_env(omp_threads=args.omp_threads or default_omp_threads(local_ranks))
+    env["DS_ENV_FILE"] = str(write_env_file(Path(cfg.run_dir).resolve(), env))
+    cmd = deepspeed_command(args, hosts)
+    print(f"[launch] {world_size} rank(s) on {len(hosts)} node(s); OMP_NUM_THREADS="
+          f"{env['OMP_NUM_THREADS']}; {' '.join(cmd)}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, _forward(proc))
+    code = normalize_code(proc.wait())
+    print(f"[launch] exit code {code} ({describe_exit(code)})", file=sys.stderr, flush=True)
+    return code

@@ -1,0 +1,130 @@
+"""`python -m launch local`: N trainer ranks on this machine, started by us (no torchrun, no
+deepspeed launcher), with rank-prefixed output and signals forwarded to every rank."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from launch.common import (
+    TRAIN_MODULE,
+    combine_exit_codes,
+    default_omp_threads,
+    describe_exit,
+    free_port,
+    train_env,
+)
+
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
+FAILED_RANK_GRACE_S = 30.0  # after one rank fails, the others get this long to notice
+
+
+def default_nproc() -> int:
+    """All GPUs; one CPU rank when there are none."""
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except Exception:  # noqa: BLE001 - no torch / broken driver: one CPU rank
+        return 1
+
+
+def _pump(rank: int, stream, out) -> None:
+    """Copy a rank's output line by line, prefixed with its rank."""
+    prefix = f"[rank {rank}] ".encode()
+    for line in iter(stream.readline, b""):
+        out.write(prefix + line)
+        out.flush()
+    stream.close()
+
+
+@dataclass
+class RankGroup:
+    """The running ranks of one node and the signal forwarding around them."""
+
+    procs: list[subprocess.Popen]
+    pumps: list[threading.Thread] = field(default_factory=list)
+    interrupts: int = 0
+
+    def send(self, sig: int) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+
+    def on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGINT:
+            # First Ctrl-C: graceful stop (save + exit 75). Second: kill.
+            self.interrupts += 1
+            sig = signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL
+            print(f"[launch] interrupt: sending {signal.Signals(sig).name} to the ranks",
+                  file=sys.stderr, flush=True)
+            self.send(sig)
+        else:
+            print(f"[launch] forwarding {signal.Signals(signum).name} to the ranks",
+                  file=sys.stderr, flush=True)
+            self.send(signum)
+
+    def install_handlers(self) -> None:
+        for sig in (signal.SIGINT, *FORWARDED):
+            signal.signal(sig, self.on_signal)
+
+    def wait(self) -> list[int]:
+        """Wait for every rank; if one fails, give the rest a grace period, then kill them."""
+        failed_at = None
+        while any(p.poll() is None for p in self.procs):
+            codes = [p.poll() for p in self.procs]
+            if failed_at is None and any(c not in (None, 0, 75) for c in codes):
+                failed_at = time.monotonic()
+            if failed_at is not None and time.monotonic() - failed_at > FAILED_RANK_GRACE_S:
+                print("[launch] a rank failed; killing the others", file=sys.stderr, flush=True)
+                self.send(signal.SIGKILL)
+            time.sleep(0.2)
+        for t in self.pumps:
+            t.join(timeout=5)
+        return [p.returncode for p in self.procs]
+
+
+def start_ranks(cmd_args: list[str], nproc: int, omp_threads: int, master_port: int,
+                out=None) -> RankGroup:
+    """Start `python -m pretrain.train ARGS` once per rank with the five torch.distributed
+    variables and OMP_NUM_THREADS set; each rank's output goes to `out` prefixed."""
+    out = out or sys.stdout.buffer
+    procs, pumps = [], []
+    for rank in range(nproc):
+        env = train_env(omp_threads=omp_threads, RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=nproc,
+                        LOCAL_WORLD_SIZE=nproc, MASTER_ADDR="127.0.0.1",
+                        MASTER_PORT=master_port)
+        p = subprocess.Popen([sys.executable, "-m", TRAIN_MODULE, *cmd_args], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)  # signals reach ranks only through us
+        t = threading.Thread(target=_pump, args=(rank, p.stdout, out), daemon=True)
+        t.start()
+        procs.append(p)
+        pumps.append(t)
+    return RankGroup(procs, pumps)
+
+
+def run_local(config: str, overrides: list[str], nproc: int | None = None,
+              omp_threads: int | None = None) -> int:
+    """Validate, start, wait; returns the combined exit code (0, 75 or the first failure)."""
+    from launch.common import validate_or_exit
+
+    nproc = nproc or default_nproc()
+    cfg = validate_or_exit(config, overrides, world_size=nproc)
+    omp_threads = omp_threads or default_omp_threads(nproc)
+    port = free_port()
+    print(f"[launch] {nproc} rank(s) on 127.0.0.1:{port}, OMP_NUM_THREADS={omp_threads}, "
+          f"run folder {cfg.run_dir}", file=sys.stderr, flush=True)
+    group = start_ranks(["--config", config, *overrides], nproc, omp_threads, port)
+    group.install_handlers()
+    codes = group.wait()
+    code = combine_exit_codes(codes)
+    print(f"[launch] rank exit codes {codes} -> {code} ({describe_exit(code)})",
+          file=sys.stderr, flush=True)
+    return code

@@ -1,0 +1,258 @@
+"""`python -m launch slurm`: render RUNDIR/slurm/job.sbatch and submit it.
+
+The batch script runs one `srun` task per GPU (or per --tasks-per-node), maps the SLURM
+variables to RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, asks Slurm for SIGUSR1 some
+seconds before the time limit, appends to its log across restarts, and on exit code 75 requeues
+its own job (at most --max-requeues times). Safety: `#SBATCH` lines carry only values that match
+strict patterns (numbers, Slurm time formats, plain names); every other user value (paths,
+overrides, the interpreter) goes into the bash body through shlex.quote, and control characters
+are refused everywhere. The job's output path is relative (sbatch runs in RUNDIR/slurm), so no
+user path is ever parsed by sbatch's own directive reader.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from launch.common import REPO, TRAIN_MODULE, LaunchError, check_all, check_text
+
+SCRIPT_NAME = "job.sbatch"
+JOBS_FILE = "jobs"  # one submitted job id per line, newest last
+EVENTS_FILE = "events.jsonl"  # one JSON line per start / requeue / finish / failure
+LOG_PATTERN = "job-%j.out"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_NAME_LIST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+,-]{0,255}$")
+_TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}(:\d{1,2})?|\d+-\d+(:\d{1,2}(:\d{1,2})?)?)$")
+MAX_SIGNAL_SECONDS = 65535  # Slurm stores the warning time in 16 bits
+
+
+@dataclass
+class SlurmJob:
+    """Everything that goes into the batch script (already validated by `validate`)."""
+
+    config: str
+    overrides: list[str]
+    run_dir: str
+    nodes: int = 1
+    tasks_per_node: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    time: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    job_name: str = "arrowtrain"
+    max_requeues: int = 10
+    signal_seconds: int = 300
+    omp_threads: int | None = None
+    python: str = field(default_factory=lambda: sys.executable)
+    work_dir: str = field(default_factory=os.getcwd)
+    repo_dir: str = str(REPO)
+
+    @property
+    def ntasks_per_node(self) -> int:
+        return self.tasks_per_node or self.gpus_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ntasks_per_node
+
+
+def _positive(problems: list[str], option: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < minimum):
+        problems.append(f"{option}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _pattern(problems: list[str], option: str, value: str | None, regex: re.Pattern,
+             what: str) -> None:
+    if value is None:
+        return
+    try:
+        check_text(option, value)
+    except LaunchError as err:
+        problems.append(str(err))
+        return
+    if not regex.match(value):
+        problems.append(f"{option}: {value!r} is not {what}")
+
+
+def validate(job: SlurmJob) -> SlurmJob:
+    """Check every value; raise LaunchError listing all problems at once."""
+    problems: list[str] = []
+    for option, value in (("--nodes", job.nodes), ("--tasks-per-node", job.tasks_per_node),
+                          ("--gpus-per-node", job.gpus_per_node),
+                          ("--cpus-per-task", job.cpus_per_task),
+                          ("--omp-threads", job.omp_threads),
+                          ("--signal-seconds", job.signal_seconds)):
+        _positive(problems, option, value)
+    _positive(problems, "--max-requeues", job.max_requeues, minimum=0)
+    if job.signal_seconds > MAX_SIGNAL_SECONDS:
+        problems.append(f"--signal-seconds: at most {MAX_SIGNAL_SECONDS}")
+    name = "a name of letters, digits and . _ + - (at most 128)"
+    _pattern(problems, "--job-name", job.job_name, _NAME_RE, name)
+    _pattern(problems, "--account", job.account, _NAME_RE, name)
+    _pattern(problems, "--qos", job.qos, _NAME_RE, name)
+    _pattern(problems, "--partition", job.partition, _NAME_LIST_RE,
+             "a comma-separated list of partition names")
+    _pattern(problems, "--time", job.time, _TIME_RE,
+             "a Slurm time limit (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    for option, values in (("--config", [job.config]), ("override", job.overrides),
+                           ("run_dir", [job.run_dir]), ("--python", [job.python]),
+                           ("working directory", [job.work_dir]),
+                           ("repository path", [job.repo_dir])):
+        try:
+            check_all(option, values)
+        except LaunchError as err:
+            problems.append(str(err))
+    if problems:
+        raise LaunchError("invalid slurm options:\n" + "\n".join(f"  - {p}" for p in problems))
+    return job
+
+
+def sbatch_directives(job: SlurmJob) -> list[str]:
+    lines = [f"--job-name={job.job_name}", f"--nodes={job.nodes}",
+             f"--ntasks-per-node={job.ntasks_per_node}"]
+    if job.gpus_per_node:
+        lines.append(f"--gpus-per-node={job.gpus_per_node}")
+    if job.cpus_per_task:
+        lines.append(f"--cpus-per-task={job.cpus_per_task}")
+    for key in ("time", "partition", "account", "qos"):
+        if getattr(job, key):
+            lines.append(f"--{key}={getattr(job, key)}")
+    lines += [f"--output={LOG_PATTERN}", "--open-mode=append", "--requeue",
+              f"--signal=USR1@{job.signal_seconds}"]
+    return [f"#SBATCH {line}" for line in lines]
+
+
+# Runs inside every srun task. Constant text: user values arrive only as "$@".
+TASK_WRAPPER = r"""
+rc_dir=$1; shift
+export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+"$@" &
+pid=$!
+trap 'kill -USR1 "$pid" 2>/dev/null' USR1
+trap 'kill -TERM "$pid" 2>/dev/null' TERM
+while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
+echo "$rc" > "$rc_dir/rank-$RANK"
+exit "$rc"
+""".strip()
+
+SCRIPT_BODY = r"""
+RESTARTS="${SLURM_RESTART_COUNT:-0}"
+SLURM_DIR="$RUN_DIR/slurm"
+RC_DIR="$SLURM_DIR/rc/$SLURM_JOB_ID.$RESTARTS"
+now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
+log() { printf '[launch %s job %s restart %s] %s\n' "$(now)" "$SLURM_JOB_ID" "$RESTARTS" "$*"; }
+event() {  # event NAME RC -- fixed names and numbers only
+  printf '{"time": "%s", "job_id": %s, "restart": %s, "event": "%s", "rc": %s}\n' \
+    "$(now)" "$SLURM_JOB_ID" "$RESTARTS" "$1" "$2" >> "$SLURM_DIR/events.jsonl"
+}
+
+cd "$WORK_DIR" || { log "FAILED: cannot cd to $WORK_DIR"; event failed 1; exit 1; }
+mkdir -p "$RC_DIR"
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+export MASTER_ADDR
+export MASTER_PORT=$(( 15000 + SLURM_JOB_ID % 20000 ))
+export OMP_NUM_THREADS="${OMP_THREADS:-${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}}"
+export ARROWTRAIN_RESTART_COUNT="$RESTARTS" SLURM_RESTART_COUNT="$RESTARTS"
+log "start: nodes $SLURM_JOB_NODELIST, $SLURM_NTASKS tasks, master $MASTER_ADDR:$MASTER_PORT, OMP_NUM_THREADS=$OMP_NUM_THREADS"
+event start null
+
+srun --label --kill-on-bad-exit=0 bash -c "$TASK_WRAPPER" task "$RC_DIR" \
+  "$PYTHON" -m "$TRAIN_MODULE" "${TRAIN_ARGS[@]}" &
+srun_pid=$!
+trap 'log "batch shell got SIGTERM; forwarding to the tasks"; kill -TERM "$srun_pid" 2>/dev/null' TERM
+trap 'log "batch shell got SIGUSR1; forwarding to the tasks"; kill -USR1 "$srun_pid" 2>/dev/null' USR1
+while :; do wait "$srun_pid"; rc=$?; kill -0 "$srun_pid" 2>/dev/null || break; done
+
+# Combine the ranks' own exit codes: 75 only if some rank said 75 and none failed.
+n=0; fail=""; resume=0
+for f in "$RC_DIR"/rank-*; do
+  [ -e "$f" ] || continue
+  c=$(cat "$f"); n=$((n + 1))
+  case "$c" in 0) ;; 75) resume=1 ;; *) [ -z "$fail" ] && fail=$c ;; esac
+done
+if [ "$n" -eq "$SLURM_NTASKS" ]; then
+  if [ -n "$fail" ]; then rc=$fail; elif [ "$resume" = 1 ]; then rc=75; else rc=0; fi
+elif [ "$rc" -eq 0 ] || [ "$rc" -eq 75 ]; then
+  log "only $n of $SLURM_NTASKS tasks reported an exit code"; rc=1
+fi
+
+case "$rc" in
+  0) log "finished: training reached its last step"; event finished 0; exit 0 ;;
+  75)
+    if [ "$RESTARTS" -lt "$MAX_REQUEUES" ]; then
+      log "stopped after saving a checkpoint; requeueing (restart $((RESTARTS + 1)) of at most $MAX_REQUEUES)"
+      event requeue 75
+      if scontrol requeue "$SLURM_JOB_ID"; then sleep 60 & wait $!; fi
+      log "requeue did not take effect; resubmit $RUN_DIR/slurm/job.sbatch to continue"
+    else
+      log "stopped after saving a checkpoint, but --max-requeues=$MAX_REQUEUES is reached; resubmit to continue"
+      event max_requeues 75
+    fi
+    exit 75 ;;
+  *)
+    case "$rc" in 2) why="config or data error" ;; 1) why="error" ;; *) why="exit code $rc" ;; esac
+    log "FAILED: training exited with code $rc ($why); not requeued. See the rank output above."
+    event failed "$rc"
+    exit "$rc" ;;
+esac
+""".strip()
+
+
+def render_script(job: SlurmJob) -> str:
+    """The complete batch script. Every user value passes through shlex.quote."""
+    q = shlex.quote
+    train_args = " ".join(q(a) for a in ["--config", job.config, *job.overrides])
+    slurm_dir = str(Path(job.run_dir) / "slurm")
+    header = [
+        "#!/bin/bash", *sbatch_directives(job), "#",
+        "# Generated by `python -m launch slurm`; every value below is validated and quoted.",
+        f"# Resubmit by hand from its folder (the log path is relative): cd {q(slurm_dir)} "
+        f"&& sbatch {SCRIPT_NAME}",
+        "set -uo pipefail", "",
+        f"RUN_DIR={q(job.run_dir)}", f"WORK_DIR={q(job.work_dir)}",
+        f"REPO_DIR={q(job.repo_dir)}", f"PYTHON={q(job.python)}",
+        f"TRAIN_MODULE={q(TRAIN_MODULE)}", f"TRAIN_ARGS=({train_args})",
+        f"MAX_REQUEUES={int(job.max_requeues)}",
+        f"OMP_THREADS={int(job.omp_threads) if job.omp_threads else ''}",
+        f"TASK_WRAPPER={q(TASK_WRAPPER)}", "",
+    ]
+    return "\n".join(header) + SCRIPT_BODY + "\n"
+
+
+def write_script(job: SlurmJob) -> Path:
+    slurm_dir = Path(job.run_dir) / "slurm"
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    path = slurm_dir / SCRIPT_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(render_script(job))
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+    return path
+
+
+def submit(script: Path, hold: bool = False) -> str:
+    """sbatch (argv, no shell) from the script's folder; returns the job id."""
+    cmd = ["sbatch", "--parsable", *(["--hold"] if hold else []), script.name]
+    try:
+        res = subprocess.run(cmd, cwd=script.parent, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise LaunchError("sbatch not found: is this a SLURM login node?") from None
+    if res.returncode != 0:
+        raise LaunchError(f"sbatch failed ({res.returncode}): {res.stderr.strip()}")
+    job_id = res.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise LaunchError(f"sbatch printed no job id: {res.stdout!r}")
+    with open(script.parent / JOBS_FILE, "a") as f:
+        f.write(job_id + "\n")
+    return job_id

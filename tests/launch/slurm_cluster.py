@@ -1,0 +1,232 @@
+"""A real two-node SLURM cluster on this machine for the launch tests (facts: notes/slurm.md).
+
+Installs munge/slurmctld/slurmd/slurm-client with apt when missing, writes slurm.conf into a temp
+folder, starts munged (unless one runs), slurmctld and two slurmd (n1, n2 on 127.0.0.1), waits
+until both nodes are idle, and on stop ends only the processes it started, by PID, and removes
+the /etc/hosts line it added.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
+HOSTS_LINE = "127.0.0.1 n1 n2  # arrowtrain launch tests"
+MUNGE_PID = Path("/run/munge/munged.pid")
+
+
+class Unavailable(RuntimeError):
+    """The cluster cannot be set up here (reason in the message): tests skip."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _missing_binaries() -> list[str]:
+    return [b for b in BINARIES if not (shutil.which(b) or Path("/usr/sbin", b).exists())]
+
+
+def install_packages() -> None:
+    if os.geteuid() != 0:
+        raise Unavailable("the SLURM fixture must run as root (apt, munged, slurmd)")
+    if not _missing_binaries():
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-q"],
+                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
+        try:
+            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise Unavailable(f"{' '.join(cmd)} failed: {e}") from None
+        if res.returncode != 0:
+            raise Unavailable(f"{' '.join(cmd)} failed: {res.stderr.strip()[-500:]}")
+    if _missing_binaries():
+        raise Unavailable(f"still missing after apt: {_missing_binaries()}")
+
+
+def _node_topology() -> tuple[str, int]:
+    """`slurmd -C` topology words (minus NodeName/RealMemory) and the detected memory in MB."""
+    out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
+    words = out.splitlines()[0].split()
+    memory = int(next(w for w in words if w.startswith("RealMemory=")).split("=")[1])
+    keep = [w for w in words if not w.startswith(("NodeName=", "RealMemory="))]
+    return " ".join(keep), memory
+
+
+def render_conf(d: Path, ctld_port: int, node_ports: tuple[int, int]) -> str:
+    host = socket.gethostname().split(".")[0]
+    topology, memory = _node_topology()
+    return f"""\
+ClusterName=arrowtest
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=cred_expire=10
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/filetxt
+JobCompLoc={d}/jobcomp.txt
+SchedulerParameters=sched_interval=5,bf_interval=5
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=512
+MailProg=/bin/true
+ReturnToService=2
+MpiDefault=none
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool/%n
+SlurmctldPidFile={d}/slurmctld.pid
+SlurmdPidFile={d}/slurmd-%n.pid
+SlurmctldLogFile={d}/slurmctld.log
+SlurmdLogFile={d}/slurmd-%n.log
+NodeName=n[1-2] NodeHostname={host} NodeAddr=127.0.0.1 Port={node_ports[0]}-{node_ports[1]} \
+{topology} RealMemory={min(memory, 4096)}
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(path: Path, timeout_s: float = 10) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().strip():
+            return int(path.read_text().strip())
+        time.sleep(0.1)
+    raise Unavailable(f"{path} did not appear")
+
+
+@dataclass
+class SlurmCluster:
+    dir: Path
+    conf: Path
+    env: dict[str, str]
+    pids: list[int] = field(default_factory=list)
+    added_hosts_line: bool = False
+
+    @property
+    def jobcomp(self) -> Path:
+        return self.dir / "jobcomp.txt"
+
+    def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(list(cmd), env=self.env, capture_output=True, text=True,
+                              check=check, timeout=60)
+
+    def node_states(self) -> list[str]:
+        res = self.run("sinfo", "-h", "-N", "-o", "%T", check=False)
+        return res.stdout.split() if res.returncode == 0 else []
+
+    def wait_idle(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            states = self.node_states()
+            if len(states) == 2 and all(s == "idle" for s in states):
+                return
+            time.sleep(0.5)
+        raise Unavailable(f"nodes not idle after {timeout_s}s: {self.node_states()}\n"
+                          f"{self.log_tail()}")
+
+    def log_tail(self, lines: int = 20) -> str:
+        out = []
+        for log in sorted(self.dir.glob("*.log")):
+            out += [f"{log.name}: {x}" for x in log.read_text(errors="replace").splitlines()[-lines:]]
+        return "\n".join(out)
+
+    def stop(self) -> None:
+        if self.pids:
+            subprocess.run(["scancel", "--full", "--quiet", "--partition", "debug"],
+                           env=self.env, capture_output=True, timeout=30, check=False)
+        for pid in reversed(self.pids):
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for pid in reversed(self.pids):
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.pids.clear()
+        if self.added_hosts_line:
+            _remove_hosts_line()
+            self.added_hosts_line = False
+
+
+def _ensure_munged(cluster: SlurmCluster) -> None:
+    if MUNGE_PID.exists() and MUNGE_PID.read_text().strip() and \
+            _pid_alive(int(MUNGE_PID.read_text().strip())):
+        return  # someone else's munged: use it, never stop it
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    shutil.chown("/run/munge", "munge", "munge")
+    MUNGE_PID.unlink(missing_ok=True)
+    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True,
+                   capture_output=True, timeout=30)
+    cluster.pids.append(_read_pid(MUNGE_PID))
+
+
+def _add_hosts_line() -> bool:
+    try:
+        socket.gethostbyname("n1"), socket.gethostbyname("n2")
+        return False
+    except OSError:
+        pass
+    with open("/etc/hosts", "a") as f:
+        f.write(HOSTS_LINE + "\n")
+    return True
+
+
+def _remove_hosts_line() -> None:
+    text = Path("/etc/hosts").read_text()
+    kept = [line for line in text.splitlines() if line != HOSTS_LINE]
+    Path("/etc/hosts").write_text("\n".join(kept) + "\n")
+
+
+def start_cluster() -> SlurmCluster:
+    install_packages()
+    d = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
+    (d / "state").mkdir()
+    for n in ("n1", "n2"):
+        (d / "spool" / n).mkdir(parents=True)
+    ports = (_free_port(), _free_port())
+    conf = d / "slurm.conf"
+    conf.write_text(render_conf(d, _free_port(), (min(ports), min(ports) + 1)))
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    cluster = SlurmCluster(d, conf, env)
+    try:
+        cluster.added_hosts_line = _add_hosts_line()
+        _ensure_munged(cluster)
+        subprocess.run(["slurmctld", "-f", str(conf)], env=env, check=True, timeout=30)
+        cluster.pids.append(_read_pid(d / "slurmctld.pid"))
+        for n in ("n1", "n2"):
+            subprocess.run(["slurmd", "-f", str(conf), "-N", n], env=env, check=True, timeout=30)
+            cluster.pids.append(_read_pid(d / f"slurmd-{n}.pid"))
+        cluster.wait_idle()
+    except (subprocess.SubprocessError, Unavailable) as e:
+        tail = cluster.log_tail()
+        cluster.stop()
+        raise Unavailable(f"could not start the SLURM cluster: {e}\n{tail}") from None
+    return cluster
