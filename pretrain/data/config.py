@@ -1,0 +1,57 @@
+"""The `data` section of a run config: which shard folders, which objective, which lengths."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pretrain.configlib import Section
+
+
+class MixEntry(Section):
+    """One shard folder of a weighted mixture."""
+
+    path: str
+    weight: float = Field(gt=0)
+
+
+class DataConfig(Section):
+    # A shard folder, or several with weights (`[{path: a, weight: 0.7}, {path: b, weight: 0.3}]`).
+    # Relative paths are resolved by the trainer.
+    path: str | list[MixEntry]
+    objective: Literal["clm", "span_corruption"] = "clm"
+    # clm: decoder window T; a sample is T + 1 packed tokens (inputs and shifted targets).
+    seq_len: int | None = Field(default=None, gt=0)
+    # span_corruption: encoder length S and decoder length (fixed; targets padded with -100).
+    # target_length None means "exactly what S needs" (T5's random_spans_helper).
+    input_length: int | None = Field(default=None, gt=1)
+    target_length: int | None = Field(default=None, gt=1)
+    noise_density: float = Field(default=0.15, gt=0, lt=1)
+    mean_span_length: float = Field(default=3.0, ge=1)
+    # tokenizer.json of the run; its sha256 must equal the one in every manifest.
+    tokenizer: str | None = None
+    shuffle: bool = True            # False: identity order (debugging only)
+    num_workers: int = Field(default=1, ge=0)
+    prefetch_factor: int = Field(default=2, ge=1)
+    pin_memory: bool = False
+
+    @model_validator(mode="after")
+    def _lengths_for_objective(self) -> DataConfig:
+        problems = []
+        if self.objective == "clm" and self.seq_len is None:
+            problems.append("data.seq_len is required when data.objective is clm")
+        if self.objective == "span_corruption" and self.input_length is None:
+            problems.append("data.input_length is required when data.objective is span_corruption")
+        if isinstance(self.path, list) and not self.path:
+            problems.append("data.path: the list of folders is empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def folders(self) -> list[tuple[str, float]]:
+        """[(path, weight)] with weights normalised to sum to 1."""
+        if isinstance(self.path, str):
+            return [(self.path, 1.0)]
+        total = sum(e.weight for e in self.path)
+        return [(e.path, e.weight / total) for e in self.path]

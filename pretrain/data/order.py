@@ -1,0 +1,89 @@
+"""Sample order as computed functions of a position: no index is built or stored.
+
+- `Permutation`: a keyed Feistel network on [0, 2^(2h)) with cycle walking, a bijection of
+  [0, n) for any n; O(1) memory, vectorised over numpy arrays of positions.
+- `Mixture`: which folder the p-th sample comes from, and how many samples that folder gave
+  before it, from a fixed table of one block of `MIX_BLOCK` slots (evenly interleaved).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+FEISTEL_ROUNDS = 6
+MIX_BLOCK = 10_000   # slots per mixing block: weights are realised to 1e-4 in every block
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-mixed 64-bit hash (uint64 arithmetic wraps)."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def derive_keys(*words: int | str, count: int = FEISTEL_ROUNDS) -> np.ndarray:
+    """`count` 64-bit keys from any tuple of ints/strings (e.g. seed, folder, epoch)."""
+    digest = hashlib.blake2b(json.dumps(words).encode(), digest_size=8 * count).digest()
+    return np.frombuffer(digest, dtype=np.uint64).copy()
+
+
+class Permutation:
+    """A pseudo-random bijection of [0, n) keyed by `keys`."""
+
+    def __init__(self, n: int, keys: np.ndarray):
+        if n < 1:
+            raise ValueError(f"cannot permute an empty range (n={n})")
+        self.n = n
+        self.half_bits = max(1, ((n - 1).bit_length() + 1) // 2)   # 2^(2h) >= n
+        self.mask = np.uint64((1 << self.half_bits) - 1)
+        self.keys = keys
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        h = np.uint64(self.half_bits)
+        left, right = x >> h, x & self.mask
+        for k in self.keys:
+            left, right = right, left ^ (_mix64(right ^ k) & self.mask)
+        return (left << h) | right
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Images of positions x (int array, values in [0, n))."""
+        y = self._feistel(np.asarray(x, np.uint64))
+        todo = np.flatnonzero(y >= self.n)
+        while todo.size:                      # cycle walking: at most ~4 rounds expected
+            y[todo] = self._feistel(y[todo])
+            todo = todo[y[todo] >= self.n]
+        return y.astype(np.int64)
+
+
+class Mixture:
+    """Position p -> (folder k, count c): the p-th sample is folder k's c-th sample.
+
+    Each block of MIX_BLOCK positions holds n_k slots of folder k (largest-remainder rounding of
+    weight_k * MIX_BLOCK), interleaved evenly; so c = block * n_k + rank of the slot."""
+
+    def __init__(self, weights: list[float]):
+        w = np.asarray(weights, float) / float(np.sum(weights))
+        raw = w * MIX_BLOCK
+        counts = np.floor(raw).astype(np.int64)
+        short = MIX_BLOCK - int(counts.sum())
+        counts[np.argsort(-(raw - counts), kind="stable")[:short]] += 1
+        if (counts == 0).any():
+            raise ValueError(f"mixing weights {list(weights)}: a weight below 1/{MIX_BLOCK} "
+                             "would never be sampled")
+        self.slots_per_block = counts
+        keys = np.concatenate([(np.arange(c) + 0.5) / c for c in counts])
+        folder = np.concatenate([np.full(c, k) for k, c in enumerate(counts)])
+        rank = np.concatenate([np.arange(c) for c in counts])
+        order = np.argsort(keys, kind="stable")
+        self.slot_folder, self.slot_rank = folder[order], rank[order]
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        block, slot = np.divmod(np.asarray(positions, np.int64), MIX_BLOCK)
+        folder = self.slot_folder[slot]
+        return folder, block * self.slots_per_block[folder] + self.slot_rank[slot]

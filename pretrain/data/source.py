@@ -1,0 +1,173 @@
+"""DataSource: the opened shard folders of a run, and samples as pure functions of
+(split, sample index, epoch, seed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from pretrain.data.config import DataConfig
+from pretrain.data.order import Mixture, Permutation, derive_keys
+from pretrain.data.shards import SPLITS, DataError, ShardFolder
+from pretrain.data.span import SpanLengths, corrupt, noise_mask, span_lengths
+
+
+class DataSource:
+    """Shard folders opened for one run.
+
+    Sample indices of a split run over the folders laid end to end (folder 0's samples first);
+    `order(positions)` maps training order positions to (sample index, epoch)."""
+
+    def __init__(self, cfg: DataConfig, seed: int, _verify: bool = True):
+        self.config, self.seed = cfg, int(seed)
+        paths_weights = cfg.folders()
+        self.weights = [w for _, w in paths_weights]
+        self.folders = [ShardFolder(p, cfg.tokenizer if _verify else None)
+                        for p, _ in paths_weights]
+        self._check_same_tokenizer()
+        first = self.folders[0]
+        self.vocab_size, self.eos_id, self.pad_id = first.vocab_size, first.eos_id, first.pad_id
+        self.sentinel_ids, self.tokenizer_path = first.sentinel_ids, first.tokenizer_path
+        self.span: SpanLengths | None = None
+        if cfg.objective == "clm":
+            self.window, self.stride = cfg.seq_len + 1, cfg.seq_len
+        else:
+            self.span = self._span_lengths()
+            self.window = self.stride = self.span.raw_length
+        self._counts = {s: np.array([self._folder_samples(f, s) for f in self.folders])
+                        for s in SPLITS}
+        self._bases = {s: np.concatenate([[0], np.cumsum(c)]) for s, c in self._counts.items()}
+        try:
+            self.mixture = Mixture(self.weights)
+        except ValueError as e:
+            raise DataError(f"data.path: {e}") from None
+        self._perms: dict[tuple[int, int], Permutation] = {}
+
+    # ---- checks -------------------------------------------------------------------------
+    def _check_same_tokenizer(self) -> None:
+        first = self.folders[0]
+        for f in self.folders[1:]:
+            a, b = first.manifest["tokenizer"], f.manifest["tokenizer"]
+            if (a["sha256"], first.manifest["dtype"]) != (b["sha256"], f.manifest["dtype"]):
+                raise DataError(f"{f.folder}: written with another tokenizer or dtype than "
+                                f"{first.folder}; mixed folders must share one tokenizer")
+
+    def _span_lengths(self) -> SpanLengths:
+        cfg = self.config
+        span = span_lengths(cfg.input_length, cfg.noise_density, cfg.mean_span_length)
+        if cfg.target_length is not None and cfg.target_length < span.targets_length:
+            raise DataError(f"data.target_length={cfg.target_length} is too short: "
+                            f"input_length={cfg.input_length} at noise_density="
+                            f"{cfg.noise_density} needs {span.targets_length}")
+        if span.num_spans > len(self.sentinel_ids):
+            raise DataError(f"{self.folders[0].folder}: span corruption with input_length="
+                            f"{cfg.input_length} needs {span.num_spans} sentinel ids, the "
+                            f"tokenizer has {len(self.sentinel_ids)} (train it with "
+                            "--sentinels)")
+        return span
+
+    def _folder_samples(self, folder: ShardFolder, split: str) -> int:
+        stream_len = folder.streams[split].stream_len
+        n = (stream_len - self.window) // self.stride + 1 if stream_len >= self.window else 0
+        if n < 1:
+            raise DataError(f"{folder.folder}: the {split} split holds {stream_len} tokens "
+                            f"(EOS included), fewer than one sample of {self.window}")
+        return n
+
+    # ---- the contract ---------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        if len(self.folders) == 1:
+            return self.folders[0].fingerprint
+        parts = [[f.fingerprint, round(w, 12)] for f, w in zip(self.folders, self.weights)]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def num_samples(self, split: str) -> int:
+        return int(self._bases[split][-1])
+
+    def bytes_per_token(self, split: str) -> float:
+        """UTF-8 text bytes per stream token (EOS included: the tokens the loss averages over);
+        bits per byte = loss_nats / ln(2) / bytes_per_token."""
+        text = sum(f.text_bytes(split) for f in self.folders)
+        tokens = sum(f.streams[split].stream_len for f in self.folders)
+        return text / tokens
+
+    def sample(self, split: str, index: int, epoch: int = 0) -> dict[str, np.ndarray]:
+        batch = self.batch(split, np.array([index]), np.array([epoch]))
+        return {k: v[0] for k, v in batch.items()}
+
+    # ---- order ------------------------------------------------------------------------------
+    def _perm(self, folder: int, epoch: int) -> Permutation:
+        key = (folder, epoch)
+        if key not in self._perms:
+            if len(self._perms) > 64:
+                self._perms.clear()
+            n = int(self._counts["train"][folder])
+            self._perms[key] = Permutation(n, derive_keys("order", self.seed, folder, epoch))
+        return self._perms[key]
+
+    def order(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training order: positions (n,) -> (train sample index (n,), epoch (n,)).
+        Single folder: epoch = position // num_samples, then a permutation keyed by
+        (seed, epoch). Mixtures: each folder runs through its own epochs."""
+        folder, count = self.mixture(positions)
+        n_k = self._counts["train"][folder]
+        epoch, within = np.divmod(count, n_k)
+        if self.config.shuffle:
+            for k, e in {(int(k), int(e)) for k, e in zip(folder, epoch)}:
+                sel = (folder == k) & (epoch == e)
+                within[sel] = self._perm(k, e)(within[sel])
+        return self._bases["train"][folder] + within, epoch
+
+    # ---- batches -----------------------------------------------------------------------------
+    def batch(self, split: str, indices: np.ndarray, epochs: np.ndarray) -> dict[str, np.ndarray]:
+        """Samples `indices` of `split` stacked: numpy arrays (n, ...) per docs/design.md §9."""
+        indices = np.asarray(indices, np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_samples(split)):
+            raise IndexError(f"{split} sample index out of range [0, {self.num_samples(split)})")
+        folder = np.searchsorted(self._bases[split], indices, "right") - 1
+        within = indices - self._bases[split][folder]
+        tokens = np.empty((len(indices), self.window), np.int64)
+        docs = np.empty((len(indices), self.window), np.int32)
+        for k in np.unique(folder):
+            sel = np.flatnonzero(folder == k)
+            stream = self.folders[k].streams[split]
+            tokens[sel], docs[sel] = stream.windows(within[sel] * self.stride, self.window)
+        if self.span is None:
+            return {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:],
+                    "doc_ids": docs[:, :-1]}
+        return self._span_batch(tokens, folder, within, np.asarray(epochs, np.int64))
+
+    def _span_batch(self, tokens: np.ndarray, folder: np.ndarray, within: np.ndarray,
+                    epochs: np.ndarray) -> dict[str, np.ndarray]:
+        cfg, n = self.config, len(tokens)
+        s_len = cfg.input_length
+        t_len = cfg.target_length or self.span.targets_length
+        inputs = np.full((n, s_len), self.pad_id, np.int64)
+        targets = np.full((n, t_len), -100, np.int64)
+        sentinels = np.asarray(self.sentinel_ids, np.int64)
+        for i in range(n):
+            rng = np.random.default_rng([self.seed, int(folder[i]), int(within[i]),
+                                         int(epochs[i])])
+            inp, tgt = corrupt(tokens[i], noise_mask(rng, self.span), sentinels, self.eos_id)
+            inputs[i, : len(inp)], targets[i, : len(tgt)] = inp, tgt
+        decoder_inputs = np.full_like(targets, self.pad_id)
+        decoder_inputs[:, 1:] = np.where(targets[:, :-1] == -100, self.pad_id, targets[:, :-1])
+        real = np.arange(s_len) < self.span.inputs_length          # (S,) same for every row
+        return {"input_ids": inputs, "attention_mask": np.broadcast_to(real, inputs.shape).copy(),
+                "decoder_input_ids": decoder_inputs, "targets": targets}
+
+    # ---- pickling for DataLoader workers: reopen by memory map, checks already done -------
+    def __getstate__(self) -> dict:
+        return {"config": self.config, "seed": self.seed}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["config"], state["seed"], _verify=False)
+
+
+def open_data(cfg: DataConfig, seed: int) -> DataSource:
+    """Open and check every shard folder of `cfg` (raises DataError naming folder/file).
+    `seed` (the run seed) keys the training order and the span-corruption noise."""
+    return DataSource(cfg, seed)
