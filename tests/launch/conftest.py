@@ -1,4 +1,6 @@
-"""A real two-node SLURM cluster on this machine for the launch tests (facts: notes/slurm.md).
+"""Fixtures for the launch tests.
+
+`slurm`: a real two-node SLURM cluster on this machine (facts: notes/slurm.md).
 
 Installs munge/slurmctld/slurmd/slurm-client with apt when missing, writes slurm.conf into a temp
 folder, starts munged (unless one runs), slurmctld and two slurmd (n1, n2 on 127.0.0.1), waits
@@ -17,6 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
@@ -230,3 +234,16 @@ def start_cluster() -> SlurmCluster:
         cluster.stop()
         raise Unavailable(f"could not start the SLURM cluster: {e}\n{tail}") from None
     return cluster
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running two-node cluster (n1, n2); skips with the reason when it cannot be set up."""
+    try:
+        cluster = start_cluster()
+    except Unavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
