@@ -1,0 +1,140 @@
+"""ModelConfig: the one typed section that describes a model. Both families share it.
+
+Style switches (defaults are GPT-2's):
+  norm            layernorm | rmsnorm           norm_position  pre | post
+  position        learned | sinusoidal | rope   activation     gelu | relu | swiglu | geglu
+  bias            biases in linear layers and LayerNorm
+  tie_embeddings  output projection shares the token embedding (encdec: also source = target)
+  init            scaled_normal (GPT-2/Llama: N(0, init_std), residual projections / sqrt(2L))
+                  | xavier (the 2017 Transformer)
+Cross-field checks are field validators, so each problem is reported under its own key and all
+of them come out in one error.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from pretrain.configlib import Section
+
+VOCAB_MULTIPLE = 64
+
+
+def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_MULTIPLE) -> int:
+    """A tokenizer's vocabulary rounded up to a multiple of 64 (faster matmuls on GPUs)."""
+    return -(-n_tokens // multiple) * multiple
+
+
+class EveryN(Section):
+    """`activation_checkpointing: {every_n: k}` checkpoints blocks 0, k, 2k, ..."""
+
+    every_n: int = Field(ge=1)
+
+
+Checkpointing = Literal["none", "full", "selective"] | EveryN
+
+
+class ModelConfig(Section):
+    family: Literal["decoder", "encdec"]
+    vocab_size: int | None = Field(default=None, ge=2)  # None: from the data's tokenizer
+    max_seq_len: int = Field(ge=1)  # decoder context; encdec: longest source and target
+    d_model: int = Field(ge=1)
+    n_heads: int = Field(ge=1)
+    n_kv_heads: int | None = Field(default=None, ge=1, validate_default=True)  # None: n_heads
+    d_ff: int | None = Field(default=None, ge=1)  # None: 4 * d_model
+    n_layers: int | None = Field(default=None, ge=1, validate_default=True)  # decoder
+    n_encoder_layers: int | None = Field(default=None, ge=1, validate_default=True)
+    n_decoder_layers: int | None = Field(default=None, ge=1, validate_default=True)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_position: Literal["pre", "post"] = "pre"
+    norm_eps: float = Field(default=1e-5, gt=0.0)
+    position: Literal["learned", "sinusoidal", "rope"] = Field(
+        default="learned", validate_default=True)
+    rope_theta: float = Field(default=10000.0, gt=0.0)
+    activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
+    bias: bool = True
+    tie_embeddings: bool = True
+    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
+    init: Literal["scaled_normal", "xavier"] = "scaled_normal"
+    init_std: float = Field(default=0.02, gt=0.0)
+    activation_checkpointing: Checkpointing = "none"
+    doc_masking: bool = Field(default=False, validate_default=True)
+
+    # --- cross-field checks (each sees the fields declared above it in info.data) ---
+
+    @field_validator("n_heads")
+    @classmethod
+    def _heads_divide_width(cls, v: int, info: ValidationInfo) -> int:
+        d = info.data.get("d_model")
+        if d is not None and d % v:
+            raise ValueError(f"n_heads={v} must divide d_model={d}")
+        return v
+
+    @field_validator("n_kv_heads")
+    @classmethod
+    def _kv_heads_divide_heads(cls, v: int | None, info: ValidationInfo) -> int | None:
+        h = info.data.get("n_heads")
+        if v is not None and h is not None and h % v:
+            raise ValueError(f"n_kv_heads={v} must divide n_heads={h}")
+        return v
+
+    @field_validator("n_layers", "n_encoder_layers", "n_decoder_layers")
+    @classmethod
+    def _layers_match_family(cls, v: int | None, info: ValidationInfo) -> int | None:
+        family = info.data.get("family")
+        wanted = {"decoder": ("n_layers",), "encdec": ("n_encoder_layers", "n_decoder_layers")}
+        if family not in wanted:
+            return v
+        if info.field_name in wanted[family] and v is None:
+            raise ValueError(f"required for family '{family}'")
+        if info.field_name not in wanted[family] and v is not None:
+            raise ValueError(f"not used by family '{family}' (use {', '.join(wanted[family])})")
+        return v
+
+    @field_validator("position")
+    @classmethod
+    def _rope_needs_even_head_dim(cls, v: str, info: ValidationInfo) -> str:
+        d, h = info.data.get("d_model"), info.data.get("n_heads")
+        if v == "rope" and d and h and (d // h) % 2:
+            raise ValueError(f"rope needs an even head dimension, got d_model/n_heads={d // h}")
+        if v == "sinusoidal" and d and d % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model, got {d}")
+        return v
+
+    @field_validator("doc_masking")
+    @classmethod
+    def _doc_masking_is_decoder_only(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("family") == "encdec":
+            raise ValueError("document masking applies to packed decoder batches only")
+        return v
+
+    # --- derived values ---
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def total_layers(self) -> int:
+        if self.family == "decoder":
+            return self.n_layers
+        return self.n_encoder_layers + self.n_decoder_layers
+
+    def checkpointed(self, index: int) -> bool:
+        """Whether block `index` (counted within its stack) recomputes its whole forward."""
+        ac = self.activation_checkpointing
+        if isinstance(ac, EveryN):
+            return index % ac.every_n == 0
+        return ac == "full"

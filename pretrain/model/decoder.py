@@ -1,0 +1,67 @@
+"""Decoder-only language model: GPT-2 (learned positions, LayerNorm, GELU, biases, tied
+embeddings) and Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention, untied, no biases) are
+two settings of the same code."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.model.blocks import Positions, Stack
+from pretrain.model.config import ModelConfig
+from pretrain.model.layers import doc_causal_mask, init_weights, make_norm, positions_from_doc_ids
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positions = Positions(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.stack = Stack(cfg, cfg.n_layers)
+        self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) \
+            if cfg.norm_position == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        init_weights(self, cfg.init, cfg.init_std, cfg.n_layers)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+
+    def forward(self, input_ids, targets=None, doc_ids=None, caches=None, offset: int = 0):
+        """input_ids (B, T) -> {"logits": (B, T, V)} (+ "loss" with targets). `caches`/`offset`
+        are for generation: one KVCache per block, `offset` tokens already in them."""
+        B, T = input_ids.shape
+        self.positions.check(T, offset)
+        if self.cfg.doc_masking and doc_ids is not None and caches is None:
+            pos = positions_from_doc_ids(doc_ids)  # (B, T), restarts at each document
+            mask, causal = doc_causal_mask(doc_ids), False  # (B, 1, T, T)
+        else:
+            pos = torch.arange(offset, offset + T, device=input_ids.device)  # (T,)
+            mask = self._cache_mask(T, offset, input_ids.device)
+            causal = offset == 0
+        x = self.tok_emb(input_ids) * self.emb_scale  # (B, T, C)
+        pos_emb = self.positions.additive(pos)
+        if pos_emb is not None:
+            x = x + pos_emb
+        x = self.stack(self.drop(x), caches=caches, mask=mask, causal=causal,
+                       rope=self.positions.rope(pos))
+        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
+        if targets is None:
+            return {"logits": logits}
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=-100, label_smoothing=self.cfg.label_smoothing)
+        return {"loss": loss, "logits": logits}
+
+    @staticmethod
+    def _cache_mask(T: int, offset: int, device) -> torch.Tensor | None:
+        """Causal mask for T new queries after `offset` cached keys; None when there is nothing to
+        hide (is_causal at offset 0, one query that may see every cached key)."""
+        if offset == 0 or T == 1:
+            return None
+        keys = torch.arange(offset + T, device=device)
+        queries = torch.arange(offset, offset + T, device=device)
+        return keys[None, :] <= queries[:, None]  # (T, offset + T)
