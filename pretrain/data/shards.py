@@ -87,7 +87,8 @@ def gather_windows(chunk: Chunk, starts: np.ndarray, length: int,
     eos[np.flatnonzero(inside), last_end[inside]] = True
     local = np.cumsum(marks, axis=1, dtype=np.int32)                     # (n, length)
     vidx = (starts + off0)[:, None] + np.arange(length) - d_first[:, None] - local
-    tokens = np.take(chunk.values, vidx, mode="clip")                    # (n, length)
+    values = chunk.values if len(chunk.values) else np.zeros(1, chunk.values.dtype)
+    tokens = np.take(values, vidx, mode="clip")                          # (n, length)
     tokens[eos] = eos_id
     return tokens, local
 

@@ -1,0 +1,35 @@
+"""DataConfig: typed, unknown keys refused, every problem reported at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from pretrain.configlib import ConfigError, validate_section
+from pretrain.data import DataConfig
+
+
+def test_valid_configs_and_normalised_weights():
+    cfg = validate_section(DataConfig, {"path": "data/x", "seq_len": 128}, "data")
+    assert cfg.folders() == [("data/x", 1.0)] and cfg.objective == "clm"
+    mix = validate_section(DataConfig, {"path": [{"path": "a", "weight": 3}, {"path": "b",
+                                                  "weight": 1}], "seq_len": 16}, "data")
+    assert mix.folders() == [("a", 0.75), ("b", 0.25)]
+    t5 = validate_section(DataConfig, {"path": "d", "objective": "span_corruption",
+                                       "input_length": 512, "target_length": 114}, "data")
+    assert t5.noise_density == 0.15 and t5.mean_span_length == 3.0
+
+
+def test_all_problems_reported_together():
+    with pytest.raises(ConfigError) as e:
+        validate_section(DataConfig, {"path": [{"path": "a", "weight": -1}], "seq_len": 0,
+                                      "objective": "mlm", "shuffel": False}, "data")
+    text = str(e.value)
+    for expected in ("data.path", "data.seq_len", "data.objective", "data.shuffel: unknown key"):
+        assert expected in text, text
+
+
+def test_objective_needs_its_lengths():
+    with pytest.raises(ConfigError, match="data.seq_len is required"):
+        validate_section(DataConfig, {"path": "d"}, "data")
+    with pytest.raises(ConfigError, match="data.input_length is required"):
+        validate_section(DataConfig, {"path": "d", "objective": "span_corruption"}, "data")
