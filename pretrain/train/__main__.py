@@ -1,0 +1,71 @@
+"""python -m pretrain.train --config configs/X.yaml [dotted.key=value ...]
+
+One rank of a training run. Alone it runs as world size 1; under torchrun, deepspeed or srun it
+reads the rank variables they set. Exit codes: 0 done, 75 stopped on a signal (resume me),
+2 config/data/checkpoint error, 1 anything else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pretrain.logs import setup_logging
+
+log = logging.getLogger("pretrain.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m pretrain.train", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="run config YAML (may name a `base:` file)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides, e.g. train.max_steps=100 deepspeed.zero_stage=2")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    from pretrain.configlib import ConfigError
+    from pretrain.data import DataError
+    from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.config import load_run_config
+    from pretrain.train.engine import init_distributed, resolve_dist_env
+
+    try:
+        denv = resolve_dist_env()
+        setup_logging(denv.rank)
+        cfg = load_run_config(args.config, args.overrides, world_size=denv.world_size)
+    except (ConfigError, RuntimeError) as e:
+        log.error("%s", e)
+        return 2
+    from pretrain.train.loop import EXIT_CONFIG, EXIT_FAILED, NonFiniteLoss, Trainer, resolve_paths
+
+    trainer = None
+    try:
+        device = init_distributed(denv)
+        trainer = Trainer(resolve_paths(cfg), denv, device)
+        return trainer.run()
+    except (ConfigError, DataError, CheckpointError) as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    except NonFiniteLoss as e:
+        log.error("%s", e)
+        return EXIT_FAILED
+    finally:
+        if trainer is not None:
+            trainer.close()
+        _teardown()
+
+
+def _teardown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The one place that talks to DeepSpeed: distributed set-up, the generated DeepSpeed config,
+the optimizer and the single `deepspeed.initialize` call."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain.configlib import deep_merge
+from pretrain.train.config import RunConfig
+from pretrain.train.schedule import build_scheduler
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Rank variables from torchrun/deepspeed (RANK...), srun (SLURM_PROCID...) or none
+    (one process: world size 1 on a free local port). Fills in os.environ for torch."""
+    env = os.environ if environ is None else environ
+    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    if "RANK" not in env:
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    env.setdefault("LOCAL_RANK", "0")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in env:
+        if int(env["WORLD_SIZE"]) > 1:
+            raise RuntimeError("MASTER_PORT is not set for a multi-process run")
+        env["MASTER_PORT"] = str(_free_port())
+    return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+
+
+def use_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def init_distributed(dist: DistEnv) -> torch.device:
+    """Start the process group (gloo on CPU, nccl on GPU) and pick this rank's device."""
+    import deepspeed
+    import deepspeed.ops
+
+    if use_gpu():
+        torch.cuda.set_device(dist.local_rank)
+        device, backend = torch.device("cuda", dist.local_rank), "nccl"
+    else:
+        # Only inference_all_reduce uses this op; building it costs ~35 s per start on CPU.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        device, backend = torch.device("cpu"), "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return device
+
+
+def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
+    t = cfg.train
+    per_step = t.micro_batch_size * world_size
+    if t.global_batch_size % per_step:
+        raise ValueError(f"train.global_batch_size ({t.global_batch_size}) is not divisible by "
+                         f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size})")
+    return t.global_batch_size // per_step
+
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON, generated from the typed config (plus `deepspeed.extra`)."""
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu()}
+    out: dict[str, Any] = {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps(cfg, world_size),
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**12,  # our own logging does this
+        "wall_clock_breakdown": False,
+    }
+    if ds.offload_optimizer:  # DeepSpeedCPUAdam, built by DeepSpeed from this entry
+        o = cfg.optim
+        out["optimizer"] = {"type": "AdamW", "params": {
+            "lr": o.lr, "betas": [o.beta1, o.beta2], "eps": o.eps,
+            "weight_decay": o.weight_decay}}
+        out["zero_allow_untested_optimizer"] = True
+    return deep_merge(out, ds.extra)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (linear and embedding weights), not biases or norm gains."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: RunConfig) -> torch.optim.Optimizer:
+    """torch AdamW: fused kernels on GPU; on CPU the plain one (bitwise-exact resume)."""
+    o = cfg.optim
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                             fused=use_gpu())
+
+
+def initialize(model: nn.Module, cfg: RunConfig, world_size: int):
+    """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule.
+    Returns (engine, lr_scheduler)."""
+    import deepspeed
+
+    groups = param_groups(model, cfg.optim.weight_decay)
+    ds_config = deepspeed_config(cfg, world_size)
+    if cfg.deepspeed.offload_optimizer:
+        optimizer = None
+        scheduler = lambda opt: build_scheduler(opt, cfg.schedule, cfg.train.max_steps)  # noqa: E731
+    else:
+        optimizer = build_optimizer(groups, cfg)
+        scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.max_steps)
+    engine, _, _, lr_scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, model_parameters=groups,
+        lr_scheduler=scheduler, config=ds_config)
+    if cfg.train.compile:
+        engine.compile()
+    return engine, lr_scheduler

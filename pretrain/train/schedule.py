@@ -1,0 +1,60 @@
+"""Learning-rate schedules as multipliers of the peak lr, one function of the step.
+
+`step` counts optimizer steps from 0 (the multiplier used for the first update is f(0)).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from pretrain.train.config import ScheduleConfig
+
+
+def _warmup(step: int, warmup_steps: int) -> float:
+    return (step + 1) / warmup_steps
+
+
+def lr_multiplier(cfg: ScheduleConfig, step: int, max_steps: int) -> float:
+    """Peak-lr multiplier at optimizer step `step` (0-based) of `max_steps`."""
+    warm = cfg.warmup_steps
+    if cfg.name == "inverse_sqrt":
+        # "Attention is all you need": rises linearly for `warm` steps, then ∝ 1/sqrt(step);
+        # 1.0 at the end of warmup, so optim.lr is the peak.
+        s = step + 1
+        return min(s / warm, math.sqrt(warm / s))
+    if step < warm:
+        return _warmup(step, warm)
+    if cfg.name == "constant":
+        return 1.0
+    floor = cfg.min_lr_ratio
+    if cfg.name == "wsd":  # warmup - stable - (linear) decay over the last decay_fraction
+        decay_steps = max(1, round(cfg.decay_fraction * max_steps))
+        decay_start = max(warm, max_steps - decay_steps)
+        if step < decay_start:
+            return 1.0
+        progress = min(1.0, (step - decay_start + 1) / max(1, max_steps - decay_start))
+        return 1.0 - (1.0 - floor) * progress
+    progress = min(1.0, (step - warm + 1) / max(1, max_steps - warm))
+    if cfg.name == "linear":
+        return 1.0 - (1.0 - floor) * progress
+    # cosine
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class _Multiplier:
+    """Picklable lambda for LambdaLR (its state_dict keeps a callable object's fields)."""
+
+    def __init__(self, cfg: ScheduleConfig, max_steps: int):
+        self.cfg_json = cfg.model_dump_json()
+        self.max_steps = max_steps
+
+    def __call__(self, step: int) -> float:
+        cfg = ScheduleConfig.model_validate_json(self.cfg_json)
+        return lr_multiplier(cfg, step, self.max_steps)
+
+
+def build_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, max_steps: int) -> LambdaLR:
+    return LambdaLR(optimizer, _Multiplier(cfg, max_steps))
