@@ -23,7 +23,7 @@ FORMATS = ("auto", "jsonl", "txt", "parquet", "file")
 COMPRESSIONS = (".gz", ".zst")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt",
               ".text": "txt", ".parquet": "parquet"}
-DEFAULT_EXCLUDES = (".*", "__pycache__")
+DEFAULT_EXCLUDES = (".*", "__pycache__", "site-packages")
 BINARY_SNIFF_BYTES = 8192
 PARQUET_BATCH_ROWS = 1024
 

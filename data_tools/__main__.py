@@ -1,0 +1,51 @@
+"""python -m data_tools {train-tokenizer,shard,validate,inspect} ... (see --help of each)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from data_tools.errors import DataToolsError
+
+COMMANDS = {
+    "train-tokenizer": ("data_tools.tokenizer", "train a byte-level BPE tokenizer on raw text"),
+    "shard": ("data_tools.shard", "tokenize raw text into Arrow IPC shards with a manifest"),
+    "validate": ("data_tools.validate", "check a shard folder: schema, checksums, token range"),
+    "inspect": ("data_tools.inspect_cmd", "counts, lengths and decoded samples of a shard folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+    parser = argparse.ArgumentParser(prog="python -m data_tools", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(name, help=help_text, description=mod.__doc__,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(run=getattr(mod, "main", None) or mod.train)
+    return parser
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="data_tools: %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        result = args.run(args)
+    except DataToolsError as e:
+        print(f"data_tools {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"data_tools {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

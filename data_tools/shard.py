@@ -1,0 +1,345 @@
+"""`shard`: tokenize raw text into Arrow IPC shards (docs/design.md §2, §8).
+
+Documents are read in a fixed order (input file, record index); `--workers` processes tokenize
+batches, and a single writer takes the results back in that order, so the output bytes never
+depend on the worker count. A document goes to `val` when a hash of its bytes falls below
+`--val-fraction`. Re-running the same command after a crash resumes from the last finished shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_tools.encode import Encoder, encode_in_worker, init_worker
+from data_tools.errors import DataToolsError
+from data_tools.inputs import (
+    DEFAULT_EXCLUDES,
+    FORMATS,
+    InputFile,
+    Skip,
+    expand_inputs,
+    iter_records,
+    parse_size,
+)
+from data_tools.manifest import (
+    ARROWTRAIN_VERSION,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    SPLITS,
+    dtype_for_vocab,
+    read_manifest,
+    write_manifest,
+)
+from data_tools.tokenizer import load_tokenizer, resolve_tokenizer_path, tokenizer_info
+from data_tools.writer import RESUME_DIR, ShardWriter, load_state, state_problem
+
+log = logging.getLogger("data_tools")
+BATCH_DOCS = 512
+BATCH_BYTES = 1 << 20
+SHOW_FIRST_SKIPS = 5
+OUR_ENTRIES = {MANIFEST_NAME, "tokenizer.json", "tokenizer.json.tmp", RESUME_DIR, *SPLITS}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders and globs, mixed")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json (or the folder holding it)")
+    p.add_argument("--out", required=True, help="output shard folder")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="auto: by extension (.jsonl/.json/.ndjson[.gz|.zst], .txt[.gz|.zst], "
+                        ".parquet); txt: one document per non-blank line; file: one per file")
+    p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
+                   help="tokenizer processes (1: tokenize in this process)")
+    p.add_argument("--val-fraction", type=float, default=0.005,
+                   help="share of documents (by hash of their bytes) put in the val split")
+    p.add_argument("--shard-size", default="256MB", help="target size of one shard file")
+    p.add_argument("--max-doc-bytes", default="64MB", help="skip documents larger than this")
+    p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
+                   help=f"file/folder names to skip when walking folders; repeatable; replaces "
+                        f"the default ({' '.join(DEFAULT_EXCLUDES)})")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first bad record instead of skipping and counting it")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an output folder made with other arguments or inputs")
+
+
+@dataclass
+class Run:
+    """Everything fixed before work starts: what the output depends on."""
+    files: list[InputFile]
+    tok_info: dict
+    dtype: str
+    shard_bytes: int
+    max_doc_bytes: int
+    key: dict  # args + tokenizer + inputs: must match to resume or to call a folder finished
+    counts: dict = field(default_factory=dict)
+
+
+def plan(args) -> Run:
+    """Check every input before any work: paths, tokenizer, sizes (all problems at once)."""
+    problems = []
+    if not 0.0 <= args.val_fraction < 1.0:
+        problems.append(f"--val-fraction {args.val_fraction} must be in [0, 1)")
+    if args.workers < 1:
+        problems.append(f"--workers {args.workers} must be >= 1")
+    sizes = {}
+    for opt in ("shard_size", "max_doc_bytes"):
+        try:
+            sizes[opt] = parse_size(getattr(args, opt))
+        except DataToolsError as e:
+            problems.append(f"--{opt.replace('_', '-')}: {e}")
+    files = tok_info = None
+    try:
+        files = expand_inputs(args.inputs, args.format, tuple(args.exclude or DEFAULT_EXCLUDES))
+    except DataToolsError as e:
+        problems.append(str(e))
+    try:
+        tok_info = tokenizer_info(load_tokenizer(args.tokenizer), args.tokenizer)
+    except DataToolsError as e:
+        problems.append(str(e))
+    if problems:
+        raise DataToolsError("; ".join(problems))
+    dtype = dtype_for_vocab(tok_info["vocab_size"])
+    cli_args = {"inputs": list(args.inputs), "format": args.format, "text_field": args.text_field,
+                "tokenizer": str(args.tokenizer), "val_fraction": args.val_fraction,
+                "shard_size_bytes": sizes["shard_size"], "max_doc_bytes": sizes["max_doc_bytes"],
+                "exclude": list(args.exclude or DEFAULT_EXCLUDES), "strict": args.strict}
+    key = {"format_version": FORMAT_VERSION, "args": cli_args, "tokenizer_sha256": tok_info["sha256"],
+           "inputs": [{"path": f.path, "size": f.size} for f in files]}
+    return Run(files, tok_info, dtype, sizes["shard_size"], sizes["max_doc_bytes"], key)
+
+
+def _key_difference(old: dict, new: dict) -> str:
+    diffs = [f"--{k.replace('_', '-')} was {old['args'].get(k)!r}, now {v!r}"
+             for k, v in new["args"].items() if old.get("args", {}).get(k) != v]
+    if old.get("tokenizer_sha256") != new["tokenizer_sha256"]:
+        diffs.append("the tokenizer file differs")
+    if old.get("inputs") != new["inputs"]:
+        diffs.append("the input files (paths or sizes) differ")
+    return "; ".join(diffs) or "format version differs"
+
+
+def _manifest_key(m: dict) -> dict:
+    return {"format_version": m["format_version"], "args": m["args"],
+            "tokenizer_sha256": m["tokenizer"]["sha256"], "inputs": m["inputs"]}
+
+
+def prepare_outdir(out: Path, key: dict, overwrite: bool) -> str | dict | None:
+    """'done' if the folder already holds this exact result; a checkpoint dict to resume from;
+    None to start fresh. Refuses a folder made with other arguments unless overwrite."""
+    if not out.exists():
+        out.mkdir(parents=True)
+        return None
+    entries = set(os.listdir(out))
+    if (out / MANIFEST_NAME).is_file():
+        old = _manifest_key(read_manifest(out))
+        if old == key and not overwrite:
+            return "done"
+        if old != key and not overwrite:
+            raise DataToolsError(f"{out} holds shards made with other arguments "
+                                 f"({_key_difference(old, key)}); pass --overwrite to replace it")
+    elif (state := load_state(out)) is not None and not overwrite:
+        if state.get("run_key") != key:
+            raise DataToolsError(f"{out} holds an interrupted run with other arguments "
+                                 f"({_key_difference(state.get('run_key', {}), key)}); "
+                                 "pass --overwrite to replace it")
+        problem = state_problem(out, state)
+        if problem is None:
+            return state
+        log.warning("cannot resume (%s); starting over", problem)
+    elif entries - OUR_ENTRIES and not overwrite:
+        raise DataToolsError(f"{out} exists and is not a shard folder (it holds "
+                             f"{sorted(entries - OUR_ENTRIES)[:3]}); pass --overwrite or use "
+                             "another --out")
+    for name in entries & OUR_ENTRIES:
+        p = out / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return None
+
+
+def split_of(utf8: bytes, val_fraction: float) -> str:
+    """'val' when the document's hash (uniform in [0, 1)) is below val_fraction, else 'train'."""
+    h = int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little")
+    return "val" if h < val_fraction * (1 << 64) else "train"
+
+
+@dataclass
+class Batch:
+    texts: list[str] = field(default_factory=list)
+    # one entry per record in input order: (file_index, record_index, (split, text_bytes) | Skip)
+    items: list = field(default_factory=list)
+    nbytes: int = 0
+    progress_bytes: int = 0  # input bytes behind us once this batch is done (for the bar)
+
+
+def read_batches(run: Run, args, cursor: tuple[int, int]) -> Iterator[Batch]:
+    """Records from `cursor` on, grouped into batches; bad records are logged (first few) or,
+    with --strict, raise at once."""
+    batch, done_bytes, shown = Batch(), 0, 0
+    for fi, inp in enumerate(run.files):
+        if fi < cursor[0]:
+            done_bytes += inp.size
+            continue
+        file_bytes = 0
+        for ri, rec in iter_records(inp, args.text_field, run.max_doc_bytes):
+            if (fi, ri) < cursor:
+                continue
+            if isinstance(rec, Skip):
+                if args.strict:
+                    raise DataToolsError(f"{rec.message()} (--strict)")
+                if shown < SHOW_FIRST_SKIPS:
+                    log.warning("skipped %s", rec.message())
+                    shown += 1
+                batch.items.append((fi, ri, rec))
+                continue
+            batch.items.append((fi, ri, (split_of(rec.utf8, args.val_fraction), len(rec.utf8))))
+            batch.texts.append(rec.text)
+            batch.nbytes += len(rec.utf8)
+            file_bytes += len(rec.utf8)
+            if len(batch.texts) >= BATCH_DOCS or batch.nbytes >= BATCH_BYTES:
+                batch.progress_bytes = done_bytes + min(file_bytes, inp.size)
+                yield batch
+                batch = Batch()
+        done_bytes += inp.size
+    batch.progress_bytes = done_bytes
+    yield batch
+
+
+def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int):
+    """Yield (batch, (tokens, lengths)) in input order; at most 2 batches per worker in flight."""
+    if workers == 1:
+        enc = Encoder(tokenizer, dtype)
+        for b in batches:
+            yield b, enc.encode(b.texts)
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, dtype)) as pool:
+        pending = deque()
+        for b in batches:
+            pending.append((b, pool.apply_async(encode_in_worker, (b.texts,))))
+            if len(pending) >= 2 * workers:
+                b0, res = pending.popleft()
+                yield b0, res.get()
+        while pending:
+            b0, res = pending.popleft()
+            yield b0, res.get()
+
+
+def write_all(run: Run, args, out: Path, state: dict | None) -> ShardWriter:
+    """The single writer: documents in input order, a checkpoint after every shard."""
+    writer = ShardWriter(out, run.dtype, run.shard_bytes)
+    cursor = (0, 0)
+    if state:
+        writer.restore(state)
+        cursor, run.counts = tuple(state["cursor"]), dict(state["skipped"])
+    total = sum(f.size for f in run.files)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
+    t0, docs, toks = time.perf_counter(), 0, 0
+    for batch, (flat, lengths) in tokenized(read_batches(run, args, cursor),
+                                            str(resolve_tokenizer_path(args.tokenizer)),
+                                            run.dtype, args.workers):
+        start, di = 0, 0
+        for fi, ri, what in batch.items:
+            if isinstance(what, Skip):
+                run.counts[what.reason] = run.counts.get(what.reason, 0) + 1
+                continue
+            split, nbytes = what
+            end = start + int(lengths[di])
+            full = writer.add(split, flat[start:end], nbytes)
+            start, di = end, di + 1
+            if full:
+                writer.flush(split)
+                writer.checkpoint(run.key, (fi, ri + 1), dict(run.counts))
+        docs, toks = docs + di, toks + start
+        dt = max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix_str(f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s", refresh=False)
+        bar.update(batch.progress_bytes - bar.n)
+    bar.close()
+    for split in SPLITS:
+        writer.flush(split)
+    return writer
+
+
+def build_manifest(run: Run, writer: ShardWriter, timing: dict) -> dict:
+    splits = {}
+    for name, buf in writer.splits.items():
+        splits[name] = {"documents": sum(s["documents"] for s in buf.shards),
+                        "tokens": sum(s["tokens"] for s in buf.shards),
+                        "text_bytes": sum(s["text_bytes"] for s in buf.shards),
+                        "shards": buf.shards}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "arrowtrain_version": ARROWTRAIN_VERSION, "dtype": run.dtype,
+            "tokenizer": run.tok_info, "splits": splits, "inputs": run.key["inputs"],
+            "skipped": dict(sorted(run.counts.items())), "args": run.key["args"],
+            "fingerprint": "", "timing": timing}
+
+
+def _remove_strays(out: Path, manifest: dict) -> None:
+    keep = {s["file"] for info in manifest["splits"].values() for s in info["shards"]}
+    for split in SPLITS:
+        for p in (out / split).iterdir():
+            if f"{split}/{p.name}" not in keep:
+                p.unlink()
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+
+
+def copy_tokenizer(src: Path, out: Path) -> None:
+    tmp = out / "tokenizer.json.tmp"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, out / "tokenizer.json")
+
+
+def main(args) -> int:
+    run = plan(args)
+    out = Path(args.out)
+    state = prepare_outdir(out, run.key, args.overwrite)
+    if state == "done":
+        log.info("%s already holds these shards (same arguments, inputs and tokenizer); "
+                 "nothing to do", out)
+        return 0
+    for split in SPLITS:
+        (out / split).mkdir(exist_ok=True)
+    (out / RESUME_DIR).mkdir(exist_ok=True)
+    copy_tokenizer(resolve_tokenizer_path(args.tokenizer), out)
+    if state:
+        log.info("resuming %s from %d finished shards", out,
+                 sum(len(v) for v in state["shards"].values()))
+    t0 = time.perf_counter()
+    writer = write_all(run, args, out, state)
+    wall_s = time.perf_counter() - t0
+    return finish(run, writer, out, wall_s, args.workers, resumed=state is not None)
+
+
+def finish(run: Run, writer: ShardWriter, out: Path, wall_s: float, workers: int,
+           resumed: bool) -> int:
+    docs = sum(s["documents"] for b in writer.splits.values() for s in b.shards)
+    tokens = sum(s["tokens"] for b in writer.splits.values() for s in b.shards)
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "none"
+    if docs == 0:
+        shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+        raise DataToolsError(f"no documents in {len(run.files)} input files (skipped: {skipped})")
+    timing = {"wall_s": round(wall_s, 3), "workers": workers, "resumed": resumed,
+              "documents_per_sec": round(docs / wall_s, 1),
+              "tokens_per_sec": round(tokens / wall_s, 1),
+              "input_mb_per_sec": round(sum(f.size for f in run.files) / 1e6 / wall_s, 3)}
+    manifest = build_manifest(run, writer, timing)
+    _remove_strays(out, manifest)
+    write_manifest(out, manifest)
+    sp = manifest["splits"]
+    log.info("%s: %d documents (train %d, val %d), %d tokens, %d shards; skipped: %s; "
+             "%.1f s, %.0f tokens/s%s", out, docs, sp["train"]["documents"],
+             sp["val"]["documents"], tokens, sum(len(v["shards"]) for v in sp.values()),
+             skipped, wall_s, tokens / wall_s, " (resumed)" if resumed else "")
+    return 0

@@ -1,0 +1,166 @@
+"""`train-tokenizer`: byte-level BPE with HF `tokenizers`; loading and describing a tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_tools.errors import DataToolsError
+from data_tools.inputs import (
+    DEFAULT_EXCLUDES,
+    FORMATS,
+    Doc,
+    expand_inputs,
+    iter_records,
+    parse_size,
+)
+from data_tools.manifest import sha256_file
+
+log = logging.getLogger("data_tools")
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+BOS_CANDIDATES = ("<|bos|>", "<s>")
+
+
+def sentinel(i: int) -> str:
+    return f"<extra_id_{i}>"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders and globs, mixed")
+    p.add_argument("--vocab-size", type=int, required=True,
+                   help="total vocabulary including special and sentinel tokens")
+    p.add_argument("--out", required=True, help="folder for tokenizer.json (created)")
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="auto: by extension (.jsonl[.gz|.zst], .txt, .parquet); "
+                        "file: each file is one document")
+    p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text")
+    p.add_argument("--sentinels", type=int, default=0,
+                   help="add N T5 sentinel tokens <extra_id_0>.. (for encoder-decoder runs)")
+    p.add_argument("--max-bytes", default="1GB",
+                   help="train on at most this much text, sampled evenly by document hash "
+                        "(default 1GB)")
+    p.add_argument("--max-doc-bytes", default="64MB", help="skip documents larger than this")
+    p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
+                   help=f"file/folder names to skip when walking folders "
+                        f"(default: {' '.join(DEFAULT_EXCLUDES)})")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+
+
+def sampled_texts(files, text_field: str, max_bytes: int, max_doc_bytes: int,
+                  counts: dict) -> Iterator[str]:
+    """Documents in input order, each kept with probability ~max_bytes/total input bytes (by a
+    hash of its bytes: deterministic), stopping once max_bytes of text were yielded."""
+    total = sum(f.size for f in files)
+    keep = min(1.0, max_bytes / max(total, 1))
+    threshold = int(keep * (1 << 64))
+    used = 0
+    bar = tqdm(total=min(total, max_bytes), unit="B", unit_scale=True, desc="tokenizer text",
+               disable=None)
+    for inp in files:
+        for _, rec in iter_records(inp, text_field, max_doc_bytes):
+            if not isinstance(rec, Doc):
+                counts[rec.reason] = counts.get(rec.reason, 0) + 1
+                continue
+            digest = int.from_bytes(hashlib.blake2b(rec.utf8, digest_size=8).digest(), "little")
+            if keep < 1.0 and digest >= threshold:
+                continue
+            used += len(rec.utf8)
+            counts["documents"] = counts.get("documents", 0) + 1
+            bar.update(len(rec.utf8))
+            yield rec.text
+            if used >= max_bytes:
+                bar.close()
+                return
+    bar.close()
+
+
+def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    bpe_vocab = vocab_size - sentinels
+    trainer = trainers.BpeTrainer(
+        vocab_size=bpe_vocab, min_frequency=min_frequency, special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    return tok, trainer
+
+
+def train(args) -> Path:
+    max_bytes, max_doc_bytes = parse_size(args.max_bytes), parse_size(args.max_doc_bytes)
+    if args.sentinels < 0:
+        raise DataToolsError("--sentinels must be >= 0")
+    if args.vocab_size - args.sentinels < 256 + 2:
+        raise DataToolsError(f"--vocab-size {args.vocab_size} is too small: byte-level BPE needs "
+                             f"256 byte tokens + 2 special + {args.sentinels} sentinels")
+    files = expand_inputs(args.inputs, args.format, tuple(args.exclude or DEFAULT_EXCLUDES))
+    start = time.perf_counter()
+    tok, trainer = build_trainer(args.vocab_size, args.sentinels, args.min_frequency)
+    counts: dict[str, int] = {}
+    tok.train_from_iterator(
+        sampled_texts(files, args.text_field, max_bytes, max_doc_bytes, counts), trainer)
+    if counts.get("documents", 0) == 0:
+        raise DataToolsError(f"no documents in {len(files)} input files "
+                             f"(skipped: {_fmt_counts(counts)}); no tokenizer written")
+    if args.sentinels:
+        tok.add_special_tokens([sentinel(i) for i in range(args.sentinels)])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "tokenizer.json"
+    tmp = out / "tokenizer.json.tmp"
+    tok.save(str(tmp))
+    os.replace(tmp, path)
+    docs = counts.pop("documents")
+    log.info("trained byte-level BPE: vocab %d (%d sentinels) on %d documents from %d files in "
+             "%.1f s; skipped: %s -> %s", tok.get_vocab_size(), args.sentinels, docs, len(files),
+             time.perf_counter() - start, _fmt_counts(counts) or "none", path)
+    return path
+
+
+def _fmt_counts(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "documents")
+
+
+def resolve_tokenizer_path(path: str) -> Path:
+    p = Path(path)
+    return p / "tokenizer.json" if p.is_dir() else p
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a tokenizers JSON file; DataToolsError naming the file if missing or corrupt.
+    Special tokens in document text are encoded as plain text, never as special ids."""
+    from tokenizers import Tokenizer
+    p = resolve_tokenizer_path(str(path))
+    if not p.is_file():
+        raise DataToolsError(f"tokenizer file {p} does not exist (train one with "
+                             "`python -m data_tools train-tokenizer`)")
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as e:  # tokenizers raises a plain Exception on bad JSON
+        raise DataToolsError(f"tokenizer file {p} is not a valid tokenizers JSON file: "
+                             f"{str(e).splitlines()[0][:200]}") from None
+    tok.encode_special_tokens = True
+    return tok
+
+
+def tokenizer_info(tok, path: str | os.PathLike) -> dict:
+    """The manifest's `tokenizer` block (design §8). Requires an <|endoftext|> token."""
+    p = resolve_tokenizer_path(str(path))
+    eos = tok.token_to_id(EOS)
+    if eos is None:
+        raise DataToolsError(f"tokenizer file {p} has no {EOS} token (needed as end of document)")
+    sentinels, i = [], 0
+    while (sid := tok.token_to_id(sentinel(i))) is not None:
+        sentinels.append(sid)
+        i += 1
+    bos = next((b for t in BOS_CANDIDATES if (b := tok.token_to_id(t)) is not None), None)
+    return {"file": "tokenizer.json", "sha256": sha256_file(p),
+            "vocab_size": tok.get_vocab_size(with_added_tokens=True), "eos_id": eos,
+            "pad_id": tok.token_to_id(PAD), "bos_id": bos, "sentinel_ids": sentinels}
