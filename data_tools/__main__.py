@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataToolsError as e:
         print(f"data_tools {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `inspect ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"data_tools {args.command}: interrupted", file=sys.stderr)
         return 130

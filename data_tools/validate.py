@@ -1,8 +1,91 @@
-"""stub"""
+"""`validate DATADIR`: recompute every checksum, check the schema and that every token id is
+below the vocabulary size. Exit 0 only when everything holds; otherwise one message naming
+each bad shard and what is wrong."""
 
-def add_arguments(p):
-    pass
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from data_tools.errors import DataToolsError
+from data_tools.manifest import fingerprint, read_manifest, sha256_file
+from data_tools.writer import tokens_schema
+
+log = logging.getLogger("data_tools")
 
 
-def main(args):
-    return 1
+def add_arguments(p) -> None:
+    p.add_argument("datadir", metavar="DATADIR", help="a folder written by `shard`")
+
+
+def check_shard(datadir: Path, entry: dict, dtype: str, vocab_size: int) -> list[str]:
+    """Problems with one shard file (empty list: fine)."""
+    path = datadir / entry["file"]
+    if not path.is_file():
+        return ["file is missing"]
+    problems = []
+    if path.stat().st_size != entry["file_bytes"]:
+        problems.append(f"size {path.stat().st_size} bytes, manifest says {entry['file_bytes']}")
+    if sha256_file(path) != entry["sha256"]:
+        problems.append("sha256 does not match the manifest (file changed or corrupt)")
+    try:
+        with pa.memory_map(str(path)) as src:
+            table = pa.ipc.open_file(src).read_all()
+    except (pa.ArrowException, OSError) as e:
+        return [*problems, f"not a readable Arrow IPC file ({e})"]
+    if not table.schema.equals(tokens_schema(dtype)):
+        return [*problems, f"schema is {table.schema.to_string()!r}, expected "
+                           f"{tokens_schema(dtype).to_string()!r}"]
+    col = table.column("tokens")
+    values = pc.list_flatten(col)
+    if table.num_rows != entry["documents"]:
+        problems.append(f"{table.num_rows} documents, manifest says {entry['documents']}")
+    if len(values) != entry["tokens"]:
+        problems.append(f"{len(values)} tokens, manifest says {entry['tokens']}")
+    if col.null_count or values.null_count:
+        problems.append("contains nulls")
+    top = pc.max(values).as_py() if len(values) else None
+    if top is not None and top >= vocab_size:
+        problems.append(f"token id {top} >= vocab size {vocab_size}")
+    return problems
+
+
+def validate(datadir: str | Path) -> list[str]:
+    """Every problem in the folder as 'file: what is wrong' (empty list: valid)."""
+    datadir = Path(datadir)
+    m = read_manifest(datadir)
+    problems = []
+    tok_path = datadir / m["tokenizer"]["file"]
+    if not tok_path.is_file():
+        problems.append(f"{tok_path}: missing")
+    elif sha256_file(tok_path) != m["tokenizer"]["sha256"]:
+        problems.append(f"{tok_path}: sha256 does not match the manifest")
+    if fingerprint(m) != m["fingerprint"]:
+        problems.append(f"{datadir / 'manifest.json'}: fingerprint does not match its shard list")
+    entries = [s for info in m["splits"].values() for s in info["shards"]]
+    for entry in tqdm(entries, desc="validate", unit="shard", disable=None):
+        found = check_shard(datadir, entry, m["dtype"], m["tokenizer"]["vocab_size"])
+        problems += [f"{datadir / entry['file']}: {p}" for p in found]
+    for split, info in m["splits"].items():
+        for key in ("documents", "tokens", "text_bytes"):
+            total = sum(s[key] for s in info["shards"])
+            if total != info[key]:
+                problems.append(f"{datadir / 'manifest.json'}: splits.{split}.{key} is "
+                                f"{info[key]}, its shards sum to {total}")
+    return problems
+
+
+def main(args) -> int:
+    problems = validate(args.datadir)
+    if problems:
+        raise DataToolsError(f"{args.datadir} is NOT valid ({len(problems)} problems):\n  "
+                             + "\n  ".join(problems))
+    m = read_manifest(args.datadir)
+    n = sum(len(i["shards"]) for i in m["splits"].values())
+    log.info("%s is valid: %d shards, checksums, schema (%s) and token ids < %d all hold",
+             args.datadir, n, m["dtype"], m["tokenizer"]["vocab_size"])
+    return 0
