@@ -1,7 +1,7 @@
 """Sample order as computed functions of a position: no index is built or stored.
 
-- `Permutation`: a keyed Feistel network on [0, 2^(2h)) with cycle walking, a bijection of
-  [0, n) for any n; O(1) memory, vectorised over numpy arrays of positions.
+- `Permutation`: a keyed (unbalanced) Feistel network on [0, 2^bits) with cycle walking, a
+  bijection of [0, n) for any n; O(1) memory, vectorised over numpy arrays of positions.
 - `Mixture`: which folder the p-th sample comes from, and how many samples that folder gave
   before it, from a fixed table of one block of `MIX_BLOCK` slots (evenly interleaved).
 """
@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-FEISTEL_ROUNDS = 6
+FEISTEL_ROUNDS = 4
 MIX_BLOCK = 10_000   # slots per mixing block: weights are realised to 1e-4 in every block
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -34,28 +34,31 @@ def derive_keys(*words: int | str, count: int = FEISTEL_ROUNDS) -> np.ndarray:
 
 
 class Permutation:
-    """A pseudo-random bijection of [0, n) keyed by `keys`."""
+    """A pseudo-random bijection of [0, n) keyed by `keys`: an unbalanced Feistel network on
+    bits = bit_length(n - 1) bits (domain < 2n, so cycle walking needs < 2 passes on average)."""
 
     def __init__(self, n: int, keys: np.ndarray):
         if n < 1:
             raise ValueError(f"cannot permute an empty range (n={n})")
         self.n = n
-        self.half_bits = max(1, ((n - 1).bit_length() + 1) // 2)   # 2^(2h) >= n
-        self.mask = np.uint64((1 << self.half_bits) - 1)
+        bits = max(2, (n - 1).bit_length())
+        self.left_bits, self.right_bits = (bits + 1) // 2, bits // 2
         self.keys = keys
 
     def _feistel(self, x: np.ndarray) -> np.ndarray:
-        h = np.uint64(self.half_bits)
-        left, right = x >> h, x & self.mask
-        for k in self.keys:
-            left, right = right, left ^ (_mix64(right ^ k) & self.mask)
-        return (left << h) | right
+        a, b = self.left_bits, self.right_bits          # bit widths of left, right
+        left, right = x >> np.uint64(b), x & np.uint64((1 << b) - 1)
+        for k in self.keys:                              # (L, R) -> (R, L ^ F(R)); widths swap
+            f = _mix64(right ^ k) & np.uint64((1 << a) - 1)
+            left, right = right, left ^ f
+            a, b = b, a
+        return (left << np.uint64(b)) | right
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Images of positions x (int array, values in [0, n))."""
         y = self._feistel(np.asarray(x, np.uint64))
         todo = np.flatnonzero(y >= self.n)
-        while todo.size:                      # cycle walking: at most ~4 rounds expected
+        while todo.size:                                 # cycle walking
             y[todo] = self._feistel(y[todo])
             todo = todo[y[todo] >= self.n]
         return y.astype(np.int64)

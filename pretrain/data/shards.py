@@ -51,12 +51,22 @@ class Chunk:
         return int(self.offsets[-1] - self.offsets[0]) + self.num_docs
 
 
-def _bisect_docs(offsets: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """For chunk-local stream positions q: the largest j with stream_start(j) <= q."""
-    off0 = offsets[0]
+def _find_docs(offsets: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """For chunk-local stream positions q (n,): the largest j with stream_start(j) <= q, where
+    stream_start(j) = offsets[j] - offsets[0] + j.
+
+    A bracket lo <= j <= hi is tightened with np.searchsorted on the offsets (j <= the last
+    document starting at token q - lo; j >= the last starting at token q - hi), which shrinks it
+    by about the mean document length per pass; a short bisection finishes."""
+    off0, last = offsets[0], len(offsets) - 2
     lo = np.zeros_like(q)
-    hi = np.full_like(q, len(offsets) - 2)
-    for _ in range(int(len(offsets) - 1).bit_length()):
+    hi = np.minimum(np.searchsorted(offsets, q + off0, "right") - 1, last)
+    for _ in range(4):
+        lo = np.clip(np.searchsorted(offsets, q - hi + off0, "right") - 1, lo, hi)
+        hi = np.minimum(np.searchsorted(offsets, q - lo + off0, "right") - 1, hi)
+        if (hi - lo).max() <= 1:
+            break
+    for _ in range(int((hi - lo).max()).bit_length()):
         mid = (lo + hi + 1) >> 1
         ok = offsets[mid] - off0 + mid <= q
         lo = np.where(ok, mid, lo)
@@ -70,26 +80,28 @@ def gather_windows(chunk: Chunk, starts: np.ndarray, length: int,
     Returns tokens (n, length) in the shard dtype and doc ids (n, length) int32, counting
     from 0 at each window's first position (an EOS belongs to the document it ends)."""
     off, off0, n = chunk.offsets, chunk.offsets[0], len(starts)
-    d = _bisect_docs(off, np.concatenate([starts, starts + length - 1]))
+    d = _find_docs(off, np.concatenate([starts, starts + length - 1]))
     d_first, d_last = d[:n], d[n:]                                       # (n,), (n,)
     counts = d_last - d_first                 # documents starting inside each window
+    rows = np.repeat(np.arange(n), counts)
+    first = np.cumsum(counts) - counts
+    j = np.repeat(d_first + 1 - first, counts) + np.arange(len(rows))  # documents starting
+    cols = off[j] - off0 + j - starts[rows]                              # ... at these columns
     marks = np.zeros((n, length), np.int32)
-    eos = np.zeros((n, length), bool)
-    if counts.sum():
-        rows = np.repeat(np.arange(n), counts)
-        first = np.cumsum(counts) - counts
-        j = np.repeat(d_first + 1 - first, counts) + np.arange(counts.sum())  # starting docs
-        cols = off[j] - off0 + j - starts[rows]
-        marks[rows, cols] = 1
-        eos[rows, cols - 1] = True            # the EOS ending the document before
-    last_end = off[d_last + 1] - off0 + d_last - starts      # EOS of the last document
-    inside = last_end < length
-    eos[np.flatnonzero(inside), last_end[inside]] = True
-    local = np.cumsum(marks, axis=1, dtype=np.int32)                     # (n, length)
-    vidx = (starts + off0)[:, None] + np.arange(length) - d_first[:, None] - local
+    marks[rows, cols] = 1
+    local = np.cumsum(marks, axis=1, dtype=np.int32)                     # (n, length) doc ids
+    # EOS positions: before each document start, and after the last document if inside
+    last_end = off[d_last + 1] - off0 + d_last - starts
+    inside = np.flatnonzero(last_end < length)
+    eos_rows = np.concatenate([rows, inside])
+    eos_cols = np.concatenate([cols - 1, last_end[inside]])
+    # token of stream position p in document d is values[p - d + off0]
+    vidx = (starts + off0 - d_first)[:, None] + np.arange(length)        # (n, length)
+    vidx -= local
+    vidx[eos_rows, eos_cols] = off0           # any valid index: overwritten below
     values = chunk.values if len(chunk.values) else np.zeros(1, chunk.values.dtype)
-    tokens = np.take(values, vidx, mode="clip")                          # (n, length)
-    tokens[eos] = eos_id
+    tokens = values[vidx]                                                # (n, length)
+    tokens[eos_rows, eos_cols] = eos_id
     return tokens, local
 
 
@@ -102,16 +114,19 @@ class SplitStream:
         lens = [c.stream_len for c in chunks]
         self.bases = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
         self.stream_len = int(self.bases[-1])
+        self.dtype = chunks[0].values.dtype
 
     def windows(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """stream[s : s + length] for each s in `starts` (n,): tokens, doc ids (n, length)."""
         starts = np.asarray(starts, np.int64)
         c_first = np.searchsorted(self.bases, starts, "right") - 1
         c_last = np.searchsorted(self.bases, starts + length - 1, "right") - 1
-        dtype = self.chunks[0].values.dtype
-        tokens = np.empty((len(starts), length), dtype)
-        docs = np.empty((len(starts), length), np.int32)
         whole = c_first == c_last
+        if len(starts) and whole.all() and c_first.min() == c_first.max():
+            c = int(c_first[0])                 # all in one chunk: no copy into a batch array
+            return gather_windows(self.chunks[c], starts - self.bases[c], length, self.eos_id)
+        tokens = np.empty((len(starts), length), self.dtype)
+        docs = np.empty((len(starts), length), np.int32)
         for c in np.unique(c_first[whole]):
             sel = np.flatnonzero(whole & (c_first == c))
             tokens[sel], docs[sel] = gather_windows(

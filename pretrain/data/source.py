@@ -13,6 +13,8 @@ from pretrain.data.order import Mixture, Permutation, derive_keys
 from pretrain.data.shards import SPLITS, DataError, ShardFolder
 from pretrain.data.span import SpanLengths, corrupt, noise_mask, span_lengths
 
+ORDER_BLOCK = 4096   # training-order positions computed together
+
 
 class DataSource:
     """Shard folders opened for one run.
@@ -44,6 +46,7 @@ class DataSource:
         except ValueError as e:
             raise DataError(f"data.path: {e}") from None
         self._perms: dict[tuple[int, int], Permutation] = {}
+        self._order_blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # ---- checks -------------------------------------------------------------------------
     def _check_same_tokenizer(self) -> None:
@@ -111,13 +114,31 @@ class DataSource:
     def order(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Training order: positions (n,) -> (train sample index (n,), epoch (n,)).
         Single folder: epoch = position // num_samples, then a permutation keyed by
-        (seed, epoch). Mixtures: each folder runs through its own epochs."""
-        folder, count = self.mixture(positions)
+        (seed, epoch). Mixtures: each folder runs through its own epochs.
+
+        Computed ORDER_BLOCK positions at a time (a micro-batch's positions are contiguous)
+        and the last blocks memoised: O(1) memory, the per-call numpy overhead amortised."""
+        positions = np.asarray(positions, np.int64)
+        block, offset = np.divmod(positions, ORDER_BLOCK)
+        index, epoch = np.empty_like(positions), np.empty_like(positions)
+        for b in np.unique(block).tolist():
+            if b not in self._order_blocks:
+                if len(self._order_blocks) >= 4:
+                    self._order_blocks.pop(next(iter(self._order_blocks)))
+                self._order_blocks[b] = self._order_block(b)
+            sel = block == b
+            index[sel], epoch[sel] = (a[offset[sel]] for a in self._order_blocks[b])
+        return index, epoch
+
+    def _order_block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        folder, count = self.mixture(np.arange(b * ORDER_BLOCK, (b + 1) * ORDER_BLOCK))
         n_k = self._counts["train"][folder]
         epoch, within = np.divmod(count, n_k)
         if self.config.shuffle:
-            for k, e in {(int(k), int(e)) for k, e in zip(folder, epoch)}:
-                sel = (folder == k) & (epoch == e)
+            group = epoch * len(self.folders) + folder            # one (epoch, folder) each
+            for g in np.unique(group).tolist():
+                sel = group == g
+                e, k = divmod(g, len(self.folders))
                 within[sel] = self._perm(k, e)(within[sel])
         return self._bases["train"][folder] + within, epoch
 
@@ -129,16 +150,25 @@ class DataSource:
             raise IndexError(f"{split} sample index out of range [0, {self.num_samples(split)})")
         folder = np.searchsorted(self._bases[split], indices, "right") - 1
         within = indices - self._bases[split][folder]
-        tokens = np.empty((len(indices), self.window), np.int64)
-        docs = np.empty((len(indices), self.window), np.int32)
+        tokens, docs = self._windows(split, folder, within)                 # (n, window)
+        if self.span is None:                 # contiguous int64 copies: zero-copy to torch
+            return {"input_ids": tokens[:, :-1].astype(np.int64),
+                    "targets": tokens[:, 1:].astype(np.int64),
+                    "doc_ids": np.ascontiguousarray(docs[:, :-1])}
+        return self._span_batch(tokens.astype(np.int64), folder, within,
+                                np.asarray(epochs, np.int64))
+
+    def _windows(self, split: str, folder: np.ndarray, within: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.folders) == 1:
+            return self.folders[0].streams[split].windows(within * self.stride, self.window)
+        tokens = np.empty((len(within), self.window), self.folders[0].streams[split].dtype)
+        docs = np.empty((len(within), self.window), np.int32)
         for k in np.unique(folder):
             sel = np.flatnonzero(folder == k)
             stream = self.folders[k].streams[split]
             tokens[sel], docs[sel] = stream.windows(within[sel] * self.stride, self.window)
-        if self.span is None:
-            return {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:],
-                    "doc_ids": docs[:, :-1]}
-        return self._span_batch(tokens, folder, within, np.asarray(epochs, np.int64))
+        return tokens, docs
 
     def _span_batch(self, tokens: np.ndarray, folder: np.ndarray, within: np.ndarray,
                     epochs: np.ndarray) -> dict[str, np.ndarray]:

@@ -3,6 +3,7 @@ for the loader's tests and benchmarks (the real writer is `python -m data_tools 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,12 @@ def docs_from_lists(docs: list[np.ndarray] | list[list[int]]) -> Docs:
 
 
 def random_docs(rng: np.random.Generator, num_tokens: int, mean_doc_len: int,
-                low: int, high: int) -> Docs:
+                low: int, high: int, dtype: type = np.int64) -> Docs:
     """Documents of geometric lengths (>= 1) totalling about num_tokens, ids in [low, high)."""
     n_docs = max(1, num_tokens // mean_doc_len)
     lengths = rng.geometric(1.0 / mean_doc_len, n_docs).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    values = rng.integers(low, high, int(offsets[-1]), dtype=np.int64)
+    values = rng.integers(low, high, int(offsets[-1]), dtype=dtype)
     return offsets, values
 
 
@@ -43,7 +44,7 @@ def write_shard(path: Path, docs: Docs, dtype: str, batch_docs: int | None = Non
     offsets, values = docs
     value_type = pa.uint16() if dtype == "uint16" else pa.uint32()
     arr = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()),
-                                        pa.array(values.astype(dtype), value_type))
+                                        pa.array(values.astype(dtype, copy=False), value_type))
     schema = pa.schema([("tokens", pa.large_list(value_type))])
     step = batch_docs or max(1, len(arr))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,11 +56,12 @@ def write_shard(path: Path, docs: Docs, dtype: str, batch_docs: int | None = Non
             "file_bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def write_folder(folder: str | Path, splits: dict[str, list[Docs]], vocab_size: int, *,
+def write_folder(folder: str | Path, splits: dict[str, Iterable[Docs]], vocab_size: int, *,
                  eos_id: int = 0, pad_id: int = 1, sentinel_ids: list[int] | None = None,
                  batch_docs: int | None = None, tokenizer_text: str = '{"synthetic": true}',
                  ) -> dict:
-    """Write `splits` ({"train": [shard docs, ...], "val": [...]}) as a shard folder."""
+    """Write `splits` ({"train": [shard docs, ...], "val": [...]}; shards may come from a
+    generator, one at a time) as a shard folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.json").write_text(tokenizer_text)

@@ -1,0 +1,136 @@
+"""Loader benchmark (issue 4): packed + shuffled decoder samples through `train_batches` in one
+process (goal >= 50M tokens/s), and start-up time (open_data + first batch) for synthetic corpora
+of 10^5 vs 10^7 samples (goal: ratio <= 1.5). Corpora are written to a temp folder.
+
+    python benchmarks/loader_throughput.py [--seconds 5] [--large 10000000]
+
+Prints the figures with the CPU named; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pretrain.data import DataConfig, open_data, train_batches  # noqa: E402
+from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
+
+VOCAB = 32_000
+MEAN_DOC_TOKENS = 400
+SHARD_TOKENS = 128 * 2**20          # 256 MB of uint16 per shard, as `data_tools shard`'s default
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def write_corpus(folder: Path, num_samples: int, seq_len: int, seed: int) -> None:
+    """About num_samples windows of seq_len + 1, in shards of SHARD_TOKENS tokens."""
+    rng = np.random.default_rng(seed)
+    total = num_samples * seq_len * MEAN_DOC_TOKENS // (MEAN_DOC_TOKENS + 1) + seq_len
+    sizes = [SHARD_TOKENS] * (total // SHARD_TOKENS) + ([total % SHARD_TOKENS] if
+                                                        total % SHARD_TOKENS else [])
+    shards = (random_docs(rng, n, MEAN_DOC_TOKENS, 2, VOCAB, np.uint16)
+              for n in tqdm(sizes, desc=f"writing {folder.name}", unit="shard"))
+    val = [random_docs(rng, 100 * seq_len, MEAN_DOC_TOKENS, 2, VOCAB, np.uint16)]
+    write_folder(folder, {"train": shards, "val": val}, VOCAB)
+
+
+def startup_s(folder: Path, seq_len: int) -> float:
+    """open_data (manifest + shard checks, memory maps) + the first micro-batch."""
+    t0 = time.perf_counter()
+    src = open_data(DataConfig(path=str(folder), seq_len=seq_len), seed=0)
+    next(train_batches(src, 8, 8, 0, 1, 0, num_workers=0))
+    return time.perf_counter() - t0
+
+
+def throughput(folder: Path, seq_len: int, micro: int, seconds: float) -> dict:
+    src = open_data(DataConfig(path=str(folder), seq_len=seq_len), seed=0)
+    batches = train_batches(src, micro, micro, 0, 1, 0, num_workers=0)
+    for _ in itertools.islice(batches, 5):
+        pass                                    # warm-up
+    n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        for b in itertools.islice(batches, 10):
+            n += b["input_ids"].numel()
+    batched = n / (time.perf_counter() - t0)
+    per_cpu_s = n / (time.process_time() - cpu0)
+    # the same samples one at a time (DataSource.sample in a Python loop), for the ratio
+    idx, epoch = src.order(np.arange(2000))
+    t0 = time.perf_counter()
+    per_sample = [src.sample("train", int(i), int(e)) for i, e in zip(idx, epoch)]
+    single = len(per_sample) * seq_len / (time.perf_counter() - t0)
+    return {"tokens_per_sec": batched, "tokens_per_cpu_sec": per_cpu_s, "samples_per_sec": batched / seq_len,
+            "per_sample_tokens_per_sec": single, "num_samples": src.num_samples("train")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-len", type=int, default=1024, help="T of the throughput run")
+    p.add_argument("--micro-batch", type=int, default=32, help="samples per batch")
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of the throughput run")
+    p.add_argument("--small", type=int, default=10**5, help="samples in the small corpus")
+    p.add_argument("--large", type=int, default=10**7, help="samples in the large corpus")
+    p.add_argument("--startup-seq-len", type=int, default=64,
+                   help="T of the start-up corpora (10^7 samples x 64 tokens = 1.3 GB)")
+    p.add_argument("--repeats", type=int, default=7, help="start-up measurements per corpus")
+    p.add_argument("--workdir", default=None, help="where to write the corpora (default: temp)")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        small, large = Path(tmp) / "small", Path(tmp) / "large"
+        write_corpus(small, args.small, args.startup_seq_len, seed=1)
+        write_corpus(large, args.large, args.startup_seq_len, seed=2)
+        startup_s(small, args.startup_seq_len)  # warm imports and page cache
+        times: dict[str, list[float]] = {"small": [], "large": []}
+        for _ in range(args.repeats):           # interleaved, so load changes hit both
+            times["small"].append(startup_s(small, args.startup_seq_len))
+            times["large"].append(startup_s(large, args.startup_seq_len))
+        t_small, t_large = (statistics.median(times[k]) for k in ("small", "large"))
+        tp = throughput(large, args.seq_len, args.micro_batch, args.seconds)
+
+    result = {
+        "cpu": cpu_model(), "gpu": None, "processes": 1, "seq_len": args.seq_len,
+        "micro_batch": args.micro_batch, "corpus_tokens_per_sample_in_startup": args.startup_seq_len,
+        "tokens_per_sec": round(tp["tokens_per_sec"]),
+        "tokens_per_cpu_sec": round(tp["tokens_per_cpu_sec"]),
+        "load_avg_1min": os.getloadavg()[0], "cpu_cores": os.cpu_count(),
+        "samples_per_sec": round(tp["samples_per_sec"]),
+        "per_sample_loop_tokens_per_sec": round(tp["per_sample_tokens_per_sec"]),
+        "batched_vs_per_sample": round(tp["tokens_per_sec"] / tp["per_sample_tokens_per_sec"], 2),
+        "startup_small_s": round(t_small, 5), "startup_large_s": round(t_large, 5),
+        "startup_ratio": round(t_large / t_small, 3),
+        "startup_samples": [args.small, args.large],
+    }
+    print(f"CPU: {result['cpu']} (no GPU here; the loader runs on the CPU in any case)")
+    print(f"throughput, 1 process, packed + shuffled, T={args.seq_len}, batch {args.micro_batch}: "
+          f"{tp['tokens_per_sec'] / 1e6:.1f}M tokens/s = {tp['samples_per_sec']:.0f} samples/s "
+          f"(goal >= 50M tokens/s); per CPU-second of this process "
+          f"{tp['tokens_per_cpu_sec'] / 1e6:.1f}M (load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores); one sample at a time: "
+          f"{tp['per_sample_tokens_per_sec'] / 1e6:.1f}M tokens/s "
+          f"(batched is {result['batched_vs_per_sample']}x)")
+    print(f"start-up (open + first batch), median of {args.repeats}: {args.small:.0e} samples "
+          f"{t_small * 1e3:.1f} ms, {args.large:.0e} samples {t_large * 1e3:.1f} ms, "
+          f"ratio {result['startup_ratio']} (goal <= 1.5)")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
