@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sequence length for the FLOP count (default: max_seq_len)")
     p.add_argument("--target-len", type=int, default=None,
                    help="encoder-decoder only: target length for the FLOP count (default: seq-len)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def load_model_config(path: str, overrides: list[str], vocab_size: int | None) -> ModelConfig:

@@ -38,7 +38,7 @@ def rope_angles(pos: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (x_i, x_{i+hd/2}) of x (B, h, T, hd) by the angles in cos/sin (B|1, 1, T, hd/2).
     The score q_m . k_n then depends on m - n only."""
-    x1, x2 = x.float().chunk(2, dim=-1)
+    x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
     return out.type_as(x)
 

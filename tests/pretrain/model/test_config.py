@@ -1,0 +1,120 @@
+"""ModelConfig validation, the shipped configs, and the `python -m pretrain.model` summary."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.configlib import ConfigError, load_yaml, validate_section
+from pretrain.model import ModelConfig, build_model, count_parameters, padded_vocab_size
+from pretrain.model.__main__ import main
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
+SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+EXACT = {"gpt2-124m": 124_439_808, "llama-1.1b": 1_100_048_384}
+PAPER = {"transformer-base": 65e6, "transformer-big": 213e6}  # Vaswani et al. 2017, Table 3
+
+
+def _load(name, vocab=32000):
+    data = load_yaml(CONFIG_DIR / f"{name}.yaml")
+    if data.get("vocab_size") is None:
+        data["vocab_size"] = vocab
+    return validate_section(ModelConfig, data, source=name)
+
+
+def test_the_issue_sizes_are_shipped():
+    for name in ["gpt2-124m", "gpt2-350m", "llama-1.1b", "transformer-base", "transformer-big",
+                 "t5-base", "gpt-demo", "gpt-tiny", "llama-tiny", "t5-tiny", "transformer-tiny"]:
+        assert name in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_parses_and_builds(name):
+    cfg = _load(name)
+    big = cfg.d_model >= 512
+    with torch.device("meta" if big else "cpu"):
+        model = build_model(cfg)
+    n = count_parameters(model)
+    if name in EXACT:
+        assert n == EXACT[name]
+    if name in PAPER:
+        assert abs(n - PAPER[name]) / PAPER[name] < 0.05, n
+    if "tiny" in name:
+        assert "vocab_size" not in load_yaml(CONFIG_DIR / f"{name}.yaml")  # filled from data
+        ids = torch.randint(0, 100, (1, 8))
+        batch = ({"input_ids": ids} if cfg.family == "decoder" else
+                 {"input_ids": ids, "decoder_input_ids": ids})
+        assert model(**batch)["logits"].shape == (1, 8, 32000)
+
+
+def test_all_problems_reported_at_once_naming_keys():
+    bad = {"family": "decoder", "max_seq_len": 64, "d_model": 96, "n_heads": 5, "n_layers": 2,
+           "n_encoder_layers": 2, "dropout": 1.5, "activation": "tanh", "colour": "red",
+           "activation_checkpointing": {"every_n": 0}}
+    with pytest.raises(ConfigError) as err:
+        validate_section(ModelConfig, bad, prefix="model", source="run.yaml")
+    text = str(err.value)
+    for key in ["model.n_heads", "model.n_encoder_layers", "model.dropout", "model.activation",
+                "model.colour: unknown key", "every_n", "run.yaml"]:
+        assert key in text, f"{key!r} not in:\n{text}"
+
+
+@pytest.mark.parametrize("update, message", [
+    ({"n_kv_heads": 3}, "n_kv_heads=3 must divide n_heads=4"),
+    ({"family": "encdec"}, "required for family 'encdec'"),
+    ({"doc_masking": True, "family": "encdec", "n_layers": None, "n_encoder_layers": 1,
+      "n_decoder_layers": 1}, "document masking"),
+    ({"d_model": 72, "n_heads": 8, "position": "rope"}, "even head dimension"),
+])
+def test_cross_field_checks(update, message):
+    data = {"family": "decoder", "max_seq_len": 8, "d_model": 64, "n_heads": 4, "n_layers": 1}
+    with pytest.raises(ConfigError, match=message):
+        validate_section(ModelConfig, {**data, **update})
+
+
+def test_checkpointing_modes_and_vocab_padding():
+    base = {"family": "decoder", "max_seq_len": 8, "d_model": 64, "n_heads": 4, "n_layers": 6}
+    every = ModelConfig(**base, activation_checkpointing={"every_n": 3})
+    assert [every.checkpointed(i) for i in range(6)] == [True, False, False, True, False, False]
+    assert all(ModelConfig(**base, activation_checkpointing="full").checkpointed(i) for i in range(6))
+    assert not ModelConfig(**base, activation_checkpointing="selective").checkpointed(0)
+    assert padded_vocab_size(8192) == 8192 and padded_vocab_size(50257) == 50304
+    with pytest.raises(ValueError, match="vocab_size is not set"):
+        build_model(ModelConfig(**base))
+
+
+def test_summary_command_prints_exact_lines():
+    """The real command in a subprocess (the other summary tests call main() in-process)."""
+    out = subprocess.run([sys.executable, "-m", "pretrain.model", str(CONFIG_DIR / "gpt2-124m.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "parameters: 124439808" in lines
+    assert f"flops_per_token: {6 * (124439808 - 1024 * 768) + 12 * 12 * 768 * 1024}" in lines
+
+
+def test_summary_of_a_run_config_with_overrides(tmp_path, capsys):
+    run = tmp_path / "run.yaml"  # a run config whose model section names a base file
+    run.write_text(f"model:\n  base: {CONFIG_DIR / 'gpt-tiny.yaml'}\n  n_layers: 3\n"
+                   "optim: {lr: 1.0e-3}\n")
+    assert main([str(run), "--vocab-size", "96", "d_model=128"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "layers: 3" in lines and "d_model: 128" in lines
+    tiny = _load("gpt-tiny", vocab=96).model_copy(update={"n_layers": 3, "d_model": 128})
+    assert f"parameters: {count_parameters(build_model(tiny))}" in lines
+    assert main([str(CONFIG_DIR / "t5-tiny.yaml")]) == 0
+    out = capsys.readouterr()
+    assert "vocab_size: 32000" in out.out and "--vocab-size" in out.err
+
+
+def test_summary_command_errors_and_help(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("family: decoder\nmax_seq_len: 8\nd_model: 64\nn_heads: 5\nn_layers: 1\n")
+    assert main([str(bad), "n_head=4"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "n_heads" in err and "n_head: unknown key" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "flops_per_token" in capsys.readouterr().out
