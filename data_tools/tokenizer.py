@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -55,12 +54,12 @@ def add_arguments(p) -> None:
 
 def sampled_texts(files, text_field: str, max_bytes: int, max_doc_bytes: int,
                   counts: dict) -> Iterator[str]:
-    """Documents in input order, each kept with probability ~max_bytes/total input bytes (by a
-    hash of its bytes: deterministic), stopping once max_bytes of text were yielded."""
+    """Documents in input order, systematically sampled by bytes: a document is kept when the
+    running credit (keep fraction x bytes seen) covers it, keep = max_bytes / total input bytes.
+    Deterministic, spread over the whole corpus, stops once max_bytes of text were yielded."""
     total = sum(f.size for f in files)
     keep = min(1.0, max_bytes / max(total, 1))
-    threshold = int(keep * (1 << 64))
-    used = 0
+    used, credit = 0, 0.0
     bar = tqdm(total=min(total, max_bytes), unit="B", unit_scale=True, desc="tokenizer text",
                disable=None)
     for inp in files:
@@ -68,9 +67,10 @@ def sampled_texts(files, text_field: str, max_bytes: int, max_doc_bytes: int,
             if not isinstance(rec, Doc):
                 counts[rec.reason] = counts.get(rec.reason, 0) + 1
                 continue
-            digest = int.from_bytes(hashlib.blake2b(rec.utf8, digest_size=8).digest(), "little")
-            if keep < 1.0 and digest >= threshold:
+            credit += keep * len(rec.utf8)
+            if credit < 0:
                 continue
+            credit -= len(rec.utf8)
             used += len(rec.utf8)
             counts["documents"] = counts.get("documents", 0) + 1
             bar.update(len(rec.utf8))

@@ -1,0 +1,70 @@
+"""Helpers for data_tools tests: real corpora from the Python stdlib, the real CLI in-process
+or as a subprocess, and a byte comparison of shard folders."""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from data_tools.__main__ import main as cli_main
+
+REPO = Path(__file__).resolve().parents[2]
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TRICKY = [
+    "  leading spaces and trailing\n\n", "windows\r\nline ends\r\n", "emoji 🎉 and 中文 and é (e\u0301)",
+    "a literal <|endoftext|> and <|pad|> inside text", "\ttabs\tand\u00a0nbsp\u200d zwj",
+    "NUL \u0000 inside JSON text", "x" * 300 + " " + "y" * 5,
+]
+
+
+def stdlib_texts(max_bytes: int, piece_chars: int = 1000) -> list[str]:
+    """Deterministic real text: stdlib .py files in sorted order, cut at line ends into
+    documents of about piece_chars, until max_bytes."""
+    texts, total = [], 0
+    for p in sorted(glob.glob(str(STDLIB / "*.py"))):
+        text, start = Path(p).read_text(encoding="utf-8"), 0
+        while start < len(text):
+            end = text.find("\n", start + piece_chars)
+            end = len(text) if end < 0 else end + 1
+            piece, start = text[start:end], end
+            if total + len(piece) > max_bytes:
+                return texts
+            if piece.strip():
+                texts.append(piece)
+                total += len(piece)
+    return texts
+
+
+def write_jsonl(path: Path, texts, field: str = "text") -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({field: t}) + "\n")
+    return path
+
+
+def cli(*args) -> int:
+    """The real command line, in this process."""
+    return cli_main([str(a) for a in args])
+
+
+def cli_subprocess(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "data_tools", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, **kw)
+
+
+def read_tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder -> bytes; manifest.json with its 'timing' key removed."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            if p.name == "manifest.json":
+                m = json.loads(data)
+                m.pop("timing")
+                data = json.dumps(m, sort_keys=True).encode()
+            out[str(p.relative_to(folder))] = data
+    return out

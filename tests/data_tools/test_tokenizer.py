@@ -1,0 +1,52 @@
+"""train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input."""
+
+import json
+
+from tokenizers import Tokenizer
+
+from data_tools.tokenizer import load_tokenizer, tokenizer_info
+from tests.data_tools.dt_util import cli, cli_subprocess, write_jsonl
+
+
+def test_special_tokens_and_sentinels_at_the_end(tokenizer):
+    tok = Tokenizer.from_file(str(tokenizer))
+    info = tokenizer_info(load_tokenizer(tokenizer), tokenizer)
+    assert tok.get_vocab_size() == 512 == info["vocab_size"]
+    assert (info["eos_id"], info["pad_id"], info["bos_id"]) == (0, 1, None)
+    assert info["sentinel_ids"] == [508, 509, 510, 511]
+    assert [tok.id_to_token(i) for i in info["sentinel_ids"]] == [f"<extra_id_{i}>" for i in range(4)]
+
+
+def test_deterministic_for_same_inputs(tmp_path, corpus, tokenizer):
+    runs = tokenizer.parent / "runs.jsonl"
+    assert cli("train-tokenizer", corpus, runs, "--vocab-size", 512, "--sentinels", 4,
+               "--out", tmp_path) == 0
+    assert (tmp_path / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
+
+
+def test_max_bytes_limits_the_sample(tmp_path, corpus, caplog):
+    caplog.set_level("INFO")
+    assert cli("train-tokenizer", corpus, "--vocab-size", 300, "--max-bytes", "20KB",
+               "--out", tmp_path) == 0
+    line = next(r.getMessage() for r in caplog.records if "trained" in r.getMessage())
+    used_docs = int(line.split(" on ")[1].split()[0])
+    total_docs = len(corpus.read_text().splitlines())
+    assert 0 < used_docs < total_docs / 3, line
+
+
+def test_errors_before_work(tmp_path, capsys):
+    assert cli("train-tokenizer", tmp_path / "nope.jsonl", "--vocab-size", 300,
+               "--out", tmp_path / "t") == 2
+    assert "nope.jsonl' does not exist" in capsys.readouterr().err
+    bad = write_jsonl(tmp_path / "bad.jsonl", [""])
+    assert cli("train-tokenizer", bad, "--vocab-size", 300, "--out", tmp_path / "t") == 2
+    err = capsys.readouterr().err
+    assert "no documents" in err and "empty 1" in err
+    assert not (tmp_path / "t" / "tokenizer.json").exists()
+
+
+def test_help_on_every_command():
+    for cmd in ([], ["train-tokenizer"], ["shard"], ["validate"], ["inspect"]):
+        r = cli_subprocess(*cmd, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout, r.stderr
+    assert json.loads  # the subcommands' help above also proves `python -m data_tools` imports
