@@ -1,0 +1,146 @@
+"""Bad input: each case from the issue is skipped and counted (or, for missing paths, no
+documents and a bad tokenizer, refused before any work); --strict stops at the first."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from data_tools.inputs import expand_inputs, parse_size
+from data_tools.manifest import read_manifest
+from tests.data_tools.dt_util import cli, stdlib_texts
+
+GOOD = stdlib_texts(6000)[:4]
+
+
+@pytest.fixture()
+def bad_jsonl(tmp_path):
+    lines = [json.dumps({"text": GOOD[0]}).encode(),
+             b'{"text": "unterminated',  # line 2: invalid JSON
+             b'["a", "list"]',  # line 3: not an object
+             b'{"body": "no text key"}',  # line 4: missing field
+             b'{"text": 42}',  # line 5: non-string field
+             b'{"text": "bad \xff\xfe bytes"}',  # line 6: invalid UTF-8
+             b'{"text": ""}',  # line 7: empty document
+             b'{"text": "lone \\ud800 surrogate"}',  # line 8: not encodable as UTF-8
+             json.dumps({"text": GOOD[1]}).encode()]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def shard(tok, out, *inputs_and_flags):
+    return cli("shard", *inputs_and_flags, "--tokenizer", tok, "--out", out, "--workers", "1",
+               "--val-fraction", "0")
+
+
+def test_bad_records_are_skipped_counted_and_named(tmp_path, tokenizer, bad_jsonl, caplog):
+    assert shard(tokenizer, tmp_path / "o", bad_jsonl) == 0
+    m = read_manifest(tmp_path / "o")
+    assert m["skipped"] == {"empty": 1, "invalid_json": 1, "invalid_utf8": 2,
+                            "missing_field": 1, "non_string_field": 1, "not_object": 1}
+    assert m["splits"]["train"]["documents"] == 2
+    err = caplog.text
+    for line, reason in [(2, "invalid_json"), (3, "not_object"), (4, "missing_field"),
+                         (5, "non_string_field"), (6, "invalid_utf8")]:
+        assert f"bad.jsonl:{line}: {reason}" in err  # the first few, by file and line
+
+
+def test_strict_stops_at_the_first_bad_record(tmp_path, tokenizer, bad_jsonl, capsys):
+    assert shard(tokenizer, tmp_path / "o", bad_jsonl, "--strict") == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2: invalid_json" in err and "--strict" in err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_txt_and_file_formats_skip_invalid_utf8_binary_empty(tmp_path, tokenizer):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.txt").write_bytes(b"good line\n\xff\xfe bad line\n\n   \nanother good one\n")
+    (d / "ok.py").write_text(GOOD[2])
+    (d / "blob.bin").write_bytes(b"\x7fELF\0\0\0binary")
+    (d / "latin1.py").write_bytes("caf\u00e9 = 1\n".encode("latin-1"))
+    (d / "empty.py").write_text("")
+    (d / "huge.py").write_text("y = 1\n" * 2000)
+    assert shard(tokenizer, tmp_path / "t", d / "a.txt") == 0
+    assert read_manifest(tmp_path / "t")["skipped"] == {"invalid_utf8": 1}
+    assert shard(tokenizer, tmp_path / "f", d, "--format", "file", "--max-doc-bytes", "10KB") == 0
+    m = read_manifest(tmp_path / "f")
+    assert m["skipped"] == {"binary": 1, "empty": 1, "invalid_utf8": 2, "too_large": 1}
+    assert m["splits"]["train"]["documents"] == 1  # ok.py (a.txt is one doc with a bad byte)
+
+
+def test_truncated_gzip_keeps_what_was_readable(tmp_path, tokenizer, caplog):
+    data = gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in GOOD * 20))
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    assert shard(tokenizer, tmp_path / "o", tmp_path / "cut.jsonl.gz") == 0
+    m = read_manifest(tmp_path / "o")
+    assert m["skipped"] == {"truncated": 1}
+    assert 0 < m["splits"]["train"]["documents"] < 80
+    assert "cut.jsonl.gz:" in caplog.text and "truncated" in caplog.text
+
+
+def test_unreadable_file_is_skipped(tmp_path, tokenizer):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "ok.txt").write_text("readable text\n")
+    bad = tmp_path / "in" / "locked.txt"
+    if os.geteuid() == 0:  # root ignores permission bits; reading /proc/self/mem fails with EIO
+        bad.symlink_to("/proc/self/mem")
+    else:
+        bad.write_text("secret\n")
+        bad.chmod(0)
+    assert shard(tokenizer, tmp_path / "o", tmp_path / "in", "--format", "txt") == 0
+    m = read_manifest(tmp_path / "o")
+    assert m["skipped"] == {"unreadable": 1} and m["splits"]["train"]["documents"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing_path", "empty_folder", "glob_no_match",
+                                  "missing_tokenizer", "corrupt_tokenizer"])
+def test_refused_before_any_work(tmp_path, tokenizer, corpus, case, capsys):
+    inputs, tok = [corpus], tokenizer
+    if case == "missing_path":
+        inputs = [corpus, tmp_path / "nope.jsonl"]
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        inputs = [tmp_path / "empty"]
+    elif case == "glob_no_match":
+        inputs = [str(tmp_path / "*.jsonl")]
+    elif case == "missing_tokenizer":
+        tok = tmp_path / "tok" / "tokenizer.json"
+    else:
+        tok = tmp_path / "tokenizer.json"
+        tok.write_text(tokenizer.read_text()[:500])
+    assert shard(tok, tmp_path / "o", *inputs) == 2
+    err = capsys.readouterr().err
+    expected = {"missing_path": "nope.jsonl' does not exist", "empty_folder": "no input files",
+                "glob_no_match": "matches no files", "missing_tokenizer": "does not exist",
+                "corrupt_tokenizer": "not a valid tokenizers JSON"}[case]
+    assert expected in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
+    tok = json.loads(tokenizer.read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|endoftext|>"]
+    del tok["model"]["vocab"]["<|endoftext|>"]
+    (tmp_path / "t.json").write_text(json.dumps(tok))
+    assert shard(tmp_path / "t.json", tmp_path / "o", corpus) == 2
+    assert "has no <|endoftext|> token" in capsys.readouterr().err
+
+
+def test_no_documents_at_all(tmp_path, tokenizer, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"text": ""}\nnot json\n')
+    assert shard(tokenizer, tmp_path / "o", tmp_path / "bad.jsonl") == 2
+    err = capsys.readouterr().err
+    assert "no documents in 1 input files" in err and "empty 1, invalid_json 1" in err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_expand_inputs_order_dedup_and_excludes(tmp_path):
+    for name in ["b/2.txt", "b/1.txt", "a.txt", ".hidden/x.txt", "b/__pycache__/c.txt"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("t\n")
+    files = expand_inputs([str(tmp_path / "b"), str(tmp_path), str(tmp_path / "a.txt")], "auto")
+    assert [os.path.relpath(f.path, tmp_path) for f in files] == ["b/1.txt", "b/2.txt", "a.txt"]
+    assert parse_size("256MB") == 256 << 20 and parse_size("1.5k") == 1536
