@@ -42,6 +42,26 @@ def test_packed_windows_equal_the_naive_stream(clm, folder):
     assert batch["input_ids"].dtype == np.int64 and batch["doc_ids"].dtype == np.int32
 
 
+@pytest.mark.parametrize("mean_doc,batch_docs,seq_len", [(1, 1, 4), (2, 7, 5), (40, None, 16),
+                                                          (3, 5, 64)])
+def test_packing_with_tiny_documents_and_record_batches(tmp_path, make_folder, mean_doc,
+                                                        batch_docs, seq_len):
+    rng = np.random.default_rng(mean_doc)
+    shards = [docs_from_lists([rng.integers(2, 400, rng.geometric(1 / (mean_doc + 1)) - 1)
+                               for _ in range(int(rng.integers(1, 120)))]) for _ in range(3)]
+    write_folder(tmp_path, {"train": shards, "val": shards[:1]}, VOCAB, batch_docs=batch_docs)
+    src = open_data(DataConfig(path=str(tmp_path), seq_len=seq_len), seed=0)
+    stream, doc_of = naive_stream(tmp_path)
+    n = src.num_samples("train")
+    assert n == (len(stream) - 1) // seq_len
+    batch = src.batch("train", np.arange(n)[::-1], np.zeros(n, np.int64))
+    for row, i in enumerate(range(n - 1, -1, -1)):
+        window = stream[i * seq_len: i * seq_len + seq_len + 1]
+        np.testing.assert_array_equal(batch["targets"][row], window[1:])
+        docs = doc_of[i * seq_len: i * seq_len + seq_len]
+        np.testing.assert_array_equal(batch["doc_ids"][row], docs - docs[0])
+
+
 def test_empty_documents_and_windows_across_shards(tmp_path):
     shards = [docs_from_lists([[5, 6, 7], [], [8]]), docs_from_lists([[9], [10, 11, 12, 13]])]
     write_folder(tmp_path, {"train": shards, "val": shards[:1]}, VOCAB, eos_id=0, batch_docs=1)
