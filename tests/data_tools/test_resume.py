@@ -1,0 +1,64 @@
+"""kill -9 of a real `shard` subprocess at several points, then the same command again: the
+final folder is byte-identical to an uninterrupted run (manifest apart from `timing`)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from data_tools.manifest import read_manifest
+from tests.data_tools.dt_util import REPO, cli, read_tree, stdlib_texts, write_jsonl
+
+
+def start(args):
+    return subprocess.Popen([sys.executable, "-m", "data_tools", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def kill_when(proc, path, timeout_s=60.0):
+    """SIGKILL the whole process group as soon as `path` exists (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"finished before {path.name} appeared: {proc.stderr.read().decode()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path} did not appear in {timeout_s} s")
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tokenizer):
+    """(shard arguments, an uninterrupted run's folder)."""
+    d = tmp_path_factory.mktemp("resume")
+    corpus = write_jsonl(d / "docs.jsonl", stdlib_texts(1_200_000, piece_chars=4000))
+    args = ["shard", corpus, "--tokenizer", tokenizer, "--shard-size", "24KB",
+            "--val-fraction", "0.05"]
+    assert cli(*args, "--out", d / "ref", "--workers", "1") == 0
+    return args, d / "ref"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_kill_9_then_rerun_gives_identical_output(tmp_path, reference, workers):
+    args, ref = reference
+    n_train = len(read_manifest(ref)["splits"]["train"]["shards"])
+    assert n_train > 30
+    out = tmp_path / "out"
+    run = [*args, "--out", out, "--workers", workers]
+    points = [out / ".resume", out / "train" / "00002.arrow", out / "train" / "00012.arrow",
+              out / "train" / f"{n_train - 8:05d}.arrow"]
+    for point in points:
+        kill_when(start(run), point)
+        assert not (out / "manifest.json").exists()
+    r = subprocess.run([sys.executable, "-m", "data_tools", *map(str, run)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+    assert read_tree(out) == read_tree(ref)
+    assert read_manifest(out)["timing"]["resumed"] is True

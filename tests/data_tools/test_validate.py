@@ -1,0 +1,72 @@
+"""validate: passes on a clean folder; a single flipped byte anywhere in any shard fails and the
+message names that shard; a token id out of range is caught even with consistent checksums."""
+
+import json
+
+import numpy as np
+import pytest
+
+from data_tools.manifest import read_manifest, sha256_file, write_manifest
+from data_tools.validate import validate
+from data_tools.writer import write_arrow
+from tests.data_tools.dt_util import cli, cli_subprocess
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, corpus, tokenizer):
+    out = tmp_path_factory.mktemp("validate") / "data"
+    assert cli("shard", corpus, "--tokenizer", tokenizer, "--out", out, "--workers", "1",
+               "--shard-size", "96KB", "--val-fraction", "0.1") == 0
+    return out
+
+
+def copy(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_clean_folder_passes(clean):
+    assert validate(clean) == []
+    r = cli_subprocess("validate", clean)
+    assert r.returncode == 0 and "is valid" in r.stderr
+
+
+@pytest.mark.parametrize("where", [0.0, 0.37, 0.5, 0.999])
+def test_one_flipped_byte_in_any_shard_fails_naming_it(tmp_path, clean, where, capsys):
+    m = read_manifest(clean)
+    shards = [s["file"] for info in m["splits"].values() for s in info["shards"]]
+    for victim in shards:
+        d = copy(clean, tmp_path / victim.replace("/", "_"))
+        data = bytearray((d / victim).read_bytes())
+        pos = min(int(where * len(data)), len(data) - 1)
+        data[pos] ^= 0x01
+        (d / victim).write_bytes(bytes(data))
+        problems = validate(d)
+        assert problems and all(victim in p for p in problems), problems
+        assert cli("validate", d) == 2
+        err = capsys.readouterr().err
+        assert victim in err and "NOT valid" in err and "sha256" in err
+
+
+def test_token_id_out_of_range_is_caught(tmp_path, clean):
+    d = copy(clean, tmp_path / "d")
+    m = read_manifest(d)
+    entry = m["splits"]["train"]["shards"][0]
+    vocab = m["tokenizer"]["vocab_size"]
+    write_arrow(d / entry["file"], [np.array([1, 2, vocab], np.uint16)], "uint16")
+    entry.update(documents=1, tokens=3, file_bytes=(d / entry["file"]).stat().st_size,
+                 sha256=sha256_file(d / entry["file"]))
+    write_manifest(d, m)
+    problems = validate(d)
+    assert any(f"token id {vocab} >= vocab size {vocab}" in p and entry["file"] in p
+               for p in problems), problems
+
+
+def test_missing_shard_and_bad_manifest(tmp_path, clean, capsys):
+    d = copy(clean, tmp_path / "d")
+    (d / "val" / "00000.arrow").unlink()
+    assert any("val/00000.arrow: file is missing" in p for p in validate(d))
+    (d / "manifest.json").write_text(json.dumps({"format": "x"}))
+    assert cli("validate", d) == 2
+    assert "manifest.json: missing key 'format_version'" in capsys.readouterr().err
