@@ -22,7 +22,7 @@ def tokenizer(tmp_path_factory, corpus) -> Path:
     """vocab 512 with 4 sentinels, trained by `train-tokenizer` on the corpus (+ long x runs so
     that the 50 MB document test tokenizes quickly)."""
     d = tmp_path_factory.mktemp("tok")
-    runs = write_jsonl(d / "runs.jsonl", ["x" * 255 + "\n"] * 50)
+    runs = write_jsonl(d / "runs.jsonl", ["x" * 255 + "\n"] * 2000)
     assert cli("train-tokenizer", corpus, runs, "--vocab-size", 512, "--sentinels", 4,
                "--out", d) == 0
     return d / "tokenizer.json"
