@@ -72,3 +72,20 @@ def test_positions_restart_per_document_and_mask_is_block_causal():
     assert mask[4].tolist() == [False, False, False, True, True, False]
     assert mask[2].tolist() == [True, True, True, False, False, False]
     assert mask[5].tolist() == [False] * 5 + [True]
+
+
+def test_scaled_init_of_residual_projections():
+    from pretrain.model import ModelConfig, build_model
+
+    cfg = ModelConfig(family="decoder", vocab_size=512, max_seq_len=16, d_model=256, n_heads=4,
+                      n_layers=8)
+    model = build_model(cfg)
+    block = model.stack.blocks[0]
+    for w in (block.self_attn.out_proj.weight, block.ffn.down.weight):
+        assert w.std().item() == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.05)
+    for w in (block.self_attn.q_proj.weight, block.ffn.up.weight, model.tok_emb.weight):
+        assert w.std().item() == pytest.approx(0.02, rel=0.05)
+    xavier = build_model(cfg.model_copy(update={"init": "xavier"}))
+    w = xavier.stack.blocks[0].ffn.up.weight  # (d_ff, d): bound sqrt(6 / (d + d_ff))
+    assert w.abs().max().item() <= math.sqrt(6 / (256 + 1024))
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (256 + 1024)), rel=0.05)
