@@ -78,7 +78,9 @@ def write_env_file(run_dir: Path, env: dict[str, str]) -> Path:
 
 
 def _trainer_pids(root: int) -> list[int]:
-    """Descendants of `root` running the trainer module (Linux /proc)."""
+    """Descendants of `root` running the trainer module (Linux /proc). Signalling DeepSpeed's
+    launch.py instead would kill it (Python's default for SIGUSR1) and the runner would then
+    report exit code 0."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -91,10 +93,12 @@ def _trainer_pids(root: int) -> list[int]:
         for child in children.get(todo.pop(), []):
             todo.append(child)
             try:
-                if TRAIN_MODULE.encode() in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(child)
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
+            # `python -m pretrain.train`, not DeepSpeed's launch.py that has it as an argument
+            if any(a == b"-m" and b == TRAIN_MODULE.encode() for a, b in zip(argv, argv[1:])):
+                found.append(child)
     return found
 
 

@@ -65,7 +65,7 @@ def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
     if not log.is_file():
         return []
     text = log.read_text(errors="replace").splitlines()
-    hits = [x for x in text if any(k in x for k in ("Error", "error:", "FAILED", "Traceback"))]
+    hits = [x for x in text if any(k in x for k in ("ERROR", "Error", "error:", "FAILED"))]
     return hits[-lines:]
 
 

@@ -155,6 +155,19 @@ class SlurmCluster:
         raise Unavailable(f"nodes not idle after {timeout_s}s: {self.node_states()}\n"
                           f"{self.log_tail()}")
 
+    def wait_done(self, job_id: str, timeout_s: float = 120) -> str:
+        """Wait until slurmctld no longer lists the job; its final job-completion state."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = self.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
+            if not out:
+                rec = self.run("sacct", "-c", "-n", "-P", "-j", job_id, "-o", "State",
+                               check=False).stdout.split()
+                if rec and rec[-1] not in ("REQUEUED", "PENDING", "RUNNING"):
+                    return rec[-1]
+            time.sleep(1)
+        raise AssertionError(f"job {job_id} not done after {timeout_s}s\n{self.log_tail()}")
+
     def log_tail(self, lines: int = 20) -> str:
         out = []
         for log in sorted(self.dir.glob("*.log")):
@@ -247,3 +260,25 @@ def slurm():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 512-token BPE tokenizer and shards of two small stdlib packages, made with the real
+    data_tools CLI (≈ 3 s)."""
+    import sys
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    inputs = [str(stdlib / "json"), str(stdlib / "email")]
+    out = tmp_path_factory.mktemp("launch-data")
+    repo = Path(__file__).resolve().parents[2]
+    for args in (["train-tokenizer", *inputs, "--format", "file", "--vocab-size", "512",
+                  "--out", str(out / "tok")],
+                 ["shard", *inputs, "--format", "file", "--tokenizer",
+                  str(out / "tok" / "tokenizer.json"), "--out", str(out / "data"),
+                  "--val-fraction", "0.1", "--workers", "1"]):
+        res = subprocess.run([sys.executable, "-m", "data_tools", *args], cwd=repo,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    return out / "data"

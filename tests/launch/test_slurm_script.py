@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -115,20 +114,6 @@ def write_recorder(folder: Path, plan: list[list[int]]) -> Path:
     return rec
 
 
-def wait_job_done(slurm, job_id: str, timeout_s: float = 90) -> str:
-    """Wait until slurmctld no longer lists the job; returns its final jobcomp state."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        out = slurm.run("squeue", "-h", "-j", job_id, "-o", "%T", check=False).stdout.strip()
-        if not out:
-            rec = slurm.run("sacct", "-c", "-n", "-P", "-j", job_id, "-o", "State",
-                            check=False).stdout.split()
-            if rec and rec[-1] not in ("REQUEUED", "PENDING", "RUNNING"):
-                return rec[-1]
-        time.sleep(1)
-    raise AssertionError(f"job {job_id} still not done after {timeout_s}s\n{slurm.log_tail()}")
-
-
 def submit_recorded(slurm, tmp: Path, plan, monkeypatch, **kw) -> tuple[SlurmJob, str, Path]:
     rec_dir = tmp / NASTY[1] / "rec dir"
     rec = write_recorder(rec_dir, plan)
@@ -145,7 +130,7 @@ def submit_recorded(slurm, tmp: Path, plan, monkeypatch, **kw) -> tuple[SlurmJob
 @pytest.mark.slurm
 def test_ranks_mapped_across_two_nodes_and_values_intact(slurm, tmp_path, monkeypatch):
     job, job_id, rec_dir = submit_recorded(slurm, tmp_path, [[0, 0]], monkeypatch)
-    assert wait_job_done(slurm, job_id) == "COMPLETED"
+    assert slurm.wait_done(job_id) == "COMPLETED"
     recs = [json.loads((rec_dir / f"rank{r}.restart0.json").read_text()) for r in (0, 1)]
     for rank, rec in enumerate(recs):
         assert rec["argv"] == ["-m", "pretrain.train", "--config", job.config, *job.overrides]
@@ -163,7 +148,7 @@ def test_ranks_mapped_across_two_nodes_and_values_intact(slurm, tmp_path, monkey
 @pytest.mark.slurm
 def test_exit_75_requeues_and_restart_count_reaches_the_ranks(slurm, tmp_path, monkeypatch):
     job, job_id, rec_dir = submit_recorded(slurm, tmp_path, [[75, 75], [0, 0]], monkeypatch)
-    assert wait_job_done(slurm, job_id, timeout_s=120) == "COMPLETED"
+    assert slurm.wait_done(job_id) == "COMPLETED"
     second = json.loads((rec_dir / "rank1.restart1.json").read_text())
     assert second["env"]["SLURM_RESTART_COUNT"] == "1"
     slurm_dir = Path(job.run_dir) / "slurm"
@@ -177,7 +162,7 @@ def test_exit_75_requeues_and_restart_count_reaches_the_ranks(slurm, tmp_path, m
 @pytest.mark.slurm
 def test_failure_is_not_requeued_and_status_says_why(slurm, tmp_path, monkeypatch):
     job, job_id, _ = submit_recorded(slurm, tmp_path, [[75, 3], [0, 0]], monkeypatch)
-    assert wait_job_done(slurm, job_id) == "FAILED"
+    assert slurm.wait_done(job_id) == "FAILED"
     info = collect(Path(job.run_dir))
     assert info["job"]["restarts"] == 0 and info["job"]["state"] == "FAILED"
     assert info["job"]["last_event"]["event"] == "failed"
