@@ -316,21 +316,30 @@ def main(args) -> int:
     if state:
         log.info("resuming %s from %d finished shards", out,
                  sum(len(v) for v in state["shards"].values()))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     writer = write_all(run, args, out, state)
-    wall_s = time.perf_counter() - t0
-    return finish(run, writer, out, wall_s, args.workers, resumed=state is not None)
+    wall_s, cpu_s = time.perf_counter() - t0, cpu_seconds() - cpu0
+    return finish(run, writer, out, (wall_s, cpu_s), args.workers, resumed=state is not None)
 
 
-def finish(run: Run, writer: ShardWriter, out: Path, wall_s: float, workers: int,
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the tokenizer workers)."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float], workers: int,
            resumed: bool) -> int:
+    wall_s, cpu_s = seconds
     docs = sum(s["documents"] for b in writer.splits.values() for s in b.shards)
     tokens = sum(s["tokens"] for b in writer.splits.values() for s in b.shards)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "none"
     if docs == 0:
         shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
         raise DataToolsError(f"no documents in {len(run.files)} input files (skipped: {skipped})")
-    timing = {"wall_s": round(wall_s, 3), "workers": workers, "resumed": resumed,
+    timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": workers,
+              "resumed": resumed,
               "documents_per_sec": round(docs / wall_s, 1),
               "tokens_per_sec": round(tokens / wall_s, 1),
               "input_mb_per_sec": round(sum(f.size for f in run.files) / 1e6 / wall_s, 3)}

@@ -1,0 +1,155 @@
+"""Shard benchmark (issue 2): tokens/s of `python -m data_tools shard --workers 1` on one core
+versus `Tokenizer.encode_batch` on the same documents in the same run (goal: ratio >= 0.9), and
+the speed-up of `--workers 2`. Every measurement runs in a fresh subprocess with
+RAYON_NUM_THREADS=1 set before Python starts; rounds alternate the three and the best of each
+is kept (the machine may be shared). The corpus is Python stdlib source (site-packages excluded).
+
+    python benchmarks/shard_throughput.py [--size-mb 8] [--rounds 2] [--vocab-size 8192]
+
+Prints the figures with the CPU named; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = """
+import json, sys, time
+from tokenizers import Tokenizer
+tok = Tokenizer.from_file(sys.argv[1])
+tok.encode_special_tokens = True
+texts = [json.loads(line)["text"] for line in open(sys.argv[2], encoding="utf-8")]
+fn = getattr(tok, sys.argv[3])
+t0, c0 = time.perf_counter(), time.process_time()
+encs = fn(texts, add_special_tokens=False)
+dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"tokens": sum(len(e) for e in encs), "seconds": dt, "cpu_s": cpu}))
+"""
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def one_core_env() -> dict:
+    return {**os.environ, "RAYON_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "true",
+            "PYTHONPATH": str(REPO)}
+
+
+def make_corpus(path: Path, size_mb: float) -> int:
+    """stdlib .py files (sorted, site-packages and tests excluded) as jsonl up to size_mb."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.rglob("*.py")
+                   if "site-packages" not in p.parts and "test" not in p.parts)
+    total, n = 0, 0
+    with open(path, "w", encoding="utf-8") as f:
+        for p in files:
+            try:
+                text = p.read_text(encoding="utf-8")
+            except (UnicodeDecodeError, OSError):
+                continue
+            if text.strip():
+                f.write(json.dumps({"text": text}) + "\n")
+                total, n = total + len(text.encode()), n + 1
+            if total >= size_mb * 1e6:
+                break
+    return n
+
+
+def run(cmd: list[str]) -> str:
+    r = subprocess.run(cmd, cwd=REPO, env=one_core_env(), capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"benchmark step failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    return r.stdout
+
+
+def baseline_tps(tok: Path, corpus: Path, method: str) -> tuple[float, float]:
+    """(tokens per wall second, tokens per CPU second) of the encode call alone."""
+    out = json.loads(run([sys.executable, "-c", BASELINE, str(tok), str(corpus), method]))
+    return out["tokens"] / out["seconds"], out["tokens"] / out["cpu_s"]
+
+
+def shard_tps(tok: Path, corpus: Path, out: Path, workers: int) -> tuple[float, float]:
+    """The same, as the shard command measures itself (read, tokenize, hash, write, manifest;
+    CPU time includes the worker processes)."""
+    run([sys.executable, "-m", "data_tools", "shard", str(corpus), "--tokenizer", str(tok),
+         "--out", str(out), "--workers", str(workers), "--overwrite"])
+    m = json.loads((out / "manifest.json").read_text())
+    tokens = sum(s["tokens"] for s in m["splits"].values())
+    return tokens / m["timing"]["wall_s"], tokens / m["timing"]["cpu_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=float, default=8.0, help="corpus size (MB of text)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        docs = make_corpus(tmp / "corpus.jsonl", args.size_mb)
+        run([sys.executable, "-m", "data_tools", "train-tokenizer", str(tmp / "corpus.jsonl"),
+             "--vocab-size", str(args.vocab_size), "--out", str(tmp / "tok")])
+        tok = tmp / "tok" / "tokenizer.json"
+        keys = ("encode_batch", "encode_batch_fast", "shard_w1", "shard_w2")
+        best, best_cpu = dict.fromkeys(keys, 0.0), dict.fromkeys(keys, 0.0)
+        for r in range(args.rounds):
+            for key in keys:
+                if key.startswith("shard"):
+                    tps, cps = shard_tps(tok, tmp / "corpus.jsonl", tmp / key, int(key[-1]))
+                else:
+                    tps, cps = baseline_tps(tok, tmp / "corpus.jsonl", key)
+                best[key], best_cpu[key] = max(best[key], tps), max(best_cpu[key], cps)
+                print(f"round {r + 1}: {key:18s} {tps:12,.0f} tokens/s wall, "
+                      f"{cps:12,.0f} tokens/CPU-s", flush=True)
+    report(best, best_cpu, docs, args)
+
+
+def report(best: dict, best_cpu: dict, docs: int, args) -> None:
+    ratio = best["shard_w1"] / best["encode_batch"]
+    ratio_cpu = best_cpu["shard_w1"] / best_cpu["encode_batch"]
+    speedup = best["shard_w2"] / best["shard_w1"]
+    cpu, cores, load = cpu_model(), os.cpu_count(), os.getloadavg()[0]
+    print(f"\nCPU: {cpu}, {cores} cores visible, load average {load:.1f} at the end "
+          f"(GPU: not used, data_tools is CPU-only)")
+    print(f"corpus: {docs} stdlib files, {args.size_mb} MB; vocab {args.vocab_size}; "
+          f"best of {args.rounds} rounds")
+    print(f"Tokenizer.encode_batch, 1 core:      {best['encode_batch']:12,.0f} tokens/s")
+    print(f"Tokenizer.encode_batch_fast, 1 core: {best['encode_batch_fast']:12,.0f} tokens/s")
+    print(f"shard --workers 1, 1 core:           {best['shard_w1']:12,.0f} tokens/s "
+          f"(ratio vs encode_batch {ratio:.2f}, goal >= 0.9; "
+          f"vs encode_batch_fast {best['shard_w1'] / best['encode_batch_fast']:.2f})")
+    print(f"shard --workers 2:                   {best['shard_w2']:12,.0f} tokens/s "
+          f"(speed-up {speedup:.2f}x over 1 worker)")
+    print(f"per CPU-second (robust to other load): encode_batch {best_cpu['encode_batch']:,.0f}, "
+          f"shard w1 {best_cpu['shard_w1']:,.0f} (ratio {ratio_cpu:.2f}), "
+          f"shard w2 {best_cpu['shard_w2']:,.0f} tokens/CPU-s (all processes)")
+    if load > 1.5:
+        print(f"note: load average {load:.1f} on {cores} cores: other processes shared the CPU, "
+              "so the wall-clock figures (the 2-worker speed-up most) are depressed")
+    print(json.dumps({"tokens_per_sec": round(best["shard_w1"]),
+                      "ratio_vs_encode_batch": round(ratio, 3),
+                      "ratio_vs_encode_batch_fast": round(best["shard_w1"] / best["encode_batch_fast"], 3),
+                      "encode_batch_tokens_per_sec": round(best["encode_batch"]),
+                      "tokens_per_sec_2_workers": round(best["shard_w2"]),
+                      "speedup_2_workers": round(speedup, 3),
+                      "ratio_vs_encode_batch_cpu_time": round(ratio_cpu, 3),
+                      "tokens_per_cpu_sec_2_workers": round(best_cpu["shard_w2"]),
+                      "cpu": cpu, "cores": cores,
+                      "load_avg_end": round(load, 2)}))
+
+
+if __name__ == "__main__":
+    main()
