@@ -103,6 +103,7 @@ class Attention(nn.Module):
 
     def _core(self, q, k, v, mask, causal):
         p = self.dropout if self.training else 0.0
+
         def sdpa(q, k, v, mask):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
                                                   is_causal=causal and mask is None)
