@@ -38,6 +38,7 @@ from data_tools.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SPLITS,
+    ManifestError,
     dtype_for_vocab,
     read_manifest,
     write_manifest,
@@ -143,13 +144,15 @@ def prepare_outdir(out: Path, key: dict, overwrite: bool) -> str | dict | None:
         out.mkdir(parents=True)
         return None
     entries = set(os.listdir(out))
-    if (out / MANIFEST_NAME).is_file():
-        old = _manifest_key(read_manifest(out))
-        if old == key and not overwrite:
+    if (out / MANIFEST_NAME).is_file() and not overwrite:
+        try:
+            old = _manifest_key(read_manifest(out))
+        except (ManifestError, KeyError, TypeError) as e:
+            raise DataToolsError(f"{e}; pass --overwrite to replace {out}") from None
+        if old == key:
             return "done"
-        if old != key and not overwrite:
-            raise DataToolsError(f"{out} holds shards made with other arguments "
-                                 f"({_key_difference(old, key)}); pass --overwrite to replace it")
+        raise DataToolsError(f"{out} holds shards made with other arguments "
+                             f"({_key_difference(old, key)}); pass --overwrite to replace it")
     elif (state := load_state(out)) is not None and not overwrite:
         if state.get("run_key") != key:
             raise DataToolsError(f"{out} holds an interrupted run with other arguments "
@@ -335,8 +338,10 @@ def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float
     docs = sum(s["documents"] for b in writer.splits.values() for s in b.shards)
     tokens = sum(s["tokens"] for b in writer.splits.values() for s in b.shards)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "none"
-    if docs == 0:
-        shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+    if docs == 0:  # leave nothing behind that looks like output
+        for name in (RESUME_DIR, *SPLITS):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "tokenizer.json").unlink(missing_ok=True)
         raise DataToolsError(f"no documents in {len(run.files)} input files (skipped: {skipped})")
     timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": workers,
               "resumed": resumed,

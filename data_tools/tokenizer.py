@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,7 +90,7 @@ def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
     bpe_vocab = vocab_size - sentinels
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab, min_frequency=min_frequency, special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=sys.stderr.isatty())
     return tok, trainer
 
 

@@ -90,6 +90,10 @@ def test_existing_folder_rules(tmp_path, sharded, corpus, tokenizer, capsys):
     (tmp_path / "other" / "precious.txt").write_text("keep me")
     assert shard(corpus, tokenizer, tmp_path / "other") == 2
     assert "not a shard folder" in capsys.readouterr().err
+    (out / "manifest.json").write_text("{broken")
+    assert shard(corpus, tokenizer, out) == 2
+    assert "invalid JSON" in capsys.readouterr().err
+    assert shard(corpus, tokenizer, out, "--overwrite") == 0 and read_tree(out) == before
 
 
 def test_inputs_mixed_formats(tmp_path, tokenizer):

@@ -1,10 +1,13 @@
 """train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input."""
 
+import subprocess
+import sys
+
 import pytest
 from tokenizers import Tokenizer
 
 from data_tools.tokenizer import load_tokenizer, tokenizer_info
-from tests.data_tools.dt_util import cli, cli_subprocess, write_jsonl
+from tests.data_tools.dt_util import REPO, cli, cli_subprocess, write_jsonl
 
 
 def test_special_tokens_and_sentinels_at_the_end(tokenizer):
@@ -51,3 +54,10 @@ def test_help_on_every_command(capsys):
         with pytest.raises(SystemExit) as e:
             cli(cmd, "--help")
         assert e.value.code == 0 and f"usage: python -m data_tools {cmd}" in capsys.readouterr().out
+
+
+def test_data_tools_never_imports_torch_or_deepspeed():
+    code = ("import sys, data_tools.__main__ as m; m.build_parser(); import data_tools.encode; "
+            "print(sorted({'torch', 'deepspeed', 'pretrain'} & set(sys.modules)))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
