@@ -72,3 +72,18 @@ def test_label_smoothing_from_config(tiny_cfg):
 def test_source_and_target_share_the_tied_embedding(tiny_cfg):
     model = build_model(tiny_cfg("t5-tiny"))
     assert model.lm_head.weight is model.tok_emb.weight
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt-tiny", *STYLES])
+def test_a_bf16_cast_model_matches_fp32(tiny_cfg, name):
+    """DeepSpeed's bf16 mode casts the whole module; RoPE angles stay float32 inside."""
+    cfg = tiny_cfg(name, dropout=0.0, label_smoothing=0.0)
+    model = build_model(cfg).eval()
+    batch = _batch()
+    if cfg.family == "decoder":
+        batch = {"input_ids": batch["input_ids"]}
+    targets = torch.randint(2, 96, batch.get("decoder_input_ids", batch["input_ids"]).shape)
+    ref = model(**batch, targets=targets)["loss"]
+    low = model.to(torch.bfloat16)(**batch, targets=targets)
+    assert low["logits"].dtype == torch.bfloat16
+    assert low["loss"].item() == pytest.approx(ref.item(), rel=2e-2)
