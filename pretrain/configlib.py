@@ -131,7 +131,7 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
