@@ -17,7 +17,7 @@ from data_tools.manifest import (
     read_manifest,
     sha256_file,
 )
-from pretrain.data.stream import DataError, ShardFile, SplitStream
+from pretrain.data.stream import DataError, SplitStream
 
 DTYPES = {"uint16": (pa.uint16(), 1 << 16), "uint32": (pa.uint32(), 1 << 32)}
 
@@ -87,10 +87,24 @@ class ShardFolder:
             raise self._fail(f"the {split} split is empty (no documents with tokens); "
                              "re-shard with more input" + (" or a larger --val-fraction"
                                                            if split == "val" else ""))
-        files = [self._open_shard(shard) for shard in info["shards"] if shard["documents"]]
-        return SplitStream(files, self.eos_id)
+        shards = [s for s in info["shards"] if s["documents"]]
+        for shard in shards:
+            self._check_file(shard)
+        paths = [self.folder / s["file"] for s in shards]
+        stream = SplitStream(paths, DTYPES[self.manifest["dtype"]][0], self.eos_id)
+        for i, (path, shard) in enumerate(zip(paths, shards)):
+            docs, tokens = stream.file_counts(i)
+            if (docs, tokens) != (shard["documents"], shard["tokens"]):
+                raise DataError(f"{path}: holds {docs} documents / {tokens} tokens, the "
+                                f"manifest says {shard['documents']} / {shard['tokens']}")
+            top = stream.max_token_sample(i)
+            if top >= self.vocab_size:
+                raise DataError(f"{path}: token id {top} >= vocab_size {self.vocab_size} "
+                                "(shards and manifest disagree; run `python -m data_tools "
+                                "validate`)")
+        return stream
 
-    def _open_shard(self, shard: dict) -> ShardFile:
+    def _check_file(self, shard: dict) -> None:
         path = self.folder / shard["file"]
         if not path.is_file():
             raise DataError(f"{path}: shard file listed in the manifest is missing")
@@ -98,15 +112,6 @@ class ShardFolder:
         if size != shard["file_bytes"]:
             raise DataError(f"{path}: {size} bytes, the manifest says {shard['file_bytes']} "
                             "(truncated or rewritten; run `python -m data_tools validate`)")
-        file = ShardFile(path, DTYPES[self.manifest["dtype"]][0])
-        if (file.num_docs, file.num_tokens) != (shard["documents"], shard["tokens"]):
-            raise DataError(f"{path}: holds {file.num_docs} documents / {file.num_tokens} "
-                            f"tokens, the manifest says {shard['documents']} / {shard['tokens']}")
-        top = file.max_token_sample()
-        if top >= self.vocab_size:
-            raise DataError(f"{path}: token id {top} >= vocab_size {self.vocab_size} "
-                            "(shards and manifest disagree; run `python -m data_tools validate`)")
-        return file
 
     def text_bytes(self, split: str) -> int:
         return int(self.manifest["splits"][split].get("text_bytes", 0))
