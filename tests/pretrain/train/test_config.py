@@ -1,0 +1,117 @@
+"""The run config: every problem in one error, before any process starts; every shipped YAML
+validates; the generated DeepSpeed JSON."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.dist import REPO
+
+from pretrain.configlib import ConfigError, load_yaml
+from pretrain.model import ModelConfig, build_model
+from pretrain.train.config import load_run_config
+from pretrain.train.engine import deepspeed_config, param_groups
+
+GOOD = {
+    "run_dir": "runs/x",
+    "model": {"family": "decoder", "max_seq_len": 32, "d_model": 32, "n_heads": 4, "n_layers": 1},
+    "data": {"path": "data/x", "seq_len": 32},
+    "train": {"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 2},
+}
+
+
+def write(tmp_path: Path, data: dict, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_all_problems_are_listed_in_one_error(tmp_path):
+    bad = {**GOOD, "optim": {"lr": 1e-3, "learning_rate": 1e-3},          # unknown key
+           "model": {**GOOD["model"], "n_heads": 5},                         # 5 ∤ 32
+           "train": {**GOOD["train"], "global_batch_size": 6}}               # 6 % (2·2)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(write(tmp_path, bad), ["deepspeed.zero_stag=2"], world_size=2)
+    text = str(err.value)
+    assert "4 config problem(s)" in text and str(tmp_path / "run.yaml") in text
+    assert "optim.learning_rate: unknown key" in text
+    assert "deepspeed.zero_stag: unknown key" in text
+    assert "model.n_heads" in text and "must divide d_model=32" in text
+    assert "train" in text and "micro_batch_size × ranks (2 × 2)" in text
+
+
+def test_world_size_check_only_when_known(tmp_path):
+    cfg = {**GOOD, "train": {**GOOD["train"], "global_batch_size": 6}}
+    assert load_run_config(write(tmp_path, cfg)).train.global_batch_size == 6
+    with pytest.raises(ConfigError, match="micro_batch_size × ranks"):
+        load_run_config(write(tmp_path, cfg), world_size=2)
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    write(tmp_path, GOOD, "base.yaml")
+    path = write(tmp_path, {"base": "base.yaml", "train": {"max_steps": 99}})
+    cfg = load_run_config(path, ["deepspeed.zero_stage=3", "precision=bf16", "seed=7"])
+    assert (cfg.train.max_steps, cfg.train.global_batch_size) == (99, 8)
+    assert (cfg.deepspeed.zero_stage, cfg.precision, cfg.seed) == (3, "bf16", 7)
+    with pytest.raises(ConfigError, match="zero_stage"):
+        load_run_config(path, ["deepspeed.zero_stage=4"])
+
+
+def test_cli_reports_config_errors_with_exit_2_and_no_traceback(tmp_path):
+    bad = {**GOOD, "bogus": 1, "model": {**GOOD["model"], "n_heads": 3}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain.train", "--config", str(write(tmp_path, bad)),
+         "train.micro_batch_size=3"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "3 config problem(s)" in proc.stderr
+    for key in ("bogus: unknown key", "model.n_heads", "micro_batch_size (3)"):
+        assert key in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_config_validates(path):
+    if path.parent.name == "model":  # model files: a ModelConfig that builds (on meta)
+        cfg = ModelConfig.model_validate({"vocab_size": 512, **load_yaml(path)})
+        import torch
+
+        with torch.device("meta"):
+            assert sum(p.numel() for p in build_model(cfg).parameters()) > 0
+    else:
+        cfg = load_run_config(path, world_size=2)
+        ds = deepspeed_config(cfg, world_size=2)
+        assert ds["train_batch_size"] == cfg.train.global_batch_size
+
+
+def test_deepspeed_json_is_generated_from_the_typed_config(tmp_path):
+    cfg = load_run_config(write(tmp_path, GOOD), [
+        "train.global_batch_size=32", "train.micro_batch_size=4", "deepspeed.zero_stage=2",
+        "deepspeed.offload_optimizer=true", "precision=bf16", "optim.grad_clip=0.5",
+        "deepspeed.extra={zero_optimization: {overlap_comm: true}}"])
+    ds = deepspeed_config(cfg, world_size=2)
+    assert ds["gradient_accumulation_steps"] == 4  # 32 / (4 × 2)
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_clipping"] == 0.5
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["zero_optimization"]["overlap_comm"] is True  # the escape hatch merges
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["optimizer"]["type"] == "AdamW"  # DeepSpeedCPUAdam for offload
+    with pytest.raises(ConfigError, match="offload_optimizer needs zero_stage"):
+        load_run_config(write(tmp_path, GOOD), ["deepspeed.offload_optimizer=true"])
+
+
+def test_weight_decay_applies_to_matrices_only():
+    model = build_model(ModelConfig.model_validate({**GOOD["model"], "vocab_size": 64}))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and decay["params"]
+    assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["params"]
+    n = len({id(p) for p in model.parameters()})
+    assert len(decay["params"]) + len(no_decay["params"]) == n
