@@ -8,7 +8,6 @@ import logging
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from data_tools.errors import DataToolsError
@@ -24,6 +23,7 @@ def add_arguments(p) -> None:
 
 def check_shard(datadir: Path, entry: dict, dtype: str, vocab_size: int) -> list[str]:
     """Problems with one shard file (empty list: fine)."""
+    import pyarrow.compute as pc  # slow to import: only when validating
     path = datadir / entry["file"]
     if not path.is_file():
         return ["file is missing"]
