@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretrain.data.source import DataSource
+from pretrain.data.stream import DataError
 
 
 def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ class EvalMicroBatches(Dataset):
         self.src, self.micro, self.rank, self.world = src, micro_batch, rank, world
         self.num_batches = n // (micro_batch * world)   # equal on every rank (ZeRO-3 safe)
         if self.num_batches == 0:
-            raise ValueError(f"the val split gives {n} samples, fewer than micro_batch "
+            raise DataError(f"the val split gives {n} samples, fewer than micro_batch "
                              f"{micro_batch} x world {world}: shard more validation data")
 
     def __len__(self) -> int:
