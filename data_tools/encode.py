@@ -23,9 +23,12 @@ _SAFE_CUT = re.compile(r"(?<=[!-~])[ \n](?=[!-~])")
 
 def piecewise_safe(tok) -> bool:
     """True when cutting at _SAFE_CUT provably gives the same ids: no normalizer, a ByteLevel
-    pre-tokenizer with the GPT-2 regex and no prefix space, and a BPE model."""
+    pre-tokenizer with the GPT-2 regex and no prefix space, a BPE model, and no non-special
+    added token that could span a cut."""
     pre = tok.pre_tokenizer
-    return (tok.normalizer is None and type(pre).__name__ == "ByteLevel"
+    added_ok = all(t.special or not any(c in t.content for c in " \n")
+                   for t in tok.get_added_tokens_decoder().values())
+    return (tok.normalizer is None and type(pre).__name__ == "ByteLevel" and added_ok
             and not pre.add_prefix_space and pre.use_regex and type(tok.model).__name__ == "BPE")
 
 

@@ -52,7 +52,7 @@ def test_kill_9_then_rerun_gives_identical_output(tmp_path, reference, workers):
     out = tmp_path / "out"
     run = [*args, "--out", out, "--workers", workers]
     points = [out / ".resume", out / "train" / "00002.arrow", out / "train" / "00012.arrow",
-              out / "train" / f"{n_train - 8:05d}.arrow"]
+              out / "train" / f"{n_train * 2 // 3:05d}.arrow"]
     for point in points:
         kill_when(start(run), point)
         assert not (out / "manifest.json").exists()

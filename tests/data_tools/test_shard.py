@@ -134,3 +134,17 @@ def test_50mb_single_document(tmp_path, tokenizer):
     assert peak_gb < 2.0, f"peak RSS {peak_gb:.2f} GB"
     (ids,) = stored_docs(tmp_path / "o")
     assert Tokenizer.from_file(str(tokenizer)).decode(ids) == text
+
+
+def test_vocab_over_65535_uses_uint32(tmp_path, tokenizer):
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.add_tokens([f"w{i:05d}" for i in range(66_000)])
+    tok.save(str(tmp_path / "big.json"))
+    (tmp_path / "c.txt").write_text("a w65999 b w00000 c\n")
+    assert cli("shard", tmp_path / "c.txt", "--tokenizer", tmp_path / "big.json", "--out",
+               tmp_path / "o", "--workers", "1", "--val-fraction", "0") == 0
+    m = read_manifest(tmp_path / "o")
+    assert m["dtype"] == "uint32" and m["tokenizer"]["vocab_size"] == 66_512
+    (ids,) = stored_docs(tmp_path / "o")
+    assert max(ids) > 65535 and tok.decode(ids) == "a w65999 b w00000 c"
+    assert cli("validate", tmp_path / "o") == 0
