@@ -1,6 +1,7 @@
 """kill -9 of a real `shard` subprocess at several points, then the same command again: the
 final folder is byte-identical to an uninterrupted run (manifest apart from `timing`)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -62,3 +63,22 @@ def test_kill_9_then_rerun_gives_identical_output(tmp_path, reference, workers):
     assert "resuming" in r.stderr
     assert read_tree(out) == read_tree(ref)
     assert read_manifest(out)["timing"]["resumed"] is True
+
+
+def test_interrupted_folder_with_other_arguments_is_refused(tmp_path, tokenizer, capsys,
+                                                           monkeypatch):
+    """--strict stops at a late bad record after some shards: an interrupted folder remains."""
+    import data_tools.shard
+    monkeypatch.setattr(data_tools.shard, "BATCH_DOCS", 16)  # write before reading the end
+    lines = [json.dumps({"text": t}) for t in stdlib_texts(200_000)] + ["not json"]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    args = ["shard", tmp_path / "c.jsonl", "--tokenizer", tokenizer, "--out", tmp_path / "o",
+            "--shard-size", "16KB", "--workers", "1", "--strict"]
+    assert cli(*args) == 2
+    assert (tmp_path / "o" / ".resume" / "state.json").is_file()
+    assert "c.jsonl:" in capsys.readouterr().err
+    assert cli(*args, "--val-fraction", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "interrupted run with other arguments" in err and "--val-fraction" in err
+    assert cli(*args[:-1], "--overwrite") == 0  # without --strict: the bad line is skipped
+    assert read_manifest(tmp_path / "o")["skipped"] == {"invalid_json": 1}
