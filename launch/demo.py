@@ -23,6 +23,7 @@ from launch.common import EXIT_OK, REPO
 
 DEMO_DIR = REPO / "demo"
 VOCAB_SIZE = 8192
+VAL_FRACTION = 0.02  # ~14 of the ~680 files: a validation loss worth reading
 # Parts of the stdlib folder that are not the standard library's own source: installed
 # packages, the (huge) regression tests, build files, compiled modules and bundled wheels.
 EXCLUDES = ["site-packages", "dist-packages", "test", "tests", "idlelib", "config-*",
@@ -57,15 +58,20 @@ def prepare_data(stdlib: Path, tok_dir: Path, data_dir: Path) -> None:
             data_tools("train-tokenizer", str(stdlib), "--format", "file",
                        "--vocab-size", str(VOCAB_SIZE), "--out", str(tok_dir), *excludes)
         data_tools("shard", str(stdlib), "--format", "file", "--tokenizer",
-                   str(tok_dir / "tokenizer.json"), "--out", str(data_dir), *excludes)
+                   str(tok_dir / "tokenizer.json"), "--out", str(data_dir),
+                   "--val-fraction", str(VAL_FRACTION), *excludes)
     data_tools("inspect", str(data_dir), "--decode", "1")
 
 
 def default_nproc() -> int:
-    from launch.local import default_nproc as gpus_or_one
+    """Every GPU; two CPU ranks where there is none (to show the distributed path)."""
+    try:
+        import torch
 
-    n = gpus_or_one()
-    return n if n > 1 else 2  # no GPU (or one): two CPU ranks show the distributed path
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable torch/driver: CPU ranks
+        gpus = 0
+    return gpus or 2
 
 
 def report(cfg, data_dir: Path) -> None:

@@ -4,6 +4,7 @@ deepspeed launcher), with rank-prefixed output and signals forwarded to every ra
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import subprocess
 import sys
@@ -35,10 +36,17 @@ def default_nproc() -> int:
 
 
 def _pump(rank: int, stream, out) -> None:
-    """Copy a rank's output line by line, prefixed with its rank."""
+    """Copy a rank's output, each line prefixed with its rank. A carriage return (a progress
+    bar redrawing itself) ends a piece too, so bars keep redrawing in place."""
     prefix = f"[rank {rank}] ".encode()
-    for line in iter(stream.readline, b""):
-        out.write(prefix + line)
+    pending = b""
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        pieces = re.split(rb"(?<=[\r\n])", pending + chunk)
+        pending = pieces.pop()  # no terminator yet
+        out.write(b"".join(prefix + p for p in pieces if p))
+        out.flush()
+    if pending:
+        out.write(prefix + pending + b"\n")
         out.flush()
     stream.close()
 

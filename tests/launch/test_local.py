@@ -42,3 +42,16 @@ def test_missing_config_and_bad_nproc(tmp_path):
         res = subprocess.run([sys.executable, "-m", "launch", "local", *args], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and needle in res.stderr, res.stderr
+
+
+def test_rank_output_is_prefixed_line_by_line_and_bars_redraw(tmp_path):
+    import io
+
+    from launch.local import _pump
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write("
+                             "'one\\nbar 1\\rbar 2\\ntail')"], stdout=subprocess.PIPE)
+    out = io.BytesIO()
+    _pump(3, proc.stdout, out)
+    proc.wait()
+    assert out.getvalue() == b"[rank 3] one\n[rank 3] bar 1\r[rank 3] bar 2\n[rank 3] tail\n"
