@@ -133,10 +133,48 @@ def open_binary(path: str):
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst"):
-        import zstandard
-        raw = open(path, "rb")  # noqa: SIM115 - closed by the reader's close()
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+        return io.BufferedReader(_ZstdFile(path), buffer_size=1 << 16)
     return open(path, "rb")  # noqa: SIM115
+
+
+class _ZstdFile(io.RawIOBase):
+    """Decompressed bytes of a (multi-frame) .zst file. Unlike zstandard's stream_reader, a
+    file cut inside a frame raises EOFError instead of silently ending early."""
+
+    def __init__(self, path: str):
+        import zstandard
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._file, self._dobj, self._buf, self._in_frame = open(path, "rb"), None, b"", False  # noqa: SIM115
+
+    def readable(self) -> bool:
+        return True
+
+    def _fill(self) -> None:
+        while not self._buf:
+            if self._dobj is not None and self._dobj.eof:
+                pending, self._dobj, self._in_frame = self._dobj.unused_data, None, False
+                if pending:
+                    self._dobj, self._in_frame = self._new(), True
+                    self._buf = self._dobj.decompress(pending)
+                    continue
+            chunk = self._file.read(1 << 16)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("zstd file ended in the middle of a frame (truncated)")
+                return
+            if self._dobj is None:
+                self._dobj, self._in_frame = self._new(), True
+            self._buf = self._dobj.decompress(chunk)
+
+    def readinto(self, b) -> int:
+        self._fill()
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 def _decode(raw: bytes, where: str) -> str | Skip:
@@ -172,22 +210,23 @@ def _read_error(exc: Exception, where: str) -> Skip:
 
 
 def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str | Skip]]:
-    """txt: one document per non-blank line; jsonl: one object per non-blank line."""
-    index = 0
+    """txt: one document per non-blank line; jsonl: one object per non-blank line. A read
+    error (truncated or corrupt compression, I/O error) ends the file with one Skip."""
+    lines_read = 0
     try:
         with open_binary(path) as f:
-            for index, line in enumerate(f):  # noqa: B007 - index is used after the loop
+            for line in f:
+                lines_read += 1
                 body = line.rstrip(b"\r\n")
                 if not body.strip():
                     continue
-                where = f"{path}:{index + 1}"
-                yield index, (_json_text(body, where, field) if jsonl else _decode(body, where))
-    except (OSError, EOFError, zlib.error, ValueError) as e:
-        yield index + 1, _read_error(e, f"{path}:{index + 1}")
+                where = f"{path}:{lines_read}"
+                yield lines_read - 1, (_json_text(body, where, field) if jsonl
+                                       else _decode(body, where))
     except Exception as e:  # zstandard.ZstdError does not derive from OSError
-        if type(e).__name__ != "ZstdError":
+        if not isinstance(e, (OSError, EOFError, zlib.error)) and type(e).__name__ != "ZstdError":
             raise
-        yield index + 1, _read_error(e, f"{path}:{index + 1}")
+        yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
 
 
 def _iter_parquet(path: str, field: str) -> Iterator[tuple[int, str | Skip]]:

@@ -71,14 +71,27 @@ def test_txt_and_file_formats_skip_invalid_utf8_binary_empty(tmp_path, tokenizer
     assert m["splits"]["train"]["documents"] == 1  # ok.py (a.txt is one doc with a bad byte)
 
 
-def test_truncated_gzip_keeps_what_was_readable(tmp_path, tokenizer, caplog):
-    data = gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in GOOD * 20))
-    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
-    assert shard(tokenizer, tmp_path / "o", tmp_path / "cut.jsonl.gz") == 0
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_truncated_compressed_file_keeps_what_was_readable(tmp_path, tokenizer, caplog, suffix):
+    import zstandard
+    texts = stdlib_texts(400_000)  # real text: repetitive data would compress to one block
+    raw = b"".join(json.dumps({"text": t}).encode() + b"\n" for t in texts)
+    data = gzip.compress(raw) if suffix == ".gz" else zstandard.ZstdCompressor().compress(raw)
+    (tmp_path / f"cut.jsonl{suffix}").write_bytes(data[: len(data) * 3 // 4])
+    assert shard(tokenizer, tmp_path / "o", tmp_path / f"cut.jsonl{suffix}") == 0
     m = read_manifest(tmp_path / "o")
     assert m["skipped"] == {"truncated": 1}
-    assert 0 < m["splits"]["train"]["documents"] < 80
-    assert "cut.jsonl.gz:" in caplog.text and "truncated" in caplog.text
+    assert 0 < m["splits"]["train"]["documents"] < len(texts)
+    assert f"cut.jsonl{suffix}:" in caplog.text and "truncated" in caplog.text
+
+
+def test_corrupt_gzip_is_skipped(tmp_path, tokenizer):
+    data = bytearray(gzip.compress(b"".join(f"line {i}\n".encode() for i in range(5000))))
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "bad.txt.gz").write_bytes(bytes(data))
+    (tmp_path / "ok.txt").write_text("fine\n")
+    assert shard(tokenizer, tmp_path / "o", tmp_path / "bad.txt.gz", tmp_path / "ok.txt") == 0
+    assert read_manifest(tmp_path / "o")["skipped"] == {"corrupt_compressed": 1}
 
 
 def test_unreadable_file_is_skipped(tmp_path, tokenizer):
