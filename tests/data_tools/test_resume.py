@@ -38,8 +38,8 @@ def kill_when(proc, path, timeout_s=60.0):
 def reference(tmp_path_factory, tokenizer):
     """(shard arguments, an uninterrupted run's folder)."""
     d = tmp_path_factory.mktemp("resume")
-    corpus = write_jsonl(d / "docs.jsonl", stdlib_texts(1_200_000, piece_chars=4000))
-    args = ["shard", corpus, "--tokenizer", tokenizer, "--shard-size", "24KB",
+    corpus = write_jsonl(d / "docs.jsonl", stdlib_texts(800_000, piece_chars=4000))
+    args = ["shard", corpus, "--tokenizer", tokenizer, "--shard-size", "16KB",
             "--val-fraction", "0.05"]
     assert cli(*args, "--out", d / "ref", "--workers", "1") == 0
     return args, d / "ref"
