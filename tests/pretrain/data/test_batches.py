@@ -153,3 +153,18 @@ def test_mixture_through_data_source(tmp_path, make_folder):
     other = open_data(DataConfig(path=[mix[0], {**mix[1], "weight": 0.4}], seq_len=8), seed=0)
     assert other.fingerprint != src.fingerprint
     assert len({src.fingerprint, open_data(DataConfig(path=str(a), seq_len=8), 0).fingerprint}) == 2
+
+
+def test_order_is_a_pure_function_of_position_across_memo_blocks(folder):
+    src = open_data(DataConfig(path=str(folder), seq_len=8), seed=3)
+    n = src.num_samples("train")
+    positions = np.arange(4000, 9300)                    # crosses ORDER_BLOCK boundaries
+    idx, epoch = src.order(positions)
+    np.testing.assert_array_equal(epoch, positions // n)
+    fresh = open_data(DataConfig(path=str(folder), seq_len=8), seed=3)
+    shuffled = np.random.default_rng(0).permutation(len(positions))
+    idx2, epoch2 = fresh.order(positions[shuffled])
+    np.testing.assert_array_equal(idx2, idx[shuffled])
+    np.testing.assert_array_equal(epoch2, epoch[shuffled])
+    for e in np.unique(epoch)[1:-1]:                     # every whole epoch is a permutation
+        assert sorted(idx[epoch == e].tolist()) == list(range(n))

@@ -62,6 +62,17 @@ def test_packing_with_tiny_documents_and_record_batches(tmp_path, make_folder, m
         np.testing.assert_array_equal(batch["doc_ids"][row], docs - docs[0])
 
 
+def test_uint32_shards(tmp_path):
+    big = 70_000                                          # vocabulary beyond uint16
+    shards = [docs_from_lists([[65_536, 3, 69_999], [5], [66_000, 7]])]
+    manifest = write_folder(tmp_path, {"train": shards, "val": shards}, big, batch_docs=2)
+    assert manifest["dtype"] == "uint32"
+    src = open_data(DataConfig(path=str(tmp_path), seq_len=4), seed=0)
+    got = src.batch("train", np.arange(2), np.zeros(2, np.int64))
+    assert got["input_ids"].tolist() == [[65_536, 3, 69_999, 0], [5, 0, 66_000, 7]]
+    assert got["targets"][1].tolist() == [0, 66_000, 7, 0]
+
+
 def test_empty_documents_and_windows_across_shards(tmp_path):
     shards = [docs_from_lists([[5, 6, 7], [], [8]]), docs_from_lists([[9], [10, 11, 12, 13]])]
     write_folder(tmp_path, {"train": shards, "val": shards[:1]}, VOCAB, eos_id=0, batch_docs=1)
