@@ -1,5 +1,6 @@
 """train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input."""
 
+import os
 import subprocess
 import sys
 
@@ -20,9 +21,11 @@ def test_special_tokens_and_sentinels_at_the_end(tokenizer):
 
 
 def test_deterministic_for_same_inputs(tmp_path, corpus, tokenizer):
+    """Retrained in another process on one thread: the same bytes as the fixture's tokenizer."""
     runs = tokenizer.parent / "runs.jsonl"
-    assert cli("train-tokenizer", corpus, runs, "--vocab-size", 512, "--sentinels", 4,
-               "--out", tmp_path) == 0
+    r = cli_subprocess("train-tokenizer", corpus, runs, "--vocab-size", 512, "--sentinels", 4,
+                       "--out", tmp_path, env={**os.environ, "RAYON_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
     assert (tmp_path / "tokenizer.json").read_bytes() == tokenizer.read_bytes()
 
 
