@@ -162,6 +162,11 @@ def tokenizer_info(tok, path: str | os.PathLike) -> dict:
         sentinels.append(sid)
         i += 1
     bos = next((b for t in BOS_CANDIDATES if (b := tok.token_to_id(t)) is not None), None)
+    pad = tok.token_to_id(PAD)
+    if pad is None:
+        log.warning("tokenizer file %s has no %s token: the manifest names %s (id %d) as pad",
+                    p, PAD, EOS, eos)
+        pad = eos
     return {"file": "tokenizer.json", "sha256": sha256_file(p),
             "vocab_size": tok.get_vocab_size(with_added_tokens=True), "eos_id": eos,
-            "pad_id": tok.token_to_id(PAD), "bos_id": bos, "sentinel_ids": sentinels}
+            "pad_id": pad, "bos_id": bos, "sentinel_ids": sentinels}

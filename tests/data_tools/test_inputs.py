@@ -157,3 +157,13 @@ def test_expand_inputs_order_dedup_and_excludes(tmp_path):
     files = expand_inputs([str(tmp_path / "b"), str(tmp_path), str(tmp_path / "a.txt")], "auto")
     assert [os.path.relpath(f.path, tmp_path) for f in files] == ["b/1.txt", "b/2.txt", "a.txt"]
     assert parse_size("256MB") == 256 << 20 and parse_size("1.5k") == 1536
+
+
+def test_tokenizer_without_pad_uses_eos_as_pad(tmp_path, tokenizer, corpus):
+    tok = json.loads(tokenizer.read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|pad|>"]
+    del tok["model"]["vocab"]["<|pad|>"]
+    (tmp_path / "t.json").write_text(json.dumps(tok))
+    assert shard(tmp_path / "t.json", tmp_path / "o", corpus) == 0
+    info = read_manifest(tmp_path / "o")["tokenizer"]
+    assert info["pad_id"] == info["eos_id"] == 0
