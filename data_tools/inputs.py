@@ -248,6 +248,7 @@ def _iter_parquet(path: str, field: str) -> Iterator[tuple[int, str | Skip]]:
                     "missing_field", f"{path}:row {row}", "null")
                 row += 1
     except (OSError, pa.ArrowException) as e:
+        # after every row index this file could have: the resume position stays increasing
         yield 1 << 62, Skip("unreadable", path, f"{type(e).__name__}: {e}")
 
 

@@ -53,6 +53,14 @@ SHOW_FIRST_SKIPS = 5
 OUR_ENTRIES = {MANIFEST_NAME, "tokenizer.json", "tokenizer.json.tmp", RESUME_DIR, *SPLITS}
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (respects taskset / SLURM cgroups), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def add_arguments(p) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders and globs, mixed")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json (or the folder holding it)")
@@ -61,8 +69,9 @@ def add_arguments(p) -> None:
                    help="auto: by extension (.jsonl/.json/.ndjson[.gz|.zst], .txt[.gz|.zst], "
                         ".parquet); txt: one document per non-blank line; file: one per file")
     p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)),
-                   help="tokenizer processes (1: tokenize in this process)")
+    p.add_argument("--workers", type=int, default=usable_cores(),
+                   help="tokenizer processes (1: tokenize in this process); default: the "
+                        "cores this process may use")
     p.add_argument("--val-fraction", type=float, default=0.005,
                    help="share of documents (by hash of their bytes) put in the val split")
     p.add_argument("--shard-size", default="256MB", help="target size of one shard file")

@@ -167,3 +167,17 @@ def test_tokenizer_without_pad_uses_eos_as_pad(tmp_path, tokenizer, corpus):
     assert shard(tmp_path / "t.json", tmp_path / "o", corpus) == 0
     info = read_manifest(tmp_path / "o")["tokenizer"]
     assert info["pad_id"] == info["eos_id"] == 0
+
+
+def test_parquet_missing_or_non_string_column_and_nulls(tmp_path, tokenizer):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({"content": ["no text column"]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "b.parquet")
+    pq.write_table(pa.table({"text": ["fine", None, ""]}), tmp_path / "c.parquet")
+    (tmp_path / "d.parquet").write_bytes(b"PAR1 not really parquet")
+    assert shard(tokenizer, tmp_path / "o", tmp_path) == 0
+    m = read_manifest(tmp_path / "o")
+    assert m["skipped"] == {"empty": 1, "missing_field": 2, "non_string_field": 1,
+                            "unreadable": 1}
+    assert m["splits"]["train"]["documents"] == 1
