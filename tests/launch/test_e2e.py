@@ -105,6 +105,8 @@ def test_slurm_job_with_vanished_data_fails_and_status_says_why(slurm, tiny_data
                  "--omp-threads", "1", "--hold", *overrides(run_dir, data), env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     job_id = res.stdout.split()[-1]
+    pending = launch("status", str(run_dir), env=env, timeout=60).stdout
+    assert f"job {job_id}: PENDING (squeue)" in pending, pending
     shutil.rmtree(data)  # the data path goes bad after submission
     slurm.run("scontrol", "release", job_id)
     assert slurm.wait_done(job_id) == "FAILED"
@@ -157,3 +159,20 @@ def test_hostfile_two_nodes_on_loopback_trains_and_resumes(tiny_data, reference,
     assert stopped_at != f"step_{STEPS:08d}"
     assert _run_nodes(hosts, run_dir, tiny_data, tmp_path, 2) == [0, 0]
     assert step_losses(run_dir) == reference
+
+
+def test_local_forwards_sigterm_ranks_save_and_exit_75(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "launch", "local", "--config", CONFIG,
+                             "--nproc", "1", *overrides(run_dir, tiny_data)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_step(run_dir, PREEMPT_AT_STEP)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, out[-3000:]
+    assert "forwarding SIGTERM" in out
+    saved = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert PREEMPT_AT_STEP <= saved < STEPS

@@ -167,3 +167,29 @@ def test_failure_is_not_requeued_and_status_says_why(slurm, tmp_path, monkeypatc
     assert info["job"]["restarts"] == 0 and info["job"]["state"] == "FAILED"
     assert info["job"]["last_event"]["event"] == "failed"
     assert "code 3" in info["job"]["why"]
+
+
+def test_gpus_per_node_gives_one_task_per_gpu(tmp_path):
+    script = render_script(make_job(tmp_path, nodes=3, gpus_per_node=4, time="2-00:00:00",
+                                    partition="gpu,gpu-long", signal_seconds=600))
+    for line in ("--nodes=3", "--ntasks-per-node=4", "--gpus-per-node=4", "--time=2-00:00:00",
+                 "--partition=gpu,gpu-long", "--signal=USR1@600"):
+        assert f"#SBATCH {line}\n" in script
+
+
+def test_cli_dry_run_validates_config_and_prints_without_submitting(tmp_path):
+    from launch.common import REPO
+
+    cfg = str(REPO / "configs" / "gpt-tiny.yaml")
+    res = subprocess.run([sys.executable, "-m", "launch", "slurm", "--config", cfg, "--nodes",
+                          "2", "--dry-run", f"run_dir={tmp_path / 'run'}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in res.stdout
+    assert f"RUN_DIR={tmp_path / 'run'}" in res.stdout
+    assert not (tmp_path / "run").exists()
+    # world size 2 x micro-batch 2 must divide the global batch: 3 ranks cannot
+    bad = subprocess.run([sys.executable, "-m", "launch", "slurm", "--config", cfg, "--nodes",
+                          "3", "--dry-run"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "global_batch_size" in bad.stderr
