@@ -43,7 +43,7 @@ def _pump(rank: int, stream, out) -> None:
     for chunk in iter(lambda: stream.read1(65536), b""):
         pieces = re.split(rb"(?<=[\r\n])", pending + chunk)
         pending = pieces.pop()  # no terminator yet
-        out.write(b"".join(prefix + p for p in pieces if p))
+        out.write(b"".join(p if p == b"\r" else prefix + p for p in pieces if p))
         out.flush()
     if pending:
         out.write(prefix + pending + b"\n")

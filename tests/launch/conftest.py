@@ -242,7 +242,7 @@ def start_cluster() -> SlurmCluster:
             subprocess.run(["slurmd", "-f", str(conf), "-N", n], env=env, check=True, timeout=30)
             cluster.pids.append(_read_pid(d / f"slurmd-{n}.pid"))
         cluster.wait_idle()
-    except (subprocess.SubprocessError, Unavailable) as e:
+    except (OSError, subprocess.SubprocessError, Unavailable) as e:
         tail = cluster.log_tail()
         cluster.stop()
         raise Unavailable(f"could not start the SLURM cluster: {e}\n{tail}") from None

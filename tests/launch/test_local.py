@@ -50,8 +50,9 @@ def test_rank_output_is_prefixed_line_by_line_and_bars_redraw(tmp_path):
     from launch.local import _pump
 
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write("
-                             "'one\\nbar 1\\rbar 2\\ntail')"], stdout=subprocess.PIPE)
+                             "'one\\n\\rbar 1\\rbar 2\\ntail')"], stdout=subprocess.PIPE)
     out = io.BytesIO()
     _pump(3, proc.stdout, out)
     proc.wait()
-    assert out.getvalue() == b"[rank 3] one\n[rank 3] bar 1\r[rank 3] bar 2\n[rank 3] tail\n"
+    assert out.getvalue() == (b"[rank 3] one\n\r[rank 3] bar 1\r[rank 3] bar 2\n"
+                                  b"[rank 3] tail\n")
