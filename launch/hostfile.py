@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from launch.common import (
     validate_or_exit,
 )
 
+_SAFE_WORD = re.compile(r"^[\w@%+=:,./-]*$")  # needs no quoting in a shell
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.\-]*)\s+slots=(?P<slots>\d+)\s*$")
 
 
@@ -65,7 +67,16 @@ def deepspeed_command(args, hosts: dict[str, int]) -> list[str]:
         cmd += ["--ssh_port", str(args.ssh_port)]
     if args.no_ssh:
         cmd += ["--no_ssh", "--node_rank", str(args.node_rank)]
-    return [*cmd, TRAIN_MODULE, "--config", str(Path(args.config).resolve()), *args.overrides]
+    user_args = ["--config", str(Path(args.config).resolve()), *args.overrides]
+    if not args.no_ssh:
+        # pdsh mode: DeepSpeed joins these into one command line for the remote shell, unquoted
+        # (and `cd`s there to this folder unquoted), so quote them here and refuse what can't be.
+        if not _SAFE_WORD.match(os.getcwd()):
+            raise LaunchError(f"working directory {os.getcwd()!r}: DeepSpeed's ssh mode passes "
+                              "it to the remote shell unquoted; run from a plain path or use "
+                              "--no-ssh")
+        user_args = [shlex.quote(a) for a in user_args]
+    return [*cmd, TRAIN_MODULE, *user_args]
 
 
 def write_env_file(run_dir: Path, env: dict[str, str]) -> Path:
@@ -73,6 +84,10 @@ def write_env_file(run_dir: Path, env: dict[str, str]) -> Path:
     keys = ["OMP_NUM_THREADS", "DS_ACCELERATOR", "WANDB_MODE", "TOKENIZERS_PARALLELISM"]
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "deepspeed_env"
+    unsafe = [k for k in keys if k in env and not _SAFE_WORD.match(env[k])]
+    if unsafe:  # DeepSpeed writes them into the remote command inside double quotes only
+        raise LaunchError(f"environment {', '.join(unsafe)}: only letters, digits and "
+                          "@%+=:,./_- can be passed to ssh hosts")
     path.write_text("".join(f"{k}={env[k]}\n" for k in keys if k in env))
     return path
 

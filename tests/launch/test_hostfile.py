@@ -38,3 +38,22 @@ def test_command_uses_module_mode_without_local_rank_argument(tmp_path):
     assert cmd[i - 1] == "--node_rank=1" or cmd[i - 2:i] == ["--node_rank", "1"]
     assert {"--no_local_rank", "--module", "--no_ssh"} <= set(cmd[:i])
     assert cmd[i:] == ["pretrain.train", "--config", str(tmp_path / "c.yaml"), "train.max_steps=3"]
+
+
+def test_ssh_mode_quotes_user_values_for_the_remote_shell(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    nasty = "logging.wandb.name=a'; touch pwned; echo '$(id)"
+    args = argparse.Namespace(hostfile=str(tmp_path / "h"), master_port=29511, master_addr=None,
+                              ssh_port=None, no_ssh=False, node_rank=None,
+                              config=str(tmp_path / "c.yaml"), overrides=[nasty])
+    cmd = deepspeed_command(args, {"a": 1, "b": 1})
+    remote = " ".join(cmd[cmd.index("pretrain.train") + 1:])  # how DeepSpeed joins them
+    import shlex
+    import subprocess
+
+    # the remote shell sees exactly the original values, and nothing runs
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {remote}"], capture_output=True,
+                         text=True, cwd=tmp_path, check=True).stdout.splitlines()
+    assert out == ["--config", str(tmp_path / "c.yaml"), nasty]
+    assert not (tmp_path / "pwned").exists()
+    assert shlex.split(remote)[-1] == nasty
