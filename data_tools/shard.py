@@ -87,12 +87,17 @@ def add_arguments(p) -> None:
 
 @dataclass
 class Run:
-    """Everything fixed before work starts: what the output depends on."""
+    """Everything fixed before work starts (checked, typed), plus the skip counters."""
     files: list[InputFile]
+    tokenizer_path: Path
     tok_info: dict
     dtype: str
+    text_field: str
+    val_fraction: float
     shard_bytes: int
     max_doc_bytes: int
+    strict: bool
+    workers: int
     key: dict  # args + tokenizer + inputs: must match to resume or to call a folder finished
     counts: dict = field(default_factory=dict)
 
@@ -128,7 +133,9 @@ def plan(args) -> Run:
                 "exclude": list(args.exclude or DEFAULT_EXCLUDES), "strict": args.strict}
     key = {"format_version": FORMAT_VERSION, "args": cli_args, "tokenizer_sha256": tok_info["sha256"],
            "inputs": [{"path": f.path, "size": f.size} for f in files]}
-    return Run(files, tok_info, dtype, sizes["shard_size"], sizes["max_doc_bytes"], key)
+    return Run(files, resolve_tokenizer_path(args.tokenizer), tok_info, dtype, args.text_field,
+               args.val_fraction, sizes["shard_size"], sizes["max_doc_bytes"], args.strict,
+               args.workers, key)
 
 
 def _key_difference(old: dict, new: dict) -> str:
@@ -196,7 +203,7 @@ class Batch:
     progress_bytes: int = 0  # input bytes behind us once this batch is done (for the bar)
 
 
-def read_batches(run: Run, args, cursor: tuple[int, int]) -> Iterator[Batch]:
+def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
     """Records from `cursor` on, grouped into batches; bad records are logged (first few) or,
     with --strict, raise at once."""
     batch, done_bytes, shown = Batch(), 0, 0
@@ -205,18 +212,18 @@ def read_batches(run: Run, args, cursor: tuple[int, int]) -> Iterator[Batch]:
             done_bytes += inp.size
             continue
         file_bytes = 0
-        for ri, rec in iter_records(inp, args.text_field, run.max_doc_bytes):
+        for ri, rec in iter_records(inp, run.text_field, run.max_doc_bytes):
             if (fi, ri) < cursor:
                 continue
             if isinstance(rec, Skip):
-                if args.strict:
+                if run.strict:
                     raise DataToolsError(f"{rec.message()} (--strict)")
                 if shown < SHOW_FIRST_SKIPS:
                     log.warning("skipped %s", rec.message())
                     shown += 1
                 batch.items.append((fi, ri, rec))
                 continue
-            batch.items.append((fi, ri, (split_of(rec.utf8, args.val_fraction), len(rec.utf8))))
+            batch.items.append((fi, ri, (split_of(rec.utf8, run.val_fraction), len(rec.utf8))))
             batch.texts.append(rec.text)
             batch.nbytes += len(rec.utf8)
             file_bytes += len(rec.utf8)
@@ -249,7 +256,7 @@ def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int
             yield b0, res.get()
 
 
-def write_all(run: Run, args, out: Path, state: dict | None) -> ShardWriter:
+def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
     """The single writer: documents in input order, a checkpoint after every shard."""
     writer = ShardWriter(out, run.dtype, run.shard_bytes)
     cursor = (0, 0)
@@ -259,9 +266,9 @@ def write_all(run: Run, args, out: Path, state: dict | None) -> ShardWriter:
     total = sum(f.size for f in run.files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
     t0, docs, toks = time.perf_counter(), 0, 0
-    for batch, (flat, lengths) in tokenized(read_batches(run, args, cursor),
-                                            str(resolve_tokenizer_path(args.tokenizer)),
-                                            run.dtype, args.workers):
+    batches = read_batches(run, cursor)
+    for batch, (flat, lengths) in tokenized(batches, str(run.tokenizer_path), run.dtype,
+                                            run.workers):
         start, di = 0, 0
         for fi, ri, what in batch.items:
             if isinstance(what, Skip):
@@ -324,14 +331,14 @@ def main(args) -> int:
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
     (out / RESUME_DIR).mkdir(exist_ok=True)
-    copy_tokenizer(resolve_tokenizer_path(args.tokenizer), out)
+    copy_tokenizer(run.tokenizer_path, out)
     if state:
         log.info("resuming %s from %d finished shards", out,
                  sum(len(v) for v in state["shards"].values()))
     t0, cpu0 = time.perf_counter(), cpu_seconds()
-    writer = write_all(run, args, out, state)
+    writer = write_all(run, out, state)
     wall_s, cpu_s = time.perf_counter() - t0, cpu_seconds() - cpu0
-    return finish(run, writer, out, (wall_s, cpu_s), args.workers, resumed=state is not None)
+    return finish(run, writer, out, (wall_s, cpu_s), resumed=state is not None)
 
 
 def cpu_seconds() -> float:
@@ -341,7 +348,7 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float], workers: int,
+def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float],
            resumed: bool) -> int:
     wall_s, cpu_s = seconds
     docs = sum(s["documents"] for b in writer.splits.values() for s in b.shards)
@@ -352,7 +359,7 @@ def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float
             shutil.rmtree(out / name, ignore_errors=True)
         (out / "tokenizer.json").unlink(missing_ok=True)
         raise DataToolsError(f"no documents in {len(run.files)} input files (skipped: {skipped})")
-    timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": workers,
+    timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": run.workers,
               "resumed": resumed,
               "documents_per_sec": round(docs / wall_s, 1),
               "tokens_per_sec": round(tokens / wall_s, 1),
