@@ -268,7 +268,7 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
     t0, docs, toks = time.perf_counter(), 0, 0
     batches = read_batches(run, cursor)
     for batch, (flat, lengths) in tokenized(batches, str(run.tokenizer_path), run.dtype,
-                                            run.workers):
+                                            run.workers):  # (N_tokens,), (D,) per batch
         start, di = 0, 0
         for fi, ri, what in batch.items:
             if isinstance(what, Skip):

@@ -33,10 +33,10 @@ def tokens_schema(dtype: str, with_text_bytes: bool = False) -> pa.Schema:
 def write_arrow(path: Path, docs: list[np.ndarray], dtype: str,
                 text_bytes: list[int] | None = None) -> None:
     """One record batch of `docs` (+ optional text_bytes column) via temp file + fsync + rename."""
-    lengths = np.fromiter((len(d) for d in docs), np.int64, count=len(docs))
-    offsets = np.zeros(len(docs) + 1, np.int64)
+    lengths = np.fromiter((len(d) for d in docs), np.int64, count=len(docs))  # (D,)
+    offsets = np.zeros(len(docs) + 1, np.int64)  # (D + 1,) row starts, large_list offsets
     np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(docs) if docs else np.zeros(0, dtype)
+    values = np.concatenate(docs) if docs else np.zeros(0, dtype)  # (N_tokens,) dtype
     tokens = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values.astype(dtype, copy=False)))
     columns = [tokens] if text_bytes is None else [tokens, pa.array(text_bytes, pa.int64())]
     schema = tokens_schema(dtype, text_bytes is not None)
