@@ -132,19 +132,6 @@ def sbatch_directives(job: SlurmJob) -> list[str]:
     return [f"#SBATCH {line}" for line in lines]
 
 
-# Runs inside every srun task. Constant text: user values arrive only as "$@".
-TASK_WRAPPER = r"""
-rc_dir=$1; shift
-export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
-"$@" &
-pid=$!
-trap 'kill -USR1 "$pid" 2>/dev/null' USR1
-trap 'kill -TERM "$pid" 2>/dev/null' TERM
-while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
-echo "$rc" > "$rc_dir/rank-$RANK"
-exit "$rc"
-""".strip()
-
 SCRIPT_BODY = r"""
 RESTARTS="${SLURM_RESTART_COUNT:-0}"
 SLURM_DIR="$RUN_DIR/slurm"
@@ -167,7 +154,19 @@ export ARROWTRAIN_RESTART_COUNT="$RESTARTS" SLURM_RESTART_COUNT="$RESTARTS"
 log "start: nodes $SLURM_JOB_NODELIST, $SLURM_NTASKS tasks, master $MASTER_ADDR:$MASTER_PORT, OMP_NUM_THREADS=$OMP_NUM_THREADS"
 event start null
 
-srun --label --kill-on-bad-exit=0 bash -c "$TASK_WRAPPER" task "$RC_DIR" \
+run_task() {  # one per srun task: SLURM ids -> torch.distributed ranks, then the trainer
+  local rc_dir=$1 pid rc; shift
+  export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS
+  "$@" &
+  pid=$!
+  trap 'kill -USR1 "$pid" 2>/dev/null' USR1  # signals make `wait` return early: loop
+  trap 'kill -TERM "$pid" 2>/dev/null' TERM
+  while :; do wait "$pid"; rc=$?; kill -0 "$pid" 2>/dev/null || break; done
+  echo "$rc" > "$rc_dir/rank-$RANK"
+  exit "$rc"
+}
+export -f run_task
+srun --label --kill-on-bad-exit=0 bash -c 'run_task "$@"' run_task "$RC_DIR" \
   "$PYTHON" -m "$TRAIN_MODULE" "${TRAIN_ARGS[@]}" &
 srun_pid=$!
 trap 'log "batch shell got SIGTERM; forwarding to the tasks"; kill -TERM "$srun_pid" 2>/dev/null' TERM
@@ -225,7 +224,7 @@ def render_script(job: SlurmJob) -> str:
         f"TRAIN_MODULE={q(TRAIN_MODULE)}", f"TRAIN_ARGS=({train_args})",
         f"MAX_REQUEUES={int(job.max_requeues)}",
         f"OMP_THREADS={int(job.omp_threads) if job.omp_threads else ''}",
-        f"TASK_WRAPPER={q(TASK_WRAPPER)}", "",
+        "",
     ]
     return "\n".join(header) + SCRIPT_BODY + "\n"
 
