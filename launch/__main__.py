@@ -19,7 +19,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config YAML (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     p.add_argument("--omp-threads", type=int, default=None,
-                   help="OMP_NUM_THREADS per rank (default: cores / ranks on the node)")
+                   help="OMP_NUM_THREADS per rank (default: $OMP_NUM_THREADS, else cores / ranks "
+                   "on the node)")
 
 
 def _local_parser(sub) -> None:
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
+        if getattr(args, "omp_threads", None) is not None and args.omp_threads < 1:
+            raise LaunchError(f"--omp-threads: must be >= 1, got {args.omp_threads}")
         if args.command == "local":
             from launch.local import run_local
 

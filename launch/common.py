@@ -67,7 +67,10 @@ def free_port() -> int:
 
 
 def default_omp_threads(ranks_on_this_node: int) -> int:
-    """Cores split evenly between the ranks of one node (at least 1)."""
+    """The caller's OMP_NUM_THREADS if set, else the cores split evenly between the ranks of
+    one node (at least 1)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]):
+        return int(os.environ["OMP_NUM_THREADS"])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(1, ranks_on_this_node))
 
