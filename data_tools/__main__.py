@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        print(f"data_tools {args.command}: interrupted", file=sys.stderr)
+        hint = "; run the same command again to resume" if args.command == "shard" else ""
+        print(f"data_tools {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     return result if isinstance(result, int) else 0
 
