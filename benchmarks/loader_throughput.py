@@ -1,6 +1,8 @@
 """Loader benchmark (issue 4): packed + shuffled decoder samples through `train_batches` in one
 process (goal >= 50M tokens/s), and start-up time (open_data + first batch) for synthetic corpora
-of 10^5 vs 10^7 samples (goal: ratio <= 1.5). Corpora are written to a temp folder.
+of 10^5 vs 10^7 samples (goal: ratio <= 1.5). Corpora are written to a temp folder in two
+layouts: record batches of `data_tools shard`'s size (BATCH_DOCS documents), and one record
+batch per shard file.
 
     python benchmarks/loader_throughput.py [--seconds 5] [--large 10000000]
 
@@ -13,6 +15,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,6 +27,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_tools.shard import BATCH_DOCS  # noqa: E402
 from pretrain.data import DataConfig, open_data, train_batches  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
 
@@ -39,7 +43,8 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def write_corpus(folder: Path, num_samples: int, seq_len: int, seed: int) -> None:
+def write_corpus(folder: Path, num_samples: int, seq_len: int, seed: int,
+                 batch_docs: int | None) -> None:
     """About num_samples windows of seq_len + 1, in shards of SHARD_TOKENS tokens."""
     rng = np.random.default_rng(seed)
     total = num_samples * seq_len * MEAN_DOC_TOKENS // (MEAN_DOC_TOKENS + 1) + seq_len
@@ -48,7 +53,7 @@ def write_corpus(folder: Path, num_samples: int, seq_len: int, seed: int) -> Non
     shards = (random_docs(rng, n, MEAN_DOC_TOKENS, 2, VOCAB, np.uint16)
               for n in tqdm(sizes, desc=f"writing {folder.name}", unit="shard"))
     val = [random_docs(rng, 100 * seq_len, MEAN_DOC_TOKENS, 2, VOCAB, np.uint16)]
-    write_folder(folder, {"train": shards, "val": val}, VOCAB)
+    write_folder(folder, {"train": shards, "val": val}, VOCAB, batch_docs=batch_docs)
 
 
 def startup_s(folder: Path, seq_len: int) -> float:
@@ -93,17 +98,27 @@ def main() -> None:
     p.add_argument("--workdir", default=None, help="where to write the corpora (default: temp)")
     args = p.parse_args()
 
+    layouts = {"data_tools": BATCH_DOCS, "one_batch_per_shard": None}
+    startup: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-        small, large = Path(tmp) / "small", Path(tmp) / "large"
-        write_corpus(small, args.small, args.startup_seq_len, seed=1)
-        write_corpus(large, args.large, args.startup_seq_len, seed=2)
-        startup_s(small, args.startup_seq_len)  # warm imports and page cache
-        times: dict[str, list[float]] = {"small": [], "large": []}
-        for _ in range(args.repeats):           # interleaved, so load changes hit both
-            times["small"].append(startup_s(small, args.startup_seq_len))
-            times["large"].append(startup_s(large, args.startup_seq_len))
-        t_small, t_large = (statistics.median(times[k]) for k in ("small", "large"))
-        tp = throughput(large, args.seq_len, args.micro_batch, args.seconds)
+        for layout, batch_docs in layouts.items():
+            small, large = Path(tmp) / f"{layout}_small", Path(tmp) / f"{layout}_large"
+            write_corpus(small, args.small, args.startup_seq_len, 1, batch_docs)
+            write_corpus(large, args.large, args.startup_seq_len, 2, batch_docs)
+            startup_s(small, args.startup_seq_len)  # warm imports and page cache
+            startup_s(large, args.startup_seq_len)
+            times: dict[str, list[float]] = {"small": [], "large": []}
+            for _ in range(args.repeats):       # interleaved, so load changes hit both
+                times["small"].append(startup_s(small, args.startup_seq_len))
+                times["large"].append(startup_s(large, args.startup_seq_len))
+            startup[layout] = (statistics.median(times["small"]),
+                               statistics.median(times["large"]))
+            if layout == "data_tools":
+                tp = throughput(large, args.seq_len, args.micro_batch, args.seconds)
+            for path in (small, large):
+                shutil.rmtree(path)
+    t_small, t_large = startup["data_tools"]
+    o_small, o_large = startup["one_batch_per_shard"]
 
     result = {
         "cpu": cpu_model(), "gpu": None, "processes": 1, "seq_len": args.seq_len,
@@ -116,7 +131,9 @@ def main() -> None:
         "batched_vs_per_sample": round(tp["tokens_per_sec"] / tp["per_sample_tokens_per_sec"], 2),
         "startup_small_s": round(t_small, 5), "startup_large_s": round(t_large, 5),
         "startup_ratio": round(t_large / t_small, 3),
-        "startup_samples": [args.small, args.large],
+        "startup_one_batch_per_shard_s": [round(o_small, 5), round(o_large, 5)],
+        "startup_ratio_one_batch_per_shard": round(o_large / o_small, 3),
+        "startup_samples": [args.small, args.large], "record_batch_docs": BATCH_DOCS,
     }
     print(f"CPU: {result['cpu']} (no GPU here; the loader runs on the CPU in any case)")
     print(f"throughput, 1 process, packed + shuffled, T={args.seq_len}, batch {args.micro_batch}: "
@@ -126,9 +143,10 @@ def main() -> None:
           f"{os.cpu_count()} cores); one sample at a time: "
           f"{tp['per_sample_tokens_per_sec'] / 1e6:.1f}M tokens/s "
           f"(batched is {result['batched_vs_per_sample']}x)")
-    print(f"start-up (open + first batch), median of {args.repeats}: {args.small:.0e} samples "
-          f"{t_small * 1e3:.1f} ms, {args.large:.0e} samples {t_large * 1e3:.1f} ms, "
-          f"ratio {result['startup_ratio']} (goal <= 1.5)")
+    for layout, (a, b) in startup.items():
+        print(f"start-up (open + first batch), {layout} layout, median of {args.repeats}: "
+              f"{args.small:.0e} samples {a * 1e3:.1f} ms, {args.large:.0e} samples "
+              f"{b * 1e3:.1f} ms, ratio {b / a:.2f} (goal <= 1.5)")
     print(json.dumps(result))
 
 
