@@ -43,12 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RuntimeError) as e:
         log.error("%s", e)
         return 2
-    from pretrain.train.loop import EXIT_CONFIG, EXIT_FAILED, NonFiniteLoss, Trainer, resolve_paths
+    from pretrain.train.loop import (
+        EXIT_CONFIG,
+        EXIT_FAILED,
+        NonFiniteLoss,
+        StopFlag,
+        Trainer,
+        resolve_paths,
+    )
 
     trainer = None
+    stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
     try:
         device = init_distributed(denv)
-        trainer = Trainer(resolve_paths(cfg), denv, device)
+        trainer = Trainer(resolve_paths(cfg), denv, device, stop)
         return trainer.run()
     except (ConfigError, DataError, CheckpointError) as e:
         log.error("%s", e)

@@ -37,6 +37,9 @@ class StopFlag:
         self.requested = False
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._handle)
+            # Restart interrupted system calls: a signal must not break a gloo/NCCL socket
+            # operation in flight; the flag is read at the next step boundary.
+            signal.siginterrupt(sig, False)
 
     def _handle(self, signum, _frame):
         self.requested = True
@@ -84,7 +87,9 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device):
+    def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
+                 stop: StopFlag | None = None):
+        self.stop = stop or StopFlag()
         self.denv, self.device = denv, device
         self.rank0 = denv.rank == 0
         self.src = open_data(cfg.data, cfg.seed)
@@ -112,7 +117,6 @@ class Trainer:
         self.restart_count = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         self.metrics = Metrics(cfg.run_dir, self.rank0, cfg.logging.wandb, config_to_dict(cfg),
                                self.step)
-        self.stop = StopFlag()
 
     # ---- one optimizer step ------------------------------------------------------------
 
