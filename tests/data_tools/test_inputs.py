@@ -45,6 +45,9 @@ def test_bad_records_are_skipped_counted_and_named(tmp_path, tokenizer, bad_json
     for line, reason in [(2, "invalid_json"), (3, "not_object"), (4, "missing_field"),
                          (5, "non_string_field"), (6, "invalid_utf8")]:
         assert f"bad.jsonl:{line}: {reason}" in err  # the first few, by file and line
+    summary = next(r.getMessage() for r in caplog.records if "documents (train" in r.getMessage())
+    assert "2 documents (train 2, val 0)" in summary and "tokens/s" in summary
+    assert "skipped: empty 1, invalid_json 1, invalid_utf8 2, missing_field 1" in summary
 
 
 def test_strict_stops_at_the_first_bad_record(tmp_path, tokenizer, bad_jsonl, capsys):
