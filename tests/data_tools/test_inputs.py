@@ -36,6 +36,7 @@ def shard(tok, out, *inputs_and_flags):
 
 
 def test_bad_records_are_skipped_counted_and_named(tmp_path, tokenizer, bad_jsonl, caplog):
+    caplog.set_level("INFO")
     assert shard(tokenizer, tmp_path / "o", bad_jsonl) == 0
     m = read_manifest(tmp_path / "o")
     assert m["skipped"] == {"empty": 1, "invalid_json": 1, "invalid_utf8": 2,
