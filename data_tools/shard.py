@@ -48,7 +48,7 @@ from data_tools.writer import RESUME_DIR, ShardWriter, load_state, state_problem
 
 log = logging.getLogger("data_tools")
 BATCH_DOCS = 512
-BATCH_BYTES = 1 << 20
+BATCH_BYTES = 1 << 18  # small enough that the last batches keep every worker busy
 SHOW_FIRST_SKIPS = 5
 OUR_ENTRIES = {MANIFEST_NAME, "tokenizer.json", "tokenizer.json.tmp", RESUME_DIR, *SPLITS}
 
