@@ -188,6 +188,7 @@ class SlurmCluster:
             if _pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self.pids.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
         if self.added_hosts_line:
             _remove_hosts_line()
             self.added_hosts_line = False
