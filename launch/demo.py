@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline on this machine in a few minutes.
+"""`make demo`: the whole pipeline on this machine (minutes on a 2-core CPU, less on a GPU).
 
 1. a byte-level BPE tokenizer (vocab 8192) and Arrow shards from Python's own standard library
    source (`--format file`: one document per file) into demo/ (skipped when already valid);
