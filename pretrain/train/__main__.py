@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from pretrain.logs import setup_logging
 
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    # torch.distributed warns about DeepSpeed's collective names on every call: noise, not news.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     from pretrain.configlib import ConfigError
     from pretrain.data import DataError
     from pretrain.train.checkpoint import CheckpointError

@@ -67,7 +67,7 @@ def test_sigusr1_to_one_rank_then_resume_is_bitwise_exact(stage, tiny_data, stra
 
     resumed = start_ranks(args, tmp_path / "logs2", env={"SLURM_RESTART_COUNT": "1"})
     assert resumed.wait(240) == [0, 0], resumed.logs()
-    assert f"resumed from {run / 'checkpoints' / tag} at step {stopped_at}" in resumed.logs(200)
+    assert f"resumed from {run / 'checkpoints' / tag} at step {stopped_at}" in resumed.logs(10**6)
 
     reference = straight_run(stage)
     assert train_losses(run) == train_losses(reference)  # floats round-trip JSON exactly
