@@ -53,14 +53,15 @@ class NonFiniteLoss(RuntimeError):
 
 def resolve_paths(cfg: RunConfig) -> RunConfig:
     """Relative run_dir, data.path and data.tokenizer resolve against the working directory."""
+    absolute = os.path.abspath  # no symlink resolution: keep the names the user gave
     data = cfg.data.model_copy()
     if isinstance(data.path, str):
-        data.path = str(Path(data.path).resolve())
+        data.path = absolute(data.path)
     else:
-        data.path = [e.model_copy(update={"path": str(Path(e.path).resolve())}) for e in data.path]
+        data.path = [e.model_copy(update={"path": absolute(e.path)}) for e in data.path]
     if data.tokenizer:
-        data.tokenizer = str(Path(data.tokenizer).resolve())
-    return cfg.model_copy(update={"run_dir": cfg.run_dir.resolve(), "data": data})
+        data.tokenizer = absolute(data.tokenizer)
+    return cfg.model_copy(update={"run_dir": Path(absolute(cfg.run_dir)), "data": data})
 
 
 def fill_vocab(cfg: RunConfig, data_vocab: int) -> RunConfig:

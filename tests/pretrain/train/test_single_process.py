@@ -1,0 +1,32 @@
+"""One process with no launcher (world size 1), relative paths resolved against the working
+directory, and a non-finite loss stopping the run with a message naming the step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+from helpers.dist import REPO
+
+
+def test_alone_relative_paths_and_nonfinite_loss_stop(tiny_data, tmp_path):
+    (tmp_path / "data").symlink_to(tiny_data)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain.train", "--config", str(REPO / "configs/gpt-tiny.yaml"),
+         "run_dir=runs/nan", "data.path=data", "model.init_std=1.0e30", "train.max_steps=3",
+         "data.seq_len=32", "logging.progress_bar=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 1, proc.stderr
+    assert "non-finite loss (nan) at step 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    run = tmp_path / "runs" / "nan"
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["run_dir"] == str(run)
+    assert resolved["data"]["path"] == str(tmp_path / "data")
+    assert resolved["model"]["vocab_size"] == 512  # the tokenizer's 512, a multiple of 64
+    assert not (run / "checkpoints" / "latest").exists()  # nothing saved from a NaN run
