@@ -179,7 +179,8 @@ class Trainer:
         meta = {"step": self.step,
                 "consumed_samples": self.step * self.cfg.train.global_batch_size,
                 "data_fingerprint": self.src.fingerprint, "param_shapes": self.shapes,
-                "world_size": self.denv.world_size, "config": config_to_dict(self.cfg)}
+                "world_size": self.denv.world_size, "config": config_to_dict(self.cfg),
+                "wandb_run_id": self.metrics.run_id}
         t0 = time.perf_counter()
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, self.step, meta,
                             self.cfg.checkpoint.keep_last)

@@ -55,11 +55,14 @@ class Metrics:
         self.enabled = enabled
         self.path = run_dir / METRICS_FILE
         self.wandb_run = None
+        id_file = run_dir / RUN_ID_FILE
+        self.run_id = id_file.read_text().strip() if id_file.is_file() else None
         if not enabled:
             return
         truncate_metrics(self.path, resumed_step)
         if wandb_cfg.mode != "disabled":
             self.wandb_run = self._start_wandb(run_dir, wandb_cfg, config)
+            self.run_id = self.wandb_run.id
 
     @staticmethod
     def _start_wandb(run_dir: Path, cfg: WandbConfig, config: dict[str, Any]):

@@ -79,8 +79,9 @@ def test_sigusr1_to_one_rank_then_resume_is_bitwise_exact(stage, tiny_data, stra
 
     if stage == 2:
         records = wandb_records(run)
-        run_ids = {r["run"]["run_id"] for r in records if r["type"] == "run"}
-        assert run_ids == {(run / "wandb_run_id").read_text().strip()}
+        run_ids = [r["run"]["run_id"] for r in records if r["type"] == "run"]
+        assert len(run_ids) == 2  # one per start: before the stop and after the resume
+        assert set(run_ids) == {(run / "wandb_run_id").read_text().strip()}
         logged = {h["history"]["item"]["train/step"]: h["history"]["item"]["loss"]
                   for h in records if h["type"] == "history" and "loss" in h["history"]["item"]}
         assert logged == dict(train_losses(run))
