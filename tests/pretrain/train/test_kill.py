@@ -10,7 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from helpers.dist import start_ranks
+from helpers.dist import run_ranks, start_ranks
 
 from pretrain.train.checkpoint import META, find_resume_tag, is_complete, read_meta
 
@@ -36,16 +36,21 @@ def _saving(ckpt_dir: Path) -> bool:
                and any(d.iterdir()) for d in ckpt_dir.iterdir())
 
 
+def _steps_logged(log: Path) -> int:
+    return log.read_text().count(" loss ") if log.exists() else 0
+
+
 def _kill_at_random(ranks, run: Path, rng: random.Random, mode: str) -> str:
     log0 = ranks.log_paths[0]
     if mode == "startup":
-        time.sleep(rng.uniform(0.5, 6.0))
-    else:
-        _wait_for(lambda: log0.exists() and "training" in log0.read_text(), ranks, 240)
+        time.sleep(rng.uniform(0.5, 5.0))
+    else:  # after 1-3 steps of this start, mid-step or while a checkpoint is being written
+        k = rng.randint(1, 3)
+        _wait_for(lambda: _steps_logged(log0) >= k, ranks, 240)
         if mode == "save":
             _wait_for(lambda: _saving(run / "checkpoints"), ranks, 30)
         else:
-            time.sleep(rng.uniform(0.0, 1.5))
+            time.sleep(rng.uniform(0.0, 0.15))
     victim = rng.randrange(len(ranks.procs))
     if ranks.procs[victim].poll() is None:
         os.kill(ranks.procs[victim].pid, signal.SIGKILL)
@@ -55,14 +60,18 @@ def _kill_at_random(ranks, run: Path, rng: random.Random, mode: str) -> str:
 
 
 def test_kill_9_at_random_moments_always_resumes_from_last_complete_checkpoint(
-        request, tiny_data, straight_run, runs, tmp_path):
+        request, tiny_data, runs, tmp_path):
     trials = 20 if request.config.getoption("--slow") else 5
+    max_steps = 8 + 4 * trials  # a start advances at most 4 steps: no trial reaches the end
     run = tmp_path / "run"
     ckpt_dir = run / "checkpoints"
     args = runs.small_run_args(run, tiny_data, STAGE, "checkpoint.every_steps=1",
-                               "checkpoint.keep_last=2")
+                               "checkpoint.keep_last=2", f"train.max_steps={max_steps}")
+    reference = tmp_path / "reference"
+    run_ranks(runs.small_run_args(reference, tiny_data, STAGE, f"train.max_steps={max_steps}"),
+              tmp_path / "logs_reference")
     rng = random.Random(0)
-    modes = ["startup", "save"] + ["step", "save"] * trials
+    modes = ["startup", "save", "step"] + ["save", "step"] * trials
     expect_tag = None
     for trial in range(trials):
         ranks = start_ranks(args, tmp_path / f"logs{trial}")
@@ -70,9 +79,8 @@ def test_kill_9_at_random_moments_always_resumes_from_last_complete_checkpoint(
         logs = ranks.logs(10**6)
         if expect_tag is not None and "training" in logs:
             assert f"resumed from {ckpt_dir / expect_tag}" in logs, f"trial {trial}\n{logs}"
+        assert not all(p.returncode == 0 for p in ranks.procs), f"trial {trial} finished"
         expect_tag = find_resume_tag(ckpt_dir)
-        if all(p.returncode == 0 for p in ranks.procs):
-            break  # finished before the kill landed
         if expect_tag is not None:
             assert is_complete(ckpt_dir / expect_tag), f"trial {trial} ({what})"
             step = read_meta(ckpt_dir / expect_tag)["step"]
@@ -82,6 +90,7 @@ def test_kill_9_at_random_moments_always_resumes_from_last_complete_checkpoint(
     assert final.wait(240) == [0, 0], final.logs()
     if expect_tag is not None:
         assert f"resumed from {ckpt_dir / expect_tag}" in final.logs(10**6)
-    assert runs.train_losses(run) == runs.train_losses(straight_run(STAGE))
+    assert runs.train_losses(run) == runs.train_losses(reference)
+    assert len(runs.train_losses(run)) == max_steps
     complete = [d.name for d in ckpt_dir.iterdir() if d.is_dir() and is_complete(d)]
-    assert sorted(complete) == ["step_00000007", "step_00000008"]  # keep_last=2
+    assert sorted(complete) == [f"step_{max_steps - 1:08d}", f"step_{max_steps:08d}"]  # keep 2
