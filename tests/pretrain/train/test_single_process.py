@@ -30,3 +30,20 @@ def test_alone_relative_paths_and_nonfinite_loss_stop(tiny_data, tmp_path):
     assert resolved["data"]["path"] == str(tmp_path / "data")
     assert resolved["model"]["vocab_size"] == 512  # the tokenizer's 512, a multiple of 64
     assert not (run / "checkpoints" / "latest").exists()  # nothing saved from a NaN run
+
+
+def test_resume_refuses_a_changed_model_shape_naming_it(straight_run, runs, tiny_data, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight_run(0), run)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(
+        [sys.executable, *runs.small_run_args(run, tiny_data, 0, "model.n_layers=3")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot resume from {run / 'checkpoints' / 'step_00000008'}" in proc.stderr
+    assert "parameter stack.blocks.2." in proc.stderr  # the new layer, named
+    assert "checkpoint None, config [" in proc.stderr
+    assert "Traceback" not in proc.stderr
