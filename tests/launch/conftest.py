@@ -32,10 +32,35 @@ class Unavailable(RuntimeError):
     """The cluster cannot be set up here (reason in the message): tests skip."""
 
 
+class StartFailed(RuntimeError):
+    """The packages are there but the daemons did not come up: tests fail, loudly."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_ports() -> tuple[int, tuple[int, int]]:
+    """A controller port and a contiguous pair for the two slurmd, all free and distinct."""
+    for _ in range(100):
+        base = _free_port()
+        if base + 1 > 65535 or not _bindable(base + 1):
+            continue
+        ctld = _free_port()
+        if ctld not in (base, base + 1):
+            return ctld, (base, base + 1)
+    raise Unavailable("found no free ports for slurmctld/slurmd on 127.0.0.1")
 
 
 def _missing_binaries() -> list[str]:
@@ -229,9 +254,9 @@ def start_cluster() -> SlurmCluster:
     (d / "state").mkdir()
     for n in ("n1", "n2"):
         (d / "spool" / n).mkdir(parents=True)
-    ports = (_free_port(), _free_port())
+    ctld_port, node_ports = _cluster_ports()
     conf = d / "slurm.conf"
-    conf.write_text(render_conf(d, _free_port(), (min(ports), min(ports) + 1)))
+    conf.write_text(render_conf(d, ctld_port, node_ports))
     env = dict(os.environ, SLURM_CONF=str(conf))
     cluster = SlurmCluster(d, conf, env)
     try:
@@ -246,17 +271,24 @@ def start_cluster() -> SlurmCluster:
     except (OSError, subprocess.SubprocessError, Unavailable) as e:
         tail = cluster.log_tail()
         cluster.stop()
-        raise Unavailable(f"could not start the SLURM cluster: {e}\n{tail}") from None
+        raise StartFailed(f"could not start the SLURM cluster: {e}\n{tail}") from None
     return cluster
 
 
 @pytest.fixture(scope="session")
 def slurm():
-    """A running two-node cluster (n1, n2); skips with the reason when it cannot be set up."""
+    """A running two-node cluster (n1, n2). Skips with the reason only where it cannot be set
+    up at all (not root, apt failing); daemons that do not start fail the tests (after one retry,
+    since a port picked as free can be taken by someone else before slurmd binds it)."""
     try:
-        cluster = start_cluster()
+        try:
+            cluster = start_cluster()
+        except StartFailed:
+            cluster = start_cluster()
     except Unavailable as e:
         pytest.skip(str(e))
+    except StartFailed as e:
+        pytest.fail(str(e))
     try:
         yield cluster
     finally:
