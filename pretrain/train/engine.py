@@ -54,6 +54,9 @@ def use_gpu() -> bool:
 
 def init_distributed(dist: DistEnv) -> torch.device:
     """Start the process group (gloo on CPU, nccl on GPU) and pick this rank's device."""
+    if not use_gpu():
+        # Tell DeepSpeed up front instead of letting it warn on every rank that it guessed.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
     import deepspeed.ops
 
