@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def _fp32_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
         states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu",
                             weights_only=True)
         return {k: v.float() for k, v in states["module"].items()}
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # merging runs on the CPU in any case
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     # Merges the fp32 master partitions of every rank (ZeRO 1-3).
