@@ -42,8 +42,8 @@ def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, dict]:
 
 def _fp32_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     if zero_stage == 0:  # the full model is in rank 0's model-states file
-        states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=True)
+        path = tag_dir / "mp_rank_00_model_states.pt"
+        states = torch.load(path, map_location="cpu", weights_only=True)
         return {k: v.float() for k, v in states["module"].items()}
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # merging runs on the CPU in any case
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
