@@ -122,10 +122,26 @@ def param_shapes(model: torch.nn.Module) -> dict[str, list[int]]:
     return {n: list(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
 
 
+def _partition_problems(meta: dict[str, Any], world_size: int, zero_stage: int) -> list[str]:
+    """ZeRO >= 1 splits the optimizer state between the ranks that saved it, and DeepSpeed
+    cannot re-split it on load: such a checkpoint resumes only on the same ranks and stage."""
+    old_stage = meta["config"]["deepspeed"]["zero_stage"]
+    if old_stage != zero_stage and max(old_stage, zero_stage) >= 1:
+        return [f"deepspeed.zero_stage: checkpoint {old_stage}, config {zero_stage} "
+                "(the optimizer state is laid out per stage)"]
+    if zero_stage >= 1 and meta["world_size"] != world_size:
+        return [f"ranks: checkpoint written by {meta['world_size']} ranks at ZeRO-{zero_stage}, "
+                f"this run has {world_size} (ZeRO's optimizer state is split between the ranks "
+                f"that saved it; resume on {meta['world_size']} ranks, or use ZeRO-0 to change "
+                "the number of ranks — the data position carries over at the same global batch)"]
+    return []
+
+
 def check_compatible(meta: dict[str, Any], shapes: dict[str, list[int]], fingerprint: str,
-                     tag_dir: Path) -> None:
-    """Refuse a checkpoint whose model shape or data fingerprint differs; name the difference."""
-    problems = []
+                     tag_dir: Path, world_size: int, zero_stage: int) -> None:
+    """Refuse a checkpoint whose model shape, data fingerprint or (with ZeRO >= 1) rank layout
+    differs; name the difference."""
+    problems = _partition_problems(meta, world_size, zero_stage)
     old = meta["param_shapes"]
     for name in sorted(set(old) | set(shapes)):
         a, b = old.get(name), shapes.get(name)

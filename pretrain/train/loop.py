@@ -107,7 +107,8 @@ class Trainer:
         self.n_params = sum(p.numel() for p in model.parameters())
         if self.resume_tag:
             ckpt.check_compatible(ckpt.read_meta(self.ckpt_dir / self.resume_tag), self.shapes,
-                                  self.src.fingerprint, self.ckpt_dir / self.resume_tag)
+                                  self.src.fingerprint, self.ckpt_dir / self.resume_tag,
+                                  denv.world_size, cfg.deepspeed.zero_stage)
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
         self.engine, self.scheduler = initialize(model, cfg, denv.world_size)
         self.step = 0

@@ -59,14 +59,26 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 
 
 def test_refuses_changed_shapes_or_data_naming_the_difference(tmp_path):
-    meta = {"param_shapes": {"w": [4, 8], "b": [8]}, "data_fingerprint": "a" * 64}
-    ckpt.check_compatible(meta, {"w": [4, 8], "b": [8]}, "a" * 64, tmp_path)
+    meta = {"param_shapes": {"w": [4, 8], "b": [8]}, "data_fingerprint": "a" * 64,
+            "world_size": 2, "config": {"deepspeed": {"zero_stage": 2}}}
+    ckpt.check_compatible(meta, {"w": [4, 8], "b": [8]}, "a" * 64, tmp_path, 2, 2)
     with pytest.raises(ckpt.CheckpointError) as err:
-        ckpt.check_compatible(meta, {"w": [4, 16], "b": [8], "c": [2]}, "b" * 64, tmp_path)
+        ckpt.check_compatible(meta, {"w": [4, 16], "b": [8], "c": [2]}, "b" * 64, tmp_path, 2, 2)
     text = str(err.value)
     assert "parameter w: checkpoint [4, 8], config [4, 16]" in text
     assert "parameter c: checkpoint None, config [2]" in text
     assert "data fingerprint" in text and str(tmp_path) in text
+
+
+def test_zero_checkpoint_resumes_only_on_the_ranks_and_stage_that_saved_it(tmp_path):
+    meta = {"param_shapes": {"w": [4]}, "data_fingerprint": "a" * 64, "world_size": 2,
+            "config": {"deepspeed": {"zero_stage": 2}}}
+    with pytest.raises(ckpt.CheckpointError, match="written by 2 ranks at ZeRO-2, this run has 1"):
+        ckpt.check_compatible(meta, {"w": [4]}, "a" * 64, tmp_path, 1, 2)
+    with pytest.raises(ckpt.CheckpointError, match="zero_stage: checkpoint 2, config 3"):
+        ckpt.check_compatible(meta, {"w": [4]}, "a" * 64, tmp_path, 2, 3)
+    meta["config"]["deepspeed"]["zero_stage"] = 0  # ZeRO-0: any number of ranks
+    ckpt.check_compatible(meta, {"w": [4]}, "a" * 64, tmp_path, 1, 0)
 
 
 def test_metrics_rows_after_the_resumed_step_are_dropped(tmp_path):
