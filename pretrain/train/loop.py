@@ -127,7 +127,9 @@ class Trainer:
 
     def train_step(self, batches) -> dict[str, float]:
         """gas micro-batches forward+backward; DeepSpeed steps the optimizer on the last."""
-        loss_sum, wait_s, tokens = torch.zeros((), dtype=torch.float64), 0.0, 0
+        # Kept on the device: no host sync per micro-batch, and NCCL reduces only GPU tensors.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        wait_s, tokens = 0.0, 0
         for _ in range(self.gas):
             t0 = time.perf_counter()
             batch = self._to_device(next(batches))
@@ -136,11 +138,12 @@ class Trainer:
             loss = self.engine(**batch)["loss"]
             self.engine.backward(loss)
             self.engine.step()
-            loss_sum += loss.detach().double().cpu()
+            loss_sum += loss.detach().double()
         # One all-reduce per step: mean loss and the stop flag (does any rank want to stop?).
-        stats = torch.tensor([loss_sum.item() / self.gas, float(self.stop.requested)],
-                             dtype=torch.float64)
+        stop = torch.tensor(float(self.stop.requested), dtype=torch.float64, device=self.device)
+        stats = torch.stack([loss_sum / self.gas, stop])
         dist.all_reduce(stats)
+        stats = stats.cpu()
         grad_norm = self.engine.get_global_grad_norm()
         return {"loss": stats[0].item() / self.denv.world_size, "stop": stats[1].item() > 0,
                 "data_wait_s": wait_s, "tokens": tokens * self.denv.world_size,
@@ -154,20 +157,20 @@ class Trainer:
         cfg = self.cfg
         batches = list(eval_batches(self.src, cfg.train.micro_batch_size, self.denv.rank,
                                     self.denv.world_size, max_samples=cfg.eval.max_samples))
-        count = torch.tensor([len(batches)])
+        count = torch.tensor([len(batches)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)  # ZeRO-3 needs equal forward counts
         self.engine.eval()
-        totals = torch.zeros(2, dtype=torch.float64)  # (nats, tokens)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (nats, tokens)
         for batch in batches[: int(count)]:
             batch = self._to_device(batch)
             logits = self.engine(**batch)["logits"]  # (B, T, V)
             targets = batch["targets"]  # (B, T)
             nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=-100, reduction="sum")
-            totals += torch.stack([nats.double().cpu(),
-                                   (targets != -100).sum().double().cpu()])
+            totals += torch.stack([nats.double(), (targets != -100).sum().double()])
         self.engine.train()
         dist.all_reduce(totals)
+        totals = totals.cpu()
         val_loss = (totals[0] / totals[1].clamp(min=1)).item()
         row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         if cfg.data.objective == "clm":
