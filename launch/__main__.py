@@ -21,6 +21,9 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omp-threads", type=int, default=None,
                    help="OMP_NUM_THREADS per rank (default: $OMP_NUM_THREADS, else cores / ranks "
                    "on the node)")
+    p.add_argument("--print-config", action="store_true",
+                   help="check everything, print the resolved config as YAML (bases, overrides, "
+                   "paths, vocabulary from the data) and exit 0 without starting a rank")
 
 
 def _local_parser(sub) -> None:
@@ -31,6 +34,9 @@ def _local_parser(sub) -> None:
     _add_config(p)
     p.add_argument("--nproc", type=int, default=None,
                    help="ranks to start (default: number of GPUs, else 1)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything, print each rank's command and environment, start "
+                   "nothing")
 
 
 def _slurm_parser(sub) -> None:
@@ -40,17 +46,19 @@ def _slurm_parser(sub) -> None:
                        "requeues itself (up to --max-requeues times); it resumes from the last "
                        "checkpoint on every restart.")
     _add_config(p)
-    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--nodes", type=int, default=1, help="nodes to allocate (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=None,
-                   help="GPUs per node; one task per GPU")
+                   help="GPUs per node; one task per GPU (default: no GPUs)")
     p.add_argument("--tasks-per-node", type=int, default=None,
-                   help="tasks (ranks) per node; default: --gpus-per-node, else 1")
-    p.add_argument("--cpus-per-task", type=int, default=None)
-    p.add_argument("--time", default=None, help="time limit, e.g. 1-00:00:00 or 30:00")
-    p.add_argument("--partition", default=None)
-    p.add_argument("--account", default=None)
-    p.add_argument("--qos", default=None)
-    p.add_argument("--job-name", default="arrowtrain")
+                   help="tasks (ranks) per node (default: --gpus-per-node, else 1)")
+    p.add_argument("--cpus-per-task", type=int, default=None,
+                   help="CPU cores per task (default: the site's)")
+    p.add_argument("--time", default=None,
+                   help="time limit, e.g. 1-00:00:00 or 30:00 (default: the partition's)")
+    p.add_argument("--partition", default=None, help="partition(s) (default: the site's)")
+    p.add_argument("--account", default=None, help="account to charge (default: yours)")
+    p.add_argument("--qos", default=None, help="quality of service (default: the site's)")
+    p.add_argument("--job-name", default="arrowtrain", help="job name (default arrowtrain)")
     p.add_argument("--max-requeues", type=int, default=10,
                    help="requeue at most this many times on exit 75 (default 10)")
     p.add_argument("--signal-seconds", type=int, default=300,
@@ -59,7 +67,8 @@ def _slurm_parser(sub) -> None:
                    help="interpreter on the compute nodes (default: this one)")
     p.add_argument("--hold", action="store_true",
                    help="submit held; start it with `scontrol release JOBID`")
-    p.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything, print the batch script, submit nothing")
 
 
 def _hostfile_parser(sub) -> None:
@@ -71,12 +80,17 @@ def _hostfile_parser(sub) -> None:
     p.add_argument("--hostfile", required=True,
                    help="DeepSpeed hostfile: one `HOST slots=N` line per node")
     p.add_argument("--master-addr", default=None,
-                   help="address of the first node (required with --no-ssh)")
-    p.add_argument("--master-port", type=int, default=29500)
+                   help="address of the first node (required with --no-ssh; default: the first "
+                   "host's, from `hostname -I` over ssh)")
+    p.add_argument("--master-port", type=int, default=29500,
+                   help="rendezvous port on the first node (default 29500)")
     p.add_argument("--no-ssh", action="store_true",
                    help="per-node mode: start only this node's ranks (needs --node-rank)")
-    p.add_argument("--node-rank", type=int, default=None)
-    p.add_argument("--ssh-port", type=int, default=None)
+    p.add_argument("--node-rank", type=int, default=None,
+                   help="with --no-ssh: this node's line in the hostfile, counting from 0")
+    p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: ssh's own)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything, print DeepSpeed's launcher command, start nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Show a run folder's SLURM job state (squeue, else the "
                         "job-completion record), restarts, why it failed, the last complete "
                         "checkpoint, the last metrics line and an ETA.")
-    st.add_argument("run_dir", metavar="RUNDIR")
+    st.add_argument("run_dir", metavar="RUNDIR", help="the run folder (run_dir of the config)")
     st.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser
 
 
 def _run_slurm(args) -> int:
-    from launch.common import validate_or_exit
+    from launch.common import print_config, validate_or_exit
     from launch.slurm import SlurmJob, render_script, submit, validate, write_script
 
     job = SlurmJob(config=args.config, overrides=list(args.overrides), run_dir="",
@@ -111,6 +125,8 @@ def _run_slurm(args) -> int:
     job.config = str(Path(args.config).resolve())
     job.run_dir = str(Path(cfg.run_dir).resolve())
     validate(job)
+    if args.print_config:
+        return print_config(cfg)
     if args.dry_run:
         sys.stdout.write(render_script(job))
         return 0
@@ -136,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.nproc is not None and args.nproc < 1:
                 raise LaunchError(f"--nproc: must be >= 1, got {args.nproc}")
 
-            return run_local(args.config, list(args.overrides), args.nproc, args.omp_threads)
+            return run_local(args.config, list(args.overrides), args.nproc, args.omp_threads,
+                             print_config=args.print_config, dry_run=args.dry_run)
         if args.command == "slurm":
             return _run_slurm(args)
         if args.command == "hostfile":

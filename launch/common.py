@@ -4,16 +4,16 @@ per-rank environment and how the ranks' exit codes combine into one."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME, describe_exit  # noqa: F401
+from pretrain.train.distenv import free_port  # noqa: F401 - the one free_port, re-exported
+
 REPO = Path(__file__).resolve().parents[1]
-EXIT_OK = 0
-EXIT_RESUME = 75  # "stopped after saving a checkpoint, resume me" (design.md section 5)
-EXIT_USAGE = 2
+EXIT_USAGE = EXIT_CONFIG  # bad launcher input and bad config share exit code 2
 TRAIN_MODULE = "pretrain.train"
 
 
@@ -37,11 +37,12 @@ def check_all(option: str, values: Iterable[str]) -> list[str]:
 
 
 def load_config(config: str, overrides: Sequence[str], world_size: int | None):
-    """Validate the run config exactly as the ranks will (lazy import: the launcher must start
-    without torch). Returns the RunConfig; raises pretrain.configlib.ConfigError."""
-    from pretrain.train.config import load_run_config
+    """Every pre-flight check, exactly as the ranks will run them (config, command line, data
+    folders; torch-free, so the launcher starts fast). Returns the RunConfig as the ranks will
+    run it; raises pretrain.configlib.ConfigError listing every problem."""
+    from pretrain.train.preflight import check_run
 
-    return load_run_config(config, list(overrides), world_size=world_size)
+    return check_run(config, list(overrides), world_size=world_size)
 
 
 def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | None):
@@ -60,10 +61,14 @@ def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | No
         raise SystemExit(EXIT_USAGE) from None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def print_config(cfg) -> int:
+    """--print-config: the resolved config as YAML on stdout (what RUNDIR/config.yaml will
+    hold); nothing is started."""
+    from pretrain.configlib import dump_yaml
+    from pretrain.train.config import config_to_dict
+
+    sys.stdout.write(dump_yaml(config_to_dict(cfg)))
+    return EXIT_OK
 
 
 def default_omp_threads(ranks_on_this_node: int) -> int:
@@ -101,13 +106,3 @@ def combine_exit_codes(codes: Sequence[int]) -> int:
     if failures:
         return failures[0]
     return EXIT_RESUME if EXIT_RESUME in codes else EXIT_OK
-
-
-def describe_exit(code: int) -> str:
-    meaning = {EXIT_OK: "finished", EXIT_RESUME: "stopped after saving a checkpoint (resume me)",
-               1: "failed", 2: "config or data error"}
-    if code in meaning:
-        return meaning[code]
-    if code > 128:
-        return f"killed by signal {code - 128}"
-    return "failed"

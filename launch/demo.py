@@ -107,12 +107,14 @@ def report(cfg, data_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"),
+                   help="run config (default: configs/demo.yaml)")
     p.add_argument("--nproc", type=int, default=None,
                    help="ranks (default: all GPUs, else 2 CPU ranks)")
     p.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"],
                    help="corpus folder (default: this Python's standard library)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.max_steps=100")
     args = p.parse_args(argv)
     from launch.common import validate_or_exit
     from launch.local import run_local

@@ -20,12 +20,14 @@ import sys
 from pathlib import Path
 
 from launch.common import (
+    EXIT_OK,
     TRAIN_MODULE,
     LaunchError,
     check_text,
     default_omp_threads,
     describe_exit,
     normalize_code,
+    print_config,
     train_env,
     validate_or_exit,
 )
@@ -79,16 +81,25 @@ def deepspeed_command(args, hosts: dict[str, int]) -> list[str]:
     return [*cmd, TRAIN_MODULE, *user_args]
 
 
-def write_env_file(run_dir: Path, env: dict[str, str]) -> Path:
-    """DeepSpeed's env file: exported to every ssh host (KEY=VALUE lines, no shell)."""
-    keys = ["OMP_NUM_THREADS", "DS_ACCELERATOR", "WANDB_MODE", "TOKENIZERS_PARALLELISM"]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "deepspeed_env"
-    unsafe = [k for k in keys if k in env and not _SAFE_WORD.match(env[k])]
+ENV_FILE_KEYS = ["OMP_NUM_THREADS", "DS_ACCELERATOR", "WANDB_MODE", "TOKENIZERS_PARALLELISM"]
+
+
+def env_file_lines(env: dict[str, str]) -> list[str]:
+    """The KEY=VALUE lines of DeepSpeed's env file (refusing values a remote shell would
+    misread)."""
+    unsafe = [k for k in ENV_FILE_KEYS if k in env and not _SAFE_WORD.match(env[k])]
     if unsafe:  # DeepSpeed writes them into the remote command inside double quotes only
         raise LaunchError(f"environment {', '.join(unsafe)}: only letters, digits and "
                           "@%+=:,./_- can be passed to ssh hosts")
-    path.write_text("".join(f"{k}={env[k]}\n" for k in keys if k in env))
+    return [f"{k}={env[k]}" for k in ENV_FILE_KEYS if k in env]
+
+
+def write_env_file(run_dir: Path, env: dict[str, str]) -> Path:
+    """DeepSpeed's env file: exported to every ssh host (KEY=VALUE lines, no shell)."""
+    lines = env_file_lines(env)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "deepspeed_env"
+    path.write_text("".join(line + "\n" for line in lines))
     return path
 
 
@@ -137,8 +148,17 @@ def run_hostfile(args) -> int:
         raise LaunchError(f"--node-rank {args.node_rank}: the hostfile has {len(hosts)} nodes")
     world_size = sum(hosts.values())
     cfg = validate_or_exit(args.config, args.overrides, world_size=world_size)
+    if getattr(args, "print_config", False):
+        return print_config(cfg)
     local_ranks = list(hosts.values())[args.node_rank or 0]
     env = train_env(omp_threads=args.omp_threads or default_omp_threads(local_ranks))
+    if getattr(args, "dry_run", False):
+        cmd = deepspeed_command(args, hosts)
+        print(f"# {world_size} rank(s) on {len(hosts)} node(s); ssh hosts get "
+              f"{Path(cfg.run_dir) / 'deepspeed_env'}: {env_file_lines(env)!r}")
+        print(shlex.join(["env", f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}",
+                          f"PYTHONPATH={env['PYTHONPATH']}", *cmd]))
+        return EXIT_OK
     env["DS_ENV_FILE"] = str(write_env_file(Path(cfg.run_dir).resolve(), env))
     cmd = deepspeed_command(args, hosts)
     print(f"[launch] {world_size} rank(s) on {len(hosts)} node(s); OMP_NUM_THREADS="

@@ -4,15 +4,19 @@ deepspeed launcher), with rank-prefixed output and signals forwarded to every ra
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from launch.common import (
+    EXIT_OK,
     TRAIN_MODULE,
     combine_exit_codes,
     default_omp_threads,
@@ -20,13 +24,20 @@ from launch.common import (
     free_port,
     train_env,
 )
+from launch.common import print_config as _print_config
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 FAILED_RANK_GRACE_S = 30.0  # after one rank fails, the others get this long to notice
 
 
+GPU_DEVICE_GLOBS = ("/dev/nvidia[0-9]*", "/dev/kfd")  # NVIDIA GPUs, AMD ROCm
+
+
 def default_nproc() -> int:
-    """All GPUs; one CPU rank when there are none."""
+    """All GPUs; one CPU rank when there are none. Torch counts them, but only where a GPU
+    driver's device files exist: a CPU machine starts the launcher without importing torch."""
+    if not any(Path("/").glob(g.lstrip("/")) for g in GPU_DEVICE_GLOBS):
+        return 1
     try:
         import torch
 
@@ -98,18 +109,35 @@ class RankGroup:
         return [p.returncode for p in self.procs]
 
 
+def rank_commands(cmd_args: list[str], nproc: int, omp_threads: int,
+                  master_port: int) -> list[tuple[list[str], dict[str, str]]]:
+    """(argv, environment) of every rank: `python -m pretrain.train ARGS` with the
+    torch.distributed variables, OMP_NUM_THREADS and the repo on PYTHONPATH."""
+    return [([sys.executable, "-m", TRAIN_MODULE, *cmd_args],
+             train_env(omp_threads=omp_threads, RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=nproc,
+                       LOCAL_WORLD_SIZE=nproc, MASTER_ADDR="127.0.0.1", MASTER_PORT=master_port))
+            for rank in range(nproc)]
+
+
+def print_commands(commands: list[tuple[list[str], dict[str, str]]]) -> None:
+    """--dry-run: one copy-pasteable shell line per rank, with the variables that differ from
+    this shell's environment."""
+    print(f"# in {shlex.quote(str(Path.cwd()))}; MASTER_PORT was free just now (a free one is "
+          "picked again at start)")
+    for argv, env in commands:
+        changed = [f"{k}={v}" for k, v in env.items() if os.environ.get(k) != v]
+        print(shlex.join(["env", *changed, *argv]))
+
+
 def start_ranks(cmd_args: list[str], nproc: int, omp_threads: int, master_port: int,
                 out=None) -> RankGroup:
     """Start `python -m pretrain.train ARGS` once per rank with the five torch.distributed
     variables and OMP_NUM_THREADS set; each rank's output goes to `out` prefixed."""
     out = out or sys.stdout.buffer
     procs, pumps = [], []
-    for rank in range(nproc):
-        env = train_env(omp_threads=omp_threads, RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=nproc,
-                        LOCAL_WORLD_SIZE=nproc, MASTER_ADDR="127.0.0.1",
-                        MASTER_PORT=master_port)
-        p = subprocess.Popen([sys.executable, "-m", TRAIN_MODULE, *cmd_args], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    for rank, (argv, env) in enumerate(rank_commands(cmd_args, nproc, omp_threads,
+                                                     master_port)):
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)  # signals reach ranks only through us
         t = threading.Thread(target=_pump, args=(rank, p.stdout, out), daemon=True)
         t.start()
@@ -119,14 +147,21 @@ def start_ranks(cmd_args: list[str], nproc: int, omp_threads: int, master_port: 
 
 
 def run_local(config: str, overrides: list[str], nproc: int | None = None,
-              omp_threads: int | None = None) -> int:
-    """Validate, start, wait; returns the combined exit code (0, 75 or the first failure)."""
+              omp_threads: int | None = None, print_config: bool = False,
+              dry_run: bool = False) -> int:
+    """Validate, start, wait; returns the combined exit code (0, 75 or the first failure).
+    `print_config` / `dry_run`: validate, print the config / the rank commands, start nothing."""
     from launch.common import validate_or_exit
 
     nproc = nproc or default_nproc()
     cfg = validate_or_exit(config, overrides, world_size=nproc)
+    if print_config:
+        return _print_config(cfg)
     omp_threads = omp_threads or default_omp_threads(nproc)
     port = free_port()
+    if dry_run:
+        print_commands(rank_commands(["--config", config, *overrides], nproc, omp_threads, port))
+        return EXIT_OK
     print(f"[launch] {nproc} rank(s) on 127.0.0.1:{port}, OMP_NUM_THREADS={omp_threads}, "
           f"run folder {cfg.run_dir}", file=sys.stderr, flush=True)
     group = start_ranks(["--config", config, *overrides], nproc, omp_threads, port)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.common import REPO, TRAIN_MODULE, LaunchError, check_all, check_text
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME
 
 SCRIPT_NAME = "job.sbatch"
 JOBS_FILE = "jobs"  # one submitted job id per line, newest last
@@ -143,7 +144,7 @@ event() {  # event NAME RC -- fixed names and numbers only
     "$(now)" "$SLURM_JOB_ID" "$RESTARTS" "$1" "$2" >> "$SLURM_DIR/events.jsonl"
 }
 
-cd "$WORK_DIR" || { log "FAILED: cannot cd to $WORK_DIR"; event failed 1; exit 1; }
+cd "$WORK_DIR" || { log "FAILED: cannot cd to $WORK_DIR"; event failed "$EXIT_FAILED"; exit "$EXIT_FAILED"; }
 mkdir -p "$RC_DIR"
 export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
@@ -178,29 +179,29 @@ n=0; fail=""; resume=0
 for f in "$RC_DIR"/rank-*; do
   [ -e "$f" ] || continue
   c=$(cat "$f"); n=$((n + 1))
-  case "$c" in 0) ;; 75) resume=1 ;; *) [ -z "$fail" ] && fail=$c ;; esac
+  case "$c" in "$EXIT_OK") ;; "$EXIT_RESUME") resume=1 ;; *) [ -z "$fail" ] && fail=$c ;; esac
 done
 if [ "$n" -eq "$SLURM_NTASKS" ]; then
-  if [ -n "$fail" ]; then rc=$fail; elif [ "$resume" = 1 ]; then rc=75; else rc=0; fi
-elif [ "$rc" -eq 0 ] || [ "$rc" -eq 75 ]; then
-  log "only $n of $SLURM_NTASKS tasks reported an exit code"; rc=1
+  if [ -n "$fail" ]; then rc=$fail; elif [ "$resume" = 1 ]; then rc=$EXIT_RESUME; else rc=$EXIT_OK; fi
+elif [ "$rc" -eq "$EXIT_OK" ] || [ "$rc" -eq "$EXIT_RESUME" ]; then
+  log "only $n of $SLURM_NTASKS tasks reported an exit code"; rc=$EXIT_FAILED
 fi
 
 case "$rc" in
-  0) log "finished: training reached its last step"; event finished 0; exit 0 ;;
-  75)
+  "$EXIT_OK") log "finished: training reached its last step"; event finished "$rc"; exit "$rc" ;;
+  "$EXIT_RESUME")
     if [ "$RESTARTS" -lt "$MAX_REQUEUES" ]; then
       log "stopped after saving a checkpoint; requeueing (restart $((RESTARTS + 1)) of at most $MAX_REQUEUES)"
-      event requeue 75
+      event requeue "$rc"
       if scontrol requeue "$SLURM_JOB_ID"; then sleep 60 & wait $!; fi
       log "requeue did not take effect; resubmit $RUN_DIR/slurm/job.sbatch to continue"
     else
       log "stopped after saving a checkpoint, but --max-requeues=$MAX_REQUEUES is reached; resubmit to continue"
-      event max_requeues 75
+      event max_requeues "$rc"
     fi
-    exit 75 ;;
+    exit "$rc" ;;
   *)
-    case "$rc" in 2) why="config or data error" ;; 1) why="error" ;; *) why="exit code $rc" ;; esac
+    case "$rc" in "$EXIT_CONFIG") why="config or data error" ;; "$EXIT_FAILED") why="error" ;; *) why="exit code $rc" ;; esac
     log "FAILED: training exited with code $rc ($why); not requeued. See the rank output above."
     event failed "$rc"
     exit "$rc" ;;
@@ -223,6 +224,8 @@ def render_script(job: SlurmJob) -> str:
         f"REPO_DIR={q(job.repo_dir)}", f"PYTHON={q(job.python)}",
         f"TRAIN_MODULE={q(TRAIN_MODULE)}", f"TRAIN_ARGS=({train_args})",
         f"MAX_REQUEUES={int(job.max_requeues)}",
+        f"EXIT_OK={EXIT_OK} EXIT_FAILED={EXIT_FAILED} EXIT_CONFIG={EXIT_CONFIG} "
+        f"EXIT_RESUME={EXIT_RESUME}  # pretrain/exit_codes.py",
         f"OMP_THREADS={int(job.omp_threads) if job.omp_threads else ''}",
         "",
     ]

@@ -4,12 +4,19 @@ overrides, strict pydantic sections, and one error that lists every problem.
 A mapping anywhere in a YAML file may carry `base: other.yaml` (a path relative to that file);
 the mapping is then the referenced file's content with this mapping's keys merged over it. So a
 run file may say `base: demo.yaml` at the top and `model: {base: model/gpt2-124m.yaml}` inside.
+
+Problems carry the dotted keys they concern, so the error can say which came from the command
+line (`attribute`), and an unknown key names the closest known one ("did you mean `optim.lr`?").
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
+import typing
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,17 +24,46 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 BASE_KEY = "base"
+COMMAND_LINE = "the command line"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One config problem. `keys`: the dotted config keys it concerns; `origin`: None for the
+    config file, else where it came from (COMMAND_LINE)."""
+
+    text: str
+    keys: tuple[str, ...] = ()
+    origin: str | None = None
 
 
 class ConfigError(ValueError):
-    """All problems found in a config, reported together."""
+    """All problems found in a config, reported together, grouped by where they came from."""
 
-    def __init__(self, problems: Iterable[str], source: str | None = None):
-        self.problems = list(problems)
+    def __init__(self, problems: Iterable[str | Problem], source: str | None = None):
+        self.items = [p if isinstance(p, Problem) else Problem(str(p)) for p in problems]
+        self.problems = [p.text for p in self.items]
         self.source = source
-        where = f" in {source}" if source else ""
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} config problem(s){where}:\n{lines}")
+        super().__init__(self._render())
+
+    def _label(self, origin: str | None) -> str:
+        if origin is not None:
+            return f"from {origin}"
+        return f"in {self.source}" if self.source else "in the config"
+
+    def _render(self) -> str:
+        groups: dict[str | None, list[str]] = {}
+        for p in sorted(self.items, key=lambda p: p.origin is not None):  # the file first
+            groups.setdefault(p.origin, []).append(p.text)
+        head = f"{len(self.items)} config problem(s)"
+        if len(groups) == 1:
+            (origin, texts), = groups.items()
+            where = f" {self._label(origin)}" if origin is not None or self.source else ""
+            return f"{head}{where}:\n" + "\n".join(f"  - {t}" for t in texts)
+        lines = [f"{head}:"]
+        for origin, texts in groups.items():
+            lines += [f"  {self._label(origin)}:", *(f"    - {t}" for t in texts)]
+        return "\n".join(lines)
 
 
 class Section(BaseModel):
@@ -94,50 +130,173 @@ def load_yaml(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]
     return _resolve_bases(data, path, _stack or (path,))
 
 
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a", "b", "c"], value parsed as YAML: 3 -> int, true -> bool, ...)."""
+@dataclass(frozen=True)
+class Override:
+    """One `dotted.key=value` from the command line."""
+
+    text: str
+    parts: tuple[str, ...]
+    value: Any
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.parts)
+
+
+def parse_override(text: str) -> Override:
+    """`a.b.c=value` -> key parts ("a", "b", "c") and the value parsed as YAML (3 -> int,
+    true -> bool, ...). Raises ConfigError naming the override."""
     if "=" not in text:
-        raise ConfigError([f"override {text!r} is not of the form dotted.key=value"])
+        raise ConfigError([Problem(f"override {text!r} is not of the form dotted.key=value",
+                                   origin=COMMAND_LINE)])
     key, _, raw = text.partition("=")
-    parts = key.strip().split(".")
+    parts = tuple(p.strip() for p in key.strip().split("."))
     if not all(parts):
-        raise ConfigError([f"override {text!r} has an empty key part"])
+        raise ConfigError([Problem(f"override {text!r} has an empty key part",
+                                   origin=COMMAND_LINE)])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return parts, value
+    return Override(text, parts, value)
 
 
-def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def parse_overrides(texts: Iterable[str]) -> tuple[list[Override], list[Problem]]:
+    """Every well-formed override, and a problem for each malformed one (none hides another)."""
+    parsed, problems = [], []
+    for text in texts:
+        try:
+            parsed.append(parse_override(text))
+        except ConfigError as err:
+            problems += err.items
+    return parsed, problems
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str | Override]) -> dict[str, Any]:
     """Return a copy of `data` with each dotted override set. Unknown keys are left for the
-    typed sections to reject, so every problem is reported in one place."""
+    typed sections to reject, so every problem is reported in one place; malformed overrides
+    raise one ConfigError listing them all."""
+    overrides = list(overrides)
+    parsed, problems = parse_overrides(o for o in overrides if isinstance(o, str))
+    if problems:
+        raise ConfigError(problems)
+    parsed += [o for o in overrides if isinstance(o, Override)]
     out = copy.deepcopy(data)
-    for text in overrides:
-        parts, value = parse_override(text)
+    for o in parsed:
         node = out
-        for part in parts[:-1]:
+        for part in o.parts[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
                 child = {}
                 node[part] = child
             node = child
-        node[parts[-1]] = value
+        node[o.parts[-1]] = o.value
     return out
 
 
-def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
-    """One line per pydantic error, naming the dotted key."""
-    lines = []
+def _present(data: Any, key: str) -> bool:
+    """Whether the file's mapping holds `key` (True where a list or union tag makes it
+    unknowable)."""
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping):
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def attribute(problems: Iterable[Problem], overrides: Iterable[Override],
+              file_data: Mapping[str, Any] | None = None) -> list[Problem]:
+    """Tell which problems came from the command line. A key came from there when an override
+    set it (or a mapping above it), or when only overrides below it created it (`file_data`:
+    the YAML before overrides). A problem whose every key came from the command line moves to
+    that group, naming the overrides; one that merely involves an override says so."""
+    overrides = list(overrides)
+
+    def setters(key: str) -> list[Override]:
+        hits = [o for o in overrides if key == o.key or key.startswith(o.key + ".")]
+        if hits:
+            return hits[-1:]  # the last one wins
+        below = [o for o in overrides if o.key.startswith(key + ".")]
+        return below if below and file_data is not None and not _present(file_data, key) else []
+
+    out = []
+    for p in problems:
+        if p.origin is not None or not p.keys:
+            out.append(p)
+            continue
+        direct = [setters(k) for k in p.keys]
+        if all(direct):
+            named = ", ".join(dict.fromkeys(f"`{o.text}`" for d in direct for o in d))
+            out.append(dataclasses.replace(p, text=f"{p.text} (from {named})",
+                                           origin=COMMAND_LINE))
+            continue
+        involved = [o for d in direct for o in d]
+        involved += [o for o in overrides for k in p.keys if o.key.startswith(k + ".")]
+        if involved:
+            named = ", ".join(dict.fromkeys(f"`{o.text}`" for o in involved))
+            p = dataclasses.replace(p, text=f"{p.text} (with {named} from {COMMAND_LINE})")
+        out.append(p)
+    return out
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> tuple[list[str], list[str]]:
+    """(the dotted path of the section at `loc` without pydantic's union tags, the field names
+    of that section)."""
+    candidates, path = [model], []
+    for part in loc:
+        fields = [c.model_fields[part] for c in candidates
+                  if isinstance(part, str) and part in c.model_fields]
+        inner = [m for f in fields for m in _models_in(f.annotation)]
+        if fields or isinstance(part, int):
+            path.append(str(part))
+        if inner:
+            candidates = inner
+    return path, sorted({name for c in candidates for name in c.model_fields})
+
+
+def unknown_key_hint(model: type[BaseModel] | None, loc: tuple, prefix: str = "") -> str:
+    """" (did you mean `optim.lr`?)" for an unknown key at `loc`, or the known keys when none
+    is close (difflib over the section's field names; misspelt section names too)."""
+    if model is None or not loc:
+        return ""
+    path, names = _known_keys(model, tuple(loc[:-1]))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean `{'.'.join(p for p in (prefix, *path, close[0]) if p)}`?)"
+    if names and len(names) <= 16:
+        return f" (known keys here: {', '.join(names)})"
+    return ""
+
+
+def validation_problems(err: ValidationError, prefix: str = "",
+                        model: type[BaseModel] | None = None) -> list[Problem]:
+    """One problem per pydantic error, naming the dotted key (and, for an unknown key, the
+    closest known one when `model` is given)."""
+    problems = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
         msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + unknown_key_hint(model, e["loc"], prefix)
         elif e["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"{loc or '(top level)'}: {msg}")
-    return lines
+        problems.append(Problem(f"{loc or '(top level)'}: {msg}", (loc,) if loc else ()))
+    return problems
+
+
+def format_validation_error(err: ValidationError, prefix: str = "",
+                            model: type[BaseModel] | None = None) -> list[str]:
+    """One line per pydantic error, naming the dotted key."""
+    return [p.text for p in validation_problems(err, prefix, model)]
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -149,7 +308,7 @@ def validate_section(cls: type[T], data: Any, prefix: str = "",
     try:
         return cls.model_validate(data if data is not None else {})
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, prefix), source) from None
+        raise ConfigError(validation_problems(err, prefix, cls), source) from None
 
 
 def dump_yaml(data: Mapping[str, Any]) -> str:

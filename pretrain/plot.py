@@ -55,7 +55,7 @@ def plot(run_dir: str | Path, out: str | Path | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="the run folder (holds metrics.jsonl)")
     p.add_argument("--out", type=Path, default=None, help="PNG path (default RUNDIR/curves.png)")
     args = p.parse_args(argv)
     if not (args.run_dir / "metrics.jsonl").is_file():

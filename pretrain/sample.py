@@ -47,12 +47,15 @@ def sample_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 64,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
+    p.add_argument("--prompt", default="", help="text to continue (default: empty)")
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="tokens to generate (default 64)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 is greedy (default 0)")
+    p.add_argument("--top-k", type=int, default=None,
+                   help="sample among the k most likely tokens (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     args = p.parse_args(argv)
     setup_logging()
     from pretrain.export import ExportError

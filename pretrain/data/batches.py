@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pretrain.data.layout import batch_layout_problem
 from pretrain.data.source import DataSource
 from pretrain.data.stream import DataError
 
@@ -78,9 +79,9 @@ class _Counting(Sampler):
 def check_layout(global_batch: int, micro_batch: int, rank: int, world: int) -> None:
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in [0, {world})")
-    if micro_batch < 1 or global_batch % (micro_batch * world):
-        raise ValueError(f"global batch {global_batch} is not divisible by micro batch "
-                         f"{micro_batch} x world {world}")
+    problem = batch_layout_problem(global_batch, micro_batch, world)
+    if problem:
+        raise ValueError(problem)
 
 
 def _iterate(dataset: Dataset, sampler, num_workers: int, pin_memory: bool,

@@ -2,22 +2,40 @@
 (2017 Transformer / T5 styles), both configured by one `ModelConfig`.
 
     from pretrain.model import ModelConfig, build_model, flops_per_token, mfu, generate
+
+`ModelConfig` imports without torch (the launchers validate configs before any rank starts);
+the models are imported on first use.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from pretrain.model.config import EveryN, ModelConfig, padded_vocab_size
-from pretrain.model.decoder import DecoderLM
-from pretrain.model.encdec import EncoderDecoder
-from pretrain.model.flops import PEAK_BF16_FLOPS, flops_per_token, mfu, peak_flops
-from pretrain.model.generate import generate
+
+if TYPE_CHECKING:
+    from torch import nn
+
+_LAZY = {"DecoderLM": "pretrain.model.decoder", "EncoderDecoder": "pretrain.model.encdec",
+         "PEAK_BF16_FLOPS": "pretrain.model.flops", "flops_per_token": "pretrain.model.flops",
+         "mfu": "pretrain.model.flops", "peak_flops": "pretrain.model.flops",
+         "generate": "pretrain.model.generate"}
 
 __all__ = [
     "PEAK_BF16_FLOPS", "DecoderLM", "EncoderDecoder", "EveryN", "ModelConfig", "build_model",
     "count_parameters", "flops_per_token", "generate", "mfu", "padded_vocab_size", "peak_flops",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pretrain.model' has no attribute {name!r}")
+    # Set after the import: importing the submodule `generate` binds the *module* to this
+    # package's attribute `generate`; the function must win.
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -28,7 +46,11 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         raise ValueError("model.vocab_size is not set: give it in the config or take it from "
                          "the data's tokenizer (padded_vocab_size)")
     if cfg.family == "decoder":
+        from pretrain.model.decoder import DecoderLM
+
         return DecoderLM(cfg)
+    from pretrain.model.encdec import EncoderDecoder
+
     return EncoderDecoder(cfg)
 
 

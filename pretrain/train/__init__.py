@@ -1,9 +1,21 @@
 """The trainer on the DeepSpeed engine. `python -m pretrain.train --config ...` runs one rank.
 
-Public API: `RunConfig`, `load_run_config` (validate a run config before starting processes),
-`unigram_entropy` (what a trained model's loss must beat)."""
+Public API: `RunConfig`, `load_run_config` (validate a run config before starting processes;
+`pretrain.train.preflight.check_run` adds the checks against the data), `unigram_entropy` (what
+a trained model's loss must beat). Names are imported on first use: importing a submodule (the
+launchers' `distenv`, `preflight`) costs no more than that submodule, and never torch."""
 
-from pretrain.train.config import RunConfig, load_run_config
-from pretrain.train.stats import UnigramEntropy, unigram_entropy
+from importlib import import_module
+
+_LAZY = {"RunConfig": "pretrain.train.config", "load_run_config": "pretrain.train.config",
+         "UnigramEntropy": "pretrain.train.stats", "unigram_entropy": "pretrain.train.stats"}
 
 __all__ = ["RunConfig", "UnigramEntropy", "load_run_config", "unigram_entropy"]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pretrain.train' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,8 +1,9 @@
-"""python -m pretrain.train --config configs/X.yaml [dotted.key=value ...]
+"""python -m pretrain.train --config configs/X.yaml [--print-config] [dotted.key=value ...]
 
 One rank of a training run. Alone it runs as world size 1; under torchrun, deepspeed or srun it
-reads the rank variables they set. Exit codes: 0 done, 75 stopped on a signal (resume me),
-2 config/data/checkpoint error, 1 anything else."""
+reads the rank variables they set. Every check that needs no GPU (config, command line, data
+folders) runs first, before torch and DeepSpeed start. Exit codes: 0 done, 75 stopped on a signal
+(resume me), 2 config/data/checkpoint error, 1 anything else."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import sys
 import warnings
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from pretrain.logs import setup_logging
 
 log = logging.getLogger("pretrain.train")
@@ -22,9 +24,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m pretrain.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run config YAML (may name a `base:` file)")
+    p.add_argument("--print-config", action="store_true",
+                   help="check everything, print the resolved config as YAML (bases, overrides, "
+                   "paths, vocabulary from the data) and exit 0 without training")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. train.max_steps=100 deepspeed.zero_stage=2")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,34 +37,39 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # torch.distributed warns about DeepSpeed's collective names on every call: noise, not news.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
-    from pretrain.configlib import ConfigError
-    from pretrain.data import DataError
-    from pretrain.train.checkpoint import CheckpointError
-    from pretrain.train.config import load_run_config
-    from pretrain.train.engine import init_distributed, resolve_dist_env
+    from pretrain.configlib import ConfigError, dump_yaml
+    from pretrain.train.config import config_to_dict
+    from pretrain.train.distenv import resolve_dist_env
+    from pretrain.train.preflight import check_run
 
     try:
         denv = resolve_dist_env()
         setup_logging(denv.rank)
-        log.info("rank %d/%d starting: %s", denv.rank, denv.world_size, " ".join(sys.argv[1:]))
-        cfg = load_run_config(args.config, args.overrides, world_size=denv.world_size)
+        if not args.print_config:
+            log.info("rank %d/%d starting: %s", denv.rank, denv.world_size, " ".join(sys.argv[1:]))
+        cfg = check_run(args.config, args.overrides, world_size=denv.world_size)  # no torch yet
     except (ConfigError, RuntimeError) as e:
         log.error("%s", e)
-        return 2
-    from pretrain.train.loop import (
-        EXIT_CONFIG,
-        EXIT_FAILED,
-        NonFiniteLoss,
-        StopFlag,
-        Trainer,
-        resolve_paths,
-    )
+        return EXIT_CONFIG
+    if args.print_config:
+        sys.stdout.write(dump_yaml(config_to_dict(cfg)))
+        return EXIT_OK
+    return _train(cfg, denv)
+
+
+def _train(cfg, denv) -> int:
+    """Start the process group and DeepSpeed, train, close."""
+    from pretrain.configlib import ConfigError
+    from pretrain.data import DataError
+    from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.engine import init_distributed
+    from pretrain.train.loop import NonFiniteLoss, StopFlag, Trainer
 
     trainer = None
     stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
     try:
         device = init_distributed(denv)
-        trainer = Trainer(resolve_paths(cfg), denv, device, stop)
+        trainer = Trainer(cfg, denv, device, stop)
         return trainer.run()
     except (ConfigError, DataError, CheckpointError) as e:
         log.error("%s", e)

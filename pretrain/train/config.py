@@ -2,26 +2,36 @@
 
 `RunConfig` composes the model's `ModelConfig` and the loader's `DataConfig` (each kept next to
 the code that uses it) with the trainer's own sections below. `load_run_config` reads the YAML
-(`base:` inheritance), applies dotted overrides and reports every problem in one ConfigError.
+(`base:` inheritance), applies dotted overrides and reports every problem in one ConfigError:
+malformed overrides, every section's own problems, and the checks across sections (which run on
+every section that is valid by itself, so one bad section hides nothing). The checks against the
+data folders come on top in `pretrain.train.preflight`. Torch-free.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from pretrain.configlib import (
     ConfigError,
+    Override,
+    Problem,
     Section,
     apply_overrides,
-    format_validation_error,
+    attribute,
     load_yaml,
+    parse_overrides,
+    validation_problems,
 )
-from pretrain.data import DataConfig
-from pretrain.model import ModelConfig
+from pretrain.data.config import DataConfig
+from pretrain.data.layout import batch_layout_problem
+from pretrain.data.span import span_lengths
+from pretrain.model.config import ModelConfig
 
 
 class OptimConfig(Section):
@@ -58,17 +68,8 @@ class TrainConfig(Section):
     stop_at_step: int | None = Field(
         None, gt=0, description="save and exit 75 (resume me) on reaching this step")
 
-    @model_validator(mode="after")
-    def _batches_divide(self, info: ValidationInfo):
-        world = (info.context or {}).get("world_size")
-        gbs, mbs = self.global_batch_size, self.micro_batch_size
-        if gbs % mbs:
-            raise ValueError(f"global_batch_size ({gbs}) is not divisible by "
-                             f"micro_batch_size ({mbs})")
-        if world and gbs % (mbs * world):
-            raise ValueError(f"global_batch_size ({gbs}) is not divisible by "
-                             f"micro_batch_size × ranks ({mbs} × {world})")
-        return self
+    # Whether global_batch_size divides into micro-batches on every rank is checked across the
+    # run (_batch_layout), where the number of ranks is known.
 
 
 class DeepSpeedSection(Section):
@@ -109,6 +110,10 @@ class EvalConfig(Section):
     max_samples: int | None = Field(256, gt=0, description="validation samples per evaluation")
     at_end: bool = True
 
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every_steps) or self.at_end
+
 
 class RunConfig(Section):
     run_dir: Path
@@ -126,36 +131,158 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-def _cross_checks(cfg: RunConfig) -> list[str]:
-    """Problems no single section can see (run once every section is valid)."""
-    problems = []
-    if cfg.schedule.warmup_steps > cfg.train.max_steps:
-        problems.append(f"schedule.warmup_steps ({cfg.schedule.warmup_steps}) exceeds "
-                        f"train.max_steps ({cfg.train.max_steps})")
-    return problems
+FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec"}
+
+
+def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    warmup, steps = s["schedule"].warmup_steps, s["train"].max_steps
+    if warmup > steps:
+        return [Problem(f"schedule.warmup_steps ({warmup}) exceeds train.max_steps ({steps})",
+                        ("schedule.warmup_steps", "train.max_steps"))]
+    return []
+
+
+def _batch_layout(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    t = s["train"]
+    problem = batch_layout_problem(t.global_batch_size, t.micro_batch_size, world_size or 1)
+    return [Problem(problem, ("train.global_batch_size", "train.micro_batch_size"))] \
+        if problem else []
+
+
+def _objective_fits_family(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    d, m = s["data"], s["model"]
+    want = FAMILY_FOR[d.objective]
+    if m.family == want:
+        return []
+    other = next(o for o, f in FAMILY_FOR.items() if f == m.family)
+    return [Problem(f"data.objective {d.objective} needs model.family {want}, not {m.family}: "
+                    f"set data.objective={other} or use a {want} model",
+                    ("data.objective", "model.family"))]
+
+
+def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    """Every sequence the loader makes fits the model's positions (model.max_seq_len)."""
+    d, longest = s["data"], s["model"].max_seq_len
+    if d.objective == "clm":
+        lengths = {"data.seq_len": d.seq_len}
+    else:
+        needed = span_lengths(d.input_length, d.noise_density, d.mean_span_length).targets_length
+        if d.target_length is not None and d.target_length < needed:
+            return [Problem(f"data.target_length ({d.target_length}) is too short: input_length "
+                            f"{d.input_length} at noise_density {d.noise_density} needs "
+                            f"{needed}", ("data.target_length",))]
+        lengths = {"data.input_length": d.input_length,
+                   "data.target_length": d.target_length or needed}
+    derived = {"data.target_length"} - {f"data.{k}" for k in d.model_fields_set}
+    return [Problem(f"{key} ({n}{', derived from input_length' if key in derived else ''}) "
+                    f"exceeds model.max_seq_len ({longest}): shorten it or raise "
+                    "model.max_seq_len", (key, "model.max_seq_len"))
+            for key, n in lengths.items() if n > longest]
+
+
+def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    e, t = s["eval"], s["train"]
+    need = t.micro_batch_size * (world_size or 1)
+    if not e.enabled or e.max_samples is None or e.max_samples >= need:
+        return []
+    return [Problem(f"eval.max_samples ({e.max_samples}) is less than one evaluation batch, "
+                    f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size or 1}): "
+                    f"raise it to at least {need}, or turn evaluation off with "
+                    "eval.every_steps=0 eval.at_end=false",
+                    ("eval.max_samples", "train.micro_batch_size"))]
+
+
+# Each check runs when the sections it reads are valid on their own.
+CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_layout),
+                (("data", "model"), _objective_fits_family), (("data", "model"), _lengths_fit_model),
+                (("eval", "train"), _eval_batch_fits)]
+
+
+def _valid_sections(data: dict[str, Any], bad: set[str]) -> dict[str, Any]:
+    """Every top-level entry of `data` that validates by itself (defaults for absent ones)."""
+    out = {}
+    for name, info in RunConfig.model_fields.items():
+        if name in bad:
+            continue
+        if name not in data:
+            if not info.is_required():
+                out[name] = info.get_default(call_default_factory=True)
+            continue
+        try:
+            out[name] = TypeAdapter(info.annotation).validate_python(data[name])
+        except ValidationError:
+            continue
+    return out
+
+
+@dataclass
+class Checked:
+    """What `check_run_config` found: the config when it is valid, every section that is valid
+    by itself (for later checks), the problems and the parsed overrides."""
+
+    cfg: RunConfig | None
+    sections: dict[str, Any]
+    problems: list[Problem] = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)
+    file_data: dict[str, Any] = field(default_factory=dict)
+
+    def error(self, source: str | None) -> ConfigError:
+        return ConfigError(attribute(self.problems, self.overrides, self.file_data), source)
+
+
+def validate_run_data(data: dict[str, Any], world_size: int | None = None) -> Checked:
+    """Validate a resolved mapping: every section's problems and the cross checks."""
+    try:
+        cfg, problems = RunConfig.model_validate(data), []
+    except ValidationError as err:
+        cfg, problems = None, validation_problems(err, model=RunConfig)
+    bad = {key.split(".")[0] for p in problems for key in p.keys}
+    sections = _valid_sections(data, bad) if cfg is None else dict(cfg)
+    for needs, check in CROSS_CHECKS:
+        if all(n in sections for n in needs):
+            problems += check(sections, world_size)
+    return Checked(cfg if not problems else None, sections, problems)
+
+
+def check_run_config(path: str | Path, overrides: Iterable[str] = (),
+                     world_size: int | None = None) -> Checked:
+    """Read `path` (with `base:` files), apply the overrides, validate; problems collected,
+    not raised. A file that cannot be read is one problem next to the malformed overrides."""
+    parsed, bad_overrides = parse_overrides(overrides)
+    try:
+        file_data = load_yaml(path)
+    except ConfigError as err:
+        where = "" if err.source in (None, str(Path(path).resolve())) else f"{err.source}: "
+        problems = [Problem(where + p) for p in err.problems] + bad_overrides
+        return Checked(None, {}, problems, parsed)
+    checked = validate_run_data(apply_overrides(file_data, parsed), world_size)
+    checked.problems = bad_overrides + checked.problems
+    checked.overrides, checked.file_data = parsed, file_data
+    if bad_overrides:
+        checked.cfg = None
+    return checked
 
 
 def build_run_config(data: dict[str, Any], world_size: int | None = None,
                      source: str | None = None) -> RunConfig:
     """Validate a resolved mapping; every problem of every section in one ConfigError."""
-    try:
-        cfg = RunConfig.model_validate(data, context={"world_size": world_size})
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err), source) from None
-    problems = _cross_checks(cfg)
-    if problems:
-        raise ConfigError(problems, source)
-    return cfg
+    checked = validate_run_data(data, world_size)
+    if checked.problems:
+        raise checked.error(source)
+    return checked.cfg
 
 
 def load_run_config(path: str | Path, overrides: Iterable[str] = (),
                     world_size: int | None = None) -> RunConfig:
-    """Read `path` (with `base:` files), apply `key=value` overrides, validate everything.
+    """Read `path` (with `base:` files), apply `key=value` overrides, validate everything; one
+    ConfigError lists every problem and says which came from the command line.
 
     `world_size`, when known (the launcher knows it before starting processes), adds the check
     that the global batch divides evenly into micro-batches on every rank."""
-    raw = apply_overrides(load_yaml(path), overrides)
-    return build_run_config(raw, world_size, source=str(path))
+    checked = check_run_config(path, overrides, world_size)
+    if checked.problems:
+        raise checked.error(str(path))
+    return checked.cfg
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -4,48 +4,16 @@ the optimizer and the single `deepspeed.initialize` call."""
 from __future__ import annotations
 
 import os
-import socket
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from pretrain.configlib import deep_merge
+from pretrain.data import layout
 from pretrain.train.config import RunConfig
+from pretrain.train.distenv import DistEnv, resolve_dist_env  # noqa: F401 - re-exported
 from pretrain.train.schedule import build_scheduler
-
-
-@dataclass(frozen=True)
-class DistEnv:
-    rank: int
-    local_rank: int
-    world_size: int
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def resolve_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
-    """Rank variables from torchrun/deepspeed (RANK...), srun (SLURM_PROCID...) or none
-    (one process: world size 1 on a free local port). Fills in os.environ for torch."""
-    env = os.environ if environ is None else environ
-    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        env["RANK"] = env["SLURM_PROCID"]
-        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
-        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
-    if "RANK" not in env:
-        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    env.setdefault("LOCAL_RANK", "0")
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in env:
-        if int(env["WORLD_SIZE"]) > 1:
-            raise RuntimeError("MASTER_PORT is not set for a multi-process run")
-        env["MASTER_PORT"] = str(_free_port())
-    return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
 
 
 def use_gpu() -> bool:
@@ -73,11 +41,7 @@ def init_distributed(dist: DistEnv) -> torch.device:
 
 def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
     t = cfg.train
-    per_step = t.micro_batch_size * world_size
-    if t.global_batch_size % per_step:
-        raise ValueError(f"train.global_batch_size ({t.global_batch_size}) is not divisible by "
-                         f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size})")
-    return t.global_batch_size // per_step
+    return layout.grad_accum_steps(t.global_batch_size, t.micro_batch_size, world_size)
 
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:

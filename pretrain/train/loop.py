@@ -8,7 +8,6 @@ import os
 import resource
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,18 +15,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pretrain.configlib import ConfigError, dump_yaml
+from pretrain.configlib import dump_yaml
 from pretrain.data import eval_batches, open_data, train_batches
-from pretrain.model import build_model, padded_vocab_size
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
+from pretrain.model import build_model
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.metrics import Metrics
+from pretrain.train.preflight import fill_vocab
 from pretrain.train.schedule import lr_multiplier
 
 log = logging.getLogger("pretrain.train")
 
-EXIT_DONE, EXIT_FAILED, EXIT_CONFIG, EXIT_RESUME_ME = 0, 1, 2, 75
+EXIT_DONE, EXIT_RESUME_ME = EXIT_OK, EXIT_RESUME
 
 
 class StopFlag:
@@ -49,31 +50,6 @@ class StopFlag:
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def resolve_paths(cfg: RunConfig) -> RunConfig:
-    """Relative run_dir, data.path and data.tokenizer resolve against the working directory."""
-    absolute = os.path.abspath  # no symlink resolution: keep the names the user gave
-    data = cfg.data.model_copy()
-    if isinstance(data.path, str):
-        data.path = absolute(data.path)
-    else:
-        data.path = [e.model_copy(update={"path": absolute(e.path)}) for e in data.path]
-    if data.tokenizer:
-        data.tokenizer = absolute(data.tokenizer)
-    return cfg.model_copy(update={"run_dir": Path(absolute(cfg.run_dir)), "data": data})
-
-
-def fill_vocab(cfg: RunConfig, data_vocab: int) -> RunConfig:
-    """The model's vocabulary defaults to the tokenizer's, rounded up to a multiple of 64."""
-    vocab = cfg.model.vocab_size
-    if vocab is None:
-        model = cfg.model.model_copy(update={"vocab_size": padded_vocab_size(data_vocab)})
-        return cfg.model_copy(update={"model": model})
-    if vocab < data_vocab:
-        raise ConfigError([f"model.vocab_size ({vocab}) is smaller than the tokenizer's "
-                           f"vocabulary ({data_vocab})"])
-    return cfg
 
 
 def memory_mb() -> float:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.train.distenv import free_port
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
 HOSTS_LINE = "127.0.0.1 n1 n2  # arrowtrain launch tests"
@@ -36,12 +38,6 @@ class StartFailed(RuntimeError):
     """The packages are there but the daemons did not come up: tests fail, loudly."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _bindable(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -54,10 +50,10 @@ def _bindable(port: int) -> bool:
 def _cluster_ports() -> tuple[int, tuple[int, int]]:
     """A controller port and a contiguous pair for the two slurmd, all free and distinct."""
     for _ in range(100):
-        base = _free_port()
+        base = free_port()
         if base + 1 > 65535 or not _bindable(base + 1):
             continue
-        ctld = _free_port()
+        ctld = free_port()
         if ctld not in (base, base + 1):
             return ctld, (base, base + 1)
     raise Unavailable("found no free ports for slurmctld/slurmd on 127.0.0.1")

@@ -177,17 +177,19 @@ def test_gpus_per_node_gives_one_task_per_gpu(tmp_path):
         assert f"#SBATCH {line}\n" in script
 
 
-def test_cli_dry_run_validates_config_and_prints_without_submitting(tmp_path):
+def test_cli_dry_run_validates_config_and_prints_without_submitting(tmp_path, tiny_data):
     from launch.common import REPO
 
     cfg = str(REPO / "configs" / "gpt-tiny.yaml")
     res = subprocess.run([sys.executable, "-m", "launch", "slurm", "--config", cfg, "--nodes",
-                          "2", "--dry-run", f"run_dir={tmp_path / 'run'}"], cwd=REPO,
+                          "2", "--dry-run", f"run_dir={tmp_path / 'run'}",
+                          f"data.path={tiny_data}"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in res.stdout
     assert f"RUN_DIR={tmp_path / 'run'}" in res.stdout
     assert not (tmp_path / "run").exists()
+    assert "EXIT_RESUME=75" in res.stdout  # the exit codes come from pretrain/exit_codes.py
     # world size 2 x micro-batch 2 must divide the global batch: 3 ranks cannot
     bad = subprocess.run([sys.executable, "-m", "launch", "slurm", "--config", cfg, "--nodes",
                           "3", "--dry-run"], cwd=REPO, capture_output=True, text=True,

@@ -105,7 +105,7 @@ def test_batch_shapes_and_dtypes(clm, t5):
 
 
 def test_bad_layouts_are_refused(clm):
-    with pytest.raises(ValueError, match="not divisible by micro batch 3 x world 2"):
+    with pytest.raises(ValueError, match=r"micro_batch_size × ranks \(3 × 2\)"):
         train_batches(clm, 8, 3, 0, 2, 0)
     with pytest.raises(ValueError, match="not a multiple of the global batch 8"):
         train_batches(clm, 8, 2, 0, 2, consumed_samples=12)

@@ -61,18 +61,69 @@ def test_base_inheritance_and_overrides(tmp_path):
         load_run_config(path, ["deepspeed.zero_stage=4"])
 
 
-def test_cli_reports_config_errors_with_exit_2_and_no_traceback(tmp_path):
+# Runs pretrain.train's main in a fresh interpreter and reports which heavy modules it imported.
+MAIN_AND_IMPORTS = ("import sys; from pretrain.train.__main__ import main; rc = main(sys.argv[1:]);"
+                    " print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & "
+                    "{'torch', 'deepspeed'})); sys.exit(rc)")
+
+
+def test_cli_reports_every_problem_with_exit_2_before_torch_or_deepspeed(tmp_path):
     bad = {**GOOD, "bogus": 1, "model": {**GOOD["model"], "n_heads": 3}}
+    path = write(tmp_path, bad)
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.train", "--config", str(write(tmp_path, bad)),
-         "train.micro_batch_size=3"],
+        [sys.executable, "-c", MAIN_AND_IMPORTS, "--config", str(path),
+         "train.micro_batch_size=3", "train.max_steps", "optim.lrr=1"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**__import__("os").environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "1"})
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "3 config problem(s)" in proc.stderr
-    for key in ("bogus: unknown key", "model.n_heads", "micro_batch_size (3)"):
-        assert key in proc.stderr
+    assert "HEAVY []" in proc.stdout  # refused before DeepSpeed (and torch) started
+    assert "6 config problem(s):" in proc.stderr
+    in_file, from_cli = proc.stderr.split(f"in {path}:")[1].split("from the command line:")
+    for text in ("bogus: unknown key", "model.n_heads",
+                 "train.global_batch_size (8) is not divisible by train.micro_batch_size × "
+                 "ranks (3 × 2) (with `train.micro_batch_size=3` from the command line)",
+                 f"data.path {REPO / 'data' / 'x'}: no such folder"):
+        assert text in in_file
+    for text in ("override 'train.max_steps' is not of the form dotted.key=value",
+                 "optim.lrr: unknown key (did you mean `optim.lr`?) (from `optim.lrr=1`)"):
+        assert text in from_cli
+
+
+def test_cross_section_checks_run_next_to_other_problems(tmp_path):
+    t5 = {"data.objective=span_corruption", "data.input_length=40"}
+    with pytest.raises(ConfigError) as err:
+        load_run_config(write(tmp_path, GOOD), ["optim.lr=-1", "eval.max_samples=3", *t5],
+                        world_size=2)
+    text = str(err.value)
+    assert "optim.lr: Input should be greater than 0" in text  # an invalid section...
+    # ...hides none of the checks across the valid ones
+    assert "data.objective span_corruption needs model.family encdec, not decoder" in text
+    assert ("eval.max_samples (3) is less than one evaluation batch, micro_batch_size × ranks "
+            "(2 × 2)") in text
+    assert "data.input_length (40) exceeds model.max_seq_len (32)" in text
+    assert load_run_config(write(tmp_path, GOOD), ["eval.max_samples=3", "eval.at_end=false"],
+                           world_size=2).eval.max_samples == 3  # no evaluation, no batch
+
+
+ENCDEC = ["model.family=encdec", "model.n_layers=null", "model.n_encoder_layers=1",
+          "model.n_decoder_layers=1", "data.objective=span_corruption", "data.input_length=32"]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["data.seq_len=64"], "data.seq_len (64) exceeds model.max_seq_len (32)"),
+    ([*ENCDEC, "data.target_length=40"], "data.target_length (40) exceeds model.max_seq_len"),
+    ([*ENCDEC, "data.noise_density=0.9"],
+     "data.target_length (94, derived from input_length) exceeds model.max_seq_len (32)"),
+    ([*ENCDEC, "data.target_length=4"],
+     "data.target_length (4) is too short: input_length 32 at noise_density 0.15 needs 8"),
+    (ENCDEC[:4], "data.objective clm needs model.family decoder, not encdec"),
+])
+def test_lengths_and_objective_against_the_model(tmp_path, overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(write(tmp_path, GOOD), overrides)
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith(needle)
+    load_run_config(write(tmp_path, GOOD), ENCDEC)  # the fitting encoder-decoder run passes
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")),

@@ -1,0 +1,27 @@
+"""How a global batch splits into ranks and micro-batches (docs/design.md §3): the one
+divisibility check, shared by the run config, the engine's gradient accumulation and the
+loader. Torch-free (the launchers run it before any rank starts)."""
+
+from __future__ import annotations
+
+
+def batch_layout_problem(global_batch: int, micro_batch: int, world: int) -> str | None:
+    """Why `global_batch` samples cannot be split into `micro_batch`-sized pieces on each of
+    `world` ranks, or None when they can."""
+    if micro_batch < 1 or world < 1 or global_batch % (micro_batch * world):
+        return (f"train.global_batch_size ({global_batch}) is not divisible by "
+                f"train.micro_batch_size × ranks ({micro_batch} × {world})")
+    return None
+
+
+def grad_accum_steps(global_batch: int, micro_batch: int, world: int) -> int:
+    """Micro-batches per rank per optimizer step; ValueError when the batch does not divide."""
+    problem = batch_layout_problem(global_batch, micro_batch, world)
+    if problem:
+        raise ValueError(problem)
+    return global_batch // (micro_batch * world)
+
+
+def samples_in_stream(stream_len: int, window: int, stride: int) -> int:
+    """Samples of `window` tokens every `stride` tokens in a packed stream of `stream_len`."""
+    return (stream_len - window) // stride + 1 if stream_len >= window else 0

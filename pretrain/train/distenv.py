@@ -1,0 +1,41 @@
+"""Rank variables and a free port, without torch: the trainer, the launchers and the tests use
+the same functions (the launchers must start fast, before any rank imports torch)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """Rank variables from torchrun/deepspeed (RANK...), srun (SLURM_PROCID...) or none
+    (one process: world size 1 on a free local port). Fills in os.environ for torch."""
+    env = os.environ if environ is None else environ
+    if "RANK" not in env and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+    if "RANK" not in env:
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    env.setdefault("LOCAL_RANK", "0")
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in env:
+        if int(env["WORLD_SIZE"]) > 1:
+            raise RuntimeError("MASTER_PORT is not set for a multi-process run")
+        env["MASTER_PORT"] = str(free_port())
+    return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))

@@ -1,0 +1,230 @@
+"""Pre-flight: every check that can run before a rank starts, in one function.
+
+`check_run(config, overrides, world_size)` reads and validates the run config (malformed
+overrides, every section, the checks across sections: `pretrain.train.config`) and then checks
+it against the data folders' manifests: the folder exists and is a finished shard folder, the
+folders of a mixture share one tokenizer, `data.tokenizer` is the one the shards were written
+with, the model's vocabulary holds the tokenizer's, span corruption has its sentinels, each
+split holds at least one sample and the validation split fills one evaluation batch
+(micro-batch × ranks). Every problem comes out in one ConfigError that says which came from the
+command line. It returns the config as the ranks will run it: paths resolved against the working
+directory and `model.vocab_size` filled in from the tokenizer.
+
+The launchers call it before starting any rank; `pretrain.train` calls it again before DeepSpeed
+starts. It imports neither torch nor DeepSpeed, so a launcher answers in a fraction of a second.
+The deep checks of the shard files themselves (sizes, offsets, token ids) stay in the loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_tools.manifest import ManifestError, read_manifest, sha256_file
+from pretrain.configlib import ConfigError, Problem
+from pretrain.data.config import DataConfig
+from pretrain.data.layout import samples_in_stream
+from pretrain.data.span import span_lengths
+from pretrain.model.config import padded_vocab_size
+from pretrain.train.config import RunConfig, check_run_config
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class FolderFacts:
+    """What the checks need from one shard folder (read from its manifest)."""
+
+    folder: Path
+    vocab_size: int
+    tokenizer_sha256: str
+    tokenizer_file: Path
+    dtype: str
+    sentinels: int
+    stream_tokens: dict[str, int]  # per split: tokens + one EOS per document
+
+
+def read_folder(folder: Path) -> FolderFacts:
+    """The one place this module reads a manifest (raises ManifestError, KeyError, TypeError
+    or ValueError on a malformed one)."""
+    m = read_manifest(folder)
+    tok = m["tokenizer"]
+    splits = m["splits"]
+    return FolderFacts(
+        folder=folder, vocab_size=int(tok["vocab_size"]), tokenizer_sha256=str(tok["sha256"]),
+        tokenizer_file=folder / str(tok.get("file") or "tokenizer.json"), dtype=str(m["dtype"]),
+        sentinels=len(tok.get("sentinel_ids") or []),
+        stream_tokens={s: int(splits[s]["tokens"]) + int(splits[s]["documents"])
+                       if s in splits else 0 for s in SPLITS})
+
+
+def resolve_paths(cfg: RunConfig) -> RunConfig:
+    """Relative run_dir, data.path and data.tokenizer resolve against the working directory."""
+    absolute = os.path.abspath  # no symlink resolution: keep the names the user gave
+    data = _resolve_data(cfg.data)
+    return cfg.model_copy(update={"run_dir": Path(absolute(cfg.run_dir)), "data": data})
+
+
+def _resolve_data(data: DataConfig) -> DataConfig:
+    absolute = os.path.abspath
+    data = data.model_copy()
+    if isinstance(data.path, str):
+        data.path = absolute(data.path)
+    else:
+        data.path = [e.model_copy(update={"path": absolute(e.path)}) for e in data.path]
+    if data.tokenizer:
+        data.tokenizer = absolute(data.tokenizer)
+    return data
+
+
+def vocab_problem(model_vocab: int | None, data_vocab: int, where: Path | str) -> Problem | None:
+    if model_vocab is not None and model_vocab < data_vocab:
+        return Problem(f"model.vocab_size ({model_vocab}) is smaller than the vocabulary of the "
+                       f"tokenizer of {where} ({data_vocab}): raise it, or set "
+                       "model.vocab_size=null to take the tokenizer's (rounded up to 64)",
+                       ("model.vocab_size", "data.path"))
+    return None
+
+
+def fill_vocab(cfg: RunConfig, data_vocab: int) -> RunConfig:
+    """The model's vocabulary defaults to the tokenizer's, rounded up to a multiple of 64;
+    a given one must hold the tokenizer's (ConfigError)."""
+    problem = vocab_problem(cfg.model.vocab_size, data_vocab, "the data")
+    if problem:
+        raise ConfigError([problem])
+    if cfg.model.vocab_size is not None:
+        return cfg
+    model = cfg.model.model_copy(update={"vocab_size": padded_vocab_size(data_vocab)})
+    return cfg.model_copy(update={"model": model})
+
+
+# ---- checks against the data ------------------------------------------------------------------
+
+def _read_folders(data: DataConfig) -> tuple[list[FolderFacts], list[Problem]]:
+    facts, problems = [], []
+    for path, _ in data.folders():
+        folder = Path(path)
+        if not folder.exists():
+            problems.append(Problem(f"data.path {folder}: no such folder", ("data.path",)))
+        elif not folder.is_dir():
+            problems.append(Problem(f"data.path {folder}: a file, not a shard folder (a folder "
+                                    "made by `data_tools shard`)", ("data.path",)))
+        else:
+            try:
+                facts.append(read_folder(folder))
+            except ManifestError as e:
+                problems.append(Problem(f"data.path: {e}", ("data.path",)))
+            except (KeyError, TypeError, ValueError) as e:
+                problems.append(Problem(f"data.path: {folder}/manifest.json is malformed "
+                                        f"({type(e).__name__}: {e})", ("data.path",)))
+    return facts, problems
+
+
+def _tokenizer_problems(data: DataConfig, facts: list[FolderFacts]) -> list[Problem]:
+    problems, first = [], facts[0]
+    for f in facts:
+        if not f.tokenizer_file.is_file():
+            problems.append(Problem(f"data.path: {f.tokenizer_file} is missing (the shard "
+                                    "folder's copy of its tokenizer)", ("data.path",)))
+        if (f.tokenizer_sha256, f.dtype) != (first.tokenizer_sha256, first.dtype):
+            problems.append(Problem(f"data.path: {f.folder} was written with another tokenizer "
+                                    f"or dtype than {first.folder}; mixed folders must share "
+                                    "one tokenizer", ("data.path",)))
+    if data.tokenizer:
+        path = Path(data.tokenizer)
+        try:
+            got = sha256_file(path)
+        except OSError as e:
+            return [*problems, Problem(f"data.tokenizer {path}: {e.strerror or e}",
+                                       ("data.tokenizer",))]
+        problems += [Problem(f"data.tokenizer {path} (sha256 {got[:16]}...) is not the tokenizer "
+                             f"{f.folder} was written with (sha256 {f.tokenizer_sha256[:16]}...):"
+                             f" point data.tokenizer at {f.tokenizer_file} or re-shard",
+                             ("data.tokenizer", "data.path"))
+                     for f in facts if f.tokenizer_sha256 != got]
+    return problems
+
+
+def _window(data: DataConfig) -> tuple[int, int, str]:
+    """(tokens per sample, stride, what sets it) — as the loader packs them."""
+    if data.objective == "clm":
+        return data.seq_len + 1, data.seq_len, "data.seq_len + 1"
+    raw = span_lengths(data.input_length, data.noise_density, data.mean_span_length).raw_length
+    return raw, raw, "for data.input_length"
+
+
+def split_samples(data: DataConfig, facts: FolderFacts, split: str) -> int:
+    """Samples the loader makes of one folder's split (as DataSource counts them)."""
+    window, stride, _ = _window(data)
+    return samples_in_stream(facts.stream_tokens[split], window, stride)
+
+
+def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
+                     world_size: int | None) -> list[Problem]:
+    data = s["data"]
+    window, _, why = _window(data)
+    keys = ("data.path", "data.seq_len" if data.objective == "clm" else "data.input_length")
+    problems, val_samples = [], 0
+    for f in facts:
+        for split in SPLITS:
+            n = split_samples(data, f, split)
+            if split == "val":
+                val_samples += n
+            if n < 1:
+                problems.append(Problem(
+                    f"data.path: the {split} split of {f.folder} holds {f.stream_tokens[split]} "
+                    f"tokens (EOS included), fewer than one sample of {window} ({why})"
+                    + ("; shard more validation data (data_tools shard --val-fraction)"
+                       if split == "val" else ""), keys))
+    if problems or "train" not in s or "eval" not in s or not s["eval"].enabled:
+        return problems
+    micro, world = s["train"].micro_batch_size, world_size or 1
+    cap = s["eval"].max_samples
+    if val_samples < micro * world and (cap is None or cap >= micro * world):  # else: config
+        problems.append(Problem(
+            f"data.path: the validation split gives {val_samples} sample(s) of {window} tokens, "
+            f"fewer than one evaluation batch, micro_batch_size × ranks ({micro} × {world}): "
+            "shard more validation data (data_tools shard --val-fraction), lower "
+            "train.micro_batch_size, or turn evaluation off with eval.every_steps=0 "
+            "eval.at_end=false", (*keys, "train.micro_batch_size")))
+    return problems
+
+
+def data_problems(s: dict[str, Any],
+                  world_size: int | None) -> tuple[list[FolderFacts], list[Problem]]:
+    """The config's valid sections (`s`) against the data folders they name: (what the
+    manifests say, the problems)."""
+    if "data" not in s:
+        return [], []
+    data = _resolve_data(s["data"])
+    facts, problems = _read_folders(data)
+    if not facts or problems:
+        return facts, problems
+    problems += _tokenizer_problems(data, facts)
+    if "model" in s:
+        problem = vocab_problem(s["model"].vocab_size, facts[0].vocab_size, facts[0].folder)
+        problems += [problem] if problem else []
+    if data.objective == "span_corruption":
+        spans = span_lengths(data.input_length, data.noise_density,
+                             data.mean_span_length).num_spans
+        problems += [Problem(f"data.path: span corruption with input_length "
+                             f"{data.input_length} needs {spans} sentinel ids, the tokenizer of "
+                             f"{f.folder} has {f.sentinels} (train it with --sentinels)",
+                             ("data.path", "data.input_length"))
+                     for f in facts[:1] if f.sentinels < spans]
+    return facts, problems + _sample_problems({**s, "data": data}, facts, world_size)
+
+
+def check_run(config: str | Path, overrides: Sequence[str] | Iterable[str] = (),
+              world_size: int | None = None) -> RunConfig:
+    """Every pre-flight check; the config as the ranks run it, or one ConfigError listing all
+    problems (those from the command line said to be so)."""
+    checked = check_run_config(config, list(overrides), world_size)
+    facts, problems = data_problems(checked.sections, world_size)
+    checked.problems += problems
+    if checked.problems:
+        raise checked.error(str(config))
+    return fill_vocab(resolve_paths(checked.cfg), facts[0].vocab_size)
