@@ -9,6 +9,7 @@ checkpoint (RUNDIR/checkpoints/latest), the last metrics line and an ETA from re
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -59,13 +60,25 @@ def job_state(job_id: str) -> dict[str, Any]:
     return {"state": "UNKNOWN", "source": "none"}
 
 
+_SRUN_LABEL = re.compile(r"^\d+: ")
+
+
 def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
-    """The FAILED line and the last error-looking lines of the job's log."""
+    """The FAILED line and the last error-looking lines of the job's log, each with the
+    indented lines that continue it (a config error lists its problems below its first line)."""
     log = slurm_dir / f"job-{job_id}.out"
     if not log.is_file():
         return []
-    text = log.read_text(errors="replace").splitlines()
-    hits = [x for x in text if any(k in x for k in ("ERROR", "Error", "error:", "FAILED"))]
+    hits: list[str] = []
+    continuing = False
+    for line in log.read_text(errors="replace").splitlines():
+        if any(k in line for k in ("ERROR", "Error", "error:", "FAILED")):
+            hits.append(line)
+            continuing = True
+        elif continuing and _SRUN_LABEL.sub("", line).startswith(" "):
+            hits.append(line)
+        else:
+            continuing = False
     return hits[-lines:]
 
 

@@ -81,6 +81,7 @@ def test_print_config_and_dry_run_start_nothing(tiny_data, tmp_path):
 
     res = launch(*args, "--dry-run")
     assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout
     lines = [shlex.split(x) for x in res.stdout.splitlines() if x.startswith("env ")]
     assert len(lines) == 2
     for rank, line in enumerate(lines):

@@ -33,3 +33,18 @@ def test_status_of_missing_folder_is_an_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "launch", "status", str(tmp_path / "nope")],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "no such folder" in res.stderr
+
+
+def test_failure_reason_keeps_the_lines_that_continue_an_error(tmp_path):
+    from launch.status import failure_reason
+
+    (tmp_path / "job-7.out").write_text(
+        "0: 05:00:00 [rank 0 n1] INFO pretrain.train: rank 0/2 starting\n"
+        "0: 05:00:01 [rank 0 n1] ERROR pretrain.train: 1 config problem(s) in c.yaml:\n"
+        "0:   - data.path /data/gone: no such folder\n"
+        "0: 05:00:01 [rank 0 n1] INFO pretrain.train: rank 0 exiting\n"
+        "[launch ...] FAILED: training exited with code 2 (config or data error)\n")
+    assert failure_reason(tmp_path, "7") == [
+        "0: 05:00:01 [rank 0 n1] ERROR pretrain.train: 1 config problem(s) in c.yaml:",
+        "0:   - data.path /data/gone: no such folder",
+        "[launch ...] FAILED: training exited with code 2 (config or data error)"]
