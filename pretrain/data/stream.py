@@ -12,6 +12,12 @@ windows is gathered with a few dozen numpy calls, however many files and record 
 - token at position q of document d: tokens[q + delta(d)], delta(d) = (index of d's first
   token) - stream_start(d); a window's token indices are a running sum of deltas (np.cumsum),
   with EOS written where a document ends.
+
+Every gathered batch is checked before it is used (O(windows + documents touched) plus one
+`max` over the tokens): the list offsets read for it lie within their record batch and give
+strictly increasing document starts that tile each window, and every id is < vocab_size. A
+shard damaged after the start-up checks (which probe only a sample of each file) stops the run
+with a DataError naming the file and the document, never an IndexError or silent garbage.
 """
 
 from __future__ import annotations
@@ -58,8 +64,9 @@ def _chunk_table(path: Path, buf: pa.Buffer, base: int, value_type: pa.DataType)
 class SplitStream:
     """The packed stream of one split over its shard files (in order)."""
 
-    def __init__(self, paths: list[Path], value_type: pa.DataType, eos_id: int):
-        self.eos_id = eos_id
+    def __init__(self, paths: list[Path], value_type: pa.DataType, eos_id: int,
+                 vocab_size: int):
+        self.eos_id, self.vocab_size = eos_id, vocab_size
         self.paths = paths
         self.files = MappedFiles(paths)
         self.words = self.files.view(np.int64)
@@ -106,11 +113,54 @@ class SplitStream:
         return top
 
     def _doc_start(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For document numbers g: (stream start, index of the first token in self.tokens)."""
+        """For document numbers g: (stream start, index of the first token in self.tokens).
+        DataError when an offset read lies outside its record batch's values."""
         c = np.searchsorted(self.doc_base, g, "right") - 1
         j = g - self.doc_base[c]
         o = self.words[self.obase[c] + j]
+        bad = (o < self.off0[c]) | (o > self.off0[c] + self.ntok[c])
+        if bad.any():
+            raise self._corrupt(int(g[np.argmax(bad)]), f"list offset {int(o[np.argmax(bad)])} "
+                                "is outside its record batch")
         return self.sbase[c] + (o - self.off0[c]) + j, self.vbase[c] + o
+
+    def locate(self, g: int) -> tuple[Path, int]:
+        """(shard file, row in that file) of document number g of the split."""
+        c = int(np.searchsorted(self.doc_base, g, "right") - 1)
+        f = int(np.searchsorted(self.file_chunks, c, "right") - 1)
+        return self.paths[f], g - int(self.doc_base[self.file_chunks[f]])
+
+    def _corrupt(self, g: int, what: str) -> DataError:
+        path, row = self.locate(g)
+        return DataError(f"{path}: document {row} (row {row} of the file): {what} -- the shard "
+                         "is damaged (changed after it was written?); run `python -m data_tools "
+                         f"validate {path.parent.parent}`")
+
+    def _check_tiling(self, starts: np.ndarray, length: int, g_first: np.ndarray,
+                      rows: np.ndarray, s0: np.ndarray, s_in: np.ndarray,
+                      s_next: np.ndarray) -> None:
+        """Each window's documents start in strictly increasing order: the first at or before
+        the window, the ones inside it within it, the next one after it (O(n + documents))."""
+        last = starts + length - 1
+        cols_ok = (s_in > starts[rows]) & (s_in <= last[rows])
+        order_ok = (s_in[1:] > s_in[:-1]) | (rows[1:] != rows[:-1])
+        row_ok = (s0 <= starts) & (s_next > last)
+        if cols_ok.all() and order_ok.all() and row_ok.all():
+            return
+        if not row_ok.all():
+            g = int(g_first[np.argmin(row_ok)])
+        else:
+            k = int(np.argmin(cols_ok)) if not cols_ok.all() else int(np.argmin(order_ok)) + 1
+            g = int(g_first[rows[k]])
+        raise self._corrupt(g, "its list offsets are out of order (documents overlap)")
+
+    def _check_ids(self, tokens: np.ndarray, g_first: np.ndarray, doc_ids: np.ndarray) -> None:
+        if tokens.size == 0 or int(tokens.max()) < self.vocab_size:
+            return
+        row, col = np.unravel_index(int(np.argmax(tokens >= self.vocab_size)), tokens.shape)
+        g = int(g_first[row]) + int(doc_ids[row, col])
+        raise self._corrupt(g, f"token id {int(tokens[row, col])} >= vocab_size "
+                               f"{self.vocab_size}")
 
     def _find_docs(self, q: np.ndarray) -> np.ndarray:
         """Number of the document holding stream position q (n,)."""
@@ -123,21 +173,38 @@ class SplitStream:
             lo = np.where(self.words[ob + cand] + cand <= target, cand, lo)
         return self.doc_base[c] + lo
 
+    def _layout(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
+        """The documents each window touches, checked: (g_first (n,), rows (k,) window of each
+        document starting inside one, row_first (n,), counts (n,), s_in, v_in (k,) their stream
+        starts and token indices, s0, v0 (n,) the same for each window's first document,
+        s_next (n,) the stream start of the document after each window's last)."""
+        n = len(starts)
+        g = self._find_docs(np.concatenate([starts, starts + length - 1]))
+        g_first, g_last = g[:n], g[n:]                                    # (n,), (n,)
+        counts = g_last - g_first                       # documents starting inside a window
+        if (counts < 0).any():
+            raise self._corrupt(int(g_first[np.argmax(counts < 0)]),
+                                "its list offsets are out of order (documents overlap)")
+        rows = np.repeat(np.arange(n), counts)
+        row_first = np.cumsum(counts) - counts
+        g_in = np.repeat(g_first + 1 - row_first, counts) + np.arange(len(rows))
+        s_in, v_in = self._doc_start(g_in)
+        s0, v0 = self._doc_start(g_first)
+        s_next = np.where(g_last + 1 < self.num_docs,
+                          self._doc_start(np.minimum(g_last + 1, self.num_docs - 1))[0],
+                          self.stream_len)
+        self._check_tiling(starts, length, g_first, rows, s0, s_in, s_next)
+        return g_first, rows, row_first, counts, s_in, v_in, s0, v0, s_next
+
     def windows(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """stream[s : s + length] for each s in `starts` (n,): tokens (n, length) in the shard
         dtype, doc ids (n, length) int32 from 0 in each window (an EOS belongs to the document
         it ends)."""
         starts = np.asarray(starts, np.int64)
         n = len(starts)
-        g = self._find_docs(np.concatenate([starts, starts + length - 1]))
-        g_first, g_last = g[:n], g[n:]                                    # (n,), (n,)
-        counts = g_last - g_first                       # documents starting inside a window
-        rows = np.repeat(np.arange(n), counts)
-        row_first = np.cumsum(counts) - counts
-        g_in = np.repeat(g_first + 1 - row_first, counts) + np.arange(len(rows))
-        s_in, v_in = self._doc_start(g_in)
+        g_first, rows, row_first, counts, s_in, v_in, s0, v0, s_next = \
+            self._layout(starts, length)
         cols = s_in - starts[rows]                                        # >= 1
-        s0, v0 = self._doc_start(g_first)
         delta_in, delta0 = v_in - s_in, v0 - s0
         prev = np.concatenate([[0], delta_in[:-1]])     # delta of the document before
         has_docs = counts > 0
@@ -151,9 +218,6 @@ class SplitStream:
         marks[rows, cols] = 1
         doc_ids = np.cumsum(marks, axis=1, dtype=np.int32)                # (n, length)
         # EOS before every document start, and after the last document if inside the window
-        s_next = np.where(g_last + 1 < self.num_docs,
-                          self._doc_start(np.minimum(g_last + 1, self.num_docs - 1))[0],
-                          self.stream_len)
         end = s_next - 1 - starts
         inside = np.flatnonzero(end < length)
         eos_rows = np.concatenate([rows, inside])
@@ -161,4 +225,5 @@ class SplitStream:
         index[eos_rows, eos_cols] = 0                   # any valid index; overwritten below
         tokens = self.tokens[index]                                       # (n, length)
         tokens[eos_rows, eos_cols] = self.eos_id
+        self._check_ids(tokens, g_first, doc_ids)
         return tokens, doc_ids

@@ -14,10 +14,10 @@ from tests.data_tools.dt_util import REPO, cli, cli_subprocess, write_jsonl
 def test_special_tokens_and_sentinels_at_the_end(tokenizer):
     tok = Tokenizer.from_file(str(tokenizer))
     info = tokenizer_info(load_tokenizer(tokenizer), tokenizer)
-    assert tok.get_vocab_size() == 512 == info["vocab_size"]
-    assert (info["eos_id"], info["pad_id"], info["bos_id"]) == (0, 1, None)
-    assert info["sentinel_ids"] == [508, 509, 510, 511]
-    assert [tok.id_to_token(i) for i in info["sentinel_ids"]] == [f"<extra_id_{i}>" for i in range(4)]
+    assert tok.get_vocab_size() == 512 == info.vocab_size
+    assert (info.eos_id, info.pad_id, info.bos_id) == (0, 1, None)
+    assert info.sentinel_ids == [508, 509, 510, 511]
+    assert [tok.id_to_token(i) for i in info.sentinel_ids] == [f"<extra_id_{i}>" for i in range(4)]
 
 
 def test_deterministic_for_same_inputs(tmp_path, corpus, tokenizer):
