@@ -79,6 +79,7 @@ class TokenBudgetSplit:
         if self.tokens >= self.budget and self.heap and \
                 (doc.hash, doc.pos) > (self.heap[0][3].hash, self.heap[0][3].pos):
             return [("train", doc)]
+        doc = Doc(doc.hash, doc.pos, doc.tokens.copy(), doc.text_bytes)  # not a batch's view
         heapq.heappush(self.heap, self._entry(doc))
         self.tokens += len(doc.tokens)
         out = []

@@ -85,6 +85,7 @@ class SplitStream:
         self.off0 = self.words[self.obase]
         ends = self.words[self.obase + ndocs]
         self.ntok = ends - self.off0
+        self.ntok_u64 = self.ntok.astype(np.uint64)     # for the per-batch offset checks
         bad = np.flatnonzero((self.ntok < 0) | (ends > nvals))
         if len(bad):
             f = int(np.searchsorted(self.file_chunks, bad[0], "right") - 1)
@@ -118,11 +119,17 @@ class SplitStream:
         c = np.searchsorted(self.doc_base, g, "right") - 1
         j = g - self.doc_base[c]
         o = self.words[self.obase[c] + j]
-        bad = (o < self.off0[c]) | (o > self.off0[c] + self.ntok[c])
+        rel = o - self.off0[c]                  # must be in [0, ntok[c]]
+        self._check_offsets(g, rel, c)
+        return self.sbase[c] + rel + j, self.vbase[c] + o
+
+    def _check_offsets(self, g: np.ndarray, rel: np.ndarray, c: np.ndarray) -> None:
+        """Offsets of documents g, relative to their chunk c's first, within the chunk."""
+        bad = rel.view(np.uint64) > self.ntok_u64[c]        # a negative one wraps: also bad
         if bad.any():
-            raise self._corrupt(int(g[np.argmax(bad)]), f"list offset {int(o[np.argmax(bad)])} "
-                                "is outside its record batch")
-        return self.sbase[c] + (o - self.off0[c]) + j, self.vbase[c] + o
+            k = int(np.argmax(bad))
+            raise self._corrupt(int(g[k]), f"list offset {int(rel[k] + self.off0[c[k]])} is "
+                                "outside its record batch")
 
     def locate(self, g: int) -> tuple[Path, int]:
         """(shard file, row in that file) of document number g of the split."""
@@ -136,23 +143,23 @@ class SplitStream:
                          "is damaged (changed after it was written?); run `python -m data_tools "
                          f"validate {path.parent.parent}`")
 
-    def _check_tiling(self, starts: np.ndarray, length: int, g_first: np.ndarray,
-                      rows: np.ndarray, s0: np.ndarray, s_in: np.ndarray,
-                      s_next: np.ndarray) -> None:
+    def _check_tiling(self, length: int, g_first: np.ndarray, rows: np.ndarray,
+                      cols: np.ndarray, first: np.ndarray, after: np.ndarray) -> None:
         """Each window's documents start in strictly increasing order: the first at or before
-        the window, the ones inside it within it, the next one after it (O(n + documents))."""
-        last = starts + length - 1
-        cols_ok = (s_in > starts[rows]) & (s_in <= last[rows])
-        order_ok = (s_in[1:] > s_in[:-1]) | (rows[1:] != rows[:-1])
-        row_ok = (s0 <= starts) & (s_next > last)
-        if cols_ok.all() and order_ok.all() and row_ok.all():
+        the window (first <= 0), the ones inside it within it (1 <= cols < length), the next
+        one after it (after >= length); positions relative to the window start. O(n + docs)."""
+        key = rows * length + cols                          # strictly increasing iff in order
+        if ((cols - 1).view(np.uint64) < length - 1).all() and (first <= 0).all() and \
+                (after >= length).all() and (len(key) < 2 or np.diff(key).min() > 0):
             return
-        if not row_ok.all():
-            g = int(g_first[np.argmin(row_ok)])
-        else:
-            k = int(np.argmin(cols_ok)) if not cols_ok.all() else int(np.argmin(order_ok)) + 1
-            g = int(g_first[rows[k]])
-        raise self._corrupt(g, "its list offsets are out of order (documents overlap)")
+        bad_rows = np.flatnonzero((first > 0) | (after < length))
+        row = int(bad_rows[0]) if len(bad_rows) else int(rows[0])
+        if not len(bad_rows):
+            bad = ((cols - 1).view(np.uint64) >= length - 1) | \
+                np.concatenate([[False], np.diff(key) <= 0])
+            row = int(rows[np.argmax(bad)])
+        raise self._corrupt(int(g_first[row]), "its list offsets are out of order (documents "
+                            "overlap)")
 
     def _check_ids(self, tokens: np.ndarray, g_first: np.ndarray, doc_ids: np.ndarray) -> None:
         if tokens.size == 0 or int(tokens.max()) < self.vocab_size:
@@ -174,27 +181,27 @@ class SplitStream:
         return self.doc_base[c] + lo
 
     def _layout(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
-        """The documents each window touches, checked: (g_first (n,), rows (k,) window of each
-        document starting inside one, row_first (n,), counts (n,), s_in, v_in (k,) their stream
-        starts and token indices, s0, v0 (n,) the same for each window's first document,
-        s_next (n,) the stream start of the document after each window's last)."""
+        """The documents each window touches, checked: (g_first (n,), counts (n,) documents
+        starting inside each window, rows, cols (k,) window and column of each such start,
+        v_in (k,) index of its first token, d0 (n,) token index minus stream position for each
+        window's first document, after (n,) where the next document starts, from the window)."""
         n = len(starts)
         g = self._find_docs(np.concatenate([starts, starts + length - 1]))
         g_first, g_last = g[:n], g[n:]                                    # (n,), (n,)
         counts = g_last - g_first                       # documents starting inside a window
-        if (counts < 0).any():
-            raise self._corrupt(int(g_first[np.argmax(counts < 0)]),
+        if counts.min() < 0:
+            raise self._corrupt(int(g_first[np.argmin(counts)]),
                                 "its list offsets are out of order (documents overlap)")
         rows = np.repeat(np.arange(n), counts)
         row_first = np.cumsum(counts) - counts
         g_in = np.repeat(g_first + 1 - row_first, counts) + np.arange(len(rows))
-        s_in, v_in = self._doc_start(g_in)
-        s0, v0 = self._doc_start(g_first)
-        s_next = np.where(g_last + 1 < self.num_docs,
-                          self._doc_start(np.minimum(g_last + 1, self.num_docs - 1))[0],
-                          self.stream_len)
-        self._check_tiling(starts, length, g_first, rows, s0, s_in, s_next)
-        return g_first, rows, row_first, counts, s_in, v_in, s0, v0, s_next
+        k = len(rows)                               # one lookup for all three kinds of document
+        s, v = self._doc_start(np.concatenate([g_in, g_first,
+                                               np.minimum(g_last + 1, self.num_docs - 1)]))
+        cols = s[:k] - starts[rows]                                       # >= 1
+        after = np.where(g_last + 1 < self.num_docs, s[k + n:], self.stream_len) - starts
+        self._check_tiling(length, g_first, rows, cols, s[k:k + n] - starts, after)
+        return g_first, counts, rows, cols, v[:k], v[k:k + n] - s[k:k + n], after
 
     def windows(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """stream[s : s + length] for each s in `starts` (n,): tokens (n, length) in the shard
@@ -202,10 +209,9 @@ class SplitStream:
         it ends)."""
         starts = np.asarray(starts, np.int64)
         n = len(starts)
-        g_first, rows, row_first, counts, s_in, v_in, s0, v0, s_next = \
-            self._layout(starts, length)
-        cols = s_in - starts[rows]                                        # >= 1
-        delta_in, delta0 = v_in - s_in, v0 - s0
+        g_first, counts, rows, cols, v_in, delta0, after = self._layout(starts, length)
+        delta_in = v_in - (starts[rows] + cols)         # token index - stream position
+        row_first = np.cumsum(counts) - counts
         prev = np.concatenate([[0], delta_in[:-1]])     # delta of the document before
         has_docs = counts > 0
         prev[row_first[has_docs]] = delta0[has_docs]
@@ -218,7 +224,7 @@ class SplitStream:
         marks[rows, cols] = 1
         doc_ids = np.cumsum(marks, axis=1, dtype=np.int32)                # (n, length)
         # EOS before every document start, and after the last document if inside the window
-        end = s_next - 1 - starts
+        end = after - 1
         inside = np.flatnonzero(end < length)
         eos_rows = np.concatenate([rows, inside])
         eos_cols = np.concatenate([cols - 1, end[inside]])

@@ -146,12 +146,17 @@ def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
     assert "has no <|endoftext|> token" in capsys.readouterr().err
 
 
-def test_no_documents_at_all(tmp_path, tokenizer, capsys):
+def test_no_documents_at_all_leaves_nothing(tmp_path, tokenizer, capsys):
     (tmp_path / "bad.jsonl").write_text('{"text": ""}\nnot json\n')
     assert shard(tokenizer, tmp_path / "o", tmp_path / "bad.jsonl") == 2
     err = capsys.readouterr().err
     assert "no documents in 1 input files" in err and "empty 1, invalid_json 1" in err
-    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert not (tmp_path / "o").exists()
+    assert shard(tokenizer, tmp_path / "a" / "b" / "o", tmp_path / "bad.jsonl") == 2
+    assert not (tmp_path / "a").exists()                  # parents it made go too
+    (tmp_path / "mine").mkdir()                           # a folder the user made stays
+    assert shard(tokenizer, tmp_path / "mine", tmp_path / "bad.jsonl") == 2
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
 def test_expand_inputs_order_dedup_and_excludes(tmp_path):
