@@ -154,7 +154,7 @@ def check_cost_only(args) -> None:
                       **c}))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-len", type=int, default=1024, help="T of the throughput run")
@@ -172,7 +172,11 @@ def main() -> None:
                    help="only the cost of the per-window checks, on a --check-tokens corpus")
     p.add_argument("--check-tokens", type=int, default=2**27,
                    help="corpus size for --check-cost-only (2^27 tokens = 256 MB)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.check_cost_only:
         check_cost_only(args)
         return
