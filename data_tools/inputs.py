@@ -3,6 +3,10 @@
 Every reader yields `(record_index, text)` or `(record_index, Skip)` in file order, so a document's
 position `(file_index, record_index)` is deterministic and a run can resume from any position.
 Bad records become `Skip(reason, where)` instead of exceptions; the caller counts them.
+
+How a file is cut into documents (its *reader*) comes from its extension (`--format auto`),
+from `--format`, or from a suffix on the INPUT itself (`notes/:file`); `.txt` files are cut by
+`--txt-mode` (one document per non-blank line, per blank-line separated paragraph, or per file).
 """
 
 from __future__ import annotations
@@ -19,13 +23,25 @@ from typing import NamedTuple
 
 from data_tools.errors import DataToolsError
 
-FORMATS = ("auto", "jsonl", "txt", "parquet", "file")
+TXT_MODES = ("line", "paragraph", "file")
+# the reader of each format name: txt means "as --txt-mode says"
+READERS = ("jsonl", "parquet", "file", "line", "paragraph")
+FORMATS = ("auto", "jsonl", "txt", "parquet", "file", "line", "paragraph")
 COMPRESSIONS = (".gz", ".zst")
 EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt",
               ".text": "txt", ".parquet": "parquet"}
 DEFAULT_EXCLUDES = (".*", "__pycache__", "site-packages")
 BINARY_SNIFF_BYTES = 8192
 PARQUET_BATCH_ROWS = 1024
+READER_TEXT = {"jsonl": "one per JSON line (its text field)", "parquet": "one per row (its text "
+               "column)", "file": "one per file", "line": "one per non-blank line",
+               "paragraph": "one per paragraph (blank-line separated)"}
+FORMAT_HELP = ("auto: by extension (.jsonl/.json/.ndjson and .txt/.text, each optionally .gz/.zst; "
+               ".parquet); jsonl; parquet; txt: cut as --txt-mode says; line / paragraph: one "
+               "document per non-blank line / per paragraph; file: one document per file. "
+               "Any INPUT may carry its own, as INPUT:FORMAT (e.g. notes/:file)")
+TXT_MODE_HELP = ("how .txt files become documents: line (each non-blank line), paragraph "
+                 "(blocks separated by blank lines), file (the whole file)")
 
 
 @dataclass(frozen=True)
@@ -42,7 +58,7 @@ class Skip:
 class InputFile:
     path: str
     size: int
-    fmt: str  # jsonl | txt | parquet | file
+    fmt: str  # the reader: one of READERS
 
 
 def parse_size(text: str) -> int:
@@ -60,12 +76,21 @@ def parse_size(text: str) -> int:
     return value
 
 
-def detect_format(path: str, fmt: str) -> str | None:
-    """The reader for a file: `fmt` unless it is 'auto', else from the extension (None: unknown)."""
-    if fmt != "auto":
-        return fmt
-    stem = path[: -len(ext)] if (ext := os.path.splitext(path)[1]) in COMPRESSIONS else path
-    return EXTENSIONS.get(os.path.splitext(stem)[1].lower())
+def detect_format(path: str, fmt: str, txt_mode: str = "line") -> str | None:
+    """The reader for a file: from `fmt`, or from the extension when it is 'auto' (None: an
+    unknown extension); 'txt' becomes `txt_mode`."""
+    if fmt == "auto":
+        stem = path[: -len(ext)] if (ext := os.path.splitext(path)[1]) in COMPRESSIONS else path
+        fmt = EXTENSIONS.get(os.path.splitext(stem)[1].lower())
+    return txt_mode if fmt == "txt" else fmt
+
+
+def split_format_suffix(item: str) -> tuple[str, str | None]:
+    """'notes/:file' -> ('notes/', 'file'); an existing path or an unknown suffix stays whole."""
+    path, sep, suffix = item.rpartition(":")
+    if sep and suffix in FORMATS and suffix != "auto" and path and not os.path.exists(item):
+        return path, suffix
+    return item, None
 
 
 def _walk(folder: str, excludes: tuple[str, ...]) -> list[str]:
@@ -95,16 +120,22 @@ def _expand_one(item: str, excludes: tuple[str, ...]) -> tuple[list[str], bool]:
         for m in matches:
             files += _walk(m, excludes) if os.path.isdir(m) else [m]
         return files, False
-    raise DataToolsError(f"input {item!r} does not exist")
+    hint = ""
+    if ":" in item and os.path.exists(item.rpartition(":")[0]):
+        hint = f" (a format suffix is one of {', '.join(FORMATS[1:])})"
+    raise DataToolsError(f"input {item!r} does not exist{hint}")
 
 
-def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES) -> list[InputFile]:
-    """Resolve INPUT... into a deterministic, de-duplicated file list. Raises before any work if
-    a path does not exist, an explicit file has an unknown format, or nothing is left."""
+def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES,
+                  txt_mode: str = "line") -> list[InputFile]:
+    """Resolve INPUT... (each optionally INPUT:FORMAT) into a deterministic, de-duplicated file
+    list with a reader per file. Raises before any work if a path does not exist, an explicit
+    file has an unknown format, or nothing is left."""
     seen, files, problems = set(), [], []
     for item in items:
+        path, own_fmt = split_format_suffix(item)
         try:
-            paths, explicit = _expand_one(item, tuple(excludes))
+            paths, explicit = _expand_one(path, tuple(excludes))
         except DataToolsError as e:
             problems.append(str(e))
             continue
@@ -112,11 +143,12 @@ def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES) -> list
             real = os.path.realpath(p)
             if real in seen or not os.path.isfile(real):
                 continue
-            kind = detect_format(p, fmt)
+            kind = detect_format(p, own_fmt or fmt, txt_mode)
             if kind is None:
                 if explicit:
                     problems.append(f"input {p!r}: cannot tell its format from the extension; "
-                                    "pass --format jsonl|txt|parquet|file")
+                                    f"pass --format FORMAT or write it as {p}:FORMAT "
+                                    f"(FORMAT: {', '.join(FORMATS[1:])})")
                 continue
             seen.add(real)
             files.append(InputFile(p, os.path.getsize(p), kind))
@@ -209,8 +241,13 @@ def _read_error(exc: Exception, where: str) -> Skip:
     return Skip("unreadable", where, f"{type(exc).__name__}: {exc}")
 
 
+def _is_read_error(e: Exception) -> bool:
+    # zstandard.ZstdError does not derive from OSError
+    return isinstance(e, (OSError, EOFError, zlib.error)) or type(e).__name__ == "ZstdError"
+
+
 def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str | Skip]]:
-    """txt: one document per non-blank line; jsonl: one object per non-blank line. A read
+    """line: one document per non-blank line; jsonl: one object per non-blank line. A read
     error (truncated or corrupt compression, I/O error) ends the file with one Skip."""
     lines_read = 0
     try:
@@ -223,8 +260,40 @@ def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str |
                 where = f"{path}:{lines_read}"
                 yield lines_read - 1, (_json_text(body, where, field) if jsonl
                                        else _decode(body, where))
-    except Exception as e:  # zstandard.ZstdError does not derive from OSError
-        if not isinstance(e, (OSError, EOFError, zlib.error)) and type(e).__name__ != "ZstdError":
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
+
+
+def _paragraph(parts: list[bytes], size: int, where: str, max_doc_bytes: int) -> str | Skip:
+    if size > max_doc_bytes:
+        return Skip("too_large", where, f"over {max_doc_bytes} bytes (--max-doc-bytes)")
+    return _decode(b"".join(parts).rstrip(b"\r\n"), where)
+
+
+def _iter_paragraphs(path: str, max_doc_bytes: int) -> Iterator[tuple[int, str | Skip]]:
+    """paragraph: one document per block of non-blank lines (line ends inside kept, the last
+    one removed); the record index is the block's first line. Memory stays <= max_doc_bytes."""
+    lines_read, start, parts, size = 0, -1, [], 0
+    try:
+        with open_binary(path) as f:
+            for line in f:
+                lines_read += 1
+                if not line.strip():
+                    if start >= 0:
+                        yield start, _paragraph(parts, size, f"{path}:{start + 1}", max_doc_bytes)
+                        start, parts, size = -1, [], 0
+                    continue
+                if start < 0:
+                    start = lines_read - 1
+                size += len(line)
+                if size <= max_doc_bytes:
+                    parts.append(line)
+        if start >= 0:
+            yield start, _paragraph(parts, size, f"{path}:{start + 1}", max_doc_bytes)
+    except Exception as e:
+        if not _is_read_error(e):
             raise
         yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
 
@@ -253,16 +322,23 @@ def _iter_parquet(path: str, field: str) -> Iterator[tuple[int, str | Skip]]:
 
 
 def _read_whole_file(path: str, max_doc_bytes: int) -> str | Skip:
+    """file: the whole file (decompressed when .gz/.zst) is one document."""
     try:
+        compressed = path.endswith(COMPRESSIONS)
         size = os.path.getsize(path)
-        if size > max_doc_bytes:
+        if size > max_doc_bytes and not compressed:
             return Skip("too_large", path, f"{size} bytes > --max-doc-bytes {max_doc_bytes}")
-        with open(path, "rb") as f:
+        with open_binary(path) as f:
             head = f.read(BINARY_SNIFF_BYTES)
             if b"\0" in head:
                 return Skip("binary", path, "NUL byte")
-            raw = head + f.read()
-    except OSError as e:
+            raw = head + f.read(max(0, max_doc_bytes + 1 - len(head)))
+        if len(raw) > max_doc_bytes:
+            return Skip("too_large", path, f"over {max_doc_bytes} bytes once decompressed "
+                                           "(--max-doc-bytes)")
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
         return _read_error(e, path)
     return _decode(raw, path)
 
@@ -292,6 +368,8 @@ def iter_records(inp: InputFile, text_field: str, max_doc_bytes: int
         records = iter([(0, _read_whole_file(inp.path, max_doc_bytes))])
     elif inp.fmt == "parquet":
         records = _iter_parquet(inp.path, text_field)
+    elif inp.fmt == "paragraph":
+        records = _iter_paragraphs(inp.path, max_doc_bytes)
     else:
         records = _iter_lines(inp.path, inp.fmt == "jsonl", text_field)
     for index, rec in records:

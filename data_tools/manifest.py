@@ -1,6 +1,9 @@
-"""manifest.json of a shard folder (format version 1, docs/design.md §8).
+"""manifest.json of a shard folder (format version 1, docs/design.md §8) as a typed model.
 
-The key names here are a contract with `pretrain.data`: do not rename them.
+`Manifest` is the one reader and writer of that contract: `data_tools shard` builds one, the
+loader (`pretrain.data`) and `pretrain.train.stats` read one. Unknown keys, missing keys and
+wrong types are refused with one `ManifestError` naming the file and every bad key.
+The key names are a contract with `pretrain.data`: do not rename them.
 """
 
 from __future__ import annotations
@@ -8,9 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from data_tools import __version__
+from data_tools.atomic import write_json_atomic
 from data_tools.errors import DataToolsError
 
 FORMAT = "arrowtrain-shards"
@@ -18,14 +33,193 @@ FORMAT_VERSION = 1
 ARROWTRAIN_VERSION = __version__
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
-REQUIRED_KEYS = ("format", "format_version", "arrowtrain_version", "dtype", "tokenizer", "splits",
-                 "inputs", "skipped", "args", "fingerprint", "timing")
-TOKENIZER_KEYS = ("file", "sha256", "vocab_size", "eos_id", "pad_id", "bos_id", "sentinel_ids")
-SHARD_KEYS = ("file", "documents", "tokens", "text_bytes", "file_bytes", "sha256")
+DTYPE_LIMITS = {"uint16": 1 << 16, "uint32": 1 << 32}  # ids must be < limit
+
+Count = Annotated[int, Field(ge=0)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class ManifestError(DataToolsError):
-    """manifest.json is missing, unreadable or not format version 1."""
+    """manifest.json is missing, unreadable, not format version 1 or not well-formed."""
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors; no silent type coercion ("5" is not 5)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ShardEntry(_Strict):
+    file: str  # relative to the shard folder, e.g. "train/00000.arrow"
+    documents: Count
+    tokens: Count
+    text_bytes: Count
+    file_bytes: Count
+    sha256: Sha256
+
+
+class SplitInfo(_Strict):
+    documents: Count
+    tokens: Count
+    text_bytes: Count
+    shards: list[ShardEntry]
+
+
+class TokenizerInfo(_Strict):
+    file: str
+    sha256: Sha256
+    vocab_size: Annotated[int, Field(gt=0)]
+    eos_id: Count
+    pad_id: Count
+    bos_id: Count | None
+    sentinel_ids: list[Count]  # <extra_id_0>, <extra_id_1>, ... in that order
+
+    @model_validator(mode="after")
+    def _ids_below_vocab(self) -> TokenizerInfo:
+        ids = {"eos_id": self.eos_id, "pad_id": self.pad_id, "bos_id": self.bos_id,
+               **{f"sentinel_ids[{i}]": s for i, s in enumerate(self.sentinel_ids)}}
+        bad = [f"{k} {v}" for k, v in ids.items() if v is not None and v >= self.vocab_size]
+        if bad:
+            raise ValueError(f"{', '.join(bad[:3])} not below vocab_size {self.vocab_size}")
+        return self
+
+
+class InputEntry(_Strict):
+    path: str
+    size: Count
+    # how documents were cut from this file (data_tools.inputs.READERS); absent in folders
+    # written before it was recorded
+    format: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unknown_format(self, handler):
+        out = handler(self)
+        if out.get("format") is None:
+            out.pop("format", None)
+        return out
+
+
+class Manifest(_Strict):
+    format: Literal["arrowtrain-shards"]
+    format_version: Literal[1]
+    arrowtrain_version: str
+    dtype: Literal["uint16", "uint32"]
+    tokenizer: TokenizerInfo
+    splits: dict[Literal["train", "val"], SplitInfo]
+    inputs: list[InputEntry]
+    skipped: dict[str, Count]
+    args: dict[str, Any]  # the shard command's arguments (not --workers, not --overwrite)
+    fingerprint: str
+    timing: dict[str, Any]  # the only key that may differ between identical runs
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"missing key {', '.join(f'splits.{s}' for s in missing)}")
+        if self.tokenizer.vocab_size > DTYPE_LIMITS[self.dtype]:
+            raise ValueError(f"tokenizer.vocab_size {self.tokenizer.vocab_size} does not fit "
+                             f"dtype {self.dtype}")
+        return self
+
+    # ---- reading -----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, obj: Any, where: str | os.PathLike) -> Manifest:
+        """Check and type a parsed manifest; ManifestError names `where` and every bad key."""
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{where}: top level is not a JSON object")
+        if obj.get("format") != FORMAT:  # another file entirely: its other keys mean nothing
+            raise ManifestError(f"{where}: key 'format' is {obj.get('format')!r}, expected "
+                                f"{FORMAT!r} (not a shard folder manifest)")
+        if obj.get("format_version") != FORMAT_VERSION:
+            raise ManifestError(f"{where}: key 'format_version' is {obj.get('format_version')!r}"
+                                f", this code reads {FORMAT_VERSION}")
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as e:
+            raise ManifestError(f"{where}: " + "; ".join(_describe(err) for err in e.errors())
+                                ) from None
+
+    @classmethod
+    def read(cls, datadir: str | os.PathLike) -> Manifest:
+        path = Path(datadir) / MANIFEST_NAME
+        if not path.is_file():
+            hint = " (an interrupted `shard` run? re-run the same command to finish it)" \
+                if (Path(datadir) / ".resume").exists() else ""
+            raise ManifestError(f"{path}: not found — not a finished shard folder{hint}")
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON: "
+                                f"{e.msg}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{path}: cannot read: {e}") from None
+        return cls.from_dict(obj, path)
+
+    @classmethod
+    def new(cls, *, tokenizer: TokenizerInfo, dtype: str, shards: dict[str, list[ShardEntry]],
+            inputs: list, skipped: dict, args: dict, timing: dict) -> Manifest:
+        """A manifest for finished shards (split totals summed here; fingerprint on write)."""
+        splits = {name: SplitInfo(documents=sum(s.documents for s in entries),
+                                  tokens=sum(s.tokens for s in entries),
+                                  text_bytes=sum(s.text_bytes for s in entries),
+                                  shards=list(entries))
+                  for name, entries in shards.items()}
+        return cls.model_validate({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "arrowtrain_version": ARROWTRAIN_VERSION, "dtype": dtype, "tokenizer": tokenizer,
+            "splits": splits, "inputs": inputs, "skipped": skipped, "args": args,
+            "fingerprint": "", "timing": timing})
+
+    # ---- contents ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def shards(self, split: str | None = None) -> Iterator[tuple[str, ShardEntry]]:
+        """(split, entry) of every shard, splits in manifest order."""
+        for name, info in self.splits.items():
+            if split is None or name == split:
+                for entry in info.shards:
+                    yield name, entry
+
+    def compute_fingerprint(self) -> str:
+        """sha256 of canonical JSON of [format_version, dtype, tokenizer sha256, [[split, file,
+        sha256] for every shard, splits in manifest order]]: identifies the token data only."""
+        shards = [[split, s.file, s.sha256] for split, s in self.shards()]
+        key = [self.format_version, self.dtype, self.tokenizer.sha256, shards]
+        return hashlib.sha256(canonical_json(key)).hexdigest()
+
+    def inconsistencies(self) -> list[str]:
+        """Keys that disagree with each other: the fingerprint, and per-split sums."""
+        problems = []
+        if self.fingerprint != self.compute_fingerprint():
+            problems.append("key 'fingerprint' does not match its shard list (edited by hand?)")
+        for split, info in self.splits.items():
+            for key in ("documents", "tokens", "text_bytes"):
+                total = sum(getattr(s, key) for s in info.shards)
+                if total != getattr(info, key):
+                    problems.append(f"key 'splits.{split}.{key}' is {getattr(info, key)}, its "
+                                    f"shards sum to {total}")
+        return problems
+
+    def write(self, datadir: str | os.PathLike) -> Path:
+        """Fill in the fingerprint and write DATADIR/manifest.json atomically (the last file)."""
+        self.fingerprint = self.compute_fingerprint()
+        path = Path(datadir) / MANIFEST_NAME
+        write_json_atomic(path, self.to_dict())
+        return path
+
+
+def _describe(err: dict) -> str:
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+    if err["type"] == "missing":
+        return f"missing key '{key}'"
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error":  # from a validator above: the message says it all
+        return f"key '{key}': {msg}" if key else msg
+    return f"key '{key}': {msg} (got {json.dumps(err['input'], default=str)[:60]})"
 
 
 def dtype_for_vocab(vocab_size: int) -> str:
@@ -45,78 +239,14 @@ def canonical_json(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def fingerprint(manifest: dict) -> str:
-    """sha256 of canonical JSON of [format_version, dtype, tokenizer sha256, [[split, file, sha256]
-    for every shard, splits in manifest order]]: identifies the token data, nothing else."""
-    shards = [[split, s["file"], s["sha256"]]
-              for split, info in manifest["splits"].items() for s in info["shards"]]
-    key = [manifest["format_version"], manifest["dtype"], manifest["tokenizer"]["sha256"], shards]
-    return hashlib.sha256(canonical_json(key)).hexdigest()
+def fingerprint(manifest: Manifest) -> str:
+    return manifest.compute_fingerprint()
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_manifest(datadir: str | os.PathLike, manifest: dict) -> Path:
-    """Fill in the fingerprint and write DATADIR/manifest.json atomically (always the last file)."""
-    manifest["fingerprint"] = fingerprint(manifest)
-    path = Path(datadir) / MANIFEST_NAME
-    write_json_atomic(path, manifest)
-    return path
-
-
-def _structure_problems(m: dict) -> list[str]:
-    problems = [f"missing key '{k}'" for k in REQUIRED_KEYS if k not in m]
-    if problems:
-        return problems
-    if m["format"] != FORMAT:
-        problems.append(f"format is {m['format']!r}, expected {FORMAT!r}")
-    if m["format_version"] != FORMAT_VERSION:
-        problems.append(f"format_version is {m['format_version']!r}, this code reads {FORMAT_VERSION}")
-    if m["dtype"] not in ("uint16", "uint32"):
-        problems.append(f"dtype is {m['dtype']!r}, expected 'uint16' or 'uint32'")
-    tok = m["tokenizer"] if isinstance(m["tokenizer"], dict) else {}
-    problems += [f"missing key 'tokenizer.{k}'" for k in TOKENIZER_KEYS if k not in tok]
-    splits = m["splits"] if isinstance(m["splits"], dict) else {}
-    for split, info in splits.items():
-        shards = info.get("shards") if isinstance(info, dict) else None
-        if not isinstance(shards, list):
-            problems.append(f"'splits.{split}.shards' is not a list")
-            continue
-        for i, shard in enumerate(shards):
-            missing = [k for k in SHARD_KEYS if k not in shard]
-            if missing:
-                problems.append(f"'splits.{split}.shards[{i}]' lacks {', '.join(missing)}")
-    if "train" not in splits:
-        problems.append("missing key 'splits.train'")
-    return problems
-
-
-def read_manifest(datadir: str | os.PathLike) -> dict:
+def read_manifest(datadir: str | os.PathLike) -> Manifest:
     """Load and check DATADIR/manifest.json; ManifestError names the file and every problem."""
-    path = Path(datadir) / MANIFEST_NAME
-    if not path.is_file():
-        hint = " (an interrupted `shard` run? re-run the same command to finish it)" \
-            if (Path(datadir) / ".resume").exists() else ""
-        raise ManifestError(f"{path}: not found — not a finished shard folder{hint}")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read: {e}") from e
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{path}: top level is not a JSON object")
-    problems = _structure_problems(manifest)
-    if problems:
-        raise ManifestError(f"{path}: " + "; ".join(problems))
-    return manifest
+    return Manifest.read(datadir)
+
+
+def write_manifest(datadir: str | os.PathLike, manifest: Manifest) -> Path:
+    return manifest.write(datadir)

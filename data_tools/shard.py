@@ -2,13 +2,13 @@
 
 Documents are read in a fixed order (input file, record index); `--workers` processes tokenize
 batches, and a single writer takes the results back in that order, so the output bytes never
-depend on the worker count. A document goes to `val` when a hash of its bytes falls below
-`--val-fraction`. Re-running the same command after a crash resumes from the last finished shard.
+depend on the worker count. Which documents go to `val` is a function of their bytes' hashes:
+a share of them (`--val-fraction`) or a token budget (`--val-tokens`; data_tools.split).
+Re-running the same command after a crash resumes from the last finished shard.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing as mp
 import os
@@ -21,11 +21,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_tools.atomic import atomic_path, is_temp_name
 from data_tools.encode import Encoder, encode_in_worker, init_worker
 from data_tools.errors import DataToolsError
 from data_tools.inputs import (
     DEFAULT_EXCLUDES,
+    FORMAT_HELP,
     FORMATS,
+    TXT_MODE_HELP,
+    TXT_MODES,
     InputFile,
     Skip,
     expand_inputs,
@@ -33,15 +37,26 @@ from data_tools.inputs import (
     parse_size,
 )
 from data_tools.manifest import (
-    ARROWTRAIN_VERSION,
-    FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
     SPLITS,
+    InputEntry,
+    Manifest,
     ManifestError,
+    SplitInfo,
+    TokenizerInfo,
     dtype_for_vocab,
     read_manifest,
     write_manifest,
+)
+from data_tools.split import (
+    TYPICAL_SEQ_LEN,
+    USEFUL_VAL_TOKENS,
+    USEFUL_VAL_WINDOWS,
+    Doc,
+    doc_hash,
+    make_split,
+    too_small,
 )
 from data_tools.tokenizer import load_tokenizer, resolve_tokenizer_path, tokenizer_info
 from data_tools.writer import RESUME_DIR, ShardWriter, load_state, state_problem
@@ -50,7 +65,8 @@ log = logging.getLogger("data_tools")
 BATCH_DOCS = 512
 BATCH_BYTES = 1 << 18  # small enough that the last batches keep every worker busy
 SHOW_FIRST_SKIPS = 5
-OUR_ENTRIES = {MANIFEST_NAME, "tokenizer.json", "tokenizer.json.tmp", RESUME_DIR, *SPLITS}
+DEFAULT_VAL_FRACTION = 0.005
+OUR_ENTRIES = {MANIFEST_NAME, "tokenizer.json", RESUME_DIR, *SPLITS}
 
 
 def usable_cores() -> int:
@@ -62,20 +78,30 @@ def usable_cores() -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders and globs, mixed")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.json (or the folder holding it)")
-    p.add_argument("--out", required=True, help="output shard folder")
-    p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="auto: by extension (.jsonl/.json/.ndjson[.gz|.zst], .txt[.gz|.zst], "
-                        ".parquet); txt: one document per non-blank line; file: one per file")
-    p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text")
-    p.add_argument("--workers", type=int, default=usable_cores(),
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
+    p.add_argument("--tokenizer", required=True, metavar="FILE",
+                   help="tokenizer.json (or the folder holding it)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output shard folder")
+    p.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
+    p.add_argument("--txt-mode", default="line", choices=TXT_MODES, help=TXT_MODE_HELP)
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="JSON key / parquet column with the text")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="tokenizer processes (1: tokenize in this process); default: the "
-                        "cores this process may use")
-    p.add_argument("--val-fraction", type=float, default=0.005,
-                   help="share of documents (by hash of their bytes) put in the val split")
-    p.add_argument("--shard-size", default="256MB", help="target size of one shard file")
-    p.add_argument("--max-doc-bytes", default="64MB", help="skip documents larger than this")
+                        f"cores this process may use ({usable_cores()} here)")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                   help=f"share of documents (by hash of their bytes) put in the val split "
+                        f"(default {DEFAULT_VAL_FRACTION} unless --val-tokens is given)")
+    p.add_argument("--val-tokens", type=int, default=None, metavar="N",
+                   help="put N tokens in the val split instead: the documents with the smallest "
+                        f"hashes until N tokens (held in memory until the end; "
+                        f"{USEFUL_VAL_TOKENS} = {USEFUL_VAL_WINDOWS} windows of "
+                        f"{TYPICAL_SEQ_LEN} is a useful minimum)")
+    p.add_argument("--shard-size", default="256MB", metavar="SIZE",
+                   help="target size of one shard file")
+    p.add_argument("--max-doc-bytes", default="64MB", metavar="SIZE",
+                   help="skip documents larger than this")
     p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
                    help=f"file/folder names to skip when walking folders; repeatable; replaces "
                         f"the default ({' '.join(DEFAULT_EXCLUDES)})")
@@ -90,10 +116,11 @@ class Run:
     """Everything fixed before work starts (checked, typed), plus the skip counters."""
     files: list[InputFile]
     tokenizer_path: Path
-    tok_info: dict
+    tok_info: TokenizerInfo
     dtype: str
     text_field: str
-    val_fraction: float
+    val_fraction: float | None
+    val_tokens: int | None
     shard_bytes: int
     max_doc_bytes: int
     strict: bool
@@ -102,13 +129,23 @@ class Run:
     counts: dict = field(default_factory=dict)
 
 
+def _option_problems(args) -> list[str]:
+    problems = []
+    if args.val_fraction is not None and args.val_tokens is not None:
+        problems.append("--val-fraction and --val-tokens both given: pass one (a share of the "
+                        "documents, or a token budget)")
+    if args.val_fraction is not None and not 0.0 <= args.val_fraction < 1.0:
+        problems.append(f"--val-fraction {args.val_fraction} must be in [0, 1)")
+    if args.val_tokens is not None and args.val_tokens < 1:
+        problems.append(f"--val-tokens {args.val_tokens} must be >= 1")
+    if args.workers is not None and args.workers < 1:
+        problems.append(f"--workers {args.workers} must be >= 1")
+    return problems
+
+
 def plan(args) -> Run:
     """Check every input before any work: paths, tokenizer, sizes (all problems at once)."""
-    problems = []
-    if not 0.0 <= args.val_fraction < 1.0:
-        problems.append(f"--val-fraction {args.val_fraction} must be in [0, 1)")
-    if args.workers < 1:
-        problems.append(f"--workers {args.workers} must be >= 1")
+    problems = _option_problems(args)
     sizes = {}
     for opt in ("shard_size", "max_doc_bytes"):
         try:
@@ -116,8 +153,9 @@ def plan(args) -> Run:
         except DataToolsError as e:
             problems.append(f"--{opt.replace('_', '-')}: {e}")
     files = tok_info = None
+    excludes = tuple(args.exclude or DEFAULT_EXCLUDES)
     try:
-        files = expand_inputs(args.inputs, args.format, tuple(args.exclude or DEFAULT_EXCLUDES))
+        files = expand_inputs(args.inputs, args.format, excludes, args.txt_mode)
     except DataToolsError as e:
         problems.append(str(e))
     try:
@@ -126,16 +164,20 @@ def plan(args) -> Run:
         problems.append(str(e))
     if problems:
         raise DataToolsError("; ".join(problems))
-    dtype = dtype_for_vocab(tok_info["vocab_size"])
-    cli_args = {"inputs": list(args.inputs), "format": args.format, "text_field": args.text_field,
-                "tokenizer": str(args.tokenizer), "val_fraction": args.val_fraction,
+    val_fraction = None if args.val_tokens is not None else \
+        (DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction)
+    cli_args = {"inputs": list(args.inputs), "format": args.format, "txt_mode": args.txt_mode,
+                "text_field": args.text_field, "tokenizer": str(args.tokenizer),
+                "val_fraction": val_fraction, "val_tokens": args.val_tokens,
                 "shard_size_bytes": sizes["shard_size"], "max_doc_bytes": sizes["max_doc_bytes"],
-                "exclude": list(args.exclude or DEFAULT_EXCLUDES), "strict": args.strict}
-    key = {"format_version": FORMAT_VERSION, "args": cli_args, "tokenizer_sha256": tok_info["sha256"],
-           "inputs": [{"path": f.path, "size": f.size} for f in files]}
-    return Run(files, resolve_tokenizer_path(args.tokenizer), tok_info, dtype, args.text_field,
-               args.val_fraction, sizes["shard_size"], sizes["max_doc_bytes"], args.strict,
-               args.workers, key)
+                "exclude": list(excludes), "strict": args.strict}
+    inputs = [InputEntry(path=f.path, size=f.size, format=f.fmt).model_dump() for f in files]
+    key = {"format_version": FORMAT_VERSION, "args": cli_args, "tokenizer_sha256": tok_info.sha256,
+           "inputs": inputs}
+    return Run(files, resolve_tokenizer_path(args.tokenizer), tok_info,
+               dtype_for_vocab(tok_info.vocab_size), args.text_field, val_fraction,
+               args.val_tokens, sizes["shard_size"], sizes["max_doc_bytes"], args.strict,
+               args.workers or usable_cores(), key)
 
 
 def _key_difference(old: dict, new: dict) -> str:
@@ -144,13 +186,18 @@ def _key_difference(old: dict, new: dict) -> str:
     if old.get("tokenizer_sha256") != new["tokenizer_sha256"]:
         diffs.append("the tokenizer file differs")
     if old.get("inputs") != new["inputs"]:
-        diffs.append("the input files (paths or sizes) differ")
+        diffs.append("the input files (paths, sizes or formats) differ")
     return "; ".join(diffs) or "format version differs"
 
 
-def _manifest_key(m: dict) -> dict:
-    return {"format_version": m["format_version"], "args": m["args"],
-            "tokenizer_sha256": m["tokenizer"]["sha256"], "inputs": m["inputs"]}
+def _manifest_key(m: Manifest) -> dict:
+    return {"format_version": m.format_version, "args": m.args,
+            "tokenizer_sha256": m.tokenizer.sha256,
+            "inputs": [i.model_dump() for i in m.inputs]}
+
+
+def _ours(name: str) -> bool:
+    return name in OUR_ENTRIES or is_temp_name(name)
 
 
 def prepare_outdir(out: Path, key: dict, overwrite: bool) -> str | dict | None:
@@ -163,7 +210,7 @@ def prepare_outdir(out: Path, key: dict, overwrite: bool) -> str | dict | None:
     if (out / MANIFEST_NAME).is_file() and not overwrite:
         try:
             old = _manifest_key(read_manifest(out))
-        except (ManifestError, KeyError, TypeError) as e:
+        except ManifestError as e:
             raise DataToolsError(f"{e}; pass --overwrite to replace {out}") from None
         if old == key:
             return "done"
@@ -178,26 +225,24 @@ def prepare_outdir(out: Path, key: dict, overwrite: bool) -> str | dict | None:
         if problem is None:
             return state
         log.warning("cannot resume (%s); starting over", problem)
-    elif entries - OUR_ENTRIES and not overwrite:
+    elif (foreign := sorted(n for n in entries if not _ours(n))) and not overwrite:
         raise DataToolsError(f"{out} exists and is not a shard folder (it holds "
-                             f"{sorted(entries - OUR_ENTRIES)[:3]}); pass --overwrite or use "
-                             "another --out")
-    for name in entries & OUR_ENTRIES:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+                             f"{foreign[:3]}); pass --overwrite or use another --out")
+    _remove_ours(out)
     return None
 
 
-def split_of(utf8: bytes, val_fraction: float) -> str:
-    """'val' when the document's hash (uniform in [0, 1)) is below val_fraction, else 'train'."""
-    h = int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little")
-    return "val" if h < val_fraction * (1 << 64) else "train"
+def _remove_ours(out: Path) -> None:
+    for name in os.listdir(out):
+        if _ours(name):
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 @dataclass
 class Batch:
     texts: list[str] = field(default_factory=list)
-    # one entry per record in input order: (file_index, record_index, (split, text_bytes) | Skip)
+    # one entry per record in input order: (file_index, record_index, (hash, text_bytes) | Skip)
     items: list = field(default_factory=list)
     nbytes: int = 0
     progress_bytes: int = 0  # input bytes behind us once this batch is done (for the bar)
@@ -223,7 +268,7 @@ def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
                     shown += 1
                 batch.items.append((fi, ri, rec))
                 continue
-            batch.items.append((fi, ri, (split_of(rec.utf8, run.val_fraction), len(rec.utf8))))
+            batch.items.append((fi, ri, (doc_hash(rec.utf8), len(rec.utf8))))
             batch.texts.append(rec.text)
             batch.nbytes += len(rec.utf8)
             file_bytes += len(rec.utf8)
@@ -256,12 +301,23 @@ def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int
             yield b0, res.get()
 
 
+def _place(writer: ShardWriter, routed: list[tuple[str, Doc]]) -> bool:
+    """Hand documents to their splits' buffers, writing each shard that fills; True if any."""
+    wrote = False
+    for split, doc in routed:
+        if writer.add(split, doc):
+            writer.flush(split)
+            wrote = True
+    return wrote
+
+
 def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
     """The single writer: documents in input order, a checkpoint after every shard."""
     writer = ShardWriter(out, run.dtype, run.shard_bytes)
+    chooser = make_split(run.val_fraction, run.val_tokens)
     cursor = (0, 0)
     if state:
-        writer.restore(state)
+        chooser.restore(writer.restore(state))
         cursor, run.counts = tuple(state["cursor"]), dict(state["skipped"])
     total = sum(f.size for f in run.files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
@@ -274,39 +330,31 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
             if isinstance(what, Skip):
                 run.counts[what.reason] = run.counts.get(what.reason, 0) + 1
                 continue
-            split, nbytes = what
             end = start + int(lengths[di])
-            full = writer.add(split, flat[start:end], nbytes)
+            doc = Doc(what[0], (fi, ri), flat[start:end], what[1])
             start, di = end, di + 1
-            if full:
-                writer.flush(split)
-                writer.checkpoint(run.key, (fi, ri + 1), dict(run.counts))
+            if _place(writer, chooser.offer(doc)):
+                writer.checkpoint(run.key, (fi, ri + 1), dict(run.counts), chooser.held())
         docs, toks = docs + di, toks + start
         dt = max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix_str(f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s", refresh=False)
         bar.update(batch.progress_bytes - bar.n)
     bar.close()
+    _place(writer, chooser.finish())
     for split in SPLITS:
         writer.flush(split)
     return writer
 
 
-def build_manifest(run: Run, writer: ShardWriter, timing: dict) -> dict:
-    splits = {}
-    for name, buf in writer.splits.items():
-        splits[name] = {"documents": sum(s["documents"] for s in buf.shards),
-                        "tokens": sum(s["tokens"] for s in buf.shards),
-                        "text_bytes": sum(s["text_bytes"] for s in buf.shards),
-                        "shards": buf.shards}
-    return {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "arrowtrain_version": ARROWTRAIN_VERSION, "dtype": run.dtype,
-            "tokenizer": run.tok_info, "splits": splits, "inputs": run.key["inputs"],
-            "skipped": dict(sorted(run.counts.items())), "args": run.key["args"],
-            "fingerprint": "", "timing": timing}
+def build_manifest(run: Run, writer: ShardWriter, timing: dict) -> Manifest:
+    return Manifest.new(tokenizer=run.tok_info, dtype=run.dtype,
+                        shards={name: buf.shards for name, buf in writer.splits.items()},
+                        inputs=run.key["inputs"], skipped=dict(sorted(run.counts.items())),
+                        args=run.key["args"], timing=timing)
 
 
-def _remove_strays(out: Path, manifest: dict) -> None:
-    keep = {s["file"] for info in manifest["splits"].values() for s in info["shards"]}
+def _remove_strays(out: Path, manifest: Manifest) -> None:
+    keep = {s.file for _, s in manifest.shards()}
     for split in SPLITS:
         for p in (out / split).iterdir():
             if f"{split}/{p.name}" not in keep:
@@ -315,14 +363,25 @@ def _remove_strays(out: Path, manifest: dict) -> None:
 
 
 def copy_tokenizer(src: Path, out: Path) -> None:
-    tmp = out / "tokenizer.json.tmp"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, out / "tokenizer.json")
+    with atomic_path(out / "tokenizer.json") as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    return out
 
 
 def main(args) -> int:
     run = plan(args)
     out = Path(args.out)
+    created = missing_dirs(out.absolute())
     state = prepare_outdir(out, run.key, args.overwrite)
     if state == "done":
         log.info("%s already holds these shards (same arguments, inputs and tokenizer); "
@@ -338,7 +397,14 @@ def main(args) -> int:
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     writer = write_all(run, out, state)
     wall_s, cpu_s = time.perf_counter() - t0, cpu_seconds() - cpu0
-    return finish(run, writer, out, (wall_s, cpu_s), resumed=state is not None)
+    try:
+        return finish(run, writer, out, (wall_s, cpu_s), resumed=state is not None)
+    except NothingToWrite:
+        _remove_ours(out)  # leave nothing behind that looks like output
+        for d in created:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
 
 
 def cpu_seconds() -> float:
@@ -348,28 +414,56 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+class NothingToWrite(DataToolsError):
+    """No document, or none left for train: the output folder is removed again."""
+
+
+def _check_splits(run: Run, sp: dict, skipped: str) -> None:
+    docs = sum(s.documents for s in sp.values())
+    if docs == 0:
+        raise NothingToWrite(f"no documents in {len(run.files)} input files (skipped: {skipped})"
+                             "; nothing written")
+    if sp["train"].documents == 0:
+        how = f"--val-tokens {run.val_tokens}" if run.val_tokens is not None else \
+            f"--val-fraction {run.val_fraction}"
+        raise NothingToWrite(f"{how} put all {docs} documents ({sp['val'].tokens} tokens) in "
+                             "the val split, none is left for train; pass a smaller "
+                             f"{how.split()[0]}; nothing written")
+
+
+def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
+    if not too_small(val.tokens):
+        return
+    how = f"--val-tokens {run.val_tokens}" if run.val_tokens is not None else \
+        f"--val-fraction {run.val_fraction}"
+    hint = f"pass --val-tokens {USEFUL_VAL_TOKENS}" if total_tokens >= USEFUL_VAL_TOKENS * 10 \
+        else f"the corpus holds only {total_tokens:,} tokens: shard more text or pass " \
+             f"--val-tokens {max(1, total_tokens // 10)} (a tenth)"
+    log.warning("the val split holds %d documents, %s tokens (%s): fewer than %s tokens = %d "
+                "windows of %d, too few for a stable validation loss; %s", val.documents,
+                f"{val.tokens:,}", how, f"{USEFUL_VAL_TOKENS:,}", USEFUL_VAL_WINDOWS,
+                TYPICAL_SEQ_LEN, hint)
+
+
 def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float],
            resumed: bool) -> int:
     wall_s, cpu_s = seconds
-    docs = sum(s["documents"] for b in writer.splits.values() for s in b.shards)
-    tokens = sum(s["tokens"] for b in writer.splits.values() for s in b.shards)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "none"
-    if docs == 0:  # leave nothing behind that looks like output
-        for name in (RESUME_DIR, *SPLITS):
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / "tokenizer.json").unlink(missing_ok=True)
-        raise DataToolsError(f"no documents in {len(run.files)} input files (skipped: {skipped})")
     timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": run.workers,
-              "resumed": resumed,
-              "documents_per_sec": round(docs / wall_s, 1),
-              "tokens_per_sec": round(tokens / wall_s, 1),
-              "input_mb_per_sec": round(sum(f.size for f in run.files) / 1e6 / wall_s, 3)}
+              "resumed": resumed}
     manifest = build_manifest(run, writer, timing)
+    sp = manifest.splits
+    _check_splits(run, sp, skipped)
+    docs, tokens = sum(s.documents for s in sp.values()), sum(s.tokens for s in sp.values())
+    manifest.timing.update(documents_per_sec=round(docs / wall_s, 1),
+                  tokens_per_sec=round(tokens / wall_s, 1),
+                  input_mb_per_sec=round(sum(f.size for f in run.files) / 1e6 / wall_s, 3))
     _remove_strays(out, manifest)
     write_manifest(out, manifest)
-    sp = manifest["splits"]
-    log.info("%s: %d documents (train %d, val %d), %d tokens, %d shards; skipped: %s; "
-             "%.1f s, %.0f tokens/s%s", out, docs, sp["train"]["documents"],
-             sp["val"]["documents"], tokens, sum(len(v["shards"]) for v in sp.values()),
-             skipped, wall_s, tokens / wall_s, " (resumed)" if resumed else "")
+    log.info("%s: %d documents (train %d, val %d), %d tokens (val %s), %d shards; skipped: "
+             "%s; %.1f s, %.0f tokens/s%s", out, docs, sp["train"].documents,
+             sp["val"].documents, tokens, f"{sp['val'].tokens:,}",
+             sum(len(v.shards) for v in sp.values()), skipped, wall_s, tokens / wall_s,
+             " (resumed)" if resumed else "")
+    _warn_small_val(run, sp["val"], tokens)
     return 0

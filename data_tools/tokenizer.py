@@ -1,4 +1,6 @@
-"""`train-tokenizer`: byte-level BPE with HF `tokenizers`; loading and describing a tokenizer."""
+"""`train-tokenizer`: train a byte-level BPE tokenizer (HF `tokenizers`) on raw text and write
+OUT/tokenizer.json: <|endoftext|> (id 0) ends each document, <|pad|> is id 1, and --sentinels N
+adds the T5 sentinels <extra_id_0>... as the last N ids. Deterministic for the same inputs."""
 
 from __future__ import annotations
 
@@ -11,16 +13,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from data_tools.atomic import atomic_path
 from data_tools.errors import DataToolsError
 from data_tools.inputs import (
     DEFAULT_EXCLUDES,
+    FORMAT_HELP,
     FORMATS,
+    TXT_MODE_HELP,
+    TXT_MODES,
     Doc,
     expand_inputs,
     iter_records,
     parse_size,
 )
-from data_tools.manifest import sha256_file
+from data_tools.manifest import TokenizerInfo, sha256_file
 
 log = logging.getLogger("data_tools")
 EOS = "<|endoftext|>"
@@ -33,24 +39,26 @@ def sentinel(i: int) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders and globs, mixed")
-    p.add_argument("--vocab-size", type=int, required=True,
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N",
                    help="total vocabulary including special and sentinel tokens")
-    p.add_argument("--out", required=True, help="folder for tokenizer.json (created)")
-    p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="auto: by extension (.jsonl[.gz|.zst], .txt, .parquet); "
-                        "file: each file is one document")
-    p.add_argument("--text-field", default="text", help="JSON key / parquet column with the text")
-    p.add_argument("--sentinels", type=int, default=0,
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for tokenizer.json (created)")
+    p.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
+    p.add_argument("--txt-mode", default="line", choices=TXT_MODES, help=TXT_MODE_HELP)
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="JSON key / parquet column with the text")
+    p.add_argument("--sentinels", type=int, default=0, metavar="N",
                    help="add N T5 sentinel tokens <extra_id_0>.. (for encoder-decoder runs)")
-    p.add_argument("--max-bytes", default="1GB",
-                   help="train on at most this much text, sampled evenly by document hash "
-                        "(default 1GB)")
-    p.add_argument("--max-doc-bytes", default="64MB", help="skip documents larger than this")
+    p.add_argument("--max-bytes", default="1GB", metavar="SIZE",
+                   help="train on at most this much text, sampled evenly over the whole input")
+    p.add_argument("--max-doc-bytes", default="64MB", metavar="SIZE",
+                   help="skip documents larger than this")
     p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
-                   help=f"file/folder names to skip when walking folders "
-                        f"(default: {' '.join(DEFAULT_EXCLUDES)})")
-    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge")
+                   help=f"file/folder names to skip when walking folders; repeatable; replaces "
+                        f"the default ({' '.join(DEFAULT_EXCLUDES)})")
+    p.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                   help="minimum pair count for a merge")
 
 
 def sampled_texts(files, text_field: str, max_bytes: int, max_doc_bytes: int,
@@ -101,7 +109,8 @@ def train(args) -> Path:
     if args.vocab_size - args.sentinels < 256 + 2:
         raise DataToolsError(f"--vocab-size {args.vocab_size} is too small: byte-level BPE needs "
                              f"256 byte tokens + 2 special + {args.sentinels} sentinels")
-    files = expand_inputs(args.inputs, args.format, tuple(args.exclude or DEFAULT_EXCLUDES))
+    files = expand_inputs(args.inputs, args.format, tuple(args.exclude or DEFAULT_EXCLUDES),
+                          args.txt_mode)
     start = time.perf_counter()
     tok, trainer = build_trainer(args.vocab_size, args.sentinels, args.min_frequency)
     counts: dict[str, int] = {}
@@ -115,18 +124,18 @@ def train(args) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "tokenizer.json"
-    tmp = out / "tokenizer.json.tmp"
-    tok.save(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tok.save(str(tmp))
     docs = counts.pop("documents")
     log.info("trained byte-level BPE: vocab %d (%d sentinels) on %d documents from %d files in "
              "%.1f s; skipped: %s -> %s", tok.get_vocab_size(), args.sentinels, docs, len(files),
-             time.perf_counter() - start, _fmt_counts(counts) or "none", path)
+             time.perf_counter() - start, _fmt_counts(counts), path)
     return path
 
 
 def _fmt_counts(counts: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "documents")
+    """'empty 2, invalid_json 1', or 'none' when nothing was skipped."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k != "documents") or "none"
 
 
 def resolve_tokenizer_path(path: str) -> Path:
@@ -151,7 +160,7 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def tokenizer_info(tok, path: str | os.PathLike) -> dict:
+def tokenizer_info(tok, path: str | os.PathLike) -> TokenizerInfo:
     """The manifest's `tokenizer` block (design §8). Requires an <|endoftext|> token."""
     p = resolve_tokenizer_path(str(path))
     eos = tok.token_to_id(EOS)
@@ -167,6 +176,6 @@ def tokenizer_info(tok, path: str | os.PathLike) -> dict:
         log.warning("tokenizer file %s has no %s token: the manifest names %s (id %d) as pad",
                     p, PAD, EOS, eos)
         pad = eos
-    return {"file": "tokenizer.json", "sha256": sha256_file(p),
-            "vocab_size": tok.get_vocab_size(with_added_tokens=True), "eos_id": eos,
-            "pad_id": pad, "bos_id": bos, "sentinel_ids": sentinels}
+    return TokenizerInfo(file="tokenizer.json", sha256=sha256_file(p),
+                         vocab_size=tok.get_vocab_size(with_added_tokens=True), eos_id=eos,
+                         pad_id=pad, bos_id=bos, sentinel_ids=sentinels)

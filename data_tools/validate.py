@@ -11,7 +11,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from data_tools.errors import DataToolsError
-from data_tools.manifest import fingerprint, read_manifest, sha256_file
+from data_tools.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file
 from data_tools.writer import tokens_schema
 
 log = logging.getLogger("data_tools")
@@ -21,16 +21,16 @@ def add_arguments(p) -> None:
     p.add_argument("datadir", metavar="DATADIR", help="a folder written by `shard`")
 
 
-def check_shard(datadir: Path, entry: dict, dtype: str, vocab_size: int) -> list[str]:
+def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int) -> list[str]:
     """Problems with one shard file (empty list: fine)."""
     import pyarrow.compute as pc  # slow to import: only when validating
-    path = datadir / entry["file"]
+    path = datadir / entry.file
     if not path.is_file():
         return ["file is missing"]
     problems = []
-    if path.stat().st_size != entry["file_bytes"]:
-        problems.append(f"size {path.stat().st_size} bytes, manifest says {entry['file_bytes']}")
-    if sha256_file(path) != entry["sha256"]:
+    if path.stat().st_size != entry.file_bytes:
+        problems.append(f"size {path.stat().st_size} bytes, manifest says {entry.file_bytes}")
+    if sha256_file(path) != entry.sha256:
         problems.append("sha256 does not match the manifest (file changed or corrupt)")
     try:
         with pa.memory_map(str(path)) as src:
@@ -40,12 +40,16 @@ def check_shard(datadir: Path, entry: dict, dtype: str, vocab_size: int) -> list
     if not table.schema.equals(tokens_schema(dtype)):
         return [*problems, f"schema is {table.schema.to_string()!r}, expected "
                            f"{tokens_schema(dtype).to_string()!r}"]
+    try:
+        table.validate(full=True)  # list offsets in bounds and non-decreasing
+    except pa.ArrowException as e:
+        return [*problems, f"invalid Arrow data: {e}"]
     col = table.column("tokens")
     values = pc.list_flatten(col)
-    if table.num_rows != entry["documents"]:
-        problems.append(f"{table.num_rows} documents, manifest says {entry['documents']}")
-    if len(values) != entry["tokens"]:
-        problems.append(f"{len(values)} tokens, manifest says {entry['tokens']}")
+    if table.num_rows != entry.documents:
+        problems.append(f"{table.num_rows} documents, manifest says {entry.documents}")
+    if len(values) != entry.tokens:
+        problems.append(f"{len(values)} tokens, manifest says {entry.tokens}")
     if col.null_count or values.null_count:
         problems.append("contains nulls")
     top = pc.max(values).as_py() if len(values) else None
@@ -58,24 +62,16 @@ def validate(datadir: str | Path) -> list[str]:
     """Every problem in the folder as 'file: what is wrong' (empty list: valid)."""
     datadir = Path(datadir)
     m = read_manifest(datadir)
-    problems = []
-    tok_path = datadir / m["tokenizer"]["file"]
+    problems = [f"{datadir / MANIFEST_NAME}: {p}" for p in m.inconsistencies()]
+    tok_path = datadir / m.tokenizer.file
     if not tok_path.is_file():
         problems.append(f"{tok_path}: missing")
-    elif sha256_file(tok_path) != m["tokenizer"]["sha256"]:
+    elif sha256_file(tok_path) != m.tokenizer.sha256:
         problems.append(f"{tok_path}: sha256 does not match the manifest")
-    if fingerprint(m) != m["fingerprint"]:
-        problems.append(f"{datadir / 'manifest.json'}: fingerprint does not match its shard list")
-    entries = [s for info in m["splits"].values() for s in info["shards"]]
+    entries = [s for _, s in m.shards()]
     for entry in tqdm(entries, desc="validate", unit="shard", disable=None):
-        found = check_shard(datadir, entry, m["dtype"], m["tokenizer"]["vocab_size"])
-        problems += [f"{datadir / entry['file']}: {p}" for p in found]
-    for split, info in m["splits"].items():
-        for key in ("documents", "tokens", "text_bytes"):
-            total = sum(s[key] for s in info["shards"])
-            if total != info[key]:
-                problems.append(f"{datadir / 'manifest.json'}: splits.{split}.{key} is "
-                                f"{info[key]}, its shards sum to {total}")
+        found = check_shard(datadir, entry, m.dtype, m.tokenizer.vocab_size)
+        problems += [f"{datadir / entry.file}: {p}" for p in found]
     return problems
 
 
@@ -85,7 +81,6 @@ def main(args) -> int:
         raise DataToolsError(f"{args.datadir} is NOT valid ({len(problems)} problems):\n  "
                              + "\n  ".join(problems))
     m = read_manifest(args.datadir)
-    n = sum(len(i["shards"]) for i in m["splits"].values())
     log.info("%s is valid: %d shards, checksums, schema (%s) and token ids < %d all hold",
-             args.datadir, n, m["dtype"], m["tokenizer"]["vocab_size"])
+             args.datadir, len(list(m.shards())), m.dtype, m.tokenizer.vocab_size)
     return 0

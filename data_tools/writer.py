@@ -1,68 +1,107 @@
 """Writing shards (Arrow IPC file format, uncompressed) and the resume checkpoint.
 
 Documents arrive in input order. Each split keeps a pending buffer; when its estimated size
-reaches the target, it becomes the next shard: written to `NNNNN.arrow.tmp`, fsynced, renamed.
-After each shard, `.resume/state.json` records the input position, the finished shards and the
-other splits' pending documents, so a re-run continues from there with identical output.
+reaches the target, it becomes the next shard: written to a temp name, fsynced, renamed
+(data_tools.atomic). After each shard, `.resume/state.json` records the input position, the
+finished shards, the splits' pending documents and the val candidates still held (see
+data_tools.split), so a re-run continues from there with identical output.
+
+`write_shard` is also the writer for anyone who has token ids already (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from data_tools.manifest import SPLITS, sha256_file, write_json_atomic
+from data_tools.atomic import atomic_path, write_json_atomic
+from data_tools.manifest import SPLITS, ShardEntry, sha256_file
+from data_tools.split import Doc
 
 RESUME_DIR = ".resume"
 STATE_NAME = "state.json"
 OFFSET_BYTES = 8  # large_list offsets are int64
+HELD = "held"  # name of the val candidates' pending file
 
 
-def tokens_schema(dtype: str, with_text_bytes: bool = False) -> pa.Schema:
-    fields = [pa.field("tokens", pa.large_list(pa.from_numpy_dtype(np.dtype(dtype))))]
-    if with_text_bytes:
-        fields.append(pa.field("text_bytes", pa.int64()))
-    return pa.schema(fields)
+def tokens_schema(dtype: str) -> pa.Schema:
+    """The schema of a shard: one column `tokens: large_list<dtype>`."""
+    return pa.schema([pa.field("tokens", pa.large_list(pa.from_numpy_dtype(np.dtype(dtype))))])
 
 
-def write_arrow(path: Path, docs: list[np.ndarray], dtype: str,
-                text_bytes: list[int] | None = None) -> None:
-    """One record batch of `docs` (+ optional text_bytes column) via temp file + fsync + rename."""
+def offsets_of(docs: list[np.ndarray]) -> np.ndarray:
+    """(D + 1,) int64 row starts of `docs` laid end to end (large_list offsets)."""
     lengths = np.fromiter((len(d) for d in docs), np.int64, count=len(docs))  # (D,)
-    offsets = np.zeros(len(docs) + 1, np.int64)  # (D + 1,) row starts, large_list offsets
+    offsets = np.zeros(len(docs) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(docs) if docs else np.zeros(0, dtype)  # (N_tokens,) dtype
-    tokens = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values.astype(dtype, copy=False)))
-    columns = [tokens] if text_bytes is None else [tokens, pa.array(text_bytes, pa.int64())]
-    schema = tokens_schema(dtype, text_bytes is not None)
-    tmp = path.with_name(path.name + ".tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
-        w.write_batch(pa.record_batch(columns, schema=schema))
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return offsets
 
 
-def read_pending(path: Path) -> tuple[list[np.ndarray], list[int]]:
+def write_arrow(path: Path, offsets: np.ndarray, values: np.ndarray, dtype: str,
+                extra: dict[str, np.ndarray] | None = None, batch_rows: int | None = None) -> None:
+    """Documents as `tokens: large_list<dtype>` (offsets (D + 1,) from 0, values (N,)) plus
+    optional extra columns (D,), in record batches of `batch_rows` (default: one batch),
+    written atomically."""
+    tokens = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()),
+                                           pa.array(values.astype(dtype, copy=False)))
+    names, columns = ["tokens"], [tokens]
+    for name, col in (extra or {}).items():
+        names.append(name)
+        columns.append(pa.array(col))
+    table = pa.table(columns, names=names)
+    schema = table.schema
+    step = batch_rows or max(1, len(tokens))
+    with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
+            pa.ipc.new_file(sink, schema) as w:
+        for start in range(0, max(1, len(tokens)), step):
+            w.write_batch(pa.record_batch([c.slice(start, step) for c in columns], schema=schema))
+
+
+def write_shard(datadir: Path, rel: str, offsets: np.ndarray, values: np.ndarray, dtype: str,
+                text_bytes: int, batch_rows: int | None = None) -> ShardEntry:
+    """Write shard file DATADIR/rel; returns its manifest entry (sizes, counts, sha256)."""
+    path = Path(datadir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_arrow(path, offsets, values, dtype, batch_rows=batch_rows)
+    return ShardEntry(file=rel, documents=len(offsets) - 1,
+                      tokens=int(offsets[-1] - offsets[0]), text_bytes=int(text_bytes),
+                      file_bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def _concat(docs: list[np.ndarray], dtype: str) -> np.ndarray:
+    return np.concatenate(docs) if docs else np.zeros(0, dtype)
+
+
+def write_docs(path: Path, docs: list[Doc], dtype: str) -> None:
+    """Pending documents with everything needed to take them up again."""
+    extra = {"text_bytes": np.array([d.text_bytes for d in docs], np.int64),
+             "hash": np.array([d.hash for d in docs], np.uint64),
+             "file_index": np.array([d.pos[0] for d in docs], np.int64),
+             "record_index": np.array([d.pos[1] for d in docs], np.int64)}
+    tokens = [d.tokens for d in docs]
+    write_arrow(path, offsets_of(tokens), _concat(tokens, dtype), dtype, extra)
+
+
+def read_docs(path: Path) -> list[Doc]:
     with pa.memory_map(str(path)) as src:
         table = pa.ipc.open_file(src).read_all()
     col = table.column("tokens").combine_chunks()
     offsets, values = col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=False).copy()
-    docs = [values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
-    return docs, table.column("text_bytes").to_pylist()
+    c = {k: table.column(k).to_pylist() for k in ("text_bytes", "hash", "file_index",
+                                                   "record_index")}
+    return [Doc(c["hash"][i], (c["file_index"][i], c["record_index"][i]),
+                values[offsets[i]:offsets[i + 1]], c["text_bytes"][i]) for i in range(len(col))]
 
 
 @dataclass
 class SplitBuffer:
     name: str
-    shards: list[dict] = field(default_factory=list)
-    docs: list[np.ndarray] = field(default_factory=list)
-    text_bytes: list[int] = field(default_factory=list)
+    shards: list[ShardEntry] = field(default_factory=list)
+    docs: list[Doc] = field(default_factory=list)
     tokens: int = 0
 
     def est_bytes(self, itemsize: int) -> int:
@@ -76,55 +115,58 @@ class ShardWriter:
         self.splits = {s: SplitBuffer(s) for s in SPLITS}
         self.checkpoints = 0
 
-    def add(self, split: str, tokens: np.ndarray, text_bytes: int) -> bool:
+    def add(self, split: str, doc: Doc) -> bool:
         """Buffer one document; True when the split's buffer has reached the shard size."""
         buf = self.splits[split]
-        buf.docs.append(tokens)
-        buf.text_bytes.append(text_bytes)
-        buf.tokens += len(tokens)
+        buf.docs.append(doc)
+        buf.tokens += len(doc.tokens)
         return buf.est_bytes(self.itemsize) >= self.shard_bytes
 
-    def flush(self, split: str) -> dict | None:
+    def flush(self, split: str) -> ShardEntry | None:
         """Write the split's buffer as its next shard; returns the shard's manifest entry."""
         buf = self.splits[split]
         if not buf.docs:
             return None
-        rel = f"{split}/{len(buf.shards):05d}.arrow"
-        path = self.dir / rel
-        write_arrow(path, buf.docs, self.dtype)
-        entry = {"file": rel, "documents": len(buf.docs), "tokens": buf.tokens,
-                 "text_bytes": sum(buf.text_bytes), "file_bytes": path.stat().st_size,
-                 "sha256": sha256_file(path)}
+        tokens = [d.tokens for d in buf.docs]
+        entry = write_shard(self.dir, f"{split}/{len(buf.shards):05d}.arrow", offsets_of(tokens),
+                            _concat(tokens, self.dtype), self.dtype,
+                            sum(d.text_bytes for d in buf.docs))
         buf.shards.append(entry)
-        buf.docs, buf.text_bytes, buf.tokens = [], [], 0
+        buf.docs, buf.tokens = [], 0
         return entry
 
-    def checkpoint(self, run_key: dict, cursor: tuple[int, int], skipped: dict) -> None:
-        """Record progress after a shard: input position, shards, other splits' pending docs."""
+    def checkpoint(self, run_key: dict, cursor: tuple[int, int], skipped: dict,
+                   held: list[Doc]) -> None:
+        """Record progress after a shard: input position, shards, pending and held docs."""
         rdir = self.dir / RESUME_DIR
         self.checkpoints += 1
         pending = {}
-        for name, buf in self.splits.items():
-            if buf.docs:
+        groups = {name: buf.docs for name, buf in self.splits.items()} | {HELD: held}
+        for name, docs in groups.items():
+            if docs:
                 path = rdir / f"pending-{name}-{self.checkpoints:06d}.arrow"
-                write_arrow(path, buf.docs, self.dtype, buf.text_bytes)
+                write_docs(path, docs, self.dtype)
                 pending[name] = {"file": path.name, "sha256": sha256_file(path)}
         state = {"run_key": run_key, "cursor": list(cursor), "skipped": skipped,
-                 "shards": {n: b.shards for n, b in self.splits.items()}, "pending": pending}
+                 "shards": {n: [s.model_dump() for s in b.shards] for n, b in self.splits.items()},
+                 "pending": pending}
         write_json_atomic(rdir / STATE_NAME, state)
         keep = {p["file"] for p in pending.values()} | {STATE_NAME}
         for stale in rdir.iterdir():
             if stale.name not in keep:
                 stale.unlink()
 
-    def restore(self, state: dict) -> None:
-        """Load finished shards and pending documents from a verified checkpoint."""
+    def restore(self, state: dict) -> list[Doc]:
+        """Load finished shards and pending documents from a verified checkpoint; returns the
+        held val candidates."""
         rdir = self.dir / RESUME_DIR
         for name, buf in self.splits.items():
-            buf.shards = list(state["shards"].get(name, []))
+            buf.shards = [ShardEntry.model_validate(s) for s in state["shards"].get(name, [])]
             if name in state["pending"]:
-                buf.docs, buf.text_bytes = read_pending(rdir / state["pending"][name]["file"])
-                buf.tokens = sum(len(d) for d in buf.docs)
+                buf.docs = read_docs(rdir / state["pending"][name]["file"])
+                buf.tokens = sum(len(d.tokens) for d in buf.docs)
+        held = state["pending"].get(HELD)
+        return read_docs(rdir / held["file"]) if held else []
 
 
 def load_state(datadir: Path) -> dict | None:
@@ -140,13 +182,13 @@ def load_state(datadir: Path) -> dict | None:
 def state_problem(datadir: Path, state: dict) -> str | None:
     """Why a checkpoint cannot be used (a shard or pending file missing or changed), or None."""
     rdir = Path(datadir) / RESUME_DIR
-    for shards in state["shards"].values():
-        for s in shards:
-            p = Path(datadir) / s["file"]
-            if not p.is_file() or sha256_file(p) != s["sha256"]:
-                return f"{p} is missing or changed"
-    for info in state["pending"].values():
-        p = rdir / info["file"]
-        if not p.is_file() or sha256_file(p) != info["sha256"]:
-            return f"{p} is missing or changed"
+    try:
+        files = [(Path(datadir) / s["file"], s["sha256"])
+                 for shards in state["shards"].values() for s in shards]
+        files += [(rdir / p["file"], p["sha256"]) for p in state["pending"].values()]
+    except (KeyError, TypeError, AttributeError):
+        return "its state.json is not in the format this version writes"
+    for path, sha in files:
+        if not path.is_file() or sha256_file(path) != sha:
+            return f"{path} is missing or changed"
     return None

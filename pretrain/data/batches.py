@@ -84,16 +84,38 @@ def check_layout(global_batch: int, micro_batch: int, rank: int, world: int) -> 
         raise ValueError(problem)
 
 
+class _CarryErrors(Dataset):
+    """In a DataLoader worker, a DataError comes back as a batch holding only its message, so
+    the main process raises it with that one message (torch would re-raise it wrapped in the
+    worker's traceback)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, k: int):
+        try:
+            return self.dataset[k]
+        except DataError as e:
+            return {_ERROR_KEY: str(e)}
+
+
+_ERROR_KEY = "data_error"
+
+
 def _iterate(dataset: Dataset, sampler, num_workers: int, pin_memory: bool,
              prefetch_factor: int) -> Iterator[dict[str, torch.Tensor]]:
     if num_workers == 0:
         for k in sampler:
             yield dataset[k]
         return
-    loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=num_workers,
-                        prefetch_factor=prefetch_factor, persistent_workers=False,
+    loader = DataLoader(_CarryErrors(dataset), batch_size=None, sampler=sampler,
+                        num_workers=num_workers, prefetch_factor=prefetch_factor,
+                        persistent_workers=False,
                         pin_memory=pin_memory and torch.cuda.is_available())
-    yield from loader
+    for batch in loader:
+        if _ERROR_KEY in batch:
+            raise DataError(batch[_ERROR_KEY])
+        yield batch
 
 
 def train_batches(src: DataSource, global_batch: int, micro_batch: int, rank: int, world: int,

@@ -52,8 +52,8 @@ class DataSource:
     def _check_same_tokenizer(self) -> None:
         first = self.folders[0]
         for f in self.folders[1:]:
-            a, b = first.manifest["tokenizer"], f.manifest["tokenizer"]
-            if (a["sha256"], first.manifest["dtype"]) != (b["sha256"], f.manifest["dtype"]):
+            a, b = first.manifest, f.manifest
+            if (a.tokenizer.sha256, a.dtype) != (b.tokenizer.sha256, b.dtype):
                 raise DataError(f"{f.folder}: written with another tokenizer or dtype than "
                                 f"{first.folder}; mixed folders must share one tokenizer")
 

@@ -12,6 +12,12 @@ windows is gathered with a few dozen numpy calls, however many files and record 
 - token at position q of document d: tokens[q + delta(d)], delta(d) = (index of d's first
   token) - stream_start(d); a window's token indices are a running sum of deltas (np.cumsum),
   with EOS written where a document ends.
+
+Every gathered batch is checked before it is used (O(windows + documents touched) plus one
+`max` over the tokens): the list offsets read for it lie within their record batch and give
+strictly increasing document starts that tile each window, and every id is < vocab_size. A
+shard damaged after the start-up checks (which probe only a sample of each file) stops the run
+with a DataError naming the file and the document, never an IndexError or silent garbage.
 """
 
 from __future__ import annotations
@@ -58,8 +64,9 @@ def _chunk_table(path: Path, buf: pa.Buffer, base: int, value_type: pa.DataType)
 class SplitStream:
     """The packed stream of one split over its shard files (in order)."""
 
-    def __init__(self, paths: list[Path], value_type: pa.DataType, eos_id: int):
-        self.eos_id = eos_id
+    def __init__(self, paths: list[Path], value_type: pa.DataType, eos_id: int,
+                 vocab_size: int):
+        self.eos_id, self.vocab_size = eos_id, vocab_size
         self.paths = paths
         self.files = MappedFiles(paths)
         self.words = self.files.view(np.int64)
@@ -78,6 +85,7 @@ class SplitStream:
         self.off0 = self.words[self.obase]
         ends = self.words[self.obase + ndocs]
         self.ntok = ends - self.off0
+        self.ntok_u64 = self.ntok.astype(np.uint64)     # for the per-batch offset checks
         bad = np.flatnonzero((self.ntok < 0) | (ends > nvals))
         if len(bad):
             f = int(np.searchsorted(self.file_chunks, bad[0], "right") - 1)
@@ -106,11 +114,60 @@ class SplitStream:
         return top
 
     def _doc_start(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For document numbers g: (stream start, index of the first token in self.tokens)."""
+        """For document numbers g: (stream start, index of the first token in self.tokens).
+        DataError when an offset read lies outside its record batch's values."""
         c = np.searchsorted(self.doc_base, g, "right") - 1
         j = g - self.doc_base[c]
         o = self.words[self.obase[c] + j]
-        return self.sbase[c] + (o - self.off0[c]) + j, self.vbase[c] + o
+        rel = o - self.off0[c]                  # must be in [0, ntok[c]]
+        self._check_offsets(g, rel, c)
+        return self.sbase[c] + rel + j, self.vbase[c] + o
+
+    def _check_offsets(self, g: np.ndarray, rel: np.ndarray, c: np.ndarray) -> None:
+        """Offsets of documents g, relative to their chunk c's first, within the chunk."""
+        bad = rel.view(np.uint64) > self.ntok_u64[c]        # a negative one wraps: also bad
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise self._corrupt(int(g[k]), f"list offset {int(rel[k] + self.off0[c[k]])} is "
+                                "outside its record batch")
+
+    def locate(self, g: int) -> tuple[Path, int]:
+        """(shard file, row in that file) of document number g of the split."""
+        c = int(np.searchsorted(self.doc_base, g, "right") - 1)
+        f = int(np.searchsorted(self.file_chunks, c, "right") - 1)
+        return self.paths[f], g - int(self.doc_base[self.file_chunks[f]])
+
+    def _corrupt(self, g: int, what: str) -> DataError:
+        path, row = self.locate(g)
+        return DataError(f"{path}: document {row} (row {row} of the file): {what} -- the shard "
+                         "is damaged (changed after it was written?); run `python -m data_tools "
+                         f"validate {path.parent.parent}`")
+
+    def _check_tiling(self, length: int, g_first: np.ndarray, rows: np.ndarray,
+                      cols: np.ndarray, first: np.ndarray, after: np.ndarray) -> None:
+        """Each window's documents start in strictly increasing order: the first at or before
+        the window (first <= 0), the ones inside it within it (1 <= cols < length), the next
+        one after it (after >= length); positions relative to the window start. O(n + docs)."""
+        key = rows * length + cols                          # strictly increasing iff in order
+        if ((cols - 1).view(np.uint64) < length - 1).all() and (first <= 0).all() and \
+                (after >= length).all() and (len(key) < 2 or np.diff(key).min() > 0):
+            return
+        bad_rows = np.flatnonzero((first > 0) | (after < length))
+        row = int(bad_rows[0]) if len(bad_rows) else int(rows[0])
+        if not len(bad_rows):
+            bad = ((cols - 1).view(np.uint64) >= length - 1) | \
+                np.concatenate([[False], np.diff(key) <= 0])
+            row = int(rows[np.argmax(bad)])
+        raise self._corrupt(int(g_first[row]), "its list offsets are out of order (documents "
+                            "overlap)")
+
+    def _check_ids(self, tokens: np.ndarray, g_first: np.ndarray, doc_ids: np.ndarray) -> None:
+        if tokens.size == 0 or int(tokens.max()) < self.vocab_size:
+            return
+        row, col = np.unravel_index(int(np.argmax(tokens >= self.vocab_size)), tokens.shape)
+        g = int(g_first[row]) + int(doc_ids[row, col])
+        raise self._corrupt(g, f"token id {int(tokens[row, col])} >= vocab_size "
+                               f"{self.vocab_size}")
 
     def _find_docs(self, q: np.ndarray) -> np.ndarray:
         """Number of the document holding stream position q (n,)."""
@@ -123,22 +180,38 @@ class SplitStream:
             lo = np.where(self.words[ob + cand] + cand <= target, cand, lo)
         return self.doc_base[c] + lo
 
+    def _layout(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, ...]:
+        """The documents each window touches, checked: (g_first (n,), counts (n,) documents
+        starting inside each window, rows, cols (k,) window and column of each such start,
+        v_in (k,) index of its first token, d0 (n,) token index minus stream position for each
+        window's first document, after (n,) where the next document starts, from the window)."""
+        n = len(starts)
+        g = self._find_docs(np.concatenate([starts, starts + length - 1]))
+        g_first, g_last = g[:n], g[n:]                                    # (n,), (n,)
+        counts = g_last - g_first                       # documents starting inside a window
+        if counts.min() < 0:
+            raise self._corrupt(int(g_first[np.argmin(counts)]),
+                                "its list offsets are out of order (documents overlap)")
+        rows = np.repeat(np.arange(n), counts)
+        row_first = np.cumsum(counts) - counts
+        g_in = np.repeat(g_first + 1 - row_first, counts) + np.arange(len(rows))
+        k = len(rows)                               # one lookup for all three kinds of document
+        s, v = self._doc_start(np.concatenate([g_in, g_first,
+                                               np.minimum(g_last + 1, self.num_docs - 1)]))
+        cols = s[:k] - starts[rows]                                       # >= 1
+        after = np.where(g_last + 1 < self.num_docs, s[k + n:], self.stream_len) - starts
+        self._check_tiling(length, g_first, rows, cols, s[k:k + n] - starts, after)
+        return g_first, counts, rows, cols, v[:k], v[k:k + n] - s[k:k + n], after
+
     def windows(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """stream[s : s + length] for each s in `starts` (n,): tokens (n, length) in the shard
         dtype, doc ids (n, length) int32 from 0 in each window (an EOS belongs to the document
         it ends)."""
         starts = np.asarray(starts, np.int64)
         n = len(starts)
-        g = self._find_docs(np.concatenate([starts, starts + length - 1]))
-        g_first, g_last = g[:n], g[n:]                                    # (n,), (n,)
-        counts = g_last - g_first                       # documents starting inside a window
-        rows = np.repeat(np.arange(n), counts)
+        g_first, counts, rows, cols, v_in, delta0, after = self._layout(starts, length)
+        delta_in = v_in - (starts[rows] + cols)         # token index - stream position
         row_first = np.cumsum(counts) - counts
-        g_in = np.repeat(g_first + 1 - row_first, counts) + np.arange(len(rows))
-        s_in, v_in = self._doc_start(g_in)
-        cols = s_in - starts[rows]                                        # >= 1
-        s0, v0 = self._doc_start(g_first)
-        delta_in, delta0 = v_in - s_in, v0 - s0
         prev = np.concatenate([[0], delta_in[:-1]])     # delta of the document before
         has_docs = counts > 0
         prev[row_first[has_docs]] = delta0[has_docs]
@@ -151,14 +224,12 @@ class SplitStream:
         marks[rows, cols] = 1
         doc_ids = np.cumsum(marks, axis=1, dtype=np.int32)                # (n, length)
         # EOS before every document start, and after the last document if inside the window
-        s_next = np.where(g_last + 1 < self.num_docs,
-                          self._doc_start(np.minimum(g_last + 1, self.num_docs - 1))[0],
-                          self.stream_len)
-        end = s_next - 1 - starts
+        end = after - 1
         inside = np.flatnonzero(end < length)
         eos_rows = np.concatenate([rows, inside])
         eos_cols = np.concatenate([cols - 1, end[inside]])
         index[eos_rows, eos_cols] = 0                   # any valid index; overwritten below
         tokens = self.tokens[index]                                       # (n, length)
         tokens[eos_rows, eos_cols] = self.eos_id
+        self._check_ids(tokens, g_first, doc_ids)
         return tokens, doc_ids

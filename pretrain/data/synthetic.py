@@ -1,5 +1,7 @@
-"""Synthetic shard folders written to the format of docs/design.md §2/§8 without a tokenizer run:
-for the loader's tests and benchmarks (the real writer is `python -m data_tools shard`)."""
+"""Shard folders of random token ids, for the loader's tests and benchmarks: no tokenizer run,
+but the real writer (`data_tools.writer.write_shard`) and the real manifest
+(`data_tools.manifest.Manifest`), so these folders are what `python -m data_tools shard`
+writes, byte for byte in layout. Only the tokenizer file is a stand-in."""
 
 from __future__ import annotations
 
@@ -7,18 +9,13 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from data_tools.manifest import (
-    ARROWTRAIN_VERSION,
-    FORMAT,
-    FORMAT_VERSION,
-    dtype_for_vocab,
-    sha256_file,
-    write_manifest,
-)
+from data_tools.atomic import write_atomic
+from data_tools.manifest import Manifest, TokenizerInfo, dtype_for_vocab, sha256_file
+from data_tools.writer import write_shard
 
 Docs = tuple[np.ndarray, np.ndarray]   # (offsets (docs+1,) int64 from 0, values (tokens,))
+TEXT_BYTES_PER_TOKEN = 4               # the stand-in text size behind each token
 
 
 def docs_from_lists(docs: list[np.ndarray] | list[list[int]]) -> Docs:
@@ -39,50 +36,27 @@ def random_docs(rng: np.random.Generator, num_tokens: int, mean_doc_len: int,
     return offsets, values
 
 
-def write_shard(path: Path, docs: Docs, dtype: str, batch_docs: int | None = None) -> dict:
-    """One Arrow IPC file, column tokens: large_list<dtype>, record batches of batch_docs."""
-    offsets, values = docs
-    value_type = pa.uint16() if dtype == "uint16" else pa.uint32()
-    arr = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()),
-                                        pa.array(values.astype(dtype, copy=False), value_type))
-    schema = pa.schema([("tokens", pa.large_list(value_type))])
-    step = batch_docs or max(1, len(arr))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for start in range(0, max(1, len(arr)), step):
-            writer.write_batch(pa.record_batch([arr.slice(start, step)], schema=schema))
-    n_tokens = int(offsets[-1] - offsets[0])
-    return {"file": "", "documents": len(arr), "tokens": n_tokens, "text_bytes": 4 * n_tokens,
-            "file_bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
 def write_folder(folder: str | Path, splits: dict[str, Iterable[Docs]], vocab_size: int, *,
                  eos_id: int = 0, pad_id: int = 1, sentinel_ids: list[int] | None = None,
                  batch_docs: int | None = None, tokenizer_text: str = '{"synthetic": true}',
                  ) -> dict:
     """Write `splits` ({"train": [shard docs, ...], "val": [...]}; shards may come from a
-    generator, one at a time) as a shard folder."""
+    generator, one at a time) as a shard folder, record batches of `batch_docs` documents
+    (default: one per shard, as `shard` writes). Returns the manifest as a dict."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tokenizer.json").write_text(tokenizer_text)
+    write_atomic(folder / "tokenizer.json", tokenizer_text)
     dtype = dtype_for_vocab(vocab_size)
-    manifest_splits = {}
-    for split, shards in splits.items():
-        infos = []
-        for i, docs in enumerate(shards):
-            name = f"{split}/{i:05d}.arrow"
-            infos.append({**write_shard(folder / name, docs, dtype, batch_docs), "file": name})
-        manifest_splits[split] = {k: sum(s[k] for s in infos)
-                                  for k in ("documents", "tokens", "text_bytes")}
-        manifest_splits[split]["shards"] = infos
-    manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "arrowtrain_version": ARROWTRAIN_VERSION,
-        "dtype": dtype,
-        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(folder / "tokenizer.json"),
-                      "vocab_size": vocab_size, "eos_id": eos_id, "pad_id": pad_id,
-                      "bos_id": None, "sentinel_ids": list(sentinel_ids or [])},
-        "splits": manifest_splits, "inputs": [], "skipped": {}, "args": {"synthetic": True},
-        "timing": {},
-    }
-    write_manifest(folder, manifest)
-    return manifest
+    shards = {"train": [], "val": [], **{split: [] for split in splits}}
+    for split, docs_of_shards in splits.items():
+        for i, (offsets, values) in enumerate(docs_of_shards):
+            tokens = int(offsets[-1] - offsets[0])
+            shards[split].append(write_shard(folder, f"{split}/{i:05d}.arrow", offsets, values,
+                                             dtype, TEXT_BYTES_PER_TOKEN * tokens, batch_docs))
+    tokenizer = TokenizerInfo(file="tokenizer.json", sha256=sha256_file(folder / "tokenizer.json"),
+                              vocab_size=vocab_size, eos_id=eos_id, pad_id=pad_id, bos_id=None,
+                              sentinel_ids=list(sentinel_ids or []))
+    manifest = Manifest.new(tokenizer=tokenizer, dtype=dtype, shards=shards, inputs=[],
+                            skipped={}, args={"synthetic": True}, timing={})
+    manifest.write(folder)
+    return manifest.to_dict()

@@ -39,9 +39,8 @@ def tag_for(step: int) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from data_tools.atomic import write_atomic as one_helper  # temp + fsync + rename
+    one_helper(path, text)
 
 
 # ---- RNG state, per rank -----------------------------------------------------------------

@@ -5,13 +5,14 @@ a trained model must end clearly below it."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from data_tools.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,16 @@ def token_counts(data_dir: str | Path, split: str = "train") -> np.ndarray:
     """Count of each token id in a split's shards, one EOS per document included (the loader
     appends it to every document)."""
     data_dir = Path(data_dir)
-    manifest = json.loads((data_dir / "manifest.json").read_text())
-    tok = manifest["tokenizer"]
-    counts = np.zeros(tok["vocab_size"], dtype=np.int64)
-    for shard in manifest["splits"][split]["shards"]:
-        with pa.memory_map(str(data_dir / shard["file"])) as source:
+    manifest = Manifest.read(data_dir)  # ManifestError names the file and key
+    tok = manifest.tokenizer
+    counts = np.zeros(tok.vocab_size, dtype=np.int64)
+    for _, shard in manifest.shards(split):
+        with pa.memory_map(str(data_dir / shard.file)) as source:
             table = pa.ipc.open_file(source).read_all()
         for chunk in table.column("tokens").chunks:
             values = chunk.values.to_numpy(zero_copy_only=False)
             counts += np.bincount(values, minlength=counts.size)[: counts.size]
-            counts[tok["eos_id"]] += len(chunk)
+            counts[tok.eos_id] += len(chunk)
     return counts
 
 

@@ -39,9 +39,9 @@ def test_bad_records_are_skipped_counted_and_named(tmp_path, tokenizer, bad_json
     caplog.set_level("INFO")
     assert shard(tokenizer, tmp_path / "o", bad_jsonl) == 0
     m = read_manifest(tmp_path / "o")
-    assert m["skipped"] == {"empty": 1, "invalid_json": 1, "invalid_utf8": 2,
+    assert m.skipped == {"empty": 1, "invalid_json": 1, "invalid_utf8": 2,
                             "missing_field": 1, "non_string_field": 1, "not_object": 1}
-    assert m["splits"]["train"]["documents"] == 2
+    assert m.splits["train"].documents == 2
     err = caplog.text
     for line, reason in [(2, "invalid_json"), (3, "not_object"), (4, "missing_field"),
                          (5, "non_string_field"), (6, "invalid_utf8")]:
@@ -68,11 +68,11 @@ def test_txt_and_file_formats_skip_invalid_utf8_binary_empty(tmp_path, tokenizer
     (d / "empty.py").write_text("")
     (d / "huge.py").write_text("y = 1\n" * 2000)
     assert shard(tokenizer, tmp_path / "t", d / "a.txt") == 0
-    assert read_manifest(tmp_path / "t")["skipped"] == {"invalid_utf8": 1}
+    assert read_manifest(tmp_path / "t").skipped == {"invalid_utf8": 1}
     assert shard(tokenizer, tmp_path / "f", d, "--format", "file", "--max-doc-bytes", "10KB") == 0
     m = read_manifest(tmp_path / "f")
-    assert m["skipped"] == {"binary": 1, "empty": 1, "invalid_utf8": 2, "too_large": 1}
-    assert m["splits"]["train"]["documents"] == 1  # ok.py (a.txt is one doc with a bad byte)
+    assert m.skipped == {"binary": 1, "empty": 1, "invalid_utf8": 2, "too_large": 1}
+    assert m.splits["train"].documents == 1  # ok.py (a.txt is one doc with a bad byte)
 
 
 @pytest.mark.parametrize("suffix", [".gz", ".zst"])
@@ -84,8 +84,8 @@ def test_truncated_compressed_file_keeps_what_was_readable(tmp_path, tokenizer, 
     (tmp_path / f"cut.jsonl{suffix}").write_bytes(data[: len(data) * 3 // 4])
     assert shard(tokenizer, tmp_path / "o", tmp_path / f"cut.jsonl{suffix}") == 0
     m = read_manifest(tmp_path / "o")
-    assert m["skipped"] == {"truncated": 1}
-    assert 0 < m["splits"]["train"]["documents"] < len(texts)
+    assert m.skipped == {"truncated": 1}
+    assert 0 < m.splits["train"].documents < len(texts)
     assert f"cut.jsonl{suffix}:" in caplog.text and "truncated" in caplog.text
 
 
@@ -95,7 +95,7 @@ def test_corrupt_gzip_is_skipped(tmp_path, tokenizer):
     (tmp_path / "bad.txt.gz").write_bytes(bytes(data))
     (tmp_path / "ok.txt").write_text("fine\n")
     assert shard(tokenizer, tmp_path / "o", tmp_path / "bad.txt.gz", tmp_path / "ok.txt") == 0
-    assert read_manifest(tmp_path / "o")["skipped"] == {"corrupt_compressed": 1}
+    assert read_manifest(tmp_path / "o").skipped == {"corrupt_compressed": 1}
 
 
 def test_unreadable_file_is_skipped(tmp_path, tokenizer):
@@ -109,7 +109,7 @@ def test_unreadable_file_is_skipped(tmp_path, tokenizer):
         bad.chmod(0)
     assert shard(tokenizer, tmp_path / "o", tmp_path / "in", "--format", "txt") == 0
     m = read_manifest(tmp_path / "o")
-    assert m["skipped"] == {"unreadable": 1} and m["splits"]["train"]["documents"] == 1
+    assert m.skipped == {"unreadable": 1} and m.splits["train"].documents == 1
 
 
 @pytest.mark.parametrize("case", ["missing_path", "empty_folder", "glob_no_match",
@@ -146,12 +146,17 @@ def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
     assert "has no <|endoftext|> token" in capsys.readouterr().err
 
 
-def test_no_documents_at_all(tmp_path, tokenizer, capsys):
+def test_no_documents_at_all_leaves_nothing(tmp_path, tokenizer, capsys):
     (tmp_path / "bad.jsonl").write_text('{"text": ""}\nnot json\n')
     assert shard(tokenizer, tmp_path / "o", tmp_path / "bad.jsonl") == 2
     err = capsys.readouterr().err
     assert "no documents in 1 input files" in err and "empty 1, invalid_json 1" in err
-    assert not (tmp_path / "o" / "manifest.json").exists()
+    assert not (tmp_path / "o").exists()
+    assert shard(tokenizer, tmp_path / "a" / "b" / "o", tmp_path / "bad.jsonl") == 2
+    assert not (tmp_path / "a").exists()                  # parents it made go too
+    (tmp_path / "mine").mkdir()                           # a folder the user made stays
+    assert shard(tokenizer, tmp_path / "mine", tmp_path / "bad.jsonl") == 2
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
 def test_expand_inputs_order_dedup_and_excludes(tmp_path):
@@ -169,8 +174,8 @@ def test_tokenizer_without_pad_uses_eos_as_pad(tmp_path, tokenizer, corpus):
     del tok["model"]["vocab"]["<|pad|>"]
     (tmp_path / "t.json").write_text(json.dumps(tok))
     assert shard(tmp_path / "t.json", tmp_path / "o", corpus) == 0
-    info = read_manifest(tmp_path / "o")["tokenizer"]
-    assert info["pad_id"] == info["eos_id"] == 0
+    info = read_manifest(tmp_path / "o").tokenizer
+    assert info.pad_id == info.eos_id == 0
 
 
 def test_parquet_missing_or_non_string_column_and_nulls(tmp_path, tokenizer):
@@ -182,6 +187,6 @@ def test_parquet_missing_or_non_string_column_and_nulls(tmp_path, tokenizer):
     (tmp_path / "d.parquet").write_bytes(b"PAR1 not really parquet")
     assert shard(tokenizer, tmp_path / "o", tmp_path) == 0
     m = read_manifest(tmp_path / "o")
-    assert m["skipped"] == {"empty": 1, "missing_field": 2, "non_string_field": 1,
+    assert m.skipped == {"empty": 1, "missing_field": 2, "non_string_field": 1,
                             "unreadable": 1}
-    assert m["splits"]["train"]["documents"] == 1
+    assert m.splits["train"].documents == 1

@@ -19,8 +19,8 @@ def test_inspect_json_and_decode(tmp_path, tokenizer, capsys):
     report = json.loads(capsys.readouterr().out)
     m = read_manifest(out)
     train = report["splits"]["train"]
-    assert train["documents"] == 23 == m["splits"]["train"]["documents"]
-    assert train["tokens"] == m["splits"]["train"]["tokens"]
+    assert train["documents"] == 23 == m.splits["train"].documents
+    assert train["tokens"] == m.splits["train"].tokens
     assert train["bytes_per_token"] == round(train["text_bytes"] / train["tokens"], 4)
     p = train["length_percentiles"]
     shortest = len(Tokenizer.from_file(str(tokenizer)).encode("second").ids)

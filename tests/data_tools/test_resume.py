@@ -48,7 +48,7 @@ def reference(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_kill_9_then_rerun_gives_identical_output(tmp_path, reference, workers):
     args, ref = reference
-    n_train = len(read_manifest(ref)["splits"]["train"]["shards"])
+    n_train = len(read_manifest(ref).splits["train"].shards)
     assert n_train > 30
     out = tmp_path / "out"
     run = [*args, "--out", out, "--workers", workers]
@@ -62,7 +62,7 @@ def test_kill_9_then_rerun_gives_identical_output(tmp_path, reference, workers):
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr
     assert read_tree(out) == read_tree(ref)
-    assert read_manifest(out)["timing"]["resumed"] is True
+    assert read_manifest(out).timing["resumed"] is True
 
 
 def test_interrupted_folder_with_other_arguments_is_refused(tmp_path, tokenizer, capsys,
@@ -81,4 +81,23 @@ def test_interrupted_folder_with_other_arguments_is_refused(tmp_path, tokenizer,
     err = capsys.readouterr().err
     assert "interrupted run with other arguments" in err and "--val-fraction" in err
     assert cli(*args[:-1], "--overwrite") == 0  # without --strict: the bad line is skipped
-    assert read_manifest(tmp_path / "o")["skipped"] == {"invalid_json": 1}
+    assert read_manifest(tmp_path / "o").skipped == {"invalid_json": 1}
+
+
+def test_kill_9_with_a_val_token_budget(tmp_path, reference, tokenizer):
+    """The val candidates held in memory are part of each checkpoint: killed, resumed, the
+    folder equals an uninterrupted run's (--workers 2 against --workers 1)."""
+    args, _ = reference
+    args = [a for a in args if a not in ("--val-fraction", "0.05")] + ["--val-tokens", 30_000]
+    assert cli(*args, "--out", tmp_path / "ref", "--workers", "1") == 0
+    ref = read_manifest(tmp_path / "ref")
+    assert ref.splits["val"].tokens >= 30_000 and len(ref.splits["val"].shards) >= 2
+    out = tmp_path / "out"
+    run = [*args, "--out", out, "--workers", 2]
+    kill_when(start(run), out / "train" / "00010.arrow")
+    held = [p for p in (out / ".resume").iterdir() if p.name.startswith("pending-held")]
+    assert held, "the checkpoint holds the val candidates"
+    r = subprocess.run([sys.executable, "-m", "data_tools", *map(str, run)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr
+    assert read_tree(out) == read_tree(tmp_path / "ref")

@@ -21,9 +21,9 @@ def stored_docs(out):
     """All stored documents as lists of ids, in split/shard/row order."""
     m = read_manifest(out)
     docs = []
-    for info in m["splits"].values():
-        for s in info["shards"]:
-            with pa.memory_map(str(out / s["file"])) as src:
+    for info in m.splits.values():
+        for s in info.shards:
+            with pa.memory_map(str(out / s.file)) as src:
                 docs += pa.ipc.open_file(src).read_all().column("tokens").to_pylist()
     return docs
 
@@ -41,22 +41,22 @@ def test_round_trip_every_document(sharded, corpus):
     originals = sorted(json.loads(line)["text"] for line in corpus.read_text().splitlines())
     assert decoded == originals
     assert any("<|endoftext|>" in t for t in decoded)  # literal stays text, never the eos id
-    eos = read_manifest(sharded)["tokenizer"]["eos_id"]
+    eos = read_manifest(sharded).tokenizer.eos_id
     assert all(eos not in ids for ids in stored_docs(sharded))
 
 
 def test_manifest_matches_files(sharded):
     m = read_manifest(sharded)
-    assert m["dtype"] == "uint16" and m["skipped"] == {}
-    assert m["fingerprint"] == fingerprint(m)
-    assert sha256_file(sharded / "tokenizer.json") == m["tokenizer"]["sha256"]
-    assert len(m["splits"]["train"]["shards"]) > 3 and m["splits"]["val"]["documents"] > 0
-    for info in m["splits"].values():
-        assert info["documents"] == sum(s["documents"] for s in info["shards"])
-        for s in info["shards"]:
-            assert (sharded / s["file"]).stat().st_size == s["file_bytes"]
-            assert sha256_file(sharded / s["file"]) == s["sha256"]
-    assert "workers" not in m["args"] and "overwrite" not in m["args"]
+    assert m.dtype == "uint16" and m.skipped == {}
+    assert m.fingerprint == fingerprint(m)
+    assert sha256_file(sharded / "tokenizer.json") == m.tokenizer.sha256
+    assert len(m.splits["train"].shards) > 3 and m.splits["val"].documents > 0
+    for info in m.splits.values():
+        assert info.documents == sum(s.documents for s in info.shards)
+        for s in info.shards:
+            assert (sharded / s.file).stat().st_size == s.file_bytes
+            assert sha256_file(sharded / s.file) == s.sha256
+    assert "workers" not in m.args and "overwrite" not in m.args
     assert not (sharded / ".resume").exists()
 
 
@@ -70,8 +70,8 @@ def test_split_is_a_function_of_the_document(tmp_path, corpus, tokenizer, sharde
     lines = corpus.read_text().splitlines()
     (tmp_path / "rev.jsonl").write_text("\n".join(reversed(lines)) + "\n")
     assert shard(tmp_path / "rev.jsonl", tokenizer, tmp_path / "rev") == 0
-    a, b = read_manifest(sharded)["splits"], read_manifest(tmp_path / "rev")["splits"]
-    assert [a[s]["tokens"] for s in a] == [b[s]["tokens"] for s in b]
+    a, b = read_manifest(sharded).splits, read_manifest(tmp_path / "rev").splits
+    assert [a[s].tokens for s in a] == [b[s].tokens for s in b]
 
 
 def test_existing_folder_rules(tmp_path, sharded, corpus, tokenizer, capsys):
@@ -85,7 +85,7 @@ def test_existing_folder_rules(tmp_path, sharded, corpus, tokenizer, capsys):
     assert "other arguments" in err and "--max-doc-bytes" in err and "--overwrite" in err
     assert read_tree(out) == before
     assert shard(corpus, tokenizer, out, "--max-doc-bytes", "1MB", "--overwrite") == 0
-    assert read_manifest(out)["args"]["max_doc_bytes"] == 1 << 20
+    assert read_manifest(out).args["max_doc_bytes"] == 1 << 20
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "precious.txt").write_text("keep me")
     assert shard(corpus, tokenizer, tmp_path / "other") == 2
@@ -144,7 +144,7 @@ def test_vocab_over_65535_uses_uint32(tmp_path, tokenizer):
     assert cli("shard", tmp_path / "c.txt", "--tokenizer", tmp_path / "big.json", "--out",
                tmp_path / "o", "--workers", "1", "--val-fraction", "0") == 0
     m = read_manifest(tmp_path / "o")
-    assert m["dtype"] == "uint32" and m["tokenizer"]["vocab_size"] == 66_512
+    assert m.dtype == "uint32" and m.tokenizer.vocab_size == 66_512
     (ids,) = stored_docs(tmp_path / "o")
     assert max(ids) > 65535 and tok.decode(ids) == "a w65999 b w00000 c"
     assert cli("validate", tmp_path / "o") == 0

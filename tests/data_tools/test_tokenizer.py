@@ -14,10 +14,10 @@ from tests.data_tools.dt_util import REPO, cli, cli_subprocess, write_jsonl
 def test_special_tokens_and_sentinels_at_the_end(tokenizer):
     tok = Tokenizer.from_file(str(tokenizer))
     info = tokenizer_info(load_tokenizer(tokenizer), tokenizer)
-    assert tok.get_vocab_size() == 512 == info["vocab_size"]
-    assert (info["eos_id"], info["pad_id"], info["bos_id"]) == (0, 1, None)
-    assert info["sentinel_ids"] == [508, 509, 510, 511]
-    assert [tok.id_to_token(i) for i in info["sentinel_ids"]] == [f"<extra_id_{i}>" for i in range(4)]
+    assert tok.get_vocab_size() == 512 == info.vocab_size
+    assert (info.eos_id, info.pad_id, info.bos_id) == (0, 1, None)
+    assert info.sentinel_ids == [508, 509, 510, 511]
+    assert [tok.id_to_token(i) for i in info.sentinel_ids] == [f"<extra_id_{i}>" for i in range(4)]
 
 
 def test_deterministic_for_same_inputs(tmp_path, corpus, tokenizer):
@@ -47,7 +47,26 @@ def test_errors_before_work(tmp_path, capsys):
     assert cli("train-tokenizer", bad, "--vocab-size", 300, "--out", tmp_path / "t") == 2
     err = capsys.readouterr().err
     assert "no documents" in err and "empty 1" in err
-    assert not (tmp_path / "t" / "tokenizer.json").exists()
+    assert not (tmp_path / "t").exists()
+    (tmp_path / "blank.txt").write_text("\n  \n\n")  # no record at all, so nothing skipped
+    assert cli("train-tokenizer", tmp_path / "blank.txt", "--vocab-size", 300,
+               "--out", tmp_path / "t") == 2
+    err = capsys.readouterr().err
+    assert "no documents in 1 input files (skipped: none)" in err and "skipped: )" not in err
+    assert not (tmp_path / "t").exists()
+
+
+def option_blocks(help_text: str) -> dict[str, str]:
+    """'--name' -> its help text (the lines of one option in argparse's listing)."""
+    blocks, name = {}, None
+    for line in help_text.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            name = line.split()[0].split(",")[-1].strip() if "," in line.split()[0] else \
+                line.split()[0]
+            blocks[name] = line
+        elif name and line.startswith("    "):
+            blocks[name] += " " + line.strip()
+    return blocks
 
 
 def test_help_on_every_command(capsys):
@@ -56,7 +75,17 @@ def test_help_on_every_command(capsys):
     for cmd in ("train-tokenizer", "shard", "validate", "inspect"):
         with pytest.raises(SystemExit) as e:
             cli(cmd, "--help")
-        assert e.value.code == 0 and f"usage: python -m data_tools {cmd}" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and f"usage: python -m data_tools {cmd}" in out
+        assert "(default: None)" not in out and "(default: False)" not in out
+        for name, text in option_blocks(out).items():
+            assert text.count("default") <= 1, f"{cmd} {name}: {text}"   # said once at most
+    with pytest.raises(SystemExit):
+        cli("shard", "--help")
+    blocks = option_blocks(capsys.readouterr().out)
+    assert "default" not in blocks["--tokenizer"] and "default" not in blocks["--out"]
+    assert "(default: 256MB)" in blocks["--shard-size"]
+    assert "default 0.005 unless --val-tokens" in blocks["--val-fraction"]
 
 
 def test_data_tools_never_imports_torch_or_deepspeed():

@@ -35,7 +35,7 @@ def test_clean_folder_passes(clean):
 @pytest.mark.parametrize("where", [0.0, 0.37, 0.5, 0.999])
 def test_one_flipped_byte_in_any_shard_fails_naming_it(tmp_path, clean, where, capsys):
     m = read_manifest(clean)
-    shards = [s["file"] for info in m["splits"].values() for s in info["shards"]]
+    shards = [s.file for info in m.splits.values() for s in info.shards]
     for victim in shards:
         d = copy(clean, tmp_path / victim.replace("/", "_"))
         data = bytearray((d / victim).read_bytes())
@@ -52,14 +52,17 @@ def test_one_flipped_byte_in_any_shard_fails_naming_it(tmp_path, clean, where, c
 def test_token_id_out_of_range_is_caught(tmp_path, clean):
     d = copy(clean, tmp_path / "d")
     m = read_manifest(d)
-    entry = m["splits"]["train"]["shards"][0]
-    vocab = m["tokenizer"]["vocab_size"]
-    write_arrow(d / entry["file"], [np.array([1, 2, vocab], np.uint16)], "uint16")
-    entry.update(documents=1, tokens=3, file_bytes=(d / entry["file"]).stat().st_size,
-                 sha256=sha256_file(d / entry["file"]))
+    entry = m.splits["train"].shards[0]
+    vocab = m.tokenizer.vocab_size
+    write_arrow(d / entry.file, np.array([0, 3]), np.array([1, 2, vocab], np.uint16), "uint16")
+    entry.documents, entry.tokens = 1, 3
+    entry.file_bytes, entry.sha256 = (d / entry.file).stat().st_size, sha256_file(d / entry.file)
+    m.splits["train"].documents, m.splits["train"].tokens = (
+        sum(s.documents for s in m.splits["train"].shards),
+        sum(s.tokens for s in m.splits["train"].shards))
     write_manifest(d, m)
     problems = validate(d)
-    assert any(f"token id {vocab} >= vocab size {vocab}" in p and entry["file"] in p
+    assert any(f"token id {vocab} >= vocab size {vocab}" in p and entry.file in p
                for p in problems), problems
 
 
@@ -67,6 +70,10 @@ def test_missing_shard_and_bad_manifest(tmp_path, clean, capsys):
     d = copy(clean, tmp_path / "d")
     (d / "val" / "00000.arrow").unlink()
     assert any("val/00000.arrow: file is missing" in p for p in validate(d))
+    (d / "manifest.json").write_text(json.dumps({"format": "arrowtrain-shards",
+                                                 "format_version": 1}))
+    assert cli("validate", d) == 2
+    assert "manifest.json: missing key 'arrowtrain_version'" in capsys.readouterr().err
     (d / "manifest.json").write_text(json.dumps({"format": "x"}))
     assert cli("validate", d) == 2
-    assert "manifest.json: missing key 'format_version'" in capsys.readouterr().err
+    assert "manifest.json: key 'format' is 'x'" in capsys.readouterr().err

@@ -162,6 +162,21 @@ def test_refuses_other_format_version_and_edited_manifest(tmp_path, make_folder)
         open_folder(folder)
 
 
+def test_manifest_keys_are_checked_by_the_typed_model(tmp_path, make_folder):
+    """A hand-edited manifest: one message naming the file and every bad key."""
+    folder = make_folder(tmp_path / "d")
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["tokenizer"]["vocab"] = manifest["tokenizer"].pop("vocab_size")   # renamed key
+    manifest["splits"]["val"]["shards"][0]["tokens"] = "400"                   # a string
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DataError) as e:
+        open_folder(folder)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ") and "missing key 'tokenizer.vocab_size'" in msg
+    assert "unknown key 'tokenizer.vocab'" in msg and "'splits.val.shards[0].tokens'" in msg
+
+
 def test_refuses_missing_folder_and_mixed_tokenizers(tmp_path, make_folder):
     with pytest.raises(DataError, match="no such shard folder"):
         open_folder(tmp_path / "nope")

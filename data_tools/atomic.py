@@ -1,0 +1,67 @@
+"""The one atomic-write helper of the project (data_tools and pretrain use it; torch-free).
+
+A file is written to a temp name in the same folder, flushed and fsynced, then renamed over
+the target, and the folder is fsynced so the rename itself survives a power cut. A reader sees
+the old file or the complete new one, never a part. On any error the temp file is removed and
+the target is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARK = ".tmp"
+
+
+def temp_name(path: Path) -> Path:
+    """`.NAME.tmpPID` next to `path`: hidden, unique per process (two ranks never collide)."""
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for a name temp_name() makes (a leftover of a killed writer)."""
+    return name.startswith(".") and TMP_MARK in name and name.rsplit(TMP_MARK, 1)[1].isdigit()
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a folder by path; a filesystem that cannot fsync folders is tolerated."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else os.O_RDONLY
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. EINVAL for folders on some network filesystems
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path to write `path`'s content to (by any writer that wants a path: pyarrow,
+    tokenizers, shutil); on success it is fsynced and renamed over `path`."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Replace `path` with `data` (str as UTF-8) atomically."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(raw)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """JSON (indent 1, keys in the given order, trailing newline) written atomically."""
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")

@@ -1,0 +1,47 @@
+"""The shards (Arrow IPC *file* format) in Hugging Face `datasets`: the README's one-liners work
+and give the same rows as pyarrow; `Dataset.from_file` expects the IPC *stream* format."""
+
+import datasets  # the dev extra installs it (pyproject.toml)
+import pyarrow as pa
+import pytest
+
+from tests.data_tools.dt_util import cli
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, corpus, tokenizer):
+    out = tmp_path_factory.mktemp("hf") / "data"
+    assert cli("shard", corpus, "--tokenizer", tokenizer, "--out", out, "--workers", "1",
+               "--shard-size", "64KB", "--val-fraction", "0.1") == 0
+    return out
+
+
+def pyarrow_rows(paths) -> list[list[int]]:
+    rows = []
+    for p in paths:
+        rows += pa.ipc.open_file(str(p)).read_all().column("tokens").to_pylist()
+    return rows
+
+
+def test_one_shard_memory_mapped(folder):
+    path = str(folder / "train" / "00000.arrow")
+    # the README's one-liner: zero copy, the file stays memory-mapped
+    ds = datasets.Dataset(pa.ipc.open_file(pa.memory_map(path)).read_all())
+    assert ds.column_names == ["tokens"] and ds.num_rows > 0
+    assert ds[:]["tokens"] == pyarrow_rows([path])
+    assert ds.with_format("numpy")[0]["tokens"].tolist() == pyarrow_rows([path])[0]
+
+
+def test_a_whole_split_with_load_dataset(folder, tmp_path):
+    files = sorted(str(p) for p in (folder / "train").glob("*.arrow"))
+    assert len(files) > 1
+    ds = datasets.load_dataset("arrow", data_files={"train": files}, split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert [r["tokens"] for r in ds] == pyarrow_rows(files)
+
+
+def test_from_file_wants_the_stream_format(folder):
+    """Why the README does not show Dataset.from_file: it reads the IPC stream format only. If a
+    future `datasets` reads the file format too, this fails and the README can say so."""
+    with pytest.raises(pa.ArrowInvalid):
+        datasets.Dataset.from_file(str(folder / "train" / "00000.arrow"))
