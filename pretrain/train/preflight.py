@@ -48,17 +48,16 @@ class FolderFacts:
 
 
 def read_folder(folder: Path) -> FolderFacts:
-    """The one place this module reads a manifest (raises ManifestError, KeyError, TypeError
-    or ValueError on a malformed one)."""
+    """The one place this module reads a manifest (the typed `Manifest`; raises ManifestError
+    naming the file and key on a malformed one)."""
     m = read_manifest(folder)
-    tok = m["tokenizer"]
-    splits = m["splits"]
+    tok = m.tokenizer
     return FolderFacts(
-        folder=folder, vocab_size=int(tok["vocab_size"]), tokenizer_sha256=str(tok["sha256"]),
-        tokenizer_file=folder / str(tok.get("file") or "tokenizer.json"), dtype=str(m["dtype"]),
-        sentinels=len(tok.get("sentinel_ids") or []),
-        stream_tokens={s: int(splits[s]["tokens"]) + int(splits[s]["documents"])
-                       if s in splits else 0 for s in SPLITS})
+        folder=folder, vocab_size=tok.vocab_size, tokenizer_sha256=tok.sha256,
+        tokenizer_file=folder / (tok.file or "tokenizer.json"), dtype=m.dtype,
+        sentinels=len(tok.sentinel_ids),
+        stream_tokens={s: m.splits[s].tokens + m.splits[s].documents if s in m.splits else 0
+                       for s in SPLITS})
 
 
 def resolve_paths(cfg: RunConfig) -> RunConfig:
@@ -117,9 +116,6 @@ def _read_folders(data: DataConfig) -> tuple[list[FolderFacts], list[Problem]]:
                 facts.append(read_folder(folder))
             except ManifestError as e:
                 problems.append(Problem(f"data.path: {e}", ("data.path",)))
-            except (KeyError, TypeError, ValueError) as e:
-                problems.append(Problem(f"data.path: {folder}/manifest.json is malformed "
-                                        f"({type(e).__name__}: {e})", ("data.path",)))
     return facts, problems
 
 
