@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from pretrain.model.config import EveryN, ModelConfig, padded_vocab_size
+from pretrain.model.config import ModelConfig, padded_vocab_size, saved_model_config
 from pretrain.model.decoder import DecoderLM
 from pretrain.model.encdec import EncoderDecoder
 from pretrain.model.flops import PEAK_BF16_FLOPS, flops_per_token, mfu, peak_flops
 from pretrain.model.generate import generate
 
 __all__ = [
-    "PEAK_BF16_FLOPS", "DecoderLM", "EncoderDecoder", "EveryN", "ModelConfig", "build_model",
+    "PEAK_BF16_FLOPS", "DecoderLM", "EncoderDecoder", "ModelConfig", "build_model",
     "count_parameters", "flops_per_token", "generate", "mfu", "padded_vocab_size", "peak_flops",
+    "saved_model_config",
 ]
 
 

@@ -13,7 +13,7 @@ of them come out in one error.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -27,13 +27,11 @@ def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-n_tokens // multiple) * multiple
 
 
-class EveryN(Section):
-    """`activation_checkpointing: {every_n: k}` checkpoints blocks 0, k, 2k, ..."""
-
-    every_n: int = Field(ge=1)
-
-
-Checkpointing = Literal["none", "full", "selective"] | EveryN
+# Keys that left this section: a config still naming one gets "moved to ..." under that key.
+MOVED_KEYS = {
+    "activation_checkpointing": "train.activation_checkpointing (it changes no parameter: the "
+                                "trainer applies it from outside the model)",
+}
 
 
 class ModelConfig(Section):
@@ -61,8 +59,9 @@ class ModelConfig(Section):
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
     init: Literal["scaled_normal", "xavier"] = "scaled_normal"
     init_std: float = Field(default=0.02, gt=0.0)
-    activation_checkpointing: Checkpointing = "none"
     doc_masking: bool = Field(default=False, validate_default=True)
+    # Moved away (see MOVED_KEYS); never set, never dumped: only here to name its new place.
+    activation_checkpointing: Any = Field(default=None, exclude=True, repr=False)
 
     # --- cross-field checks (each sees the fields declared above it in info.data) ---
 
@@ -105,6 +104,11 @@ class ModelConfig(Section):
             raise ValueError(f"sinusoidal positions need an even d_model, got {d}")
         return v
 
+    @field_validator("activation_checkpointing")
+    @classmethod
+    def _moved(cls, v: Any, info: ValidationInfo) -> None:
+        raise ValueError(f"moved to {MOVED_KEYS[info.field_name]}")
+
     @field_validator("doc_masking")
     @classmethod
     def _doc_masking_is_decoder_only(cls, v: bool, info: ValidationInfo) -> bool:
@@ -132,9 +136,8 @@ class ModelConfig(Section):
             return self.n_layers
         return self.n_encoder_layers + self.n_decoder_layers
 
-    def checkpointed(self, index: int) -> bool:
-        """Whether block `index` (counted within its stack) recomputes its whole forward."""
-        ac = self.activation_checkpointing
-        if isinstance(ac, EveryN):
-            return index % ac.every_n == 0
-        return ac == "full"
+
+def saved_model_config(data: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from a checkpoint's or export's saved config: keys that have since moved
+    out of this section (they never changed a parameter) are dropped, so old runs still load."""
+    return ModelConfig.model_validate({k: v for k, v in data.items() if k not in MOVED_KEYS})

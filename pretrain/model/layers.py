@@ -7,7 +7,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
@@ -70,8 +69,7 @@ class Attention(nn.Module):
     SDPA boolean mask (True = attend) or None; `causal` takes the is_causal fast path.
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float,
-                 selective_checkpoint: bool = False):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
@@ -80,7 +78,6 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj.is_residual_out = True  # scaled init
         self.dropout = dropout
-        self.selective_checkpoint = selective_checkpoint
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -103,13 +100,8 @@ class Attention(nn.Module):
 
     def _core(self, q, k, v, mask, causal):
         p = self.dropout if self.training else 0.0
-
-        def sdpa(q, k, v, mask):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                                  is_causal=causal and mask is None)
-        if self.selective_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(sdpa, q, k, v, mask, use_reentrant=False)
-        return sdpa(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                              is_causal=causal and mask is None)
 
 
 # ----------------------------------------------------------------------------- feed-forward

@@ -22,6 +22,7 @@ from pretrain.configlib import (
 )
 from pretrain.data import DataConfig
 from pretrain.model import ModelConfig
+from pretrain.train.parallelize import ActivationCheckpointing, CompileMode, CompileScope
 
 
 class OptimConfig(Section):
@@ -54,7 +55,12 @@ class TrainConfig(Section):
     max_steps: int = Field(..., gt=0)
     global_batch_size: int = Field(..., gt=0, description="samples per optimizer step, all ranks")
     micro_batch_size: int = Field(..., gt=0, description="samples per forward, per rank")
+    # Applied to the model from outside (pretrain/train/parallelize.py):
+    activation_checkpointing: ActivationCheckpointing = Field(
+        default_factory=ActivationCheckpointing)
     compile: bool = False
+    compile_scope: CompileScope = "engine"
+    compile_mode: CompileMode = "default"
     stop_at_step: int | None = Field(
         None, gt=0, description="save and exit 75 (resume me) on reaching this step")
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from pretrain.configlib import deep_merge
 from pretrain.train.config import RunConfig
+from pretrain.train.parallelize import compile_engine, parallelize
 from pretrain.train.schedule import build_scheduler
 
 
@@ -128,6 +129,7 @@ def initialize(model: nn.Module, cfg: RunConfig, world_size: int):
     Returns (engine, lr_scheduler)."""
     import deepspeed
 
+    model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
     groups = param_groups(model, cfg.optim.weight_decay)
     ds_config = deepspeed_config(cfg, world_size)
     if cfg.deepspeed.offload_optimizer:
@@ -139,6 +141,5 @@ def initialize(model: nn.Module, cfg: RunConfig, world_size: int):
     engine, _, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=groups,
         lr_scheduler=scheduler, config=ds_config)
-    if cfg.train.compile:
-        engine.compile()
+    compile_engine(engine, cfg.train)  # train.compile_scope engine
     return engine, lr_scheduler

@@ -1,0 +1,216 @@
+"""Run options applied to the plain model from outside, once, before `deepspeed.initialize`
+(torchtitan's "parallelize" step): activation checkpointing by policy and where `torch.compile`
+goes. The model code (pretrain/model/) knows nothing of either.
+
+    train.activation_checkpointing  none | full | selective | {every_n: k}
+                                    | {mode: selective, selective_mm: every_second}
+    train.compile                   false | true
+    train.compile_scope             engine: DeepSpeed's engine.compile() after initialize (the
+                                            whole module, DeepSpeed's hooks on it included)
+                                    model:  the model's forward, before initialize (the hooks
+                                            DeepSpeed adds stay eager)
+                                    blocks: each Transformer block, before initialize (torchtitan)
+    train.compile_mode              default | reduce-overhead | max-autotune
+                                    | max-autotune-no-cudagraphs
+
+Checkpointing changes a block's class in place (as FSDP2's `fully_shard` does) instead of
+wrapping it in another module, so parameter names and state-dict keys stay the same: checkpoints,
+export and resume are unaffected by the policy, which may change between restarts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+from torch.utils.checkpoint import checkpoint, noop_context_fn
+
+from pretrain.configlib import Section
+from pretrain.model.blocks import Stack
+
+if TYPE_CHECKING:
+    from pretrain.train.config import RunConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+CompileScope = Literal["engine", "model", "blocks"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+class ActivationCheckpointing(Section):
+    """Which blocks recompute their forward during backward, and what they keep.
+
+    none      keep every activation (fastest, most memory)
+    full      every block keeps only its input and recomputes everything
+    every_n   blocks 0, n, 2n, ... of each stack recompute fully, the others keep everything
+    selective every block keeps the outputs of its matmuls and of attention and recomputes the
+              cheap pointwise ops (norms, activations, dropout, rotary, residual adds) — an
+              op-level policy (torch's selective-checkpoint contexts, as torchtitan);
+              `selective_mm: every_second` also recomputes every second matmul (torchtitan)
+    A plain string (`full`) or `{every_n: k}` is short for `{mode: ...}`.
+    """
+
+    mode: Literal["none", "full", "every_n", "selective"] = "none"
+    every_n: int | None = Field(None, ge=1, description="mode every_n: checkpoint 1 block in n")
+    selective_mm: Literal["all", "every_second"] = Field(
+        "all", description="mode selective: which matmul outputs are kept")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"mode": data}
+        if isinstance(data, dict) and "mode" not in data and "every_n" in data:
+            return {**data, "mode": "every_n"}
+        return data
+
+    @model_validator(mode="after")
+    def _options_match_mode(self):
+        if self.mode == "every_n" and self.every_n is None:
+            raise ValueError("mode every_n needs every_n: k (checkpoint blocks 0, k, 2k, ...)")
+        if self.mode != "every_n" and self.every_n is not None:
+            raise ValueError(f"every_n applies to mode every_n, not {self.mode}")
+        if self.mode != "selective" and self.selective_mm != "all":
+            raise ValueError(f"selective_mm applies to mode selective, not {self.mode}")
+        return self
+
+    def checkpointed(self, index: int) -> bool:
+        """Whether block `index` (counted within its stack) is checkpointed at all."""
+        if self.mode == "every_n":
+            return index % self.every_n == 0
+        return self.mode in ("full", "selective")
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+class _Checkpointed:
+    """Mixed into a block's class: while training with gradients (and not decoding with a KV
+    cache) its forward runs under non-reentrant torch.utils.checkpoint. `_ac_context_fn` decides
+    what is kept inside the block (`noop_context_fn`: nothing but the block's inputs)."""
+
+    _ac_context_fn = staticmethod(noop_context_fn)
+
+    def forward(self, x: torch.Tensor, **kw) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled()) or kw.get("cache") is not None:
+            return super().forward(x, **kw)
+        return checkpoint(super().forward, x, use_reentrant=False,
+                          context_fn=self._ac_context_fn, **kw)
+
+
+_CHECKPOINTED_CLASSES: dict[type, type] = {}
+
+
+def _checkpointed_class(cls: type) -> type:
+    if issubclass(cls, _Checkpointed):
+        return cls
+    if cls not in _CHECKPOINTED_CLASSES:
+        _CHECKPOINTED_CLASSES[cls] = type(f"Checkpointed{cls.__name__}", (_Checkpointed, cls), {})
+    return _CHECKPOINTED_CLASSES[cls]
+
+
+def _matmul_and_attention_ops() -> tuple[set, set]:
+    """(matmuls, every op whose output `selective` keeps): aten matmuls and the fused attention
+    kernels SDPA dispatches to, looked up by name so a build without one still works; plus
+    flex_attention's higher-order op."""
+    aten = torch.ops.aten
+    matmuls = {getattr(aten, n).default for n in ("mm", "addmm", "bmm", "_scaled_mm")
+               if hasattr(aten, n)}
+    attention = {getattr(aten, n).default for n in (
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_fused_attention_overrideable") if hasattr(aten, n)}
+    try:
+        importlib.import_module("torch.nn.attention.flex_attention")  # registers the op
+        attention.add(torch.ops.higher_order.flex_attention)
+    except (ImportError, AttributeError):
+        pass
+    return matmuls, matmuls | attention
+
+
+def selective_context_fn(every_second_mm: bool = False):
+    """A checkpoint `context_fn` for the op-level policy: keep matmul and attention outputs,
+    recompute the rest. With `every_second_mm`, matmuls 2, 4, ... of each block call are
+    recomputed too (counted separately in the forward and in the recomputation, which must
+    decide alike)."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    matmuls, keep = _matmul_and_attention_ops()
+
+    def context_fn():
+        seen = {False: 0, True: 0}  # matmuls so far: in the forward, in the recomputation
+
+        def policy(ctx, func, *args, **kwargs):
+            if func in matmuls:
+                seen[ctx.is_recompute] += 1
+                if every_second_mm and seen[ctx.is_recompute] % 2 == 0:
+                    return CheckpointPolicy.PREFER_RECOMPUTE
+            return CheckpointPolicy.MUST_SAVE if func in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+        return create_selective_checkpoint_contexts(policy)
+
+    return context_fn
+
+
+def transformer_stacks(model: nn.Module) -> list[nn.ModuleList]:
+    """The block lists of the model's stacks (decoder: one; encoder-decoder: two)."""
+    return [m.blocks for m in model.modules() if isinstance(m, Stack)]
+
+
+def apply_activation_checkpointing(model: nn.Module, ac: ActivationCheckpointing) -> int:
+    """Checkpoint the blocks `ac` selects, in place; returns how many."""
+    context_fn = (selective_context_fn(ac.selective_mm == "every_second")
+                  if ac.mode == "selective" else noop_context_fn)
+    count = 0
+    for blocks in transformer_stacks(model):
+        for i, block in enumerate(blocks):
+            if ac.checkpointed(i):
+                block.__class__ = _checkpointed_class(type(block))
+                block._ac_context_fn = context_fn
+                count += 1
+    return count
+
+
+# ----------------------------------------------------------------------------- compilation
+
+def _compile_kwargs(mode: CompileMode) -> dict[str, Any]:
+    return {} if mode == "default" else {"mode": mode}
+
+
+def apply_compile(model: nn.Module, scope: CompileScope, mode: CompileMode = "default",
+                  backend: str = "inductor") -> None:
+    """torch.compile before the engine exists, in place (parameter names unchanged):
+    `blocks` compiles each block's call, `model` the model's forward."""
+    kwargs = {**_compile_kwargs(mode), "backend": backend}
+    if scope == "blocks":
+        for blocks in transformer_stacks(model):
+            for block in blocks:
+                block.compile(**kwargs)
+    elif scope == "model":
+        model.forward = torch.compile(model.forward, **kwargs)
+    else:
+        raise ValueError(f"compile scope {scope!r} is applied by compile_engine()")
+
+
+def parallelize(model: nn.Module, cfg: RunConfig) -> nn.Module:
+    """Everything done to the plain model before deepspeed.initialize: activation checkpointing,
+    then compilation when train.compile_scope is blocks or model. Returns `model`."""
+    train, ac = cfg.train, cfg.train.activation_checkpointing
+    count = apply_activation_checkpointing(model, ac)
+    total = sum(len(blocks) for blocks in transformer_stacks(model))
+    detail = f" ({ac.selective_mm} matmuls kept)" if ac.mode == "selective" else ""
+    log.info("activation checkpointing %s%s: %d of %d blocks", ac.mode, detail, count, total)
+    if train.compile and train.compile_scope != "engine":
+        apply_compile(model, train.compile_scope, train.compile_mode)
+        log.info("compiled before the engine: scope %s, mode %s", train.compile_scope,
+                 train.compile_mode)
+    return model
+
+
+def compile_engine(engine: Any, train: TrainConfig) -> None:
+    """train.compile_scope engine: DeepSpeed's engine.compile() once the engine exists."""
+    if train.compile and train.compile_scope == "engine":
+        engine.compile(compile_kwargs=_compile_kwargs(train.compile_mode))
