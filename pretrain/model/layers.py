@@ -92,16 +92,16 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, kv, past + T, hd)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = self._core(q, k, v, mask, causal)  # (B, h, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _core(self, q, k, v, mask, causal):
+        """Grouped-query heads share K/V inside the kernel (`enable_gqa`, torch >= 2.5): no
+        repeated copy of k and v is made (the math fallback still repeats them)."""
         p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                              is_causal=causal and mask is None)
+                                              is_causal=causal and mask is None,
+                                              enable_gqa=self.n_kv_heads != self.n_heads)
 
 
 # ----------------------------------------------------------------------------- feed-forward
