@@ -7,6 +7,9 @@ Style switches (defaults are GPT-2's):
   tie_embeddings  output projection shares the token embedding (encdec: also source = target)
   init            scaled_normal (GPT-2/Llama: N(0, init_std), residual projections / sqrt(2L))
                   | xavier (the 2017 Transformer)
+Document masking (`doc_masking`, packed decoder rows): `doc_mask_kernel` flex (a flex_attention
+BlockMask: tiles with no allowed pair are skipped, fused kernels when compiled on a GPU) | dense
+(a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on CUDA, dense elsewhere).
 Cross-field checks are field validators, so each problem is reported under its own key and all
 of them come out in one error.
 """
@@ -60,6 +63,8 @@ class ModelConfig(Section):
     init: Literal["scaled_normal", "xavier"] = "scaled_normal"
     init_std: float = Field(default=0.02, gt=0.0)
     doc_masking: bool = Field(default=False, validate_default=True)
+    # Kernel for document masking: auto = flex on a GPU (dropout 0), dense elsewhere.
+    doc_mask_kernel: Literal["auto", "flex", "dense"] = "auto"
     # Moved away (see MOVED_KEYS); never set, never dumped: only here to name its new place.
     activation_checkpointing: Any = Field(default=None, exclude=True, repr=False)
 
@@ -116,6 +121,14 @@ class ModelConfig(Section):
             raise ValueError("document masking applies to packed decoder batches only")
         return v
 
+    @field_validator("doc_mask_kernel")
+    @classmethod
+    def _flex_has_no_dropout(cls, v: str, info: ValidationInfo) -> str:
+        if v == "flex" and info.data.get("dropout"):
+            raise ValueError("flex_attention has no attention dropout: use dense (or auto), "
+                             "or dropout 0")
+        return v
+
     # --- derived values ---
 
     @property
@@ -129,6 +142,12 @@ class ModelConfig(Section):
     @property
     def ffn_dim(self) -> int:
         return self.d_ff or 4 * self.d_model
+
+    def doc_kernel(self, device_type: str) -> str:
+        """The document-masking kernel used on a device: "flex" or "dense"."""
+        if self.doc_mask_kernel == "auto":
+            return "flex" if device_type == "cuda" and not self.dropout else "dense"
+        return self.doc_mask_kernel
 
     @property
     def total_layers(self) -> int:

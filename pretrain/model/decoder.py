@@ -12,7 +12,13 @@ from torch import nn
 
 from pretrain.model.blocks import Positions, Stack
 from pretrain.model.config import ModelConfig
-from pretrain.model.layers import doc_causal_mask, init_weights, make_norm, positions_from_doc_ids
+from pretrain.model.layers import (
+    doc_block_mask,
+    doc_causal_mask,
+    init_weights,
+    make_norm,
+    positions_from_doc_ids,
+)
 
 
 class DecoderLM(nn.Module):
@@ -38,7 +44,7 @@ class DecoderLM(nn.Module):
         self.positions.check(T, offset)
         if self.cfg.doc_masking and doc_ids is not None and caches is None:
             pos = positions_from_doc_ids(doc_ids)  # (B, T), restarts at each document
-            mask, causal = doc_causal_mask(doc_ids), False  # (B, 1, T, T)
+            mask, causal = self._doc_mask(doc_ids), False  # one mask for every layer
         else:
             pos = torch.arange(offset, offset + T, device=input_ids.device)  # (T,)
             mask = self._cache_mask(T, offset, input_ids.device)
@@ -55,6 +61,12 @@ class DecoderLM(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
                                ignore_index=-100, label_smoothing=self.cfg.label_smoothing)
         return {"loss": loss, "logits": logits}
+
+    def _doc_mask(self, doc_ids: torch.Tensor):
+        """A flex BlockMask or the dense (B, 1, T, T) boolean mask (cfg.doc_mask_kernel)."""
+        if self.cfg.doc_kernel(doc_ids.device.type) == "flex":
+            return doc_block_mask(doc_ids)
+        return doc_causal_mask(doc_ids)
 
     @staticmethod
     def _cache_mask(T: int, offset: int, device) -> torch.Tensor | None:

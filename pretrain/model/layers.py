@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 
 import torch
@@ -60,13 +62,49 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
+# flex_attention (torch >= 2.5) is imported on first use only. Uncompiled it materialises the
+# full score matrix, so on a GPU both it and the mask builder run through torch.compile.
+
+def _flex():
+    return importlib.import_module("torch.nn.attention.flex_attention")
+
+
+@functools.cache
+def _compiled(name: str):
+    return torch.compile(getattr(_flex(), name), dynamic=False)
+
+
+def _flex_fn(name: str, device: torch.device):
+    return _compiled(name) if device.type == "cuda" else getattr(_flex(), name)
+
+
+def doc_block_mask(doc_ids: torch.Tensor):
+    """(B, T) doc ids -> a flex_attention BlockMask with doc_causal_mask's rule. Build it once
+    per forward and pass it to every layer: only the 128x128 tiles holding an allowed pair are
+    computed, the rest of the T x T square is skipped."""
+    B, T = doc_ids.shape
+
+    def same_doc_not_future(b, h, q, kv):
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+
+    create = _flex_fn("create_block_mask", doc_ids.device)
+    return create(same_doc_not_future, B, None, T, T, device=doc_ids.device)
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
+    """q (B, h, T, hd), k/v (B, kv, T, hd) -> (B, h, T, hd) under a BlockMask."""
+    fn = _flex_fn("flex_attention", q.device)
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
 # ----------------------------------------------------------------------------- attention
 
 class Attention(nn.Module):
     """Multi-head attention with grouped-query heads, through SDPA (flash kernels on GPU).
 
     Self-attention when `memory` is None, cross-attention over `memory` otherwise. `mask` is an
-    SDPA boolean mask (True = attend) or None; `causal` takes the is_causal fast path.
+    SDPA boolean mask (True = attend), a flex_attention BlockMask (doc_block_mask), or None;
+    `causal` takes the is_causal fast path.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float):
@@ -98,10 +136,12 @@ class Attention(nn.Module):
     def _core(self, q, k, v, mask, causal):
         """Grouped-query heads share K/V inside the kernel (`enable_gqa`, torch >= 2.5): no
         repeated copy of k and v is made (the math fallback still repeats them)."""
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a flex BlockMask
+            return flex_attention(q, k, v, mask, enable_gqa=gqa)
         p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                              is_causal=causal and mask is None,
-                                              enable_gqa=self.n_kv_heads != self.n_heads)
+                                              is_causal=causal and mask is None, enable_gqa=gqa)
 
 
 # ----------------------------------------------------------------------------- feed-forward

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint, noop_context_fn
 
-from pretrain.configlib import Section
+from pretrain.configlib import ConfigError, Section
 from pretrain.model.blocks import Stack
 
 if TYPE_CHECKING:
@@ -199,6 +199,10 @@ def parallelize(model: nn.Module, cfg: RunConfig) -> nn.Module:
     """Everything done to the plain model before deepspeed.initialize: activation checkpointing,
     then compilation when train.compile_scope is blocks or model. Returns `model`."""
     train, ac = cfg.train, cfg.train.activation_checkpointing
+    if cfg.model.doc_masking and cfg.model.doc_mask_kernel == "flex" and not torch.cuda.is_available():
+        raise ConfigError(["model.doc_mask_kernel: flex needs a GPU to train (torch's "
+                           "flex_attention has no backward on CPU); use auto (dense on CPU) or "
+                           "dense"])
     count = apply_activation_checkpointing(model, ac)
     total = sum(len(blocks) for blocks in transformer_stacks(model))
     detail = f" ({ac.selective_mm} matmuls kept)" if ac.mode == "selective" else ""

@@ -18,6 +18,7 @@ from pretrain.model.blocks import Block
 from pretrain.train.config import build_run_config
 from pretrain.train.parallelize import (
     ActivationCheckpointing,
+    _matmul_and_attention_ops,
     apply_activation_checkpointing,
     apply_compile,
     parallelize,
@@ -89,6 +90,31 @@ def test_every_policy_gives_identical_gradients_and_holds_less(name):
     assert held["full"] < held[str({"every_n": 2})]
     every_second = str({"mode": "selective", "selective_mm": "every_second"})
     assert held["full"] < held[every_second] < held["selective"]
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_policies_over_flex_document_masking(flex_backward_on_cpu):
+    """llama-tiny (GQA, RoPE) with packed documents through flex_attention: the policies give
+    the losses and gradients of no checkpointing, and selective keeps flex's output (its
+    higher-order op is on the keep list)."""
+    cfg = tiny("llama-tiny", doc_masking=True, doc_mask_kernel="flex")
+    batch = _batch(cfg, T=64)
+    batch["doc_ids"] = torch.tensor([[0] * 20 + [1] * 44, [0] * 64]).int()
+
+    def run(mode):
+        model = _model(cfg, mode)
+        torch.manual_seed(1)
+        loss = model(**batch)["loss"]
+        loss.backward()
+        return loss.item(), {n: p.grad for n, p in model.named_parameters()}
+
+    want_loss, want_grads = run("none")
+    for mode in ("selective", "full"):
+        loss, grads = run(mode)
+        assert loss == want_loss, mode
+        for n, g in grads.items():
+            assert torch.equal(g, want_grads[n]), f"{mode}: gradient of {n} differs"
+    assert torch.ops.higher_order.flex_attention in _matmul_and_attention_ops()[1]
 
 
 def test_selective_keeps_matmul_outputs_and_recomputes_pointwise_ops():
@@ -179,6 +205,14 @@ def test_config_forms_and_errors():
             _run_cfg(activation_checkpointing=bad)
     with pytest.raises(ConfigError, match="train.compile_scope"):
         _run_cfg(compile_scope="layers")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_flex_document_masking_is_refused_for_cpu_training():
+    cfg = _run_cfg()
+    cfg.model.doc_masking, cfg.model.doc_mask_kernel = True, "flex"
+    with pytest.raises(ConfigError, match="model.doc_mask_kernel: flex needs a GPU"):
+        parallelize(build_model(cfg.model), cfg)
 
 
 def test_trainer_applies_the_policy_and_matches_the_straight_run(straight_run, runs, tiny_data,
