@@ -7,6 +7,8 @@ Style switches (defaults are GPT-2's):
   tie_embeddings  output projection shares the token embedding (encdec: also source = target)
   init            scaled_normal (GPT-2/Llama: N(0, init_std), residual projections / sqrt(2L))
                   | xavier (the 2017 Transformer)
+Loss (`loss`): plain (full logits, then cross-entropy on an fp32 copy) | chunked (row chunks of
+`loss_chunk_rows`; no (B·T, V) tensor ever exists). Same result; see pretrain/model/loss.py.
 Document masking (`doc_masking`, packed decoder rows): `doc_mask_kernel` flex (a flex_attention
 BlockMask: tiles with no allowed pair are skipped, fused kernels when compiled on a GPU) | dense
 (a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on CUDA, dense elsewhere).
@@ -50,6 +52,8 @@ class ModelConfig(Section):
     n_decoder_layers: int | None = Field(default=None, ge=1, validate_default=True)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    loss: Literal["plain", "chunked"] = "plain"  # see pretrain/model/loss.py
+    loss_chunk_rows: int = Field(default=4096, ge=1)  # chunked: rows of logits at a time
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = Field(default=1e-5, gt=0.0)
@@ -148,6 +152,11 @@ class ModelConfig(Section):
         if self.doc_mask_kernel == "auto":
             return "flex" if device_type == "cuda" and not self.dropout else "dense"
         return self.doc_mask_kernel
+
+    @property
+    def chunk_rows(self) -> int | None:
+        """Rows per chunk of the chunked loss, or None for the plain one."""
+        return self.loss_chunk_rows if self.loss == "chunked" else None
 
     @property
     def total_layers(self) -> int:
