@@ -1,7 +1,8 @@
 """Activation memory (issue 9): what one training forward + backward of a plain-PyTorch model
 keeps for backward, and its peak, under each activation-checkpointing policy of
 pretrain/train/parallelize.py (none / full / every-2 / selective / selective with every second
-matmul recomputed).
+matmul recomputed); and the peak of the loss alone (output projection + cross-entropy on the
+model's B·T x d_model final states), plain vs chunked (pretrain/model/loss.py).
 
     python benchmarks/activation_memory.py                           # gpt2-124m, 2 x 512, fp32
     python benchmarks/activation_memory.py --batch 4 --seq-len 1024 --rss   # the issue's shape
@@ -87,6 +88,36 @@ def measure(args, policy: str, device: torch.device) -> dict:
     return out
 
 
+def measure_loss(args, device: torch.device) -> list[dict]:
+    """Loss forward + backward alone: hidden (B·T, C) @ W (V, C)^T -> mean cross-entropy."""
+    from pretrain.model.loss import chunked_linear_cross_entropy, cross_entropy
+
+    cfg = load_cfg(args)
+    g = torch.Generator().manual_seed(2)
+    n = args.batch * args.seq_len
+    hidden = torch.randn(n, cfg.d_model, generator=g).to(device).requires_grad_()
+    weight = (torch.randn(cfg.vocab_size, cfg.d_model, generator=g) * 0.02).to(device)
+    weight.requires_grad_()
+    targets = torch.randint(0, cfg.vocab_size, (n,), generator=g).to(device)
+    kinds = {"plain": lambda: cross_entropy((hidden @ weight.t())[None], targets[None]),
+             "chunked": lambda: chunked_linear_cross_entropy(hidden, weight, targets,
+                                                             chunk_rows=args.loss_chunk_rows)}
+    rows = []
+    for kind, fn in kinds.items():
+        with TensorMemory() as mem:
+            loss = fn()
+            loss.backward()
+        hidden.grad = weight.grad = None
+        t0 = time.perf_counter()
+        fn().backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rows.append({"loss_kind": kind, "loss": loss.item(), "peak_bytes": mem.peak_bytes,
+                     "step_time_s": round(time.perf_counter() - t0, 3)})
+        hidden.grad = weight.grad = None
+    return rows
+
+
 def child(args) -> None:
     """One policy, one forward + backward, in this fresh process: print its peak RSS."""
     model, batch = setup(args, args.child, torch.device("cpu"))
@@ -111,6 +142,8 @@ def main() -> None:
                    help="for configs that leave it to the data")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     p.add_argument("--rss", action="store_true", help="also peak RSS per policy (CPU, subprocesses)")
+    p.add_argument("--loss-chunk-rows", type=int, default=4096, help="chunked loss: rows per chunk")
+    p.add_argument("--no-loss", action="store_true", help="skip the loss-alone comparison")
     p.add_argument("--child", choices=list(POLICIES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -139,9 +172,20 @@ def main() -> None:
     for k, v in ratios.items():
         print(f"ratio {k}: {v}")
     print(f"identical losses under every policy: {len(losses) == 1}")
+    loss_rows = [] if args.no_loss else measure_loss(args, device)
+    for r in loss_rows:
+        print(f"loss alone, {r['loss_kind']:>7}: peak {r['peak_bytes'] / 2**20:8.1f} MiB, "
+              f"fwd+bwd {r['step_time_s']} s (loss {r['loss']:.6f})")
+    if loss_rows:
+        plain, chunked = loss_rows
+        ratios["loss_chunked_vs_plain"] = {
+            k: round(chunked[k] / plain[k], 3) for k in ("peak_bytes", "step_time_s")}
+        print(f"ratio loss_chunked_vs_plain ({args.loss_chunk_rows} rows per chunk): "
+              f"{ratios['loss_chunked_vs_plain']}")
     print(json.dumps({"device": hardware, "config": args.config, "batch": args.batch,
                       "seq_len": args.seq_len, "dtype": "fp32", "results": rows,
-                      "ratios": ratios, "identical_losses": len(losses) == 1}))
+                      "loss_results": loss_rows, "ratios": ratios,
+                      "identical_losses": len(losses) == 1}))
 
 
 if __name__ == "__main__":
