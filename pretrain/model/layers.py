@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+try:  # torch >= 2.5 (the floor); guarded so a build without it still runs every other path
+    from torch.nn.attention import flex_attention as _flex
+except ImportError:  # pragma: no cover
+    _flex = None
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
@@ -62,20 +65,22 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
-# flex_attention (torch >= 2.5) is imported on first use only. Uncompiled it materialises the
-# full score matrix, so on a GPU both it and the mask builder run through torch.compile.
-
-def _flex():
-    return importlib.import_module("torch.nn.attention.flex_attention")
-
-
-@functools.cache
-def _compiled(name: str):
-    return torch.compile(getattr(_flex(), name), dynamic=False)
+# flex_attention: used only by document masking with the flex kernel. Uncompiled it materialises
+# the full score matrix, so on a GPU both it and the mask builder go through torch.compile (once,
+# here; inside an already compiled model they are traced as part of it).
+_COMPILED: dict[str, object] = {}
 
 
 def _flex_fn(name: str, device: torch.device):
-    return _compiled(name) if device.type == "cuda" else getattr(_flex(), name)
+    if _flex is None:
+        raise RuntimeError("model.doc_mask_kernel flex needs torch.nn.attention.flex_attention "
+                           "(torch >= 2.5)")
+    fn = getattr(_flex, name)
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return fn
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
 
 
 def doc_block_mask(doc_ids: torch.Tensor):

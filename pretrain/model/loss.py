@@ -12,8 +12,6 @@ Both take label smoothing and ignore targets of -100, as F.cross_entropy does.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -49,15 +47,15 @@ def _chunk(h, weight, t, smoothing: float, scale, need_grad: bool):
     return loss, g.to(dtype)
 
 
-@functools.cache
-def _compiled_chunk():
-    return torch.compile(_chunk, dynamic=False)
+_COMPILED: dict[str, object] = {}
 
 
 def _chunk_fn(device: torch.device):
-    if device.type == "cuda" and not torch.compiler.is_compiling():
-        return _compiled_chunk()
-    return _chunk  # on CPU, or traced as part of an already compiled model
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return _chunk  # on CPU, or traced as part of an already compiled model
+    if "chunk" not in _COMPILED:
+        _COMPILED["chunk"] = torch.compile(_chunk, dynamic=False)
+    return _COMPILED["chunk"]
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):

@@ -68,6 +68,34 @@ def test_flex_block_mask_equals_dense_mask_with_gradients(tiny_cfg, name, flex_b
         torch.testing.assert_close(grads_f[n], g, rtol=1e-4, atol=1e-6, msg=n)
 
 
+def test_flex_model_compiles_to_one_graph_and_matches_dense(tiny_cfg, flex_backward_on_cpu):
+    """The whole forward with the flex path — BlockMask built from doc_ids, flex_attention in
+    every layer, the loss — traced by torch.compile into one graph without breaks (aot_eager:
+    inductor's tracing without code generation), and its loss and gradients equal the dense
+    mask's."""
+    cfg = tiny_cfg("llama-tiny", doc_masking=True, dropout=0.0, max_seq_len=128, n_layers=1)
+    ids = torch.randint(0, 96, (2, 128))
+    doc_ids = torch.tensor([[0] * 50 + [1] * 78, [0] * 128]).int()
+    results = {}
+    for kernel in ("dense", "flex"):
+        torch.manual_seed(0)
+        model = build_model(cfg.model_copy(update={"doc_mask_kernel": kernel}))
+        if kernel == "flex":
+            from torch._dynamo.testing import CompileCounterWithBackend
+
+            torch._dynamo.reset()
+            counter = CompileCounterWithBackend("aot_eager")
+            model.forward = torch.compile(model.forward, backend=counter)
+        loss = model(ids, targets=ids, doc_ids=doc_ids)["loss"]
+        loss.backward()
+        results[kernel] = (loss.detach(), {n: p.grad for n, p in model.named_parameters()})
+    torch._dynamo.reset()
+    assert counter.frame_count == 1  # one graph: no graph break anywhere in the forward
+    torch.testing.assert_close(results["flex"][0], results["dense"][0])
+    for n, g in results["dense"][1].items():
+        torch.testing.assert_close(results["flex"][1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_block_mask_skips_tiles_of_other_documents():
     from pretrain.model.layers import doc_block_mask
 
