@@ -11,8 +11,9 @@ once while it lives (weak references fire when it is freed) and records the peak
 Counts the storages ops allocate while the mode is active (activations, gradients, temporaries
 that escape an op), not memory that existed before (parameters, inputs) nor an op's internal
 workspace. Selective checkpointing's cache and checkpoint's saved inputs are included, which a
-`saved_tensors_hooks` count would miss. flex_attention cannot run under it (its front end
-compiles the op, and torch.compile does not trace under a user dispatch mode).
+`saved_tensors_hooks` count would miss. Eager code only: torch.compile does not trace under a
+user dispatch mode (compiled functions run eagerly inside it), and flex_attention, whose front
+end always compiles, cannot run under it.
 """
 
 from __future__ import annotations
