@@ -20,7 +20,6 @@ export and resume are unaffected by the policy, which may change between restart
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -123,12 +122,9 @@ def _matmul_and_attention_ops() -> tuple[set, set]:
         "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
         "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
         "_scaled_dot_product_fused_attention_overrideable") if hasattr(aten, n)}
-    try:
-        importlib.import_module("torch.nn.attention.flex_attention")  # registers the op
-        attention.add(torch.ops.higher_order.flex_attention)
-    except (ImportError, AttributeError):
-        pass
-    return matmuls, matmuls | attention
+    # registered when pretrain.model.layers imported flex_attention (torch >= 2.5)
+    flex = getattr(torch.ops.higher_order, "flex_attention", None)
+    return matmuls, matmuls | attention | ({flex} if flex is not None else set())
 
 
 def selective_context_fn(every_second_mm: bool = False):
@@ -199,13 +195,15 @@ def parallelize(model: nn.Module, cfg: RunConfig) -> nn.Module:
     """Everything done to the plain model before deepspeed.initialize: activation checkpointing,
     then compilation when train.compile_scope is blocks or model. Returns `model`."""
     train, ac = cfg.train, cfg.train.activation_checkpointing
-    if cfg.model.doc_masking and cfg.model.doc_mask_kernel == "flex" and not torch.cuda.is_available():
+    m = cfg.model
+    if m.doc_masking and m.doc_mask_kernel == "flex" and not torch.cuda.is_available():
         raise ConfigError(["model.doc_mask_kernel: flex needs a GPU to train (torch's "
                            "flex_attention has no backward on CPU); use auto (dense on CPU) or "
                            "dense"])
     count = apply_activation_checkpointing(model, ac)
     total = sum(len(blocks) for blocks in transformer_stacks(model))
-    detail = f" ({ac.selective_mm} matmuls kept)" if ac.mode == "selective" else ""
+    kept = {"all": "every matmul", "every_second": "every second matmul"}[ac.selective_mm]
+    detail = f" ({kept} kept)" if ac.mode == "selective" else ""
     log.info("activation checkpointing %s%s: %d of %d blocks", ac.mode, detail, count, total)
     if train.compile and train.compile_scope != "engine":
         apply_compile(model, train.compile_scope, train.compile_mode)
