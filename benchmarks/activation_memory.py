@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -34,8 +33,8 @@ sys.path.insert(0, str(REPO))
 from pretrain.configlib import load_yaml, validate_section  # noqa: E402
 from pretrain.memory import TensorMemory  # noqa: E402
 from pretrain.model import ModelConfig, build_model  # noqa: E402
+from pretrain.train.config import ActivationCheckpointing  # noqa: E402
 from pretrain.train.parallelize import (  # noqa: E402
-    ActivationCheckpointing,
     apply_activation_checkpointing,
 )
 
@@ -119,10 +118,13 @@ def measure_loss(args, device: torch.device) -> list[dict]:
 
 
 def child(args) -> None:
-    """One policy, one forward + backward, in this fresh process: print its peak RSS."""
+    """One policy, one forward + backward, in this fresh process: print its peak RSS. VmHWM,
+    not getrusage's ru_maxrss: Linux carries the parent's peak into ru_maxrss across exec."""
     model, batch = setup(args, args.child, torch.device("cpu"))
     model(**batch)["loss"].backward()
-    print(json.dumps({"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    status = Path("/proc/self/status").read_text().splitlines()
+    kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_rss_bytes": kib * 1024}))
 
 
 def peak_rss(args, policy: str) -> int:

@@ -41,8 +41,8 @@ sys.path.insert(0, str(REPO))
 from pretrain.configlib import load_yaml, validate_section  # noqa: E402
 from pretrain.data.span import span_lengths  # noqa: E402
 from pretrain.model import ModelConfig, build_model, flops_per_token, mfu, peak_flops  # noqa: E402
+from pretrain.train.config import ActivationCheckpointing  # noqa: E402
 from pretrain.train.parallelize import (  # noqa: E402
-    ActivationCheckpointing,
     apply_activation_checkpointing,
     apply_compile,
 )

@@ -21,67 +21,23 @@ export and resume are unaffected by the policy, which may change between restart
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint, noop_context_fn
 
-from pretrain.configlib import ConfigError, Section
+from pretrain.configlib import ConfigError
 from pretrain.model.blocks import Stack
-
-if TYPE_CHECKING:
-    from pretrain.train.config import RunConfig, TrainConfig
+from pretrain.train.config import (
+    ActivationCheckpointing,
+    CompileMode,
+    CompileScope,
+    RunConfig,
+    TrainConfig,
+)
 
 log = logging.getLogger(__name__)
-
-CompileScope = Literal["engine", "model", "blocks"]
-CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-
-
-class ActivationCheckpointing(Section):
-    """Which blocks recompute their forward during backward, and what they keep.
-
-    none      keep every activation (fastest, most memory)
-    full      every block keeps only its input and recomputes everything
-    every_n   blocks 0, n, 2n, ... of each stack recompute fully, the others keep everything
-    selective every block keeps the outputs of its matmuls and of attention and recomputes the
-              cheap pointwise ops (norms, activations, dropout, rotary, residual adds) — an
-              op-level policy (torch's selective-checkpoint contexts, as torchtitan);
-              `selective_mm: every_second` also recomputes every second matmul (torchtitan)
-    A plain string (`full`) or `{every_n: k}` is short for `{mode: ...}`.
-    """
-
-    mode: Literal["none", "full", "every_n", "selective"] = "none"
-    every_n: int | None = Field(None, ge=1, description="mode every_n: checkpoint 1 block in n")
-    selective_mm: Literal["all", "every_second"] = Field(
-        "all", description="mode selective: which matmul outputs are kept")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            return {"mode": data}
-        if isinstance(data, dict) and "mode" not in data and "every_n" in data:
-            return {**data, "mode": "every_n"}
-        return data
-
-    @model_validator(mode="after")
-    def _options_match_mode(self):
-        if self.mode == "every_n" and self.every_n is None:
-            raise ValueError("mode every_n needs every_n: k (checkpoint blocks 0, k, 2k, ...)")
-        if self.mode != "every_n" and self.every_n is not None:
-            raise ValueError(f"every_n applies to mode every_n, not {self.mode}")
-        if self.mode != "selective" and self.selective_mm != "all":
-            raise ValueError(f"selective_mm applies to mode selective, not {self.mode}")
-        return self
-
-    def checkpointed(self, index: int) -> bool:
-        """Whether block `index` (counted within its stack) is checkpointed at all."""
-        if self.mode == "every_n":
-            return index % self.every_n == 0
-        return self.mode in ("full", "selective")
 
 
 # ----------------------------------------------------------------------------- checkpointing

@@ -15,9 +15,8 @@ from pretrain.configlib import ConfigError
 from pretrain.memory import TensorMemory
 from pretrain.model import build_model, generate
 from pretrain.model.blocks import Block
-from pretrain.train.config import build_run_config
+from pretrain.train.config import ActivationCheckpointing, build_run_config
 from pretrain.train.parallelize import (
-    ActivationCheckpointing,
     _matmul_and_attention_ops,
     apply_activation_checkpointing,
     apply_compile,
