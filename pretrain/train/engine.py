@@ -80,20 +80,44 @@ def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
     return t.global_batch_size // per_step
 
 
+def _precision(cfg: RunConfig) -> dict[str, Any]:
+    """The bf16 / fp16 / torch_autocast entries for `precision` (see config.Precision)."""
+    p = cfg.precision
+    out: dict[str, Any] = {
+        "bf16": {"enabled": p == "bf16"},
+        "fp16": {"enabled": p == "fp16", "initial_scale_power": 16},
+        # dtype always set: DeepSpeed passes None to torch.autocast otherwise (fp16 on CUDA).
+        "torch_autocast": {"enabled": p == "bf16_autocast", "dtype": "bfloat16"},
+    }
+    if p == "bf16":
+        out["bf16"]["check_grad_overflow"] = cfg.deepspeed.check_grad_overflow
+    return out
+
+
+def _zero(cfg: RunConfig) -> dict[str, Any]:
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage, "overlap_comm": ds.overlap_comm,
+        "contiguous_gradients": ds.contiguous_gradients,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+        "allgather_bucket_size": ds.allgather_bucket_size}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu()}
+    return zero
+
+
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON, generated from the typed config (plus `deepspeed.extra`)."""
     ds = cfg.deepspeed
-    zero: dict[str, Any] = {"stage": ds.zero_stage}
-    if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu()}
     out: dict[str, Any] = {
         "train_batch_size": cfg.train.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps(cfg, world_size),
         "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
+        "zero_optimization": _zero(cfg),
+        **_precision(cfg),
+        "timers": {"throughput": {"enabled": ds.throughput_timer}},
+        "disable_python_gc": ds.python_gc_every_steps > 0,
         "steps_per_print": 10**12,  # our own logging does this
         "wall_clock_breakdown": False,
     }
