@@ -151,5 +151,104 @@ def report(best: dict, best_cpu: dict, docs: int, args) -> None:
                       "load_avg_end": round(load, 2)}))
 
 
+# ---- where the single parent spends its time (issue 9, item 6) ----------------------------
+
+def serial_profile(corpus: Path, tok: Path, workers: int) -> dict:
+    """CPU seconds of each part of `shard` measured alone in this process (RAYON_NUM_THREADS=1
+    must be set before Python starts): the parent's serial parts (read + parse + split hash,
+    pickling texts out and results back, in-order reassembly, the final shard write) against
+    the parallel part (tokenizing), plus wall-clock start-up (imports, one worker's spawn +
+    tokenizer load). Projects Amdahl's speed-up for `workers` from them."""
+    import pickle
+    import time
+    from argparse import Namespace
+
+    from data_tools import shard as sh
+    from data_tools.encode import Encoder, encode_in_worker, init_worker
+    from data_tools.writer import ShardWriter
+
+    args = Namespace(inputs=[str(corpus)], tokenizer=str(tok), format="auto", text_field="text",
+                     workers=1, val_fraction=0.005, shard_size="256MB", max_doc_bytes="64MB",
+                     exclude=None, strict=False, overwrite=True)
+    run = sh.plan(args)
+    cpu = time.process_time
+    t = cpu()
+    batches = list(sh.read_batches(run, (0, 0)))
+    read_s = cpu() - t
+    enc = Encoder(str(tok), run.dtype)
+    t = cpu()
+    results = [enc.encode(b.texts) for b in batches]
+    tokenize_s = cpu() - t
+    t = cpu()
+    sent = [pickle.dumps(b.texts, pickle.HIGHEST_PROTOCOL) for b in batches]
+    back = [pickle.dumps(r, pickle.HIGHEST_PROTOCOL) for r in results]
+    pickle_parent_s = cpu() - t  # the parent's dumps of texts
+    t = cpu()
+    for data in back:
+        pickle.loads(data)
+    pickle_parent_s += cpu() - t  # ... and loads of results
+    out = Path(tempfile.mkdtemp(prefix="serial_profile_"))
+    for split in ("train", "val"):
+        (out / split).mkdir()
+    writer = ShardWriter(out, run.dtype, 1 << 62)
+    t = cpu()
+    for b, (flat, lengths) in zip(batches, results):
+        start, di = 0, 0
+        for _fi, _ri, what in b.items:
+            split, nbytes = what
+            end = start + int(lengths[di])
+            writer.add(split, flat[start:end], nbytes)
+            start, di = end, di + 1
+    reassemble_s = cpu() - t
+    t, w0 = cpu(), time.perf_counter()
+    for split in ("train", "val"):
+        writer.flush(split)
+    write_s, write_wall_s = cpu() - t, time.perf_counter() - w0
+    t = time.perf_counter()
+    import multiprocessing as mp
+    with mp.get_context("spawn").Pool(1, initializer=init_worker,
+                                      initargs=(str(tok), run.dtype)) as pool:
+        pool.apply(encode_in_worker, (["warm up"],))
+    worker_start_s = time.perf_counter() - t
+    serial = read_s + pickle_parent_s + reassemble_s + write_wall_s
+    return {"tokens": int(sum(len(f) for f, _ in results)), "batches": len(batches),
+            "read_parse_hash_cpu_s": read_s, "tokenize_cpu_s": tokenize_s,
+            "pickle_parent_cpu_s": pickle_parent_s, "reassemble_cpu_s": reassemble_s,
+            "write_cpu_s": write_s, "write_wall_s": write_wall_s,
+            "worker_start_wall_s": worker_start_s,
+            "serial_fraction": serial / (serial + tokenize_s),
+            f"amdahl_speedup_{workers}": (serial + tokenize_s) /
+            (serial + tokenize_s / workers + worker_start_s),
+            "pandas_imported": "pandas" in sys.modules}
+
+
+def profile_main(size_mb: float, vocab: int, workers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        docs = make_corpus(tmp / "corpus.jsonl", size_mb)
+        run([sys.executable, "-m", "data_tools", "train-tokenizer", str(tmp / "corpus.jsonl"),
+             "--vocab-size", str(vocab), "--out", str(tmp / "tok")])
+        out = run([sys.executable, __file__, "--_profile-child", str(tmp / "corpus.jsonl"),
+                   str(tmp / "tok" / "tokenizer.json"), str(workers)])
+    prof = json.loads(out.splitlines()[-1])
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores visible, load average "
+          f"{os.getloadavg()[0]:.1f}; corpus {docs} stdlib files, {size_mb} MB")
+    for k, v in prof.items():
+        print(f"  {k:28s} {v:.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
+    print(json.dumps({"serial_profile": prof, "cpu": cpu_model()}))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--_profile-child":
+        sys.path.insert(0, str(REPO))  # this checkout's data_tools, not an installed one
+        print(json.dumps(serial_profile(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
+    elif "--profile" in sys.argv:
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--profile", action="store_true")
+        ap.add_argument("--size-mb", type=float, default=8.0)
+        ap.add_argument("--vocab-size", type=int, default=8192)
+        ap.add_argument("--workers", type=int, default=16, help="for the Amdahl projection")
+        a = ap.parse_args()
+        profile_main(a.size_mb, a.vocab_size, a.workers)
+    else:
+        main()
