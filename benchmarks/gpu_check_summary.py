@@ -37,7 +37,8 @@ def train_rows(name: str, r: dict) -> list[list[str]]:
                          ""])
         else:
             rows.append(["  lever", lever["lever"], num(lever.get("tokens_per_sec")),
-                         pct(lever.get("mfu")), "", "", str(lever.get("ratio_vs_plain", "-"))])
+                         pct(lever.get("mfu")), num(lever.get("plain_tokens_per_sec")), "",
+                         str(lever.get("ratio_vs_plain", "-"))])
     return rows
 
 

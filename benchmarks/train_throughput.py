@@ -14,7 +14,8 @@ ours   = the real trainer path: the run config configs/MODEL.yaml (or gpt2-124m.
 plain  = the same model (same config, same seed): torch.compile (when on), bf16 autocast (for
          the bf16 precisions), torch AdamW fused, the same weight-decay groups and grad-norm
          clipping, no host sync per step, batches already on the device (no loader at all).
-Rounds alternate plain / ours so a busy machine slows both alike; medians are reported.
+Rounds alternate plain / ours so a busy machine slows both alike; medians are reported. With
+--levers, each lever's trainer is measured in rounds alternating with the same plain loop.
 MFU = tokens/s x pretrain.model.flops_per_token / the GPU's bf16 peak (none for a CPU).
 Encoder-decoders (transformer-base, t5-base, ...) train on span-corruption batches (source
 --seq-len, decoder_input_ids and targets from the loader); tokens are source tokens.
@@ -230,32 +231,31 @@ def new_trainer(args, tmp: Path, label: str, lever: list[str], device, denv) -> 
     return Trainer(resolve_paths(cfg), denv, device)
 
 
-def measure_pair(args, tmp: Path, device, denv) -> dict:
-    """ours vs plain on the flags' configuration, rounds alternating; medians."""
-    trainer = new_trainer(args, tmp, "main", [], device, denv)
-    cfg = trainer.cfg
-    plain = None if args.no_plain else Plain(cfg, trainer, device, args.compile)
-    tokens = trainer.gas * cfg.train.micro_batch_size * (
-        cfg.data.seq_len if cfg.data.objective == "clm" else cfg.data.input_length)
+def tokens_per_step(trainer: Trainer) -> int:
+    d = trainer.cfg.data
+    return trainer.gas * trainer.cfg.train.micro_batch_size * (
+        d.seq_len if d.objective == "clm" else d.input_length)
+
+
+def alternate(args, trainer: Trainer, plain: Plain | None) -> tuple[float, float | None]:
+    """Median seconds per step of ours and plain, warmed up, rounds alternating."""
     ours_run(trainer, args.warmup)
-    if plain:
-        plain.run(args.warmup)
     ours_s, plain_s = [], []
     run = lambda n, t=trainer: ours_run(t, n)  # noqa: E731
     for _ in range(args.rounds):
         if plain:
             plain_s.append(timed(plain.run, args.steps))
         ours_s.append(timed(run, args.steps))
-    out = {"config": describe(cfg), "tokens_per_step": tokens,
-           "flops_per_token": trainer.flops_per_token,
-           "ours": figures(statistics.median(ours_s), tokens, trainer.flops_per_token, device)}
-    if plain:
-        out["plain"] = figures(statistics.median(plain_s), tokens, trainer.flops_per_token,
-                               device)
-        out["ratio_vs_plain"] = round(statistics.median(plain_s) / statistics.median(ours_s), 3)
-    release(trainer)
-    del trainer, plain, run
-    free_memory()
+    return statistics.median(ours_s), statistics.median(plain_s) if plain else None
+
+
+def pair_figures(trainer: Trainer, ours_sps: float, plain_sps: float | None, device) -> dict:
+    tokens, fpt = tokens_per_step(trainer), trainer.flops_per_token
+    out = {"config": describe(trainer.cfg), "tokens_per_step": tokens, "flops_per_token": fpt,
+           "ours": figures(ours_sps, tokens, fpt, device)}
+    if plain_sps:
+        out["plain"] = figures(plain_sps, tokens, fpt, device)
+        out["ratio_vs_plain"] = round(plain_sps / ours_sps, 3)
     return out
 
 
@@ -269,11 +269,24 @@ def describe(cfg) -> dict:
             "logging_every_steps": cfg.logging.every_steps}
 
 
-def measure_levers(args, tmp: Path, device, denv, plain_sps: float | None,
-                   emit) -> list[dict]:
-    """Each lever: a fresh trainer with the lever's overrides, warmed up, then --rounds rounds.
-    A lever whose keys this config does not know is reported, not fatal. `emit(rows)` after
-    each (a JSON line: what a killed run leaves behind)."""
+def measure_pair(args, tmp: Path, device, denv) -> tuple[dict, Plain | None]:
+    """ours vs plain on the flags' configuration; the plain loop is returned for the levers."""
+    trainer = new_trainer(args, tmp, "main", [], device, denv)
+    plain = None if args.no_plain else Plain(trainer.cfg, trainer, device, args.compile)
+    if plain:
+        plain.run(args.warmup)
+    out = pair_figures(trainer, *alternate(args, trainer, plain), device)
+    release(trainer)
+    del trainer
+    free_memory()
+    return out, plain
+
+
+def measure_levers(args, tmp: Path, device, denv, plain: Plain | None, emit) -> list[dict]:
+    """Each lever: a fresh trainer with the lever's overrides, measured in rounds alternating
+    with the same plain loop (so each ratio comes from the same minutes). A lever whose keys
+    this config does not know is reported, not fatal. `emit(rows)` after each lever (a JSON
+    line: what a killed run leaves behind)."""
     rows = []
     for name, overrides in lever_list(args):
         try:
@@ -284,20 +297,16 @@ def measure_levers(args, tmp: Path, device, denv, plain_sps: float | None,
             print(f"lever {name}: not run ({rows[-1]['error']})", flush=True)
             emit(rows)
             continue
-        tokens = trainer.gas * trainer.cfg.train.micro_batch_size * (
-            trainer.cfg.data.seq_len or trainer.cfg.data.input_length)
-        ours_run(trainer, args.warmup)
-        run = lambda n, t=trainer: ours_run(t, n)  # noqa: E731
-        sps = statistics.median(timed(run, args.steps) for _ in range(args.rounds))
-        row = {"lever": name, "overrides": overrides, "config": describe(trainer.cfg),
-               **figures(sps, tokens, trainer.flops_per_token, device)}
-        if plain_sps:
-            row["ratio_vs_plain"] = round(plain_sps / sps, 3)
+        fig = pair_figures(trainer, *alternate(args, trainer, plain), device)
+        row = {"lever": name, "overrides": overrides, "config": fig["config"], **fig["ours"]}
+        if "ratio_vs_plain" in fig:
+            row.update(ratio_vs_plain=fig["ratio_vs_plain"],
+                       plain_tokens_per_sec=fig["plain"]["tokens_per_sec"])
         rows.append(row)
         print(f"lever {name:18s} {row['tokens_per_sec']:>10,} tokens/s  "
               f"ratio {row.get('ratio_vs_plain')}", flush=True)
         release(trainer)
-        del trainer, run
+        del trainer
         free_memory()
         emit(rows)
     return rows
@@ -405,13 +414,13 @@ def main(argv=None) -> int:
     per_step = args.batch * (args.seq_len + 1)
     make_data(tmp / "data", model_vocab(args),
               min(max(4 * per_step * (args.warmup + args.steps), 400_000), 20_000_000))
-    pair = measure_pair(args, tmp, device, denv)
+    pair, plain = measure_pair(args, tmp, device, denv)
     print(summary_json(args, device, pair, []), flush=True)  # kept if a later part is killed
-    plain_sps = pair["plain"]["step_time_ms"] / 1e3 if "plain" in pair else None
     levers = []
     if args.levers or args.lever:
         emit = lambda rows: print(summary_json(args, device, pair, rows), flush=True)  # noqa: E731
-        levers = measure_levers(args, tmp, device, denv, plain_sps, emit)
+        levers = measure_levers(args, tmp, device, denv, plain, emit)
+    del plain
     report(args, device, pair, levers)
     return 0
 
