@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,73 +221,85 @@ def report(best: dict, best_cpu: dict, docs: int, args) -> None:
 
 # ---- where the single parent spends its time (issue 9, item 6) ----------------------------
 
+def _parent_side(batches, results, dtype: str) -> dict:
+    """CPU seconds of the parent's share of the work around tokenizing."""
+    import pickle
+
+    from data_tools.writer import ShardWriter
+
+    cpu = time.process_time
+    back = [pickle.dumps(r, pickle.HIGHEST_PROTOCOL) for r in results]  # the workers' side
+    t = cpu()
+    for b in batches:
+        pickle.dumps(b.texts, pickle.HIGHEST_PROTOCOL)  # texts out ...
+    for data in back:
+        pickle.loads(data)  # ... results back
+    pickle_s = cpu() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in ("train", "val"):
+            (Path(tmp) / split).mkdir()
+        writer = ShardWriter(Path(tmp), dtype, 1 << 62)
+        t = cpu()
+        for b, (flat, lengths) in zip(batches, results):  # shard.write_all's in-order loop
+            start = 0
+            docs = [what for _fi, _ri, what in b.items if isinstance(what, tuple)]  # no Skips
+            for (split, nbytes), n in zip(docs, lengths):
+                writer.add(split, flat[start:start + int(n)], nbytes)
+                start += int(n)
+        reassemble_s = cpu() - t
+        t, w0 = cpu(), time.perf_counter()
+        for split in ("train", "val"):
+            writer.flush(split)
+        write_s, write_wall_s = cpu() - t, time.perf_counter() - w0
+    return {"pickle_parent_cpu_s": pickle_s, "reassemble_cpu_s": reassemble_s,
+            "write_cpu_s": write_s, "write_wall_s": write_wall_s}
+
+
+def _worker_start_s(tok: Path, dtype: str) -> float:
+    """Wall seconds until one spawned worker (imports + tokenizer load) returns a result."""
+    import multiprocessing as mp
+
+    from data_tools.encode import encode_in_worker, init_worker
+
+    t = time.perf_counter()
+    with mp.get_context("spawn").Pool(1, initializer=init_worker,
+                                      initargs=(str(tok), dtype)) as pool:
+        pool.apply(encode_in_worker, (["warm up"],))
+    return time.perf_counter() - t
+
+
 def serial_profile(corpus: Path, tok: Path, workers: int) -> dict:
     """CPU seconds of each part of `shard` measured alone in this process (RAYON_NUM_THREADS=1
-    must be set before Python starts): the parent's serial parts (read + parse + split hash,
-    pickling texts out and results back, in-order reassembly, the final shard write) against
-    the parallel part (tokenizing), plus wall-clock start-up (imports, one worker's spawn +
-    tokenizer load). Projects Amdahl's speed-up for `workers` from them."""
-    import pickle
-    import time
+    must be set before Python starts): the parent's parts (read + parse + split hash, pickling
+    texts out and results back, in-order reassembly, the final shard write) against the
+    parallel part (tokenizing), plus wall-clock worker start-up. The Amdahl projection for
+    `workers` counts all parent work as serial (an upper bound on it: reading overlaps with
+    the workers in a real run)."""
     from argparse import Namespace
 
     from data_tools import shard as sh
-    from data_tools.encode import Encoder, encode_in_worker, init_worker
-    from data_tools.writer import ShardWriter
+    from data_tools.encode import Encoder
 
     args = Namespace(inputs=[str(corpus)], tokenizer=str(tok), format="auto", text_field="text",
                      workers=1, val_fraction=0.005, shard_size="256MB", max_doc_bytes="64MB",
                      exclude=None, strict=False, overwrite=True)
     run = sh.plan(args)
-    cpu = time.process_time
-    t = cpu()
+    t = time.process_time()
     batches = list(sh.read_batches(run, (0, 0)))
-    read_s = cpu() - t
+    read_s = time.process_time() - t
     enc = Encoder(str(tok), run.dtype)
-    t = cpu()
+    t = time.process_time()
     results = [enc.encode(b.texts) for b in batches]
-    tokenize_s = cpu() - t
-    back = [pickle.dumps(r, pickle.HIGHEST_PROTOCOL) for r in results]  # the workers' side
-    t = cpu()
-    for b in batches:
-        pickle.dumps(b.texts, pickle.HIGHEST_PROTOCOL)
-    pickle_parent_s = cpu() - t  # the parent's dumps of texts
-    t = cpu()
-    for data in back:
-        pickle.loads(data)
-    pickle_parent_s += cpu() - t  # ... and loads of results
-    out = Path(tempfile.mkdtemp(prefix="serial_profile_"))
-    for split in ("train", "val"):
-        (out / split).mkdir()
-    writer = ShardWriter(out, run.dtype, 1 << 62)
-    t = cpu()
-    for b, (flat, lengths) in zip(batches, results):
-        start, di = 0, 0
-        for _fi, _ri, what in b.items:
-            split, nbytes = what
-            end = start + int(lengths[di])
-            writer.add(split, flat[start:end], nbytes)
-            start, di = end, di + 1
-    reassemble_s = cpu() - t
-    t, w0 = cpu(), time.perf_counter()
-    for split in ("train", "val"):
-        writer.flush(split)
-    write_s, write_wall_s = cpu() - t, time.perf_counter() - w0
-    t = time.perf_counter()
-    import multiprocessing as mp
-    with mp.get_context("spawn").Pool(1, initializer=init_worker,
-                                      initargs=(str(tok), run.dtype)) as pool:
-        pool.apply(encode_in_worker, (["warm up"],))
-    worker_start_s = time.perf_counter() - t
-    serial = read_s + pickle_parent_s + reassemble_s + write_wall_s
+    tokenize_s = time.process_time() - t
+    parent = _parent_side(batches, results, run.dtype)
+    start_s = _worker_start_s(tok, run.dtype)
+    serial = (read_s + parent["pickle_parent_cpu_s"] + parent["reassemble_cpu_s"]
+              + parent["write_wall_s"])
     return {"tokens": int(sum(len(f) for f, _ in results)), "batches": len(batches),
-            "read_parse_hash_cpu_s": read_s, "tokenize_cpu_s": tokenize_s,
-            "pickle_parent_cpu_s": pickle_parent_s, "reassemble_cpu_s": reassemble_s,
-            "write_cpu_s": write_s, "write_wall_s": write_wall_s,
-            "worker_start_wall_s": worker_start_s,
-            "serial_fraction": serial / (serial + tokenize_s),
+            "read_parse_hash_cpu_s": read_s, "tokenize_cpu_s": tokenize_s, **parent,
+            "worker_start_wall_s": start_s, "serial_fraction": serial / (serial + tokenize_s),
             f"amdahl_speedup_{workers}": (serial + tokenize_s) /
-            (serial + tokenize_s / workers + worker_start_s),
+            (serial + tokenize_s / workers + start_s),
             "pandas_imported": "pandas" in sys.modules}
 
 
