@@ -87,3 +87,16 @@ def test_a_bf16_cast_model_matches_fp32(tiny_cfg, name):
     low = model.to(torch.bfloat16)(**batch, targets=targets)
     assert low["logits"].dtype == torch.bfloat16
     assert low["loss"].item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+@pytest.mark.parametrize("name", STYLES)
+def test_bf16_parameters_with_fp32_buffers_run(tiny_cfg, name):
+    """DeepSpeed's bf16 mode casts the parameters only; buffers (the sinusoidal table) stay
+    fp32 and must not promote the activations back to fp32 (a dtype error in the next matmul)."""
+    cfg = tiny_cfg(name, dropout=0.0, label_smoothing=0.0)
+    model = build_model(cfg).eval()
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    assert any(b.dtype == torch.float32 for b in model.buffers()) or cfg.position != "sinusoidal"
+    out = model(**_batch(), targets=torch.randint(2, 96, (2, 8)))
+    assert out["logits"].dtype == torch.bfloat16 and torch.isfinite(out["loss"])
