@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     from pretrain.configlib import ConfigError
     from pretrain.data import DataError
-    from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.checkpoint import CheckpointError, CheckpointSaveError
     from pretrain.train.config import load_run_config
     from pretrain.train.engine import init_distributed, resolve_dist_env
+    from pretrain.train.runlock import RunDirBusy
 
     try:
         denv = resolve_dist_env()
@@ -61,17 +62,23 @@ def main(argv: list[str] | None = None) -> int:
         device = init_distributed(denv)
         trainer = Trainer(resolve_paths(cfg), denv, device, stop)
         return trainer.run()
-    except (ConfigError, DataError, CheckpointError) as e:
-        log.error("%s", e)
+    except (ConfigError, DataError, CheckpointError, RunDirBusy) as e:
+        _report(e, denv.rank)
         return EXIT_CONFIG
-    except NonFiniteLoss as e:
-        log.error("%s", e)
+    except (NonFiniteLoss, CheckpointSaveError) as e:
+        _report(e, denv.rank)
         return EXIT_FAILED
     finally:
         if trainer is not None:
             trainer.close()
         _teardown()
         log.info("rank %d exiting", denv.rank)
+
+
+def _report(err: Exception, rank: int) -> None:
+    """One message per error: one that every rank raised alike is reported by rank 0 only."""
+    if rank == 0 or not getattr(err, "all_ranks", False):
+        log.error("%s", err)
 
 
 def _teardown() -> None:
