@@ -7,6 +7,7 @@ metadata (key `model_config`, JSON)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from torch import nn
 from pretrain.logs import setup_logging
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
+from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger("pretrain.export")
 
@@ -27,20 +29,37 @@ class ExportError(RuntimeError):
     pass
 
 
-def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, dict]:
-    """(tag folder, meta) of `tag`, or of the newest complete checkpoint."""
+def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, ckpt.CheckpointMeta]:
+    """(tag folder, meta) of `tag`, or of the newest complete checkpoint, after checking every
+    file against meta.json (size, sha256) and unpickling it weights-only. Without `tag` a
+    damaged checkpoint is skipped for the previous one, with a warning naming the file."""
     ckpt_root = run_dir / "checkpoints"
-    tag = tag or ckpt.find_resume_tag(ckpt_root)
-    if tag is None:
-        raise ExportError(f"no complete checkpoint in {ckpt_root}")
-    tag_dir = ckpt_root / tag
-    meta = ckpt.read_meta(tag_dir)
-    if meta is None or not ckpt.is_complete(tag_dir):
-        raise ExportError(f"checkpoint {tag_dir} is missing or incomplete")
-    return tag_dir, meta
+    if tag is not None and not (ckpt_root / tag).is_dir():
+        raise ExportError(f"no checkpoint {ckpt_root / tag}")
+    candidates = [tag] if tag is not None else ckpt.resume_candidates(ckpt_root)
+    if not candidates:
+        raise ExportError(f"no checkpoint in {ckpt_root}")
+    try:
+        found = ckpt.choose_checkpoint(ckpt_root, candidates,
+                                       none_left="nothing: no undamaged checkpoint is left")
+    except ckpt.CheckpointError as e:
+        raise ExportError(str(e)) from None
+    if found is None:
+        raise ExportError(f"no complete, undamaged checkpoint in {ckpt_root} (see the warnings "
+                          "above)" if tag is None else f"checkpoint {ckpt_root / tag} is "
+                          "incomplete or damaged (see the warning above)")
+    return ckpt_root / found[0], found[1]
 
 
 def _fp32_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
+    try:  # every torch.load weights-only, zero_to_fp32's own included
+        with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
+            return _merge(tag_dir, zero_stage)
+    except UnsafeCheckpointFile as e:
+        raise ExportError(str(e)) from None
+
+
+def _merge(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     if zero_stage == 0:  # the full model is in rank 0's model-states file
         path = tag_dir / "mp_rank_00_model_states.pt"
         states = torch.load(path, map_location="cpu", weights_only=True)
@@ -48,16 +67,17 @@ def _fp32_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # merging runs on the CPU in any case
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    # Merges the fp32 master partitions of every rank (ZeRO 1-3).
+    # Merges the fp32 master partitions of every rank (ZeRO 1-3); prints progress (to stderr).
     return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
 
 
-def load_trained_model(run_dir: str | Path, tag: str | None = None) -> tuple[nn.Module, dict]:
+def load_trained_model(run_dir: str | Path, tag: str | None = None,
+                       ) -> tuple[nn.Module, ckpt.CheckpointMeta]:
     """The model of a run's checkpoint, on CPU in fp32, and the checkpoint's meta."""
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
-    cfg = saved_model_config(meta["config"]["model"])
+    cfg = saved_model_config(meta.config["model"])
     model = build_model(cfg)
-    state = _fp32_state_dict(tag_dir, meta["config"]["deepspeed"]["zero_stage"])
+    state = _fp32_state_dict(tag_dir, meta.zero_stage)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied weights may be stored once; anything else missing is an error.
     tied = {n for n in missing if _is_tied(model, n)}
@@ -80,8 +100,8 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_model(model, str(out), metadata={
-        "model_config": json.dumps(meta["config"]["model"]), "step": str(meta["step"]),
-        "data_fingerprint": meta["data_fingerprint"]})
+        "model_config": json.dumps(meta.config["model"]), "step": str(meta.step),
+        "data_fingerprint": meta.data_fingerprint})
     return out
 
 
@@ -107,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         out = export(args.run_dir, args.out, args.tag)
-    except ExportError as e:
+    except (ExportError, OSError) as e:
         log.error("%s", e)
         return 2
     log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)

@@ -61,9 +61,10 @@ def _train(cfg, denv) -> int:
     """Start the process group and DeepSpeed, train, close."""
     from pretrain.configlib import ConfigError
     from pretrain.data import DataError
-    from pretrain.train.checkpoint import CheckpointError
+    from pretrain.train.checkpoint import CheckpointError, CheckpointSaveError
     from pretrain.train.engine import init_distributed
     from pretrain.train.loop import NonFiniteLoss, StopFlag, Trainer
+    from pretrain.train.runlock import RunDirBusy
 
     trainer = None
     stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
@@ -71,17 +72,23 @@ def _train(cfg, denv) -> int:
         device = init_distributed(denv)
         trainer = Trainer(cfg, denv, device, stop)
         return trainer.run()
-    except (ConfigError, DataError, CheckpointError) as e:
-        log.error("%s", e)
+    except (ConfigError, DataError, CheckpointError, RunDirBusy) as e:
+        _report(e, denv.rank)
         return EXIT_CONFIG
-    except NonFiniteLoss as e:
-        log.error("%s", e)
+    except (NonFiniteLoss, CheckpointSaveError) as e:
+        _report(e, denv.rank)
         return EXIT_FAILED
     finally:
         if trainer is not None:
             trainer.close()
         _teardown()
         log.info("rank %d exiting", denv.rank)
+
+
+def _report(err: Exception, rank: int) -> None:
+    """One message per error: one that every rank raised alike is reported by rank 0 only."""
+    if rank == 0 or not getattr(err, "all_ranks", False):
+        log.error("%s", err)
 
 
 def _teardown() -> None:

@@ -26,6 +26,8 @@ from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import fill_vocab
+from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
+from pretrain.train.runlock import acquire_collective
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
 log = logging.getLogger("pretrain.train")
@@ -131,31 +133,56 @@ class Trainer:
         self.cfg = cfg = fill_vocab(cfg, self.src.vocab_size)
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.gas = grad_accum_steps(cfg, denv.world_size)
-        if self.rank0:
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
-        self.resume_tag = ckpt.find_resume_tag(self.ckpt_dir) if cfg.resume == "auto" else None
+        self.lock = acquire_collective(cfg.run_dir, denv.rank)  # one run per run folder
+        try:
+            self._start()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _start(self) -> None:
+        """Resume or start; nothing in the run folder changes before the checkpoint passed."""
+        cfg, denv = self.cfg, self.denv
+        found = ckpt.choose_resume(self.ckpt_dir) if cfg.resume == "auto" else None
+        self.resume_tag, meta = found or (None, None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg.model)
         self.shapes = ckpt.param_shapes(model)
         self.n_params = sum(p.numel() for p in model.parameters())
-        if self.resume_tag:
-            ckpt.check_compatible(ckpt.read_meta(self.ckpt_dir / self.resume_tag), self.shapes,
-                                  self.src.fingerprint, self.ckpt_dir / self.resume_tag,
-                                  denv.world_size, cfg.deepspeed.zero_stage)
+        if meta is not None:
+            changes = check_resume(meta, cfg, self.shapes, self.src.fingerprint,
+                                   data_folders(self.src), denv.world_size,
+                                   self.ckpt_dir / self.resume_tag)
+            if self.rank0:
+                warn_changes(changes, self.ckpt_dir / self.resume_tag)
+        if self.rank0:
+            (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
         self.engine, self.scheduler = initialize(model, cfg, denv.world_size)
-        self.step = 0
-        if self.resume_tag:
-            client = ckpt.load(self.engine, self.ckpt_dir, self.resume_tag)
-            self.step = int(client["step"])
+        self.step, self._base = 0, (0, 0)  # (step, consumed samples) this start began at
+        if meta is not None:
+            ckpt.load(self.engine, self.ckpt_dir, self.resume_tag)
+            apply_hyperparameters(self.scheduler, cfg)
+            self.step, self._base = meta.step, (meta.step, meta.consumed_samples)
             log.info("resumed from %s at step %d", self.ckpt_dir / self.resume_tag, self.step)
+        self.ckpt_bytes = meta.total_bytes if meta is not None else ckpt.estimate_bytes(
+            self.n_params, cfg.precision, cfg.deepspeed.zero_stage)
+        if self.rank0:
+            ckpt.warn_low_space(self.ckpt_dir, self.ckpt_bytes,
+                                f"as large as {self.resume_tag}" if meta is not None else
+                                f"estimated from {self.n_params:,} parameters")
         self.restart_count = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         self.metrics = Metrics(cfg.run_dir, self.rank0, cfg.logging.wandb, config_to_dict(cfg),
                                self.step)
-        self.stats = DeviceStats(device, denv.world_size)
+        self.stats = DeviceStats(self.device, denv.world_size)
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
+
+    def consumed_samples(self) -> int:
+        """Samples the steps done so far consumed (the global batch may have changed at the last
+        resume: the steps before it count at the batch of their time)."""
+        step0, samples0 = self._base
+        return samples0 + (self.step - step0) * self.cfg.train.global_batch_size
 
     # ---- one optimizer step ------------------------------------------------------------
 
@@ -220,16 +247,17 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------
 
     def save(self) -> None:
-        meta = {"step": self.step,
-                "consumed_samples": self.step * self.cfg.train.global_batch_size,
-                "data_fingerprint": self.src.fingerprint, "param_shapes": self.shapes,
-                "world_size": self.denv.world_size, "config": config_to_dict(self.cfg),
-                "wandb_run_id": self.metrics.run_id}
+        meta = ckpt.CheckpointMeta(
+            step=self.step, consumed_samples=self.consumed_samples(),
+            data_fingerprint=self.src.fingerprint, data_folders=data_folders(self.src),
+            param_shapes=self.shapes, world_size=self.denv.world_size,
+            config=config_to_dict(self.cfg), wandb_run_id=self.metrics.run_id)
         if self.cfg.deepspeed.python_gc_every_steps:
             gc.collect()  # the full collection the periodic one leaves out; saves are slow anyway
         t0 = time.perf_counter()
-        tag_dir = ckpt.save(self.engine, self.ckpt_dir, self.step, meta,
-                            self.cfg.checkpoint.keep_last)
+        tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
+                            self.ckpt_bytes)
+        self.ckpt_bytes = ckpt.read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
         log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -257,7 +285,7 @@ class Trainer:
                "step_time_ms": interval.seconds / interval.steps * 1000,
                "data_wait_ms": interval.data_wait_s / interval.steps * 1000,
                "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
-               "consumed_samples": self.step * self.cfg.train.global_batch_size,
+               "consumed_samples": self.consumed_samples(),
                "restart_count": self.restart_count, "time": time.time()}
         self.metrics.log(row)
         log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
@@ -295,24 +323,24 @@ class Trainer:
             t, d = self.cfg.train, self.cfg.data
             self._batch_iter = train_batches(
                 self.src, t.global_batch_size, t.micro_batch_size, self.denv.rank,
-                self.denv.world_size, consumed_samples=self.step * t.global_batch_size,
+                self.denv.world_size, consumed_samples=self.consumed_samples(),
                 num_workers=d.num_workers, pin_memory=d.pin_memory)
         return self._batch_iter
 
     def _after_sync(self, synced: Synced, out: dict[str, Any], due: Due,
                     interval: Interval) -> int | None:
-        """Log, evaluate, save, stop — in that order; an exit code when the run must end."""
+        """Log, save, evaluate, stop — in that order; an exit code when the run must end."""
         if synced.problem:
             raise NonFiniteLoss(f"{synced.problem}; stopping without saving "
                                 f"(last checkpoint is kept)")
         if due.log:
             self._log(synced, out, interval)
             interval.reset()
-        if due.eval:
-            self._eval()
         stop = synced.stop or due.stop
         if stop or due.save:
-            self.save()
+            self.save()  # before evaluating: a failing evaluation must not cost the checkpoint
+        if due.eval:
+            self._eval()
         if stop and self.step < self.cfg.train.max_steps:
             log.warning("stopped at step %d/%d on request; resume with the same command",
                         self.step, self.cfg.train.max_steps)
@@ -353,4 +381,12 @@ class Trainer:
         return EXIT_DONE if self.step == max_steps else None
 
     def close(self) -> None:
-        self.metrics.close()
+        try:
+            self.metrics.close()
+        finally:
+            self._release_lock()
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

@@ -58,3 +58,18 @@ class _Multiplier:
 
 def build_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, max_steps: int) -> LambdaLR:
     return LambdaLR(optimizer, _Multiplier(cfg, max_steps))
+
+
+def retarget(scheduler: LambdaLR, cfg: ScheduleConfig, max_steps: int, peak_lr: float) -> None:
+    """Point a restored scheduler at this config (LambdaLR.load_state_dict brings back the saved
+    base lr and the saved multiplier's fields) and set the lr of the next step from it, the same
+    expression LambdaLR.step uses, so an unchanged config gives back the same bits."""
+    fresh, optimizer = _Multiplier(cfg, max_steps), scheduler.optimizer
+    scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
+    for fn in scheduler.lr_lambdas:
+        fn.__dict__.update(fresh.__dict__)
+    lrs = [base * fn(scheduler.last_epoch)
+           for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"], g["initial_lr"] = lr, peak_lr
+    scheduler._last_lr = lrs

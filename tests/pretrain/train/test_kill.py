@@ -83,7 +83,7 @@ def test_kill_9_at_random_moments_always_resumes_from_last_complete_checkpoint(
         expect_tag = find_resume_tag(ckpt_dir)
         if expect_tag is not None:
             assert is_complete(ckpt_dir / expect_tag), f"trial {trial} ({what})"
-            step = read_meta(ckpt_dir / expect_tag)["step"]
+            step = read_meta(ckpt_dir / expect_tag).step
             assert [s for s, _ in runs.train_losses(run)][:step] == list(range(1, step + 1))
 
     final = start_ranks(args, tmp_path / "logs_final")

@@ -1,5 +1,6 @@
 """Loss falls for decoder and encoder-decoder runs; export (from ZeRO-3) → safetensors that
-build_model loads and that reproduces the run's validation loss; sample prints text; plot."""
+build_model loads and that reproduces the run's validation loss; sample prints text (and only
+text on stdout), refuses bad options with one line; plot."""
 
 from __future__ import annotations
 
@@ -68,6 +69,44 @@ def test_sample_prints_a_continuation(straight_run):
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.strip()
     assert text.startswith("the red") and len(text) > len("the red") + 3, text
+
+
+def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
+    """zero_to_fp32 prints its progress: that goes to stderr, never into the sampled text."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain.sample", str(straight_run(1)), "--prompt", "the red",
+         "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "5"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("the red"), proc.stdout
+    assert "zero checkpoint" in proc.stderr  # DeepSpeed's messages, on stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--top-k", "0"], "argument --top-k: 0 is not ≥ 1 (leave it out to sample from every "
+                       "token)"),
+    (["--temperature", "-0.5"], "argument --temperature: -0.5 is not ≥ 0"),
+    (["--temperature", "nan"], "argument --temperature: nan is not ≥ 0"),
+    (["--max-new-tokens", "-3"], "argument --max-new-tokens: -3 is not ≥ 0"),
+    (["--max-new-tokens", "x"], "argument --max-new-tokens: 'x' is not an integer"),
+])
+def test_sample_rejects_bad_options_with_one_line(args, message, capsys, tmp_path):
+    from pretrain.sample import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_sample_rejects_a_prompt_that_is_not_utf8(tmp_path):
+    proc = subprocess.run(  # argv bytes: "café" in latin-1
+        [sys.executable, "-m", "pretrain.sample", str(tmp_path), "--prompt", b"caf\xe9"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "--prompt is not valid UTF-8 text (byte 0xe9 at character 3)" in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_plot_writes_a_png(straight_run, tmp_path):

@@ -60,9 +60,9 @@ def test_sigusr1_to_one_rank_then_resume_is_bitwise_exact(stage, tiny_data, stra
 
     tag = (run / "checkpoints" / LATEST).read_text().strip()
     meta = read_meta(run / "checkpoints" / tag)
-    stopped_at = meta["step"]
+    stopped_at = meta.step
     assert 1 <= stopped_at < 8
-    assert meta["files"].keys() >= {"rng_rank0.pt", "rng_rank1.pt"}  # both ranks saved it
+    assert meta.files.keys() >= {"rng_rank0.pt", "rng_rank1.pt"}  # both ranks saved it
     assert [s for s, _ in train_losses(run)] == list(range(1, stopped_at + 1))
 
     resumed = start_ranks(args, tmp_path / "logs2", env={"SLURM_RESTART_COUNT": "1"})

@@ -9,6 +9,7 @@ import sys
 
 import yaml
 from helpers.dist import REPO
+from helpers.tamper import snapshot
 
 
 def test_alone_relative_paths_and_nonfinite_loss_stop(tiny_data, tmp_path):
@@ -37,13 +38,16 @@ def test_resume_refuses_a_changed_model_shape_naming_it(straight_run, runs, tiny
 
     run = tmp_path / "run"
     shutil.copytree(straight_run(0), run)
+    before = snapshot(run)
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     proc = subprocess.run(
-        [sys.executable, *runs.small_run_args(run, tiny_data, 0, "model.n_layers=3")],
+        [sys.executable, *runs.small_run_args(run, tiny_data, 0, "model.n_layers=3",
+                                              "optim.lr=1e-3")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 2, proc.stderr
     assert f"cannot resume from {run / 'checkpoints' / 'step_00000008'}" in proc.stderr
     assert "parameter stack.blocks.2." in proc.stderr  # the new layer, named
     assert "checkpoint None, config [" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert snapshot(run) == before  # refused: config.yaml (lr 1e-3) not written, nothing else

@@ -1,0 +1,163 @@
+"""What a resumed run may change, and making the changes it keeps take effect (design §4, §10).
+
+Refused (the message names each change): the model's parameter shapes, the data (another
+fingerprint: the changed folder paths, weights or folder contents are named), what decides which
+samples come in which order (seed, objective, lengths, noise, shuffle), the precision, the
+optimizer (offload or not), and with ZeRO >= 1 the stage and the number of ranks. A change of
+global batch is kept when the samples consumed so far are a whole number of the new batches (the
+loader resumes at an exact step of the new batch), refused otherwise. Everything else (lr,
+schedule, max_steps, betas, clipping, eval, logging, ...) is kept and logged as a warning, key
+by key, old → new; the optimizer and the lr schedule restored from the checkpoint are then set
+to the new values.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.config import RunConfig, config_to_dict
+
+log = logging.getLogger(__name__)
+
+# Keys that decide which sample comes at which position, or the saved optimizer layout.
+EXACTNESS_KEYS = ("seed", "precision", "data.objective", "data.seq_len", "data.input_length",
+                  "data.target_length", "data.noise_density", "data.mean_span_length",
+                  "data.shuffle")
+_PARTITION_HINT = "(the optimizer state is laid out per stage)"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every value that differs, sorted by key."""
+    a, b = flatten(old), flatten(new)
+    return [(k, a.get(k, "<unset>"), b.get(k, "<unset>")) for k in sorted(set(a) | set(b))
+            if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def data_folders(src) -> list[DataFolderRecord]:
+    """The run's shard folders with their normalised weights and manifest fingerprints."""
+    return [DataFolderRecord(path=str(f.folder), weight=w, fingerprint=f.fingerprint)
+            for f, w in zip(src.folders, src.weights)]
+
+
+def _data_problems(meta: CheckpointMeta, fingerprint: str,
+                   folders: list[DataFolderRecord]) -> list[str]:
+    if meta.data_fingerprint == fingerprint:
+        return []
+    old = {f.path: f for f in meta.data_folders}
+    new = {f.path: f for f in folders}
+    out = [f"data folder {p} was in the checkpoint's mixture, not in this run's"
+           for p in old if p not in new]
+    out += [f"data folder {p} is new (not in the checkpoint's mixture)"
+            for p in new if p not in old]
+    for p in sorted(set(old) & set(new)):
+        if old[p].fingerprint != new[p].fingerprint:
+            out.append(f"data folder {p}: its contents changed (manifest fingerprint "
+                       f"{old[p].fingerprint[:12]}… → {new[p].fingerprint[:12]}…)")
+        if abs(old[p].weight - new[p].weight) > 1e-12:
+            out.append(f"data folder {p}: weight {old[p].weight:.6g} → {new[p].weight:.6g}")
+    if not out:  # a checkpoint from before data_folders was recorded
+        out.append(f"data fingerprint: checkpoint {meta.data_fingerprint[:16]}…, "
+                   f"data {fingerprint[:16]}…")
+    return out
+
+
+def _partition_problems(meta: CheckpointMeta, world_size: int, zero_stage: int) -> list[str]:
+    """ZeRO >= 1 splits the optimizer state between the ranks that saved it, and DeepSpeed
+    cannot re-split it on load: such a checkpoint resumes only on the same ranks and stage."""
+    old_stage = meta.zero_stage
+    if old_stage != zero_stage and max(old_stage, zero_stage) >= 1:
+        return [f"deepspeed.zero_stage: checkpoint {old_stage}, config {zero_stage} "
+                + _PARTITION_HINT]
+    if zero_stage >= 1 and meta.world_size != world_size:
+        return [f"ranks: checkpoint written by {meta.world_size} ranks at ZeRO-{zero_stage}, "
+                f"this run has {world_size} (ZeRO's optimizer state is split between the ranks "
+                f"that saved it; resume on {meta.world_size} ranks, or use ZeRO-0 to change "
+                "the number of ranks — the data position carries over at the same global batch)"]
+    return []
+
+
+def _shape_problems(old: dict[str, list[int]], new: dict[str, list[int]]) -> list[str]:
+    out = [f"parameter {n}: checkpoint {old.get(n)}, config {new.get(n)}"
+           for n in sorted(set(old) | set(new)) if old.get(n) != new.get(n)]
+    if len(out) > 5:
+        out = out[:5] + [f"... and {len(out) - 5} more parameters"]
+    return out
+
+
+def _batch_problem(meta: CheckpointMeta, gbs: int) -> list[str]:
+    if meta.consumed_samples % gbs:
+        return [f"train.global_batch_size: {meta.config['train']['global_batch_size']} → {gbs}, "
+                f"but the checkpoint consumed {meta.consumed_samples} samples, not a whole number "
+                f"of {gbs}-sample batches (the loader resumes only at a step boundary of the new "
+                "batch; pick a batch that divides it)"]
+    return []
+
+
+def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[int]],
+                 fingerprint: str, folders: list[DataFolderRecord], world_size: int,
+                 tag_dir: Path) -> list[tuple[str, Any, Any]]:
+    """Raise CheckpointError naming every change that breaks the resume; return the changed
+    config keys that are kept (old, new) so the caller can warn."""
+    new = config_to_dict(cfg)
+    changes = config_changes(meta.config, new)
+    changed = {k for k, _, _ in changes}
+    problems = _partition_problems(meta, world_size, cfg.deepspeed.zero_stage)
+    problems += _shape_problems(meta.param_shapes, shapes)
+    problems += _data_problems(meta, fingerprint, folders)
+    problems += [f"{k}: {a!r} → {b!r} (decides which samples come in which order)"
+                 for k, a, b in changes if k in EXACTNESS_KEYS and k != "precision"]
+    if "precision" in changed:
+        problems.append(f"precision: checkpoint {meta.config['precision']}, config "
+                        f"{cfg.precision} (the optimizer state is laid out per precision)")
+    if "deepspeed.offload_optimizer" in changed:
+        problems.append(f"deepspeed.offload_optimizer: checkpoint "
+                        f"{meta.config['deepspeed']['offload_optimizer']}, config "
+                        f"{cfg.deepspeed.offload_optimizer} (another optimizer: torch AdamW vs "
+                        "DeepSpeedCPUAdam, whose saved state does not carry over)")
+    if "train.global_batch_size" in changed:
+        problems += _batch_problem(meta, cfg.train.global_batch_size)
+    if problems:
+        err = CheckpointError(f"cannot resume from {tag_dir}: the run changed:\n  - "
+                              + "\n  - ".join(problems)
+                              + "\nNothing in the run folder was changed. Use a new run_dir "
+                              "(or resume=never) to start over.")
+        err.all_ranks = True
+        raise err
+    return changes
+
+
+def warn_changes(changes: list[tuple[str, Any, Any]], tag_dir: Path) -> None:
+    if changes:
+        log.warning("resuming from %s with a changed config (the new values apply from the "
+                    "next step):\n%s", tag_dir,
+                    "\n".join(f"  - {k}: {a!r} → {b!r}" for k, a, b in changes))
+
+
+def apply_hyperparameters(scheduler, cfg: RunConfig) -> None:
+    """After load: DeepSpeed restored the optimizer's param groups (lr, betas, eps, weight decay)
+    and the scheduler's base lr and lr function from the checkpoint; set them to this run's
+    config, so that a changed value takes effect from the next step. With an unchanged config
+    this writes back the same values (bit for bit)."""
+    from pretrain.train.schedule import retarget
+
+    o = cfg.optim
+    optimizer = scheduler.optimizer  # the optimizer that steps (inside ZeRO's wrapper too)
+    for g in optimizer.param_groups:
+        g["betas"], g["eps"] = (o.beta1, o.beta2), o.eps
+    optimizer.param_groups[0]["weight_decay"] = o.weight_decay  # the decay group comes first
+    retarget(scheduler, cfg.schedule, cfg.train.max_steps, o.lr)

@@ -1,0 +1,201 @@
+"""Checkpoints against an adversarial user, with real DeepSpeed on 2 gloo ranks: a tampered file
+never runs code (resume, export, sample) and a refused resume changes nothing; damaged files
+(same-size garbage, one flipped byte) and a missing `latest` fall back to the last good
+checkpoint and the run still matches the uninterrupted one bit for bit; evaluation never costs a
+checkpoint; changed hyperparameters are named and take effect; a second run in one folder is
+refused naming the first; a full disk while saving ends cleanly with `latest` intact."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.dist import REPO, run_ranks, start_ranks
+from helpers.tamper import payload_is_live, snapshot, write_payload
+
+from pretrain.train import checkpoint as ckpt
+
+
+def rerecord(tag_dir: Path, name: str) -> None:
+    """Make meta.json vouch for the file as it is now (size and hash), as an attacker would."""
+    meta = ckpt.read_meta(tag_dir)
+    meta.files[name] = ckpt.file_record(tag_dir / name)
+    (tag_dir / ckpt.META).write_text(meta.model_dump_json(indent=1))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_tampered_file_never_runs_code_on_resume_export_or_sample(straight_run, runs,
+                                                                  tiny_data, tmp_path):
+    run, marker = tmp_path / "run", tmp_path / "PWNED"
+    shutil.copytree(straight_run(1), run)
+    tag_dir = run / "checkpoints" / "step_00000008"
+    victim = tag_dir / "zero_pp_rank_1_mp_rank_00_optim_states.pt"  # loaded by rank 1 only
+    write_payload(victim, marker)
+    assert payload_is_live(victim, marker)
+    rerecord(tag_dir, victim.name)
+    before = snapshot(run)
+
+    ranks = run_ranks(runs.small_run_args(run, tiny_data, 1), tmp_path / "logs", expect=2)
+    logs = ranks.logs(10**6)
+    assert f"refusing to load checkpoint {tag_dir}:\n" in logs
+    assert f"{victim}: it holds a pickled reference to `posix.system`" in logs
+    assert logs.count(str(victim)) == 1  # one message (rank 0 speaks for both)
+    assert "Traceback" not in logs and not marker.exists()
+
+    export = cli("-m", "pretrain.export", str(run), "--out", str(tmp_path / "m.safetensors"))
+    sample = cli("-m", "pretrain.sample", str(run), "--prompt", "the")
+    for proc in (export, sample):
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count(str(victim)) == 1 and "posix.system" in proc.stderr
+        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not marker.exists() and not (tmp_path / "m.safetensors").exists()
+    assert snapshot(run) == before  # the refused resume changed nothing (not even config.yaml)
+
+
+def test_damaged_checkpoints_and_missing_latest_fall_back_and_resume_exactly(
+        straight_run, runs, tiny_data, tmp_path):
+    reference = straight_run(1)
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    ck = run / "checkpoints"
+    assert ckpt.list_tags(ck) == ["step_00000003", "step_00000006", "step_00000008"]
+    (ck / ckpt.LATEST).unlink()
+    rng = ck / "step_00000008" / "rng_rank1.pt"  # same-size garbage
+    rng.write_bytes(random.Random(1).randbytes(rng.stat().st_size))
+    optim = ck / "step_00000006" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    data = bytearray(optim.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x10  # one flipped bit inside a tensor
+    optim.write_bytes(bytes(data))
+
+    ranks = run_ranks(runs.small_run_args(run, tiny_data, 1), tmp_path / "logs")
+    logs = ranks.logs(10**6)
+    assert f"{ck / ckpt.LATEST} is missing" in logs
+    fallback = "checkpoint {} is incomplete or damaged, falling back to {}:\n"
+    assert fallback.format(ck / "step_00000008", "step_00000006") in logs
+    assert "rng_rank1.pt: its sha256 differs from meta.json's" in logs
+    assert fallback.format(ck / "step_00000006", "step_00000003") in logs
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt: its sha256 differs" in logs
+    assert f"resumed from {ck / 'step_00000003'} at step 3" in logs
+    assert runs.train_losses(run) == runs.train_losses(reference)
+    val = [r["val_loss"] for r in runs.read_metrics(run) if "val_loss" in r]
+    assert val == [r["val_loss"] for r in runs.read_metrics(reference) if "val_loss" in r]
+    for tag in ckpt.list_tags(ck):  # the damaged ones were rewritten whole on the way
+        assert ckpt.choose_checkpoint(ck, [tag]) is not None
+
+
+EVAL_FAILS = """
+import sys
+import pretrain.train.loop as loop
+from pretrain.train.__main__ import main
+
+def evaluate(self):
+    raise RuntimeError(f"evaluation failed at step {self.step}")
+
+loop.Trainer.evaluate = evaluate
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_evaluation_failure_keeps_the_checkpoint_due_at_the_same_step(runs, tiny_data,
+                                                                     tmp_path):
+    run = tmp_path / "run"
+    args = runs.small_run_args(run, tiny_data, 0, "checkpoint.every_steps=2")[2:]  # no -m
+    ranks = run_ranks(["-c", EVAL_FAILS, *args], tmp_path / "logs", world_size=1, expect=1)
+    assert "evaluation failed at step 4" in ranks.logs(10**6)
+    ck = run / "checkpoints"
+    assert (ck / ckpt.LATEST).read_text().strip() == "step_00000004"  # saved before evaluating
+    assert ckpt.choose_checkpoint(ck, ["step_00000004"])[1].step == 4
+
+
+def test_changed_hyperparameters_are_named_and_take_effect(straight_run, runs, tiny_data,
+                                                           tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(straight_run(0), run)
+    ranks = run_ranks(runs.small_run_args(run, tiny_data, 0, "train.max_steps=12",
+                                          "optim.lr=1e-3", "train.global_batch_size=16"),
+                      tmp_path / "logs")
+    logs = ranks.logs(10**6)
+    for change in ("optim.lr: 0.003 → 0.001", "train.max_steps: 8 → 12",
+                   "train.global_batch_size: 8 → 16"):
+        assert change in logs, change
+    rows = [r for r in runs.read_metrics(run) if "loss" in r]
+    assert [r["consumed_samples"] for r in rows] == [8 * s for s in range(1, 9)] + [
+        64 + 16 * k for k in range(1, 5)]  # 8 steps of 8, then steps of 16
+    states = torch.load(run / "checkpoints" / "step_00000012" / "mp_rank_00_model_states.pt",
+                        weights_only=True)
+    sched = states["lr_scheduler"]
+    assert sched["base_lrs"] == [1e-3, 1e-3]  # the restored 3e-3 was replaced
+    assert {fn["max_steps"] for fn in sched["lr_lambdas"]} == {12}
+    assert ckpt.read_meta(run / "checkpoints" / "step_00000012").config["optim"]["lr"] == 1e-3
+
+
+def test_second_run_in_the_same_folder_exits_2_naming_the_first(runs, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = runs.small_run_args(run, tiny_data, 0, "train.max_steps=100000")
+    first = start_ranks(args, tmp_path / "logs_first")
+    try:
+        deadline = time.monotonic() + 240
+        while not (run / "metrics.jsonl").is_file():  # training: the lock is held
+            assert time.monotonic() < deadline and all(p.poll() is None for p in first.procs), \
+                first.logs()
+            time.sleep(0.1)
+        second = run_ranks(args, tmp_path / "logs_second", expect=2)
+        logs = second.logs(10**6)
+        assert (f"run folder {run} is in use by another run: host "
+                f"{os.uname().nodename}, pid {first.procs[0].pid}") in logs
+        assert logs.count("is in use by another run") == 1 and "Traceback" not in logs
+        assert all(p.poll() is None for p in first.procs)  # the first run goes on
+    finally:
+        first.procs[0].send_signal(signal.SIGUSR1)
+        codes = first.wait(240)
+    assert codes == [75, 75], first.logs()
+    steps = [s for s, _ in runs.train_losses(run)]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: no interleaved rows
+    assert not (run / "run.lock").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3.5 MB filesystem (tmpfs): room for one gpt-tiny ZeRO-1 checkpoint, not two."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    yield mnt
+    for _ in range(20):
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+
+
+def test_disk_full_while_saving_ends_cleanly_with_latest_intact(small_disk, runs, tiny_data,
+                                                               tmp_path):
+    run = small_disk / "run"
+    ranks = run_ranks(runs.small_run_args(run, tiny_data, 1), tmp_path / "logs", expect=1)
+    logs = ranks.logs(10**6)
+    assert re.search(r"only \d\.\d MB free for .*; a checkpoint is ≈ 2\.2 MB \(estimated from "
+                     r"136,960 parameters\)", logs), logs
+    ck = run / "checkpoints"
+    m = re.search(r"no space left on device while saving step 6 to (\S+) \(a checkpoint is ≈ "
+                  r"2\.\d MB, [\d.]+ [kM]B free\)\. The partial folder was removed; (\S+) still "
+                  r"names step_00000003", logs)
+    assert m and m.groups() == (str(ck / "step_00000006"), str(ck / ckpt.LATEST)), logs
+    assert logs.count("no space left on device") == 1 and "Traceback" not in logs
+    assert ckpt.list_tags(ck) == ["step_00000003"]
+    assert (ck / ckpt.LATEST).read_text().strip() == "step_00000003"
+    assert ckpt.choose_checkpoint(ck, ["step_00000003"])[1].step == 3

@@ -1,0 +1,109 @@
+"""What a resume may change (pretrain/train/resume.py), without processes: refusals name every
+change (shapes, data folders and weights, order-deciding keys, precision, ZeRO layout, a global
+batch that does not divide the consumed samples); kept changes come back key by key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.config import build_run_config, config_to_dict
+from pretrain.train.resume import check_resume, config_changes
+
+BASE = {
+    "run_dir": "/runs/x",
+    "model": {"family": "decoder", "max_seq_len": 32, "d_model": 32, "n_heads": 4, "n_layers": 1},
+    "data": {"path": "/data/a", "seq_len": 32},
+    "train": {"max_steps": 10, "global_batch_size": 8, "micro_batch_size": 2},
+    "deepspeed": {"zero_stage": 1},
+}
+SHAPES = {"w": [4, 8], "b": [8]}
+FOLDERS = [DataFolderRecord(path="/data/a", weight=1.0, fingerprint="f" * 64)]
+
+
+def cfg(**changes):
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in BASE.items()}
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[key] = value
+    return build_run_config(raw)
+
+
+def meta(consumed: int = 48, world: int = 2, **kw) -> CheckpointMeta:
+    return CheckpointMeta(step=6, consumed_samples=consumed, data_fingerprint="f" * 64,
+                          data_folders=FOLDERS, param_shapes=SHAPES, world_size=world,
+                          config=config_to_dict(kw.pop("config", cfg())), **kw)
+
+
+def check(new, m=None, shapes=SHAPES, fp="f" * 64, folders=FOLDERS, world=2):
+    return check_resume(m or meta(), new, shapes, fp, folders, world, Path("/ck/step_00000006"))
+
+
+def refusal(*args, **kw) -> str:
+    with pytest.raises(CheckpointError) as err:
+        check(*args, **kw)
+    assert "cannot resume from /ck/step_00000006" in str(err.value)
+    assert "Nothing in the run folder was changed" in str(err.value)
+    return str(err.value)
+
+
+def test_unchanged_config_resumes_silently():
+    assert check(cfg()) == []
+
+
+def test_hyperparameter_changes_are_kept_and_listed_old_to_new():
+    changes = check(cfg(optim__lr=1e-3, train__max_steps=20, schedule__name="wsd",
+                        train__global_batch_size=16, model__dropout=0.2))
+    assert ("optim.lr", 3e-4, 1e-3) in changes
+    assert ("train.max_steps", 10, 20) in changes
+    assert ("schedule.name", "cosine", "wsd") in changes
+    assert ("train.global_batch_size", 8, 16) in changes  # 48 samples = 3 steps of 16
+    assert ("model.dropout", 0.0, 0.2) in changes
+
+
+def test_a_global_batch_that_does_not_divide_the_consumed_samples_is_refused():
+    text = refusal(cfg(train__global_batch_size=32))
+    assert "train.global_batch_size: 8 → 32, but the checkpoint consumed 48 samples" in text
+
+
+def test_data_changes_name_folders_weights_and_contents():
+    mix = [DataFolderRecord(path="/data/a", weight=0.75, fingerprint="f" * 64),
+           DataFolderRecord(path="/data/b", weight=0.25, fingerprint="e" * 64)]
+    text = refusal(cfg(data__path=[{"path": "/data/a", "weight": 3}, {"path": "/data/b",
+                                                                       "weight": 1}]),
+                   fp="9" * 64, folders=mix)
+    assert "data folder /data/b is new" in text
+    assert "data folder /data/a: weight 1 → 0.75" in text
+    text = refusal(cfg(), fp="9" * 64,
+                   folders=[DataFolderRecord(path="/data/a", weight=1.0, fingerprint="9" * 64)])
+    assert "data folder /data/a: its contents changed (manifest fingerprint ffffffffffff… → " \
+           "999999999999…)" in text
+    # The same shards under another path: nothing that decides the samples changed.
+    moved = [DataFolderRecord(path="/mnt/a", weight=1.0, fingerprint="f" * 64)]
+    assert check(cfg(data__path="/mnt/a"), folders=moved) == [("data.path", "/data/a", "/mnt/a")]
+
+
+def test_order_deciding_keys_precision_shapes_and_zero_layout_are_refused():
+    text = refusal(cfg(seed=7, data__seq_len=16, data__shuffle=False, precision="bf16"),
+                   shapes={"w": [4, 16], "b": [8], "c": [2]}, world=1)
+    for part in ("seed: 1234 → 7", "data.seq_len: 32 → 16", "data.shuffle: True → False",
+                 "precision: checkpoint fp32, config bf16",
+                 "parameter w: checkpoint [4, 8], config [4, 16]",
+                 "parameter c: checkpoint None, config [2]",
+                 "written by 2 ranks at ZeRO-1, this run has 1"):
+        assert part in text, part
+    assert "zero_stage: checkpoint 1, config 3" in refusal(cfg(deepspeed__zero_stage=3))
+    assert "deepspeed.offload_optimizer: checkpoint False, config True" in refusal(
+        cfg(deepspeed__offload_optimizer=True))
+    zero0 = meta(config=cfg(deepspeed__zero_stage=0))  # ZeRO-0: any number of ranks
+    assert check(cfg(deepspeed__zero_stage=0), m=zero0, world=1) == []
+
+
+def test_config_changes_flatten_nested_keys():
+    assert config_changes({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"b": 2, "c": [1]}}) == [
+        ("a.b", 1, 2), ("d", 2, "<unset>")]
