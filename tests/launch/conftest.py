@@ -1,6 +1,7 @@
 """Fixtures for the launch tests.
 
 `slurm`: a real two-node SLURM cluster on this machine (facts: notes/slurm.md).
+`sshd`: a private sshd + pdsh for `launch hostfile` over ssh (tests/helpers/sshd.py).
 
 Installs munge/slurmctld/slurmd/slurm-client with apt when missing, writes slurm.conf into a temp
 folder, starts munged (unless one runs), slurmctld and two slurmd (n1, n2 on 127.0.0.1), waits
@@ -289,6 +290,29 @@ def slurm():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """A private sshd on 127.0.0.1 (free port, throwaway keys, two host names of its own) and
+    pdsh. Skips only where it cannot be set up at all (not root, apt failing); an sshd that does
+    not start fails the tests (after one retry: the free port may be taken meanwhile)."""
+    from helpers.sshd import StartFailed, start_sshd
+    from helpers.sshd import Unavailable as SshUnavailable
+
+    try:
+        try:
+            server = start_sshd()
+        except StartFailed:
+            server = start_sshd()
+    except SshUnavailable as e:
+        pytest.skip(str(e))
+    except StartFailed as e:
+        pytest.fail(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
