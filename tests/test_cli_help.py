@@ -31,6 +31,7 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 def _mains():
     from launch.__main__ import main as launch
     from launch.demo import main as demo
+    from launch.signal_trainers import main as signal_trainers
     from pretrain.export import main as export
     from pretrain.model.__main__ import main as model
     from pretrain.plot import main as plot
@@ -39,11 +40,12 @@ def _mains():
 
     return {"pretrain.train": train, "pretrain.export": export, "pretrain.sample": sample,
             "pretrain.plot": plot, "pretrain.model": model, "launch": launch,
-            "launch.demo": demo}
+            "launch.demo": demo, "launch.signal_trainers": signal_trainers}
 
 
 @pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.sample",
-                                  "pretrain.plot", "pretrain.model", "launch", "launch.demo"])
+                                  "pretrain.plot", "pretrain.model", "launch", "launch.demo",
+                                  "launch.signal_trainers"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):
     parsers = _capture(monkeypatch, _mains()[name], [])
     assert parsers

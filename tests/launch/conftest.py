@@ -1,6 +1,7 @@
 """Fixtures for the launch tests.
 
 `slurm`: a real two-node SLURM cluster on this machine (facts: notes/slurm.md).
+`sshd`: a private sshd + pdsh for `launch hostfile` over ssh (tests/helpers/sshd.py).
 
 Installs munge/slurmctld/slurmd/slurm-client with apt when missing, writes slurm.conf into a temp
 folder, starts munged (unless one runs), slurmctld and two slurmd (n1, n2 on 127.0.0.1), waits
@@ -11,6 +12,7 @@ the /etc/hosts line it added.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -90,11 +92,13 @@ def _node_topology() -> tuple[str, int]:
     return " ".join(keep), memory
 
 
-def render_conf(d: Path, ctld_port: int, node_ports: tuple[int, int]) -> str:
+def render_conf(d: Path, ctld_port: int, node_ports: tuple[int, int],
+                first_job_id: int = 1) -> str:
     host = socket.gethostname().split(".")[0]
     topology, memory = _node_topology()
     return f"""\
 ClusterName=arrowtest
+FirstJobId={first_job_id}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmUser=root
@@ -252,7 +256,9 @@ def start_cluster() -> SlurmCluster:
         (d / "spool" / n).mkdir(parents=True)
     ctld_port, node_ports = _cluster_ports()
     conf = d / "slurm.conf"
-    conf.write_text(render_conf(d, ctld_port, node_ports))
+    # The job script derives MASTER_PORT from the job id: a random first id keeps two test
+    # clusters on one machine (parallel sessions) from handing their ranks the same port.
+    conf.write_text(render_conf(d, ctld_port, node_ports, random.randrange(1000, 19000)))
     env = dict(os.environ, SLURM_CONF=str(conf))
     cluster = SlurmCluster(d, conf, env)
     try:
@@ -289,6 +295,29 @@ def slurm():
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd():
+    """A private sshd on 127.0.0.1 (free port, throwaway keys, two host names of its own) and
+    pdsh. Skips only where it cannot be set up at all (not root, apt failing); an sshd that does
+    not start fails the tests (after one retry: the free port may be taken meanwhile)."""
+    from helpers.sshd import StartFailed, start_sshd
+    from helpers.sshd import Unavailable as SshUnavailable
+
+    try:
+        try:
+            server = start_sshd()
+        except StartFailed:
+            server = start_sshd()
+    except SshUnavailable as e:
+        pytest.skip(str(e))
+    except StartFailed as e:
+        pytest.fail(str(e))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 n1/n2 preempted with `scancel --signal=USR1` saves, exits 75, requeues itself, resumes and
 finishes with per-step losses equal bit for bit to an uninterrupted `launch local` run; a job
 whose data disappears fails without a requeue and `status` says why; DeepSpeed's hostfile
-launcher (--no_ssh per-node mode, two "nodes" on loopback) trains, stops on SIGUSR1, resumes."""
+launcher trains, stops on SIGUSR1, resumes — per node (--no_ssh, two "nodes" on loopback) and
+over real ssh + pdsh to two host names of a private sshd, equal to the `launch local` run."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launch.common import REPO, free_port
 
@@ -176,3 +178,45 @@ def test_local_forwards_sigterm_ranks_save_and_exit_75(tiny_data, tmp_path):
     assert "forwarding SIGTERM" in out
     saved = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert PREEMPT_AT_STEP <= saved < STEPS
+
+
+@pytest.mark.ssh
+def test_hostfile_over_ssh_stop_resume_equals_local(sshd, tiny_data, reference, tmp_path):
+    """The ssh path end to end: pdsh -> sshd -> DeepSpeed's launch.py -> one rank per host;
+    SIGUSR1 to the launcher reaches both ranks (through pdsh), they save and the launcher exits
+    75; the same command resumes and finishes with exit 0, every loss equal to `launch local`.
+    A value with quotes, spaces and `$` survives the remote shell unchanged."""
+    host_a, host_b = sshd.hosts
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"{host_a} slots=1\n{host_b} slots=1\n")
+    run_dir = tmp_path / "run"
+    name = """it's a "quoted" $HOME `id` name"""
+    cmd = [sys.executable, "-m", "launch", "hostfile", "--config", CONFIG, "--hostfile",
+           str(hosts), "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+           "--omp-threads", "1", *overrides(run_dir, tiny_data), f"logging.wandb.name={name}"]
+    log1, log2 = tmp_path / "launch1.log", tmp_path / "launch2.log"
+    with open(log1, "wb") as out:
+        first = subprocess.Popen(cmd, cwd=REPO, env=sshd.env, stdout=out,
+                                 stderr=subprocess.STDOUT)
+    try:
+        wait_for_step(run_dir, PREEMPT_AT_STEP, timeout_s=300)
+        first.send_signal(signal.SIGUSR1)
+        assert first.wait(timeout=300) == 75, log1.read_text()[-5000:]
+    finally:
+        first.kill()
+    text = log1.read_text()
+    assert "pdsh@" in text and f"{host_a}: ssh exited with exit code 75" in text, text[-5000:]
+    assert f"{host_b}: ssh exited with exit code 75" in text
+    assert "received SIGUSR1" in text and "[rank 1 " in text  # the rank behind host b got it
+    saved = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    assert PREEMPT_AT_STEP <= saved < STEPS
+
+    with open(log2, "wb") as out:
+        second = subprocess.run(cmd, cwd=REPO, env=sshd.env, stdout=out,
+                                stderr=subprocess.STDOUT, timeout=400)
+    text = log2.read_text()
+    assert second.returncode == 0, text[-5000:]
+    assert f"resumed from {run_dir / 'checkpoints' / f'step_{saved:08d}'}" in text
+    assert step_losses(run_dir) == reference
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["logging"]["wandb"]["name"] \
+        == name

@@ -84,6 +84,9 @@ def test_sigusr1_to_one_rank_then_resume_is_bitwise_exact(stage, tiny_data, stra
         run_ids = [r["run"]["run_id"] for r in records if r["type"] == "run"]
         assert len(run_ids) == 2  # one per start: before the stop and after the resume
         assert set(run_ids) == {(run / "wandb_run_id").read_text().strip()}
+        assert all(r["run"]["resume"] for r in records if r["type"] == "run")
+        steps = [h["history"]["step"]["num"] for h in records if h["type"] == "history"]
+        assert steps == list(range(1, 9))  # W&B's own step is the global step, each once
         logged = {h["history"]["item"]["train/step"]: h["history"]["item"]["loss"]
                   for h in records if h["type"] == "history" and "loss" in h["history"]["item"]}
         assert logged == dict(train_losses(run))
