@@ -131,7 +131,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec"}
+FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec", "seq2seq": "encdec"}
 
 
 def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -165,6 +165,8 @@ def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Proble
     d, longest = s["data"], s["model"].max_seq_len
     if d.objective == "clm":
         lengths = {"data.seq_len": d.seq_len}
+    elif d.objective == "seq2seq":
+        lengths = {"data.input_length": d.input_length, "data.target_length": d.target_length}
     else:
         needed = span_lengths(d.input_length, d.noise_density, d.mean_span_length).targets_length
         if d.target_length is not None and d.target_length < needed:

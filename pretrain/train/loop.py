@@ -63,6 +63,14 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
     return batch["input_ids"].numel()
 
 
+def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """seq2seq: (padded positions, all positions) of a CPU batch, source and target together
+    (counted before the copy to the device, so no host sync)."""
+    mask, targets = batch["attention_mask"], batch["targets"]
+    pad = int((~mask).sum()) + int((targets == -100).sum())
+    return pad, mask.numel() + targets.numel()
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
                  stop: StopFlag | None = None):
@@ -73,6 +81,13 @@ class Trainer:
         self.cfg = cfg = fill_vocab(cfg, self.src.vocab_size)
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.gas = grad_accum_steps(cfg, denv.world_size)
+        self.seq2seq = cfg.data.objective == "seq2seq"
+        if self.seq2seq and self.rank0:
+            log.info("seq2seq: %s; longer pairs are skipped (data.input_length %d, "
+                     "data.target_length %d, EOS included)",
+                     ", ".join(f"{split} {self.src.num_samples(split):,} pairs used, "
+                               f"{n:,} skipped" for split, n in self.src.skipped_pairs.items()),
+                     cfg.data.input_length, cfg.data.target_length)
         if self.rank0:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
@@ -105,25 +120,31 @@ class Trainer:
         """gas micro-batches forward+backward; DeepSpeed steps the optimizer on the last."""
         # Kept on the device: no host sync per micro-batch, and NCCL reduces only GPU tensors.
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wait_s, tokens = 0.0, 0
+        wait_s, tokens, pad, positions = 0.0, 0, 0, 0
         for _ in range(self.gas):
             t0 = time.perf_counter()
-            batch = self._to_device(next(batches))
+            batch = next(batches)
+            if self.seq2seq:
+                pad, positions = (a + b for a, b in zip((pad, positions), padding_counts(batch)))
+            batch = self._to_device(batch)
             wait_s += time.perf_counter() - t0
             tokens += batch_tokens(batch)
             loss = self.engine(**batch)["loss"]
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().double()
-        # One all-reduce per step: mean loss and the stop flag (does any rank want to stop?).
-        stop = torch.tensor(float(self.stop.requested), dtype=torch.float64, device=self.device)
-        stats = torch.stack([loss_sum / self.gas, stop])
+        # One all-reduce per step: mean loss, the stop flag (does any rank want to stop?) and
+        # the padding counts (seq2seq).
+        host = torch.tensor([float(self.stop.requested), pad, positions], dtype=torch.float64,
+                            device=self.device)
+        stats = torch.cat([(loss_sum / self.gas)[None], host])
         dist.all_reduce(stats)
         stats = stats.cpu()
         grad_norm = self.engine.get_global_grad_norm()
         return {"loss": stats[0].item() / self.denv.world_size, "stop": stats[1].item() > 0,
                 "data_wait_s": wait_s, "tokens": tokens * self.denv.world_size,
-                "grad_norm": None if grad_norm is None else float(grad_norm)}
+                "grad_norm": None if grad_norm is None else float(grad_norm),
+                "padding_fraction": stats[2].item() / stats[3].item() if self.seq2seq else None}
 
     # ---- evaluation --------------------------------------------------------------------
 
@@ -179,6 +200,8 @@ class Trainer:
                "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
                "consumed_samples": self.step * self.cfg.train.global_batch_size,
                "restart_count": self.restart_count, "time": time.time()}
+        if self.seq2seq:  # padded share of the source + target positions of the step, all ranks
+            row["padding_fraction"] = out["padding_fraction"]
         return row
 
     def _mfu(self, tokens_per_sec: float) -> float | None:
