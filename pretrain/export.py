@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pretrain.logs import setup_logging
-from pretrain.model import ModelConfig, build_model
+from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
 
 log = logging.getLogger("pretrain.export")
@@ -55,7 +55,7 @@ def _fp32_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
 def load_trained_model(run_dir: str | Path, tag: str | None = None) -> tuple[nn.Module, dict]:
     """The model of a run's checkpoint, on CPU in fp32, and the checkpoint's meta."""
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
-    cfg = ModelConfig.model_validate(meta["config"]["model"])
+    cfg = saved_model_config(meta["config"]["model"])
     model = build_model(cfg)
     state = _fp32_state_dict(tag_dir, meta["config"]["deepspeed"]["zero_stage"])
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -91,7 +91,7 @@ def load_exported(path: str | Path) -> nn.Module:
     from safetensors.torch import load_model
 
     with safe_open(str(path), framework="pt") as f:
-        cfg = ModelConfig.model_validate_json(f.metadata()["model_config"])
+        cfg = saved_model_config(json.loads(f.metadata()["model_config"]))
     model = build_model(cfg)
     load_model(model, str(path), strict=True)
     return model.eval()

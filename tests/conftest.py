@@ -22,3 +22,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def flex_backward_on_cpu(monkeypatch):
+    """torch's flex_attention front end refuses a backward on CPU (a device check: the fused
+    kernels are GPU-only). Its reference implementation, which the front end runs on CPU, does
+    have a backward: lift only that check, so flex gradients can be compared on CPU."""
+    import torch.nn.attention.flex_attention as flex
+
+    check = flex._validate_device
+    monkeypatch.setattr(flex, "_validate_device",
+                        lambda q, k, v: check(q.detach(), k.detach(), v.detach()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from pretrain.model.config import EveryN, ModelConfig, padded_vocab_size
+from pretrain.model.config import ModelConfig, padded_vocab_size, saved_model_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -23,8 +23,9 @@ _LAZY = {"DecoderLM": "pretrain.model.decoder", "EncoderDecoder": "pretrain.mode
          "generate": "pretrain.model.generate"}
 
 __all__ = [
-    "PEAK_BF16_FLOPS", "DecoderLM", "EncoderDecoder", "EveryN", "ModelConfig", "build_model",
+    "PEAK_BF16_FLOPS", "DecoderLM", "EncoderDecoder", "ModelConfig", "build_model",
     "count_parameters", "flops_per_token", "generate", "mfu", "padded_vocab_size", "peak_flops",
+    "saved_model_config",
 ]
 
 

@@ -68,7 +68,6 @@ def summary(cfg: ModelConfig, seq_len: int, target_len: int | None) -> list[str]
         f"d_ff: {cfg.ffn_dim}",
         f"vocab_size: {cfg.vocab_size}",
         f"max_seq_len: {cfg.max_seq_len}",
-        f"activation_checkpointing: {cfg.activation_checkpointing}",
         f"parameters: {n_params}",
         f"parameters_millions: {n_params / 1e6:.2f}",
         f"bf16_weights_gib: {n_params * 2 / 2**30:.3f}",

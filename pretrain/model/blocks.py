@@ -1,11 +1,11 @@
 """One Transformer block (self-attention, optional cross-attention, feed-forward) and a stack of
-them with activation checkpointing by config."""
+them. Activation checkpointing and compilation are applied to the blocks from outside
+(pretrain/train/parallelize.py); nothing here knows about either."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pretrain.model.config import ModelConfig
 from pretrain.model.layers import (
@@ -22,11 +22,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, cross: bool = False):
         super().__init__()
-        selective = cfg.activation_checkpointing == "selective"
 
         def attention() -> Attention:
-            return Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout,
-                             selective)
+            return Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout)
 
         def norm() -> nn.Module:
             return make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
@@ -54,22 +52,15 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """`n` blocks; block i recomputes its forward in backward when `cfg.checkpointed(i)`."""
+    """`n` blocks applied in turn; `caches` (generation) holds one KVCache per block."""
 
     def __init__(self, cfg: ModelConfig, n: int, cross: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n))
-        self.checkpointed = [cfg.checkpointed(i) for i in range(n)]
 
     def forward(self, x: torch.Tensor, caches=None, **kw) -> torch.Tensor:
-        recompute = self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            if caches is not None:
-                x = block(x, cache=caches[i], **kw)
-            elif recompute and self.checkpointed[i]:
-                x = checkpoint(block, x, use_reentrant=False, **kw)
-            else:
-                x = block(x, **kw)
+            x = block(x, **kw) if caches is None else block(x, cache=caches[i], **kw)  # (B, T, C)
         return x
 
 

@@ -7,13 +7,18 @@ Style switches (defaults are GPT-2's):
   tie_embeddings  output projection shares the token embedding (encdec: also source = target)
   init            scaled_normal (GPT-2/Llama: N(0, init_std), residual projections / sqrt(2L))
                   | xavier (the 2017 Transformer)
+Loss (`loss`): plain (full logits, then cross-entropy on an fp32 copy) | chunked (row chunks of
+`loss_chunk_rows`; no (B·T, V) tensor ever exists). Same result; see pretrain/model/loss.py.
+Document masking (`doc_masking`, packed decoder rows): `doc_mask_kernel` flex (a flex_attention
+BlockMask: tiles with no allowed pair are skipped, fused kernels when compiled on a GPU) | dense
+(a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on CUDA, dense elsewhere).
 Cross-field checks are field validators, so each problem is reported under its own key and all
 of them come out in one error.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -27,13 +32,11 @@ def padded_vocab_size(n_tokens: int, multiple: int = VOCAB_MULTIPLE) -> int:
     return -(-n_tokens // multiple) * multiple
 
 
-class EveryN(Section):
-    """`activation_checkpointing: {every_n: k}` checkpoints blocks 0, k, 2k, ..."""
-
-    every_n: int = Field(ge=1)
-
-
-Checkpointing = Literal["none", "full", "selective"] | EveryN
+# Keys that left this section: a config still naming one gets "moved to ..." under that key.
+MOVED_KEYS = {
+    "activation_checkpointing": "train.activation_checkpointing (it changes no parameter: the "
+                                "trainer applies it from outside the model)",
+}
 
 
 class ModelConfig(Section):
@@ -49,6 +52,8 @@ class ModelConfig(Section):
     n_decoder_layers: int | None = Field(default=None, ge=1, validate_default=True)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    loss: Literal["plain", "chunked"] = "plain"  # see pretrain/model/loss.py
+    loss_chunk_rows: int = Field(default=4096, ge=1)  # chunked: rows of logits at a time
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = Field(default=1e-5, gt=0.0)
@@ -61,8 +66,11 @@ class ModelConfig(Section):
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
     init: Literal["scaled_normal", "xavier"] = "scaled_normal"
     init_std: float = Field(default=0.02, gt=0.0)
-    activation_checkpointing: Checkpointing = "none"
     doc_masking: bool = Field(default=False, validate_default=True)
+    # Kernel for document masking: auto = flex on a GPU (dropout 0), dense elsewhere.
+    doc_mask_kernel: Literal["auto", "flex", "dense"] = "auto"
+    # Moved away (see MOVED_KEYS); never set, never dumped: only here to name its new place.
+    activation_checkpointing: Any = Field(default=None, exclude=True, repr=False)
 
     # --- cross-field checks (each sees the fields declared above it in info.data) ---
 
@@ -105,11 +113,24 @@ class ModelConfig(Section):
             raise ValueError(f"sinusoidal positions need an even d_model, got {d}")
         return v
 
+    @field_validator("activation_checkpointing")
+    @classmethod
+    def _moved(cls, v: Any, info: ValidationInfo) -> None:
+        raise ValueError(f"moved to {MOVED_KEYS[info.field_name]}")
+
     @field_validator("doc_masking")
     @classmethod
     def _doc_masking_is_decoder_only(cls, v: bool, info: ValidationInfo) -> bool:
         if v and info.data.get("family") == "encdec":
             raise ValueError("document masking applies to packed decoder batches only")
+        return v
+
+    @field_validator("doc_mask_kernel")
+    @classmethod
+    def _flex_has_no_dropout(cls, v: str, info: ValidationInfo) -> str:
+        if v == "flex" and info.data.get("dropout"):
+            raise ValueError("flex_attention has no attention dropout: use dense (or auto), "
+                             "or dropout 0")
         return v
 
     # --- derived values ---
@@ -126,15 +147,25 @@ class ModelConfig(Section):
     def ffn_dim(self) -> int:
         return self.d_ff or 4 * self.d_model
 
+    def doc_kernel(self, device_type: str) -> str:
+        """The document-masking kernel used on a device: "flex" or "dense"."""
+        if self.doc_mask_kernel == "auto":
+            return "flex" if device_type == "cuda" and not self.dropout else "dense"
+        return self.doc_mask_kernel
+
+    @property
+    def chunk_rows(self) -> int | None:
+        """Rows per chunk of the chunked loss, or None for the plain one."""
+        return self.loss_chunk_rows if self.loss == "chunked" else None
+
     @property
     def total_layers(self) -> int:
         if self.family == "decoder":
             return self.n_layers
         return self.n_encoder_layers + self.n_decoder_layers
 
-    def checkpointed(self, index: int) -> bool:
-        """Whether block `index` (counted within its stack) recomputes its whole forward."""
-        ac = self.activation_checkpointing
-        if isinstance(ac, EveryN):
-            return index % ac.every_n == 0
-        return ac == "full"
+
+def saved_model_config(data: dict[str, Any]) -> ModelConfig:
+    """A ModelConfig from a checkpoint's or export's saved config: keys that have since moved
+    out of this section (they never changed a parameter) are dropped, so old runs still load."""
+    return ModelConfig.model_validate({k: v for k, v in data.items() if k not in MOVED_KEYS})

@@ -7,12 +7,18 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pretrain.model.blocks import Positions, Stack
 from pretrain.model.config import ModelConfig
-from pretrain.model.layers import doc_causal_mask, init_weights, make_norm, positions_from_doc_ids
+from pretrain.model.layers import (
+    doc_block_mask,
+    doc_causal_mask,
+    init_weights,
+    make_norm,
+    positions_from_doc_ids,
+)
+from pretrain.model.loss import LMHead, lm_outputs
 
 
 class DecoderLM(nn.Module):
@@ -25,20 +31,21 @@ class DecoderLM(nn.Module):
         self.stack = Stack(cfg, cfg.n_layers)
         self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) \
             if cfg.norm_position == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = LMHead(cfg.d_model, cfg.vocab_size, cfg.label_smoothing, cfg.chunk_rows)
         init_weights(self, cfg.init, cfg.init_std, cfg.n_layers)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
 
     def forward(self, input_ids, targets=None, doc_ids=None, caches=None, offset: int = 0):
-        """input_ids (B, T) -> {"logits": (B, T, V)} (+ "loss" with targets). `caches`/`offset`
-        are for generation: one KVCache per block, `offset` tokens already in them."""
+        """input_ids (B, T) -> {"logits": (B, T, V)}; with targets {"loss"} in training mode,
+        {"loss", "logits"} in eval mode (see loss.lm_outputs). `caches`/`offset` are for
+        generation: one KVCache per block, `offset` tokens already in them."""
         B, T = input_ids.shape
         self.positions.check(T, offset)
         if self.cfg.doc_masking and doc_ids is not None and caches is None:
             pos = positions_from_doc_ids(doc_ids)  # (B, T), restarts at each document
-            mask, causal = doc_causal_mask(doc_ids), False  # (B, 1, T, T)
+            mask, causal = self._doc_mask(doc_ids), False  # one mask for every layer
         else:
             pos = torch.arange(offset, offset + T, device=input_ids.device)  # (T,)
             mask = self._cache_mask(T, offset, input_ids.device)
@@ -49,12 +56,13 @@ class DecoderLM(nn.Module):
             x = x + pos_emb
         x = self.stack(self.drop(x), caches=caches, mask=mask, causal=causal,
                        rope=self.positions.rope(pos))
-        logits = self.lm_head(self.norm_f(x))  # (B, T, V)
-        if targets is None:
-            return {"logits": logits}
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=-100, label_smoothing=self.cfg.label_smoothing)
-        return {"loss": loss, "logits": logits}
+        return lm_outputs(self.lm_head, self.norm_f(x), targets, self.training)
+
+    def _doc_mask(self, doc_ids: torch.Tensor):
+        """A flex BlockMask or the dense (B, 1, T, T) boolean mask (cfg.doc_mask_kernel)."""
+        if self.cfg.doc_kernel(doc_ids.device.type) == "flex":
+            return doc_block_mask(doc_ids)
+        return doc_causal_mask(doc_ids)
 
     @staticmethod
     def _cache_mask(T: int, offset: int, device) -> torch.Tensor | None:

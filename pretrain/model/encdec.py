@@ -8,12 +8,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pretrain.model.blocks import Positions, Stack
 from pretrain.model.config import ModelConfig
 from pretrain.model.layers import init_weights, make_norm
+from pretrain.model.loss import LMHead, lm_outputs
 
 
 class EncoderDecoder(nn.Module):
@@ -30,7 +30,7 @@ class EncoderDecoder(nn.Module):
             else nn.Identity()
         self.dec_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) if pre \
             else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = LMHead(cfg.d_model, cfg.vocab_size, cfg.label_smoothing, cfg.chunk_rows)
         init_weights(self, cfg.init, cfg.init_std, cfg.total_layers)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -52,18 +52,20 @@ class EncoderDecoder(nn.Module):
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         return self.enc_norm(self.encoder(x, mask=mask, rope=rope))  # (B, S, C)
 
-    def decode(self, decoder_input_ids, memory, attention_mask=None) -> torch.Tensor:
-        """(B, T) target prefix + (B, S, C) memory -> (B, T, V) logits."""
+    def decoder_states(self, decoder_input_ids, memory, attention_mask=None) -> torch.Tensor:
+        """(B, T) target prefix + (B, S, C) memory -> (B, T, C) final decoder states."""
         x, rope = self._embed(decoder_input_ids, self.dec_positions)
         memory_mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
         x = self.decoder(x, causal=True, rope=rope, memory=memory, memory_mask=memory_mask)
-        return self.lm_head(self.dec_norm(x))  # (B, T, V)
+        return self.dec_norm(x)  # (B, T, C)
+
+    def decode(self, decoder_input_ids, memory, attention_mask=None) -> torch.Tensor:
+        """(B, T) target prefix + (B, S, C) memory -> (B, T, V) logits."""
+        return self.lm_head(self.decoder_states(decoder_input_ids, memory, attention_mask))
 
     def forward(self, input_ids, decoder_input_ids, attention_mask=None, targets=None):
-        memory = self.encode(input_ids, attention_mask)
-        logits = self.decode(decoder_input_ids, memory, attention_mask)
-        if targets is None:
-            return {"logits": logits}
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=-100, label_smoothing=self.cfg.label_smoothing)
-        return {"loss": loss, "logits": logits}
+        """-> {"logits": (B, T, V)}; with targets {"loss"} in training mode, {"loss", "logits"}
+        in eval mode (see loss.lm_outputs)."""
+        memory = self.encode(input_ids, attention_mask)  # (B, S, C)
+        h = self.decoder_states(decoder_input_ids, memory, attention_mask)  # (B, T, C)
+        return lm_outputs(self.lm_head, h, targets, self.training)

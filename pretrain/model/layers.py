@@ -7,7 +7,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+try:  # torch >= 2.5 (the floor); guarded so a build without it still runs every other path
+    from torch.nn.attention import flex_attention as _flex
+except ImportError:  # pragma: no cover
+    _flex = None
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool) -> nn.Module:
@@ -61,17 +65,54 @@ def doc_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal)[:, None]
 
 
+# flex_attention: used only by document masking with the flex kernel. Uncompiled it materialises
+# the full score matrix, so on a GPU both it and the mask builder go through torch.compile (once,
+# here; inside an already compiled model they are traced as part of it).
+_COMPILED: dict[str, object] = {}
+
+
+def _flex_fn(name: str, device: torch.device):
+    if _flex is None:
+        raise RuntimeError("model.doc_mask_kernel flex needs torch.nn.attention.flex_attention "
+                           "(torch >= 2.5)")
+    fn = getattr(_flex, name)
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return fn
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=False)
+    return _COMPILED[name]
+
+
+def doc_block_mask(doc_ids: torch.Tensor):
+    """(B, T) doc ids -> a flex_attention BlockMask with doc_causal_mask's rule. Build it once
+    per forward and pass it to every layer: only the 128x128 tiles holding an allowed pair are
+    computed, the rest of the T x T square is skipped."""
+    B, T = doc_ids.shape
+
+    def same_doc_not_future(b, h, q, kv):
+        return (doc_ids[b, q] == doc_ids[b, kv]) & (q >= kv)
+
+    create = _flex_fn("create_block_mask", doc_ids.device)
+    return create(same_doc_not_future, B, None, T, T, device=doc_ids.device)
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
+    """q (B, h, T, hd), k/v (B, kv, T, hd) -> (B, h, T, hd) under a BlockMask."""
+    fn = _flex_fn("flex_attention", q.device)
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
 # ----------------------------------------------------------------------------- attention
 
 class Attention(nn.Module):
     """Multi-head attention with grouped-query heads, through SDPA (flash kernels on GPU).
 
     Self-attention when `memory` is None, cross-attention over `memory` otherwise. `mask` is an
-    SDPA boolean mask (True = attend) or None; `causal` takes the is_causal fast path.
+    SDPA boolean mask (True = attend), a flex_attention BlockMask (doc_block_mask), or None;
+    `causal` takes the is_causal fast path.
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float,
-                 selective_checkpoint: bool = False):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
@@ -80,7 +121,6 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj.is_residual_out = True  # scaled init
         self.dropout = dropout
-        self.selective_checkpoint = selective_checkpoint
 
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
@@ -95,21 +135,18 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, kv, past + T, hd)
-        if self.n_kv_heads != self.n_heads:
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         y = self._core(q, k, v, mask, causal)  # (B, h, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))
 
     def _core(self, q, k, v, mask, causal):
+        """Grouped-query heads share K/V inside the kernel (`enable_gqa`, torch >= 2.5): no
+        repeated copy of k and v is made (the math fallback still repeats them)."""
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is not None and not isinstance(mask, torch.Tensor):  # a flex BlockMask
+            return flex_attention(q, k, v, mask, enable_gqa=gqa)
         p = self.dropout if self.training else 0.0
-
-        def sdpa(q, k, v, mask):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                                  is_causal=causal and mask is None)
-        if self.selective_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(sdpa, q, k, v, mask, use_reentrant=False)
-        return sdpa(q, k, v, mask)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
+                                              is_causal=causal and mask is None, enable_gqa=gqa)
 
 
 # ----------------------------------------------------------------------------- feed-forward

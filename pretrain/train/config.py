@@ -60,11 +60,65 @@ class ScheduleConfig(Section):
         return self
 
 
+CompileScope = Literal["engine", "model", "blocks"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+class ActivationCheckpointing(Section):
+    """Which blocks recompute their forward during backward, and what they keep.
+
+    none      keep every activation (fastest, most memory)
+    full      every block keeps only its input and recomputes everything
+    every_n   blocks 0, n, 2n, ... of each stack recompute fully, the others keep everything
+    selective every block keeps the outputs of its matmuls and of attention and recomputes the
+              cheap pointwise ops (norms, activations, dropout, rotary, residual adds) — an
+              op-level policy (torch's selective-checkpoint contexts, as torchtitan);
+              `selective_mm: every_second` also recomputes every second matmul (torchtitan)
+    A plain string (`full`) or `{every_n: k}` is short for `{mode: ...}`. Applied to the model
+    from outside by pretrain/train/parallelize.py.
+    """
+
+    mode: Literal["none", "full", "every_n", "selective"] = "none"
+    every_n: int | None = Field(None, ge=1, description="mode every_n: checkpoint 1 block in n")
+    selective_mm: Literal["all", "every_second"] = Field(
+        "all", description="mode selective: which matmul outputs are kept")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"mode": data}
+        if isinstance(data, dict) and "mode" not in data and "every_n" in data:
+            return {**data, "mode": "every_n"}
+        return data
+
+    @model_validator(mode="after")
+    def _options_match_mode(self):
+        if self.mode == "every_n" and self.every_n is None:
+            raise ValueError("mode every_n needs every_n: k (checkpoint blocks 0, k, 2k, ...)")
+        if self.mode != "every_n" and self.every_n is not None:
+            raise ValueError(f"every_n applies to mode every_n, not {self.mode}")
+        if self.mode != "selective" and self.selective_mm != "all":
+            raise ValueError(f"selective_mm applies to mode selective, not {self.mode}")
+        return self
+
+    def checkpointed(self, index: int) -> bool:
+        """Whether block `index` (counted within its stack) is checkpointed at all."""
+        if self.mode == "every_n":
+            return index % self.every_n == 0
+        return self.mode in ("full", "selective")
+
+
 class TrainConfig(Section):
     max_steps: int = Field(..., gt=0)
     global_batch_size: int = Field(..., gt=0, description="samples per optimizer step, all ranks")
     micro_batch_size: int = Field(..., gt=0, description="samples per forward, per rank")
+    # Applied to the model from outside (pretrain/train/parallelize.py), never changing a result:
+    activation_checkpointing: ActivationCheckpointing = Field(
+        default_factory=ActivationCheckpointing)
     compile: bool = False
+    compile_scope: CompileScope = "engine"
+    compile_mode: CompileMode = "default"
     stop_at_step: int | None = Field(
         None, gt=0, description="save and exit 75 (resume me) on reaching this step")
 

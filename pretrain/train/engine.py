@@ -13,6 +13,7 @@ from pretrain.configlib import deep_merge
 from pretrain.data import layout
 from pretrain.train.config import RunConfig
 from pretrain.train.distenv import DistEnv, resolve_dist_env  # noqa: F401 - re-exported
+from pretrain.train.parallelize import compile_engine, parallelize
 from pretrain.train.schedule import build_scheduler
 
 
@@ -92,6 +93,7 @@ def initialize(model: nn.Module, cfg: RunConfig, world_size: int):
     Returns (engine, lr_scheduler)."""
     import deepspeed
 
+    model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
     groups = param_groups(model, cfg.optim.weight_decay)
     ds_config = deepspeed_config(cfg, world_size)
     if cfg.deepspeed.offload_optimizer:
@@ -103,6 +105,5 @@ def initialize(model: nn.Module, cfg: RunConfig, world_size: int):
     engine, _, _, lr_scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, model_parameters=groups,
         lr_scheduler=scheduler, config=ds_config)
-    if cfg.train.compile:
-        engine.compile()
+    compile_engine(engine, cfg.train)  # train.compile_scope engine
     return engine, lr_scheduler

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from pretrain.configlib import ConfigError, load_yaml, validate_section
-from pretrain.model import ModelConfig, build_model, count_parameters, padded_vocab_size
+from pretrain.model import (
+    ModelConfig,
+    build_model,
+    count_parameters,
+    padded_vocab_size,
+    saved_model_config,
+)
 from pretrain.model.__main__ import main
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
@@ -57,7 +63,8 @@ def test_all_problems_reported_at_once_naming_keys():
         validate_section(ModelConfig, bad, prefix="model", source="run.yaml")
     text = str(err.value)
     for key in ["model.n_heads", "model.n_encoder_layers", "model.dropout", "model.activation",
-                "model.colour: unknown key", "every_n", "run.yaml"]:
+                "model.colour: unknown key", "run.yaml",
+                "model.activation_checkpointing: moved to train.activation_checkpointing"]:
         assert key in text, f"{key!r} not in:\n{text}"
 
 
@@ -74,12 +81,11 @@ def test_cross_field_checks(update, message):
         validate_section(ModelConfig, {**data, **update})
 
 
-def test_checkpointing_modes_and_vocab_padding():
+def test_moved_key_is_dropped_from_saved_configs_and_vocab_padding():
     base = {"family": "decoder", "max_seq_len": 8, "d_model": 64, "n_heads": 4, "n_layers": 6}
-    every = ModelConfig(**base, activation_checkpointing={"every_n": 3})
-    assert [every.checkpointed(i) for i in range(6)] == [True, False, False, True, False, False]
-    assert all(ModelConfig(**base, activation_checkpointing="full").checkpointed(i) for i in range(6))
-    assert not ModelConfig(**base, activation_checkpointing="selective").checkpointed(0)
+    # a checkpoint or export written before activation_checkpointing moved to train still loads
+    old = saved_model_config({**base, "activation_checkpointing": "full"})
+    assert old == ModelConfig(**base) and "activation_checkpointing" not in old.model_dump()
     assert padded_vocab_size(8192) == 8192 and padded_vocab_size(50257) == 50304
     with pytest.raises(ValueError, match="vocab_size is not set"):
         build_model(ModelConfig(**base))

@@ -49,6 +49,38 @@ def test_sdpa_matches_naive_float64(n_kv_heads, masking):
     assert rel < 1e-6, f"relative error {rel:.2e}"
 
 
+@pytest.mark.parametrize("masking", ["causal", "docs"])
+def test_gqa_in_the_kernel_equals_repeated_heads_with_gradients(masking, monkeypatch):
+    """enable_gqa (K/V heads shared inside SDPA) against the former path that repeated K and V
+    to every query head before SDPA: same outputs and gradients in float32."""
+    import torch.nn.functional as F
+
+    attn = Attention(32, 8, 2, bias=False, dropout=0.0)
+    x = torch.randn(2, 12, 32)
+    doc_ids = torch.tensor([[0] * 5 + [1] * 4 + [2] * 3, [0] * 12])
+    kw = {"causal": True} if masking == "causal" else {"mask": doc_causal_mask(doc_ids)}
+
+    def run():
+        xg = x.clone().requires_grad_()
+        attn.zero_grad()
+        y = attn(xg, **kw)
+        y.square().sum().backward()
+        return y.detach(), xg.grad, attn.kv_proj.weight.grad.clone()
+
+    got = run()
+    sdpa = F.scaled_dot_product_attention
+
+    def repeated(q, k, v, *args, enable_gqa=False, **kwargs):
+        assert enable_gqa  # the model asks the kernel to share heads
+        rep = q.shape[1] // k.shape[1]
+        return sdpa(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", repeated)
+    want = run()
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
 def test_rope_scores_depend_only_on_relative_position():
     hd = 16
     q, k = torch.randn(1, 1, 1, hd, dtype=torch.float64), torch.randn(1, 1, 1, hd, dtype=torch.float64)

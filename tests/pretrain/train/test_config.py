@@ -44,6 +44,19 @@ def test_all_problems_are_listed_in_one_error(tmp_path):
     assert "train" in text and "micro_batch_size × ranks (2 × 2)" in text
 
 
+def test_a_moved_key_names_its_new_place_among_the_other_problems(tmp_path):
+    old = {**GOOD, "model": {**GOOD["model"], "activation_checkpointing": "full", "n_heads": 5}}
+    with pytest.raises(ConfigError) as err:
+        load_run_config(write(tmp_path, old))
+    text = str(err.value)
+    assert "model.activation_checkpointing: moved to train.activation_checkpointing" in text
+    assert "model.n_heads" in text  # still reported together
+    cfg = load_run_config(write(tmp_path, GOOD), ["train.activation_checkpointing=full",
+                                                  "train.compile_scope=blocks"])
+    assert cfg.train.activation_checkpointing.mode == "full"
+    assert cfg.train.compile_scope == "blocks"
+
+
 def test_world_size_check_only_when_known(tmp_path):
     cfg = {**GOOD, "train": {**GOOD["train"], "global_batch_size": 6}}
     assert load_run_config(write(tmp_path, cfg)).train.global_batch_size == 6
