@@ -165,6 +165,7 @@ class Trainer:
             nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=-100, reduction="sum")
             totals += torch.stack([nats.double(), (targets != -100).sum().double()])
+        bleu = self._val_bleu() if self.seq2seq and cfg.eval.bleu_samples else None
         self.engine.train()
         dist.all_reduce(totals)
         totals = totals.cpu()
@@ -172,7 +173,19 @@ class Trainer:
         row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         if cfg.data.objective == "clm":
             row["val_bpb"] = val_loss / math.log(2) / self.src.bytes_per_token("val")
+        if bleu is not None:
+            row["val_bleu"] = bleu
         return row
+
+    def _val_bleu(self) -> float | None:
+        """sacreBLEU of the first eval.bleu_samples val pairs (rank 0; None elsewhere)."""
+        from pretrain.train.bleu import val_bleu
+
+        cfg = self.cfg
+        return val_bleu(self.engine.module, self.src, cfg.train.micro_batch_size,
+                        self.denv.rank, self.denv.world_size, self.device,
+                        cfg.eval.bleu_samples, cfg.eval.bleu_beam, cfg.data.target_length,
+                        zero3=cfg.deepspeed.zero_stage == 3)
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -220,9 +233,10 @@ class Trainer:
         if due or (at_end and ev.at_end):
             row = {"step": self.step, **self.evaluate()}
             self.metrics.log(row)
-            log.info("step %d/%d val_loss %.4f val_ppl %.2f%s", self.step,
+            log.info("step %d/%d val_loss %.4f val_ppl %.2f%s%s", self.step,
                      self.cfg.train.max_steps, row["val_loss"], row["val_ppl"],
-                     f" val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else "")
+                     f" val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else "",
+                     f" val_bleu {row['val_bleu']:.2f}" if "val_bleu" in row else "")
 
     def run(self) -> int:
         cfg, max_steps = self.cfg, self.cfg.train.max_steps
