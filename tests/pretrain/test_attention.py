@@ -27,7 +27,8 @@ def model_of(name: str, **update):
 
 @pytest.mark.parametrize("name, update", [
     ("transformer-tiny", {}),                       # post-LN, sinusoidal
-    ("t5-tiny", {"n_kv_heads": 2}),                 # pre-RMSNorm, RoPE, grouped-query heads
+    ("t5-tiny", {"n_kv_heads": 2, "position": "rope"}),  # pre-RMSNorm, RoPE, grouped-query
+    ("t5-tiny", {}),                                # T5 relative position bias (float mask)
 ])
 def test_encdec_weights_reproduce_the_sdpa_forward(name, update):
     model = model_of(name, **update)
