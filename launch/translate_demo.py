@@ -32,7 +32,7 @@ def banner(step: int, text: str, t0: float) -> None:
     print(f"\n=== [demo-translate {step}/3, {time.monotonic() - t0:5.0f} s] {text}", flush=True)
 
 
-def prepare_data(root: Path) -> Path:
+def prepare_data(root: Path, train: int = TRAIN_PAIRS, test: int = TEST_PAIRS) -> Path:
     """Task files, tokenizer and pair folder under root (the folder reused when valid)."""
     from launch.translate_task import make_task
 
@@ -40,7 +40,7 @@ def prepare_data(root: Path) -> Path:
     if (data / "manifest.json").is_file() and data_tools("validate", str(data), check=False) == 0:
         print(f"{data} is valid: reusing it")
     else:
-        paths = make_task(root / "task", TRAIN_PAIRS, TEST_PAIRS)
+        paths = make_task(root / "task", train, test)
         data_tools("train-tokenizer", str(paths["pairs"]), *FIELDS, "--vocab-size",
                    str(VOCAB_SIZE), "--out", str(root / "tokenizer"))
         data_tools("shard", str(paths["pairs"]), *FIELDS, "--tokenizer",
@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nproc", type=int, default=None,
                    help="ranks (default: all GPUs, else 2 CPU ranks)")
     p.add_argument("--beam", type=int, default=4, help="beam size for the test set (default 4)")
+    p.add_argument("--dir", type=Path, default=DEMO_DIR,
+                   help="folder for the task, data and run (default: demo/translate)")
+    p.add_argument("--train-pairs", type=int, default=TRAIN_PAIRS,
+                   help=f"training pairs, val included (default {TRAIN_PAIRS})")
+    p.add_argument("--test-pairs", type=int, default=TEST_PAIRS,
+                   help=f"held-out test pairs (default {TEST_PAIRS})")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted config overrides, e.g. train.max_steps=300")
     args = p.parse_args(argv)
@@ -99,9 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     t0 = time.monotonic()
-    banner(1, f"synthetic task ({TRAIN_PAIRS} + {TEST_PAIRS} pairs), tokenizer, pair folder", t0)
-    data = prepare_data(DEMO_DIR)
-    overrides = [f"data.path={data}", f"run_dir={DEMO_DIR / 'run'}", *args.overrides]
+    banner(1, f"synthetic task ({args.train_pairs} + {args.test_pairs} pairs), tokenizer, pair "
+              "folder", t0)
+    data = prepare_data(args.dir, args.train_pairs, args.test_pairs)
+    overrides = [f"data.path={data}", f"run_dir={args.dir / 'run'}", *args.overrides]
     nproc = args.nproc or default_nproc()
     banner(2, f"training: launch local --config {args.config} --nproc {nproc}", t0)
     t_train = time.monotonic()
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.monotonic() - t_train
     banner(3, "translating the held-out test sentences", t0)
     cfg = validate_or_exit(args.config, overrides, nproc)
-    result = report(Path(cfg.run_dir), DEMO_DIR / "task", args.beam)
+    result = report(Path(cfg.run_dir), args.dir / "task", args.beam)
     print(f"\ntraining took {train_s:.0f} s; demo finished in {time.monotonic() - t0:.0f} s\n"
           f"metrics: {cfg.run_dir}/metrics.jsonl  attention maps: {cfg.run_dir}/attention/")
     print(json.dumps({**result, "train_seconds": round(train_s, 1)}))
