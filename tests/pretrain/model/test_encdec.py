@@ -124,8 +124,9 @@ def test_decoding_one_token_at_a_time_equals_the_full_forward(tiny_cfg, name, up
 def test_t5_base_is_t5_v1_1_base():
     """configs/model/t5-base.yaml: the parameter count of the published t5-v1_1-base
     (247,577,856 with its 32128 vocabulary), one relative-bias table per stack."""
-    from pretrain.model import count_parameters
     from pathlib import Path
+
+    from pretrain.model import count_parameters
     CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
     cfg = validate_section(ModelConfig, load_yaml(CONFIG_DIR / "t5-base.yaml"), source="t5")
     with torch.device("meta"):
