@@ -604,10 +604,10 @@ def add_pair_arguments(p) -> None:
                         "each jsonl/parquet record is one pair")
     g.add_argument("--target-field", metavar="NAME", help="JSON key / parquet column of the "
                    "target side")
-    g.add_argument("--source-file", action="append", default=[], metavar="FILE",
+    g.add_argument("--source-file", action="append", metavar="FILE",
                    help="a text file, one source sentence per line (.gz/.zst too); repeatable, "
                         "each with its --target-file in the same order")
-    g.add_argument("--target-file", action="append", default=[], metavar="FILE",
+    g.add_argument("--target-file", action="append", metavar="FILE",
                    help="the aligned target text file: line i translates line i of its "
                         "--source-file")
 
@@ -623,7 +623,8 @@ def resolve_inputs(args, excludes: tuple[str, ...]) -> Inputs:
     """The input files of train-tokenizer / shard, documents or pairs, checked before any
     work; every problem in one DataToolsError."""
     fields = (args.source_field, args.target_field)
-    pair_mode = any(fields) or bool(args.source_file or args.target_file)
+    sources, targets = args.source_file or [], args.target_file or []
+    pair_mode = any(fields) or bool(sources or targets)
     problems = []
     if any(fields) and not all(fields):
         problems.append("--source-field and --target-field go together: give both")
@@ -633,12 +634,12 @@ def resolve_inputs(args, excludes: tuple[str, ...]) -> Inputs:
     if pair_mode and args.inputs and not all(fields):
         problems.append("INPUT files hold pairs only with --source-field and --target-field "
                         "(or give aligned text files with --source-file/--target-file alone)")
-    if not args.inputs and not args.source_file:
+    if not args.inputs and not sources:
         problems.append("no input: give INPUT... (files, folders, globs)"
                         + (" or --source-file/--target-file" if pair_mode else ""))
     files: list[InputFile] = []
     try:
-        files += aligned_inputs(args.source_file, args.target_file) if pair_mode else []
+        files += aligned_inputs(sources, targets) if pair_mode else []
     except DataToolsError as e:
         problems.append(str(e))
     if args.inputs:

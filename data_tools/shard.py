@@ -183,7 +183,8 @@ def plan(args) -> Run:
                 "exclude": list(excludes), "strict": args.strict}
     if inputs.pair_mode:  # only for pairs: a document folder's recorded arguments stay as they were
         cli_args.update(source_field=args.source_field, target_field=args.target_field,
-                        source_file=list(args.source_file), target_file=list(args.target_file))
+                        source_file=list(args.source_file or []),
+                        target_file=list(args.target_file or []))
     entries = [InputEntry(**e).model_dump() for f in inputs.files for e in f.entries()]
     key = {"format_version": FORMAT_VERSION, "args": cli_args, "tokenizer_sha256": tok_info.sha256,
            "inputs": entries}

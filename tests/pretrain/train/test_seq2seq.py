@@ -75,6 +75,12 @@ def test_preflight_matches_objective_and_folder_kind(pair_data, tiny_data):
     with pytest.raises(ConfigError, match="is a pair folder .source -> target.: data.objective "
                                           "clm needs documents"):
         check_run(REPO / "configs" / "gpt-tiny.yaml", [f"data.path={pair_data}"])
+    with pytest.raises(ConfigError, match=r"eval.bleu_samples \(8\) is less than one evaluation "
+                                          r"batch, micro_batch_size × ranks \(32 × 2\)"):
+        check_run(REPO / "configs" / "translate-tiny.yaml", [f"data.path={pair_data}",
+                                                             "eval.bleu_samples=8"], world_size=2)
+    assert check_run(REPO / "configs" / "translate-tiny.yaml",
+                     [f"data.path={pair_data}", "eval.bleu_samples=0"], world_size=2)
     with pytest.raises(ConfigError, match="data.objective seq2seq needs model.family encdec"):
         check_run(REPO / "configs" / "gpt-tiny.yaml",
                   [f"data.path={pair_data}", "data.objective=seq2seq", "data.input_length=16",
