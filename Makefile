@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-translate test venv lint bench clean
+.PHONY: demo demo-translate test venv lint bench gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,17 @@ bench: $(STAMP)
 	$(VPY) benchmarks/shard_throughput.py
 	$(VPY) benchmarks/loader_throughput.py
 	$(VPY) benchmarks/train_throughput.py
+
+# DeepSpeed (pure-Python build) and the packages the lent GPU image lacks, as wheels in .whl/
+# (ignored by git): benchmarks/gpu_check.sh installs them to /tmp/site when deepspeed is not
+# importable there. Pass carry: [".whl"] with the device call. Python 3.12 / x86_64 wheels.
+GPU_PY ?= 3.12
+gpu-wheels: $(STAMP)
+	DS_BUILD_OPS=0 $(VPY) -m pip wheel -q --no-deps --no-build-isolation deepspeed==0.19.8 -w .whl
+	$(VPY) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl pydantic==2.14.4 pydantic_core==2.50.5 \
+	  annotated-types==0.8.0 typing-inspection==0.4.5 hjson==3.1.0 PyYAML==6.0.4 tqdm==4.70.1
 
 clean:
 	rm -rf $(VENV) demo

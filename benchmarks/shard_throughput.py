@@ -5,6 +5,13 @@ RAYON_NUM_THREADS=1 set before Python starts; rounds alternate the three and the
 is kept (the machine may be shared). The corpus is Python stdlib source (site-packages excluded).
 
     python benchmarks/shard_throughput.py [--size-mb 8] [--rounds 2] [--vocab-size 8192]
+    python benchmarks/shard_throughput.py --profile [--size-mb 13] [--workers 16]
+    python benchmarks/shard_throughput.py --scaling DIR --size-mb 200 --workers 1   # then 16
+
+--profile: CPU seconds of each part of the single parent process (read/parse/hash, pickling,
+in-order reassembly, the shard write) against tokenizing, plus worker start-up, and the
+speed-up Amdahl's law allows --workers N from them. --scaling: one `shard --workers N` run on
+a corpus kept in DIR (stdlib repeated up to --size-mb), the speed-up over DIR's 1-worker run.
 
 Prints the figures with the CPU named; the last line is one JSON object.
 """
@@ -18,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,23 +55,34 @@ def one_core_env() -> dict:
             "PYTHONPATH": str(REPO)}
 
 
-def make_corpus(path: Path, size_mb: float) -> int:
-    """stdlib .py files (sorted, site-packages and tests excluded) as jsonl up to size_mb."""
+def stdlib_texts() -> list[str]:
+    """stdlib .py files (sorted, site-packages and tests excluded), non-empty, as text."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in stdlib.rglob("*.py")
                    if "site-packages" not in p.parts and "test" not in p.parts)
-    total, n = 0, 0
+    texts = []
+    for p in files:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def make_corpus(path: Path, size_mb: float) -> int:
+    """stdlib .py files as jsonl up to size_mb; beyond the stdlib's ~13 MB it repeats them,
+    each copy headed `# copy K` so that every document is distinct (own split hash)."""
+    texts, total, n = stdlib_texts(), 0, 0
     with open(path, "w", encoding="utf-8") as f:
-        for p in files:
-            try:
-                text = p.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            if text.strip():
+        for copy in range(10**6):
+            for text in texts:
+                text = f"# copy {copy}\n{text}" if copy else text
                 f.write(json.dumps({"text": text}) + "\n")
                 total, n = total + len(text.encode()), n + 1
-            if total >= size_mb * 1e6:
-                break
+                if total >= size_mb * 1e6:
+                    return n
     return n
 
 
@@ -96,7 +115,18 @@ def main() -> None:
     ap.add_argument("--size-mb", type=float, default=8.0, help="corpus size (MB of text)")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; best kept")
     ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: CPU seconds of each serial part of shard vs tokenizing")
+    ap.add_argument("--scaling", metavar="DIR",
+                    help="instead: one `shard --workers N` run on a corpus kept in DIR (made "
+                         "on first use); reports the speed-up over DIR's --workers 1 run")
+    ap.add_argument("--workers", type=int, default=16,
+                    help="--scaling: the run's workers; --profile: the Amdahl projection's")
     args = ap.parse_args()
+    if args.profile:
+        return profile_main(args.size_mb, args.vocab_size, args.workers)
+    if args.scaling:
+        return scaling_main(Path(args.scaling), args.size_mb, args.vocab_size, args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         docs = make_corpus(tmp / "corpus.jsonl", args.size_mb)
@@ -115,6 +145,44 @@ def main() -> None:
                 print(f"round {r + 1}: {key:18s} {tps:12,.0f} tokens/s wall, "
                       f"{cps:12,.0f} tokens/CPU-s", flush=True)
     report(best, best_cpu, docs, args)
+
+
+def scaling_main(folder: Path, size_mb: float, vocab: int, workers: int) -> None:
+    """`shard --workers N` on DIR/corpus.jsonl (size_mb, made once; the tokenizer is trained
+    on its first 8 MB), RAYON_NUM_THREADS=1 per process, output DIR/wN."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus, tok = folder / "corpus.jsonl", folder / "tok" / "tokenizer.json"
+    if not corpus.is_file():
+        make_corpus(folder / "corpus.tmp", size_mb)
+        os.replace(folder / "corpus.tmp", corpus)
+    if not tok.is_file():
+        make_corpus(folder / "tok_corpus.jsonl", min(size_mb, 8.0))
+        run([sys.executable, "-m", "data_tools", "train-tokenizer",
+             str(folder / "tok_corpus.jsonl"), "--vocab-size", str(vocab),
+             "--out", str(folder / "tok")])
+    tps, cps = shard_tps(tok, corpus, folder / f"w{workers}", workers)
+    m = json.loads((folder / f"w{workers}" / "manifest.json").read_text())
+    out = {"workers": workers, "corpus_mb": round(corpus.stat().st_size / 1e6, 1),
+           "tokens": sum(s["tokens"] for s in m["splits"].values()),
+           "wall_s": m["timing"]["wall_s"], "tokens_per_sec": round(tps),
+           "tokens_per_cpu_sec": round(cps), "cpu": cpu_model(), "cores": usable_cores()}
+    one = folder / "w1" / "manifest.json"
+    if workers != 1 and one.is_file():
+        m1 = json.loads(one.read_text())
+        out["speedup_vs_1_worker"] = round(m1["timing"]["wall_s"] / m["timing"]["wall_s"], 2)
+        out["same_bytes_as_1_worker"] = m1["fingerprint"] == m["fingerprint"]
+    print(f"shard --workers {workers}: {out['tokens']:,} tokens in {out['wall_s']:.1f} s, "
+          f"{tps:,.0f} tokens/s ({out['corpus_mb']} MB corpus, {out['cores']} usable cores, "
+          f"{out['cpu']})" + (f"; speed-up over 1 worker {out['speedup_vs_1_worker']}x"
+                              if "speedup_vs_1_worker" in out else ""))
+    print(json.dumps(out))
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def report(best: dict, best_cpu: dict, docs: int, args) -> None:
@@ -151,5 +219,109 @@ def report(best: dict, best_cpu: dict, docs: int, args) -> None:
                       "load_avg_end": round(load, 2)}))
 
 
+# ---- where the single parent spends its time (issue 9, item 6) ----------------------------
+
+def _parent_side(batches, results, dtype: str) -> dict:
+    """CPU seconds of the parent's share of the work around tokenizing."""
+    import pickle
+
+    from data_tools.writer import ShardWriter
+
+    cpu = time.process_time
+    back = [pickle.dumps(r, pickle.HIGHEST_PROTOCOL) for r in results]  # the workers' side
+    t = cpu()
+    for b in batches:
+        pickle.dumps(b.texts, pickle.HIGHEST_PROTOCOL)  # texts out ...
+    for data in back:
+        pickle.loads(data)  # ... results back
+    pickle_s = cpu() - t
+    with tempfile.TemporaryDirectory() as tmp:
+        for split in ("train", "val"):
+            (Path(tmp) / split).mkdir()
+        writer = ShardWriter(Path(tmp), dtype, 1 << 62)
+        t = cpu()
+        for b, (flat, lengths) in zip(batches, results):  # shard.write_all's in-order loop
+            start = 0
+            docs = [what for _fi, _ri, what in b.items if isinstance(what, tuple)]  # no Skips
+            for (split, nbytes), n in zip(docs, lengths):
+                writer.add(split, flat[start:start + int(n)], nbytes)
+                start += int(n)
+        reassemble_s = cpu() - t
+        t, w0 = cpu(), time.perf_counter()
+        for split in ("train", "val"):
+            writer.flush(split)
+        write_s, write_wall_s = cpu() - t, time.perf_counter() - w0
+    return {"pickle_parent_cpu_s": pickle_s, "reassemble_cpu_s": reassemble_s,
+            "write_cpu_s": write_s, "write_wall_s": write_wall_s}
+
+
+def _worker_start_s(tok: Path, dtype: str) -> float:
+    """Wall seconds until one spawned worker (imports + tokenizer load) returns a result."""
+    import multiprocessing as mp
+
+    from data_tools.encode import encode_in_worker, init_worker
+
+    t = time.perf_counter()
+    with mp.get_context("spawn").Pool(1, initializer=init_worker,
+                                      initargs=(str(tok), dtype)) as pool:
+        pool.apply(encode_in_worker, (["warm up"],))
+    return time.perf_counter() - t
+
+
+def serial_profile(corpus: Path, tok: Path, workers: int) -> dict:
+    """CPU seconds of each part of `shard` measured alone in this process (RAYON_NUM_THREADS=1
+    must be set before Python starts): the parent's parts (read + parse + split hash, pickling
+    texts out and results back, in-order reassembly, the final shard write) against the
+    parallel part (tokenizing), plus wall-clock worker start-up. The Amdahl projection for
+    `workers` counts all parent work as serial (an upper bound on it: reading overlaps with
+    the workers in a real run)."""
+    from argparse import Namespace
+
+    from data_tools import shard as sh
+    from data_tools.encode import Encoder
+
+    args = Namespace(inputs=[str(corpus)], tokenizer=str(tok), format="auto", text_field="text",
+                     workers=1, val_fraction=0.005, shard_size="256MB", max_doc_bytes="64MB",
+                     exclude=None, strict=False, overwrite=True)
+    run = sh.plan(args)
+    t = time.process_time()
+    batches = list(sh.read_batches(run, (0, 0)))
+    read_s = time.process_time() - t
+    enc = Encoder(str(tok), run.dtype)
+    t = time.process_time()
+    results = [enc.encode(b.texts) for b in batches]
+    tokenize_s = time.process_time() - t
+    parent = _parent_side(batches, results, run.dtype)
+    start_s = _worker_start_s(tok, run.dtype)
+    serial = (read_s + parent["pickle_parent_cpu_s"] + parent["reassemble_cpu_s"]
+              + parent["write_wall_s"])
+    return {"tokens": int(sum(len(f) for f, _ in results)), "batches": len(batches),
+            "read_parse_hash_cpu_s": read_s, "tokenize_cpu_s": tokenize_s, **parent,
+            "worker_start_wall_s": start_s, "serial_fraction": serial / (serial + tokenize_s),
+            f"amdahl_speedup_{workers}": (serial + tokenize_s) /
+            (serial + tokenize_s / workers + start_s),
+            "pandas_imported": "pandas" in sys.modules}
+
+
+def profile_main(size_mb: float, vocab: int, workers: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        docs = make_corpus(tmp / "corpus.jsonl", size_mb)
+        run([sys.executable, "-m", "data_tools", "train-tokenizer", str(tmp / "corpus.jsonl"),
+             "--vocab-size", str(vocab), "--out", str(tmp / "tok")])
+        out = run([sys.executable, __file__, "--_profile-child", str(tmp / "corpus.jsonl"),
+                   str(tmp / "tok" / "tokenizer.json"), str(workers)])
+    prof = json.loads(out.splitlines()[-1])
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores visible, load average "
+          f"{os.getloadavg()[0]:.1f}; corpus {docs} stdlib files, {size_mb} MB")
+    for k, v in prof.items():
+        print(f"  {k:28s} {v:.3f}" if isinstance(v, float) else f"  {k:28s} {v}")
+    print(json.dumps({"serial_profile": prof, "cpu": cpu_model()}))
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--_profile-child":
+        sys.path.insert(0, str(REPO))  # this checkout's data_tools, not an installed one
+        print(json.dumps(serial_profile(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
+    else:
+        main()

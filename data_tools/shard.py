@@ -71,6 +71,11 @@ from data_tools.writer import RESUME_DIR, ShardWriter, load_state, state_problem
 log = logging.getLogger("data_tools")
 BATCH_DOCS = 512
 BATCH_BYTES = 1 << 18  # small enough that the last batches keep every worker busy
+# Batches handed out per worker before the oldest result is collected. Results are taken in
+# input order, so one slow batch (a single large document can be several times the others'
+# work) idles every worker that has run out of queued batches; 4 keeps them fed through such
+# a batch for a few MB of texts in memory.
+IN_FLIGHT_PER_WORKER = 4
 SHOW_FIRST_SKIPS = 5
 DEFAULT_VAL_FRACTION = 0.005
 OUR_ENTRIES = {MANIFEST_NAME, "tokenizer.json", RESUME_DIR, *SPLITS}
@@ -298,7 +303,8 @@ def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
 
 
 def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int):
-    """Yield (batch, (tokens, lengths)) in input order; at most 2 batches per worker in flight."""
+    """Yield (batch, (tokens, lengths)) in input order; at most IN_FLIGHT_PER_WORKER batches
+    per worker in flight."""
     if workers == 1:
         enc = Encoder(tokenizer, dtype)
         for b in batches:
@@ -309,7 +315,7 @@ def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int
         pending = deque()
         for b in batches:
             pending.append((b, pool.apply_async(encode_in_worker, (b.texts,))))
-            if len(pending) >= 2 * workers:
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
                 b0, res = pending.popleft()
                 yield b0, res.get()
         while pending:

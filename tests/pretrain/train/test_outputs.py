@@ -21,6 +21,18 @@ def test_decoder_loss_falls(straight_run, runs):
     assert losses[-1] < losses[0] - 1.0, losses
 
 
+def test_logged_lr_is_the_lr_each_step_used(straight_run, runs):
+    """Read from the scheduler (not recomputed): gpt-tiny's cosine, warmup 2, peak 3e-3."""
+    from pretrain.train.config import ScheduleConfig
+    from pretrain.train.schedule import lr_multiplier
+
+    cfg = ScheduleConfig(name="cosine", warmup_steps=2)
+    rows = [r for r in runs.read_metrics(straight_run(0)) if "loss" in r]
+    assert [r["lr"] for r in rows] == pytest.approx(
+        [3e-3 * lr_multiplier(cfg, r["step"] - 1, 8) for r in rows], rel=1e-12)
+    assert rows[0]["lr"] == pytest.approx(1.5e-3)  # half the peak in the first warmup step
+
+
 def test_encoder_decoder_span_corruption_loss_falls(tiny_data, runs, tmp_path):
     run = tmp_path / "run"
     run_ranks(runs.train_args("t5-tiny.yaml", run, tiny_data, "train.max_steps=12",

@@ -73,6 +73,8 @@ def test_sigusr1_to_one_rank_then_resume_is_bitwise_exact(stage, tiny_data, stra
     assert train_losses(run) == train_losses(reference)  # floats round-trip JSON exactly
     rows = [r for r in read_metrics(run) if "loss" in r]
     assert [r["restart_count"] for r in rows] == [0] * stopped_at + [1] * (8 - stopped_at)
+    # the lr comes from the scheduler, whose state the checkpoint carries
+    assert [r["lr"] for r in rows] == [r["lr"] for r in read_metrics(reference) if "loss" in r]
     val = [r["val_loss"] for r in read_metrics(run) if "val_loss" in r]
     assert val == [r["val_loss"] for r in read_metrics(reference) if "val_loss" in r]
     assert len(val) == 2  # steps 4 and 8
