@@ -6,7 +6,7 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint bench gpu-wheels clean
+.PHONY: demo demo-translate test venv lint bench gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VPY) -m launch.demo
+
+demo-translate: $(STAMP)
+	$(VPY) -m launch.translate_demo
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

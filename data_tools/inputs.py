@@ -7,6 +7,11 @@ Bad records become `Skip(reason, where)` instead of exceptions; the caller count
 How a file is cut into documents (its *reader*) comes from its extension (`--format auto`),
 from `--format`, or from a suffix on the INPUT itself (`notes/:file`); `.txt` files are cut by
 `--txt-mode` (one document per non-blank line, per blank-line separated paragraph, or per file).
+
+Pairs (source -> target, for translation): a jsonl/parquet record gives one `Pair` from two
+fields (`--source-field`/`--target-field`), and two aligned text files (`--source-file`/
+`--target-file`, one sentence per line, line i with line i) are read in lockstep as one
+`InputFile` whose reader is "aligned". A pair with a missing or empty side is a Skip.
 """
 
 from __future__ import annotations
@@ -35,7 +40,11 @@ BINARY_SNIFF_BYTES = 8192
 PARQUET_BATCH_ROWS = 1024
 READER_TEXT = {"jsonl": "one per JSON line (its text field)", "parquet": "one per row (its text "
                "column)", "file": "one per file", "line": "one per non-blank line",
-               "paragraph": "one per paragraph (blank-line separated)"}
+               "paragraph": "one per paragraph (blank-line separated)",
+               "source": "the source side of aligned pairs, one per line",
+               "target": "the target side of aligned pairs, one per line"}
+PAIR_READER_TEXT = {"jsonl": "one pair per JSON line (its source and target fields)",
+                    "parquet": "one pair per row (its source and target columns)"}
 FORMAT_HELP = ("auto: by extension (.jsonl/.json/.ndjson and .txt/.text, each optionally .gz/.zst; "
                ".parquet); jsonl; parquet; txt: cut as --txt-mode says; line / paragraph: one "
                "document per non-blank line / per paragraph; file: one document per file. "
@@ -58,7 +67,31 @@ class Skip:
 class InputFile:
     path: str
     size: int
-    fmt: str  # the reader: one of READERS
+    fmt: str  # the reader: one of READERS, or ALIGNED for two aligned text files
+    target: str | None = None  # ALIGNED: the target-side file (`path` is the source side)
+    target_size: int = 0
+
+    def entries(self) -> list[dict]:
+        """Its `inputs[]` entries of the manifest: one per file."""
+        if self.fmt == ALIGNED:
+            return [{"path": self.path, "size": self.size, "format": "source"},
+                    {"path": self.target, "size": self.target_size, "format": "target"}]
+        return [{"path": self.path, "size": self.size, "format": self.fmt}]
+
+    @property
+    def total_size(self) -> int:
+        return self.size + self.target_size
+
+
+ALIGNED = "aligned"  # the reader of a --source-file/--target-file pair of text files
+PAIR_READERS = ("jsonl", "parquet")  # formats whose records can hold both sides of a pair
+
+
+@dataclass(frozen=True)
+class PairFields:
+    """Which fields (JSON keys / parquet columns) of a record hold the two sides of a pair."""
+    source: str
+    target: str
 
 
 def parse_size(text: str) -> int:
@@ -216,7 +249,8 @@ def _decode(raw: bytes, where: str) -> str | Skip:
         return Skip("invalid_utf8", where, f"byte {e.start}")
 
 
-def _json_text(line: bytes, where: str, field: str) -> str | Skip:
+def _json_text(line: bytes, where: str, field: str | None) -> str | dict | Skip:
+    """The string at `field` of the line's object (field None: the object itself)."""
     try:
         obj = json.loads(line)
     except UnicodeDecodeError as e:
@@ -225,6 +259,8 @@ def _json_text(line: bytes, where: str, field: str) -> str | Skip:
         return Skip("invalid_json", where, f"column {e.colno}: {e.msg}")
     if not isinstance(obj, dict):
         return Skip("not_object", where, f"a JSON {type(obj).__name__}")
+    if field is None:
+        return obj
     if field not in obj:
         return Skip("missing_field", where, f"no key {field!r}")
     text = obj[field]
@@ -298,23 +334,30 @@ def _iter_paragraphs(path: str, max_doc_bytes: int) -> Iterator[tuple[int, str |
         yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
 
 
-def _iter_parquet(path: str, field: str) -> Iterator[tuple[int, str | Skip]]:
+def _iter_parquet(path: str, field: str | tuple[str, str]
+                  ) -> Iterator[tuple[int, str | tuple[str, str] | Skip]]:
+    """The `field` column of each row; with two fields (a pair), a tuple of both."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    fields = [field] if isinstance(field, str) else list(field)
     try:
         pf = pq.ParquetFile(path)
-        if field not in pf.schema_arrow.names:
-            yield 0, Skip("missing_field", path, f"no column {field!r}")
-            return
-        col_type = pf.schema_arrow.field(field).type
-        if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
-            yield 0, Skip("non_string_field", path, f"column {field!r} is {col_type}")
-            return
+        for f in fields:
+            if f not in pf.schema_arrow.names:
+                yield 0, Skip("missing_field", path, f"no column {f!r}")
+                return
+            col_type = pf.schema_arrow.field(f).type
+            if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
+                yield 0, Skip("non_string_field", path, f"column {f!r} is {col_type}")
+                return
         row = 0
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field]):
-            for text in batch.column(0).to_pylist():
-                yield row, text if text is not None else Skip(
-                    "missing_field", f"{path}:row {row}", "null")
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=fields):
+            for values in zip(*(c.to_pylist() for c in batch.columns)):
+                if None in values:
+                    yield row, Skip("missing_field", f"{path}:row {row}",
+                                    f"{fields[values.index(None)]!r} is null")
+                else:
+                    yield row, values[0] if isinstance(field, str) else values
                 row += 1
     except (OSError, pa.ArrowException) as e:
         # after every row index this file could have: the resume position stays increasing
@@ -347,6 +390,41 @@ class Doc(NamedTuple):
     text: str
     utf8: bytes  # the exact bytes the text came from (split hash, text_bytes)
 
+    @property
+    def texts(self) -> tuple[str]:
+        """What is tokenized: one text."""
+        return (self.text,)
+
+    @property
+    def key(self) -> bytes:
+        """The bytes its split hash is computed from."""
+        return self.utf8
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.utf8)
+
+
+class Pair(NamedTuple):
+    source: str
+    target: str
+    source_utf8: bytes
+    target_utf8: bytes
+
+    @property
+    def texts(self) -> tuple[str, str]:
+        """What is tokenized: the source, then the target."""
+        return (self.source, self.target)
+
+    @property
+    def key(self) -> bytes:
+        """Both sides, unambiguously (the source's length first)."""
+        return len(self.source_utf8).to_bytes(8, "little") + self.source_utf8 + self.target_utf8
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.source_utf8) + len(self.target_utf8)
+
 
 def _to_doc(text: str, where: str, max_doc_bytes: int) -> Doc | Skip:
     if not text.strip():
@@ -358,6 +436,144 @@ def _to_doc(text: str, where: str, max_doc_bytes: int) -> Doc | Skip:
     if len(data) > max_doc_bytes:
         return Skip("too_large", where, f"{len(data)} bytes > --max-doc-bytes {max_doc_bytes}")
     return Doc(text, data)
+
+
+def _encode_side(text: str, side: str, where: str, max_doc_bytes: int) -> bytes | Skip:
+    if not text.strip():
+        return Skip(f"empty_{side}", where)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Skip("invalid_utf8", where, f"{side}: {e.reason}")
+    if len(data) > max_doc_bytes:
+        return Skip("too_large", where, f"{side} {len(data)} bytes > --max-doc-bytes "
+                                        f"{max_doc_bytes}")
+    return data
+
+
+def _to_pair(texts: tuple[str, str], where: str, max_doc_bytes: int) -> Pair | Skip:
+    """Both sides checked like documents; the first bad side names the reason."""
+    encoded = [_encode_side(t, side, where, max_doc_bytes)
+               for t, side in zip(texts, ("source", "target"))]
+    bad = next((e for e in encoded if isinstance(e, Skip)), None)
+    return bad or Pair(texts[0], texts[1], encoded[0], encoded[1])
+
+
+def _json_pair(line: bytes, where: str, fields: PairFields) -> tuple[str, str] | Skip:
+    obj = _json_text(line, where, None)
+    if isinstance(obj, Skip):
+        return obj
+    out = []
+    for f in (fields.source, fields.target):
+        if f not in obj:
+            return Skip("missing_field", where, f"no key {f!r}")
+        if not isinstance(obj[f], str):
+            return Skip("non_string_field", where, f"{f!r} is {type(obj[f]).__name__}")
+        out.append(obj[f])
+    return tuple(out)
+
+
+def _iter_json_pairs(path: str, fields: PairFields) -> Iterator[tuple[int, tuple | Skip]]:
+    lines_read = 0
+    try:
+        with open_binary(path) as f:
+            for line in f:
+                lines_read += 1
+                body = line.rstrip(b"\r\n")
+                if body.strip():
+                    yield lines_read - 1, _json_pair(body, f"{path}:{lines_read}", fields)
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
+
+
+def _iter_aligned(inp: InputFile) -> Iterator[tuple[int, tuple | Skip]]:
+    """Line i of the source file with line i of the target file (line ends removed; a blank
+    line is an empty side). The line counts were compared before any work (count_lines)."""
+    import itertools
+    n = 0
+    try:
+        with open_binary(inp.path) as fs, open_binary(inp.target) as ft:
+            for n, (a, b) in enumerate(itertools.zip_longest(fs, ft)):
+                where = f"{inp.path}:{n + 1}"
+                if a is None or b is None:
+                    yield n, Skip("unaligned", where, f"{inp.path if a is None else inp.target}"
+                                  " has no such line")
+                    continue
+                sides = [_decode(x.rstrip(b"\r\n"), where) for x in (a, b)]
+                bad = next((x for x in sides if isinstance(x, Skip)), None)
+                yield n, bad or tuple(sides)
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        yield n + 1, _read_error(e, f"{inp.path}:{n + 2} / {inp.target}:{n + 2}")
+
+
+def count_lines(path: str) -> int:
+    """Lines as `for line in file` yields them (a last line without a line end counts)."""
+    n, last = 0, b"\n"
+    try:
+        with open_binary(path) as f:
+            while chunk := f.read(1 << 20):
+                n += chunk.count(b"\n")
+                last = chunk[-1:]
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        raise DataToolsError(f"{path}: cannot read: {_read_error(e, path).detail}") from None
+    return n + (last != b"\n")
+
+
+def aligned_inputs(sources: list[str], targets: list[str]) -> list[InputFile]:
+    """--source-file/--target-file, zipped in order; every pair of files exists and has the
+    same number of lines (else one DataToolsError naming each mismatch)."""
+    problems = []
+    if len(sources) != len(targets):
+        problems.append(f"{len(sources)} --source-file but {len(targets)} --target-file: give "
+                        "them in aligned pairs")
+    files = []
+    for a, b in zip(sources, targets):
+        missing = [p for p in (a, b) if not os.path.isfile(p)]
+        if missing:
+            problems += [f"input {p!r} does not exist or is not a file" for p in missing]
+            continue
+        la, lb = count_lines(a), count_lines(b)
+        if la != lb:
+            problems.append(f"{a} has {la} lines but {b} has {lb}: aligned files need one "
+                            "sentence per line, line i of one translating line i of the other")
+            continue
+        files.append(InputFile(a, os.path.getsize(a), ALIGNED, b, os.path.getsize(b)))
+    if problems:
+        raise DataToolsError("; ".join(problems))
+    return files
+
+
+def iter_pairs(inp: InputFile, fields: PairFields | None, max_doc_bytes: int
+               ) -> Iterator[tuple[int, Pair | Skip]]:
+    """Yield (record_index, Pair | Skip) for one input: jsonl/parquet records (`fields`) or two
+    aligned text files."""
+    if inp.fmt == ALIGNED:
+        records = _iter_aligned(inp)
+    elif inp.fmt == "parquet":
+        records = _iter_parquet(inp.path, (fields.source, fields.target))
+    else:
+        records = _iter_json_pairs(inp.path, fields)
+    for index, rec in records:
+        if isinstance(rec, tuple):
+            where = f"{inp.path}:{index + 1}" if inp.fmt != "parquet" else \
+                f"{inp.path}:row {index}"
+            rec = _to_pair(rec, where, max_doc_bytes)
+        yield index, rec
+
+
+def iter_units(inp: InputFile, text_field: str, max_doc_bytes: int,
+               pairs: PairFields | None = None, pair_mode: bool = False
+               ) -> Iterator[tuple[int, Doc | Pair | Skip]]:
+    """Documents, or pairs when `pair_mode` (fields from `pairs`, or aligned files)."""
+    if pair_mode:
+        return iter_pairs(inp, pairs, max_doc_bytes)
+    return iter_records(inp, text_field, max_doc_bytes)
 
 
 def iter_records(inp: InputFile, text_field: str, max_doc_bytes: int
@@ -377,3 +593,66 @@ def iter_records(inp: InputFile, text_field: str, max_doc_bytes: int
             where = inp.path if inp.fmt == "file" else f"{inp.path}:{index + 1}"
             rec = _to_doc(rec, where, max_doc_bytes)
         yield index, rec
+
+
+# ---- command-line options shared by train-tokenizer and shard -----------------------------
+
+def add_pair_arguments(p) -> None:
+    g = p.add_argument_group("pairs (source -> target, for translation / data.objective seq2seq)")
+    g.add_argument("--source-field", metavar="NAME",
+                   help="JSON key / parquet column of the source side; with --target-field, "
+                        "each jsonl/parquet record is one pair")
+    g.add_argument("--target-field", metavar="NAME", help="JSON key / parquet column of the "
+                   "target side")
+    g.add_argument("--source-file", action="append", metavar="FILE",
+                   help="a text file, one source sentence per line (.gz/.zst too); repeatable, "
+                        "each with its --target-file in the same order")
+    g.add_argument("--target-file", action="append", metavar="FILE",
+                   help="the aligned target text file: line i translates line i of its "
+                        "--source-file")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    files: list[InputFile]
+    pairs: PairFields | None  # the fields of jsonl/parquet pairs (None: none or aligned only)
+    pair_mode: bool  # records are pairs (the folder is a pair folder)
+
+
+def resolve_inputs(args, excludes: tuple[str, ...]) -> Inputs:
+    """The input files of train-tokenizer / shard, documents or pairs, checked before any
+    work; every problem in one DataToolsError."""
+    fields = (args.source_field, args.target_field)
+    sources, targets = args.source_file or [], args.target_file or []
+    pair_mode = any(fields) or bool(sources or targets)
+    problems = []
+    if any(fields) and not all(fields):
+        problems.append("--source-field and --target-field go together: give both")
+    if pair_mode and args.text_field != "text":
+        problems.append("--text-field has no meaning for pairs (use --source-field and "
+                        "--target-field)")
+    if pair_mode and args.inputs and not all(fields):
+        problems.append("INPUT files hold pairs only with --source-field and --target-field "
+                        "(or give aligned text files with --source-file/--target-file alone)")
+    if not args.inputs and not sources:
+        problems.append("no input: give INPUT... (files, folders, globs)"
+                        + (" or --source-file/--target-file" if pair_mode else ""))
+    files: list[InputFile] = []
+    try:
+        files += aligned_inputs(sources, targets) if pair_mode else []
+    except DataToolsError as e:
+        problems.append(str(e))
+    if args.inputs:
+        try:
+            found = expand_inputs(args.inputs, args.format, excludes, args.txt_mode)
+            bad = [f"{f.path} ({f.fmt})" for f in found if f.fmt not in PAIR_READERS]
+            if pair_mode and bad:
+                problems.append(f"pairs come from jsonl or parquet records, not {bad[0]}"
+                                + (f" and {len(bad) - 1} more" if len(bad) > 1 else "")
+                                + "; two aligned text files go in --source-file/--target-file")
+            files = found + files
+        except DataToolsError as e:
+            problems.append(str(e))
+    if problems:
+        raise DataToolsError("; ".join(problems))
+    return Inputs(files, PairFields(*fields) if all(fields) else None, pair_mode)

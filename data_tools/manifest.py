@@ -34,6 +34,7 @@ ARROWTRAIN_VERSION = __version__
 MANIFEST_NAME = "manifest.json"
 SPLITS = ("train", "val")
 DTYPE_LIMITS = {"uint16": 1 << 16, "uint32": 1 << 32}  # ids must be < limit
+PAIR_COLUMNS = ("source", "target")
 
 Count = Annotated[int, Field(ge=0)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -49,20 +50,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class ShardEntry(_Strict):
+class _OmitNone(_Strict):
+    """Optional keys added after format version 1 was fixed are left out when unset, so folders
+    without them read, and write, exactly as before."""
+
+    _optional: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler):
+        out = handler(self)
+        for key in self._optional:
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
+
+
+class ShardEntry(_OmitNone):
     file: str  # relative to the shard folder, e.g. "train/00000.arrow"
-    documents: Count
-    tokens: Count
+    documents: Count  # rows: documents, or pairs in a pair folder
+    tokens: Count  # all tokens of the file (pairs: source + target)
     text_bytes: Count
     file_bytes: Count
     sha256: Sha256
+    # pair folders only: the tokens of each side (source_tokens + target_tokens = tokens)
+    source_tokens: Count | None = None
+    target_tokens: Count | None = None
+    _optional = ("source_tokens", "target_tokens")
 
 
-class SplitInfo(_Strict):
+class SplitInfo(_OmitNone):
     documents: Count
     tokens: Count
     text_bytes: Count
     shards: list[ShardEntry]
+    source_tokens: Count | None = None
+    target_tokens: Count | None = None
+    _optional = ("source_tokens", "target_tokens")
 
 
 class TokenizerInfo(_Strict):
@@ -84,22 +107,16 @@ class TokenizerInfo(_Strict):
         return self
 
 
-class InputEntry(_Strict):
+class InputEntry(_OmitNone):
     path: str
     size: Count
-    # how documents were cut from this file (data_tools.inputs.READERS); absent in folders
-    # written before it was recorded
+    # how documents were cut from this file (data_tools.inputs.READERS; "source" / "target"
+    # for the two sides of aligned text files); absent in folders written before it was recorded
     format: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_unknown_format(self, handler):
-        out = handler(self)
-        if out.get("format") is None:
-            out.pop("format", None)
-        return out
+    _optional = ("format",)
 
 
-class Manifest(_Strict):
+class Manifest(_OmitNone):
     format: Literal["arrowtrain-shards"]
     format_version: Literal[1]
     arrowtrain_version: str
@@ -111,6 +128,11 @@ class Manifest(_Strict):
     args: dict[str, Any]  # the shard command's arguments (not --workers, not --overwrite)
     fingerprint: str
     timing: dict[str, Any]  # the only key that may differ between identical runs
+    # "documents": one column `tokens` (absent: folders written before pairs existed);
+    # "pairs": columns `source` and `target`, one aligned pair per row (data_tools shard
+    # --source-field/--target-field or --source-file/--target-file)
+    kind: Literal["documents", "pairs"] | None = None
+    _optional = ("kind",)
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -120,7 +142,30 @@ class Manifest(_Strict):
         if self.tokenizer.vocab_size > DTYPE_LIMITS[self.dtype]:
             raise ValueError(f"tokenizer.vocab_size {self.tokenizer.vocab_size} does not fit "
                              f"dtype {self.dtype}")
+        if self.kind == "documents":
+            self.kind = None  # the default, written as before (no key)
+        pairs = self.is_pairs
+        for where, entry in self._counted():
+            if pairs != (entry.source_tokens is not None and entry.target_tokens is not None):
+                raise ValueError(f"{where}: keys 'source_tokens' and 'target_tokens' belong to "
+                                 "every split and shard of a pair folder (kind 'pairs') and to "
+                                 "no other")
         return self
+
+    def _counted(self) -> Iterator[tuple[str, SplitInfo | ShardEntry]]:
+        for name, info in self.splits.items():
+            yield f"splits.{name}", info
+            for i, s in enumerate(info.shards):
+                yield f"splits.{name}.shards[{i}]", s
+
+    @property
+    def is_pairs(self) -> bool:
+        return self.kind == "pairs"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The token columns of every shard: ("tokens",) or ("source", "target")."""
+        return PAIR_COLUMNS if self.is_pairs else ("tokens",)
 
     # ---- reading -----------------------------------------------------------------------
     @classmethod
@@ -158,18 +203,19 @@ class Manifest(_Strict):
 
     @classmethod
     def new(cls, *, tokenizer: TokenizerInfo, dtype: str, shards: dict[str, list[ShardEntry]],
-            inputs: list, skipped: dict, args: dict, timing: dict) -> Manifest:
+            inputs: list, skipped: dict, args: dict, timing: dict,
+            pairs: bool = False) -> Manifest:
         """A manifest for finished shards (split totals summed here; fingerprint on write)."""
-        splits = {name: SplitInfo(documents=sum(s.documents for s in entries),
-                                  tokens=sum(s.tokens for s in entries),
-                                  text_bytes=sum(s.text_bytes for s in entries),
-                                  shards=list(entries))
+        keys = ("documents", "tokens", "text_bytes") + (
+            ("source_tokens", "target_tokens") if pairs else ())
+        splits = {name: SplitInfo(shards=list(entries),
+                                  **{k: sum(getattr(s, k) for s in entries) for k in keys})
                   for name, entries in shards.items()}
         return cls.model_validate({
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "arrowtrain_version": ARROWTRAIN_VERSION, "dtype": dtype, "tokenizer": tokenizer,
             "splits": splits, "inputs": inputs, "skipped": skipped, "args": args,
-            "fingerprint": "", "timing": timing})
+            "fingerprint": "", "timing": timing, "kind": "pairs" if pairs else None})
 
     # ---- contents ------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -194,12 +240,19 @@ class Manifest(_Strict):
         problems = []
         if self.fingerprint != self.compute_fingerprint():
             problems.append("key 'fingerprint' does not match its shard list (edited by hand?)")
+        keys = ("documents", "tokens", "text_bytes") + (
+            ("source_tokens", "target_tokens") if self.is_pairs else ())
         for split, info in self.splits.items():
-            for key in ("documents", "tokens", "text_bytes"):
+            for key in keys:
                 total = sum(getattr(s, key) for s in info.shards)
                 if total != getattr(info, key):
                     problems.append(f"key 'splits.{split}.{key}' is {getattr(info, key)}, its "
                                     f"shards sum to {total}")
+        if self.is_pairs:
+            problems += [f"key '{where}.tokens' is {e.tokens}, not source_tokens + target_tokens "
+                         f"({e.source_tokens} + {e.target_tokens})"
+                         for where, e in self._counted()
+                         if e.tokens != e.source_tokens + e.target_tokens]
         return problems
 
     def write(self, datadir: str | os.PathLike) -> Path:

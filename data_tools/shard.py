@@ -5,6 +5,11 @@ batches, and a single writer takes the results back in that order, so the output
 depend on the worker count. Which documents go to `val` is a function of their bytes' hashes:
 a share of them (`--val-fraction`) or a token budget (`--val-tokens`; data_tools.split).
 Re-running the same command after a crash resumes from the last finished shard.
+
+Pairs (`--source-field/--target-field` on jsonl/parquet records, or `--source-file/
+--target-file` aligned text files) make a *pair folder*: shards with `source` and `target`
+token columns, one pair per row, no EOS stored on either side (the loader appends one to each,
+as it does to documents); the manifest says `"kind": "pairs"`. The val split hashes both sides.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from data_tools.inputs import (
     TXT_MODE_HELP,
     TXT_MODES,
     InputFile,
+    PairFields,
     Skip,
-    expand_inputs,
-    iter_records,
+    add_pair_arguments,
+    iter_units,
     parse_size,
+    resolve_inputs,
 )
 from data_tools.manifest import (
     FORMAT_VERSION,
@@ -83,7 +90,7 @@ def usable_cores() -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
     p.add_argument("--tokenizer", required=True, metavar="FILE",
                    help="tokenizer.json (or the folder holding it)")
@@ -114,6 +121,7 @@ def add_arguments(p) -> None:
                    help="stop at the first bad record instead of skipping and counting it")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder made with other arguments or inputs")
+    add_pair_arguments(p)
 
 
 @dataclass
@@ -132,6 +140,8 @@ class Run:
     workers: int
     key: dict  # args + tokenizer + inputs: must match to resume or to call a folder finished
     counts: dict = field(default_factory=dict)
+    pairs: PairFields | None = None  # the fields of jsonl/parquet pairs
+    pair_mode: bool = False  # records are pairs: a pair folder
 
 
 def _option_problems(args) -> list[str]:
@@ -157,10 +167,10 @@ def plan(args) -> Run:
             sizes[opt] = parse_size(getattr(args, opt))
         except DataToolsError as e:
             problems.append(f"--{opt.replace('_', '-')}: {e}")
-    files = tok_info = None
+    inputs = tok_info = None
     excludes = tuple(args.exclude or DEFAULT_EXCLUDES)
     try:
-        files = expand_inputs(args.inputs, args.format, excludes, args.txt_mode)
+        inputs = resolve_inputs(args, excludes)
     except DataToolsError as e:
         problems.append(str(e))
     try:
@@ -176,13 +186,18 @@ def plan(args) -> Run:
                 "val_fraction": val_fraction, "val_tokens": args.val_tokens,
                 "shard_size_bytes": sizes["shard_size"], "max_doc_bytes": sizes["max_doc_bytes"],
                 "exclude": list(excludes), "strict": args.strict}
-    inputs = [InputEntry(path=f.path, size=f.size, format=f.fmt).model_dump() for f in files]
+    if inputs.pair_mode:  # only for pairs: a document folder's recorded arguments stay as they were
+        cli_args.update(source_field=args.source_field, target_field=args.target_field,
+                        source_file=list(args.source_file or []),
+                        target_file=list(args.target_file or []))
+    entries = [InputEntry(**e).model_dump() for f in inputs.files for e in f.entries()]
     key = {"format_version": FORMAT_VERSION, "args": cli_args, "tokenizer_sha256": tok_info.sha256,
-           "inputs": inputs}
-    return Run(files, resolve_tokenizer_path(args.tokenizer), tok_info,
+           "inputs": entries}
+    return Run(inputs.files, resolve_tokenizer_path(args.tokenizer), tok_info,
                dtype_for_vocab(tok_info.vocab_size), args.text_field, val_fraction,
                args.val_tokens, sizes["shard_size"], sizes["max_doc_bytes"], args.strict,
-               args.workers or usable_cores(), key)
+               args.workers or usable_cores(), key, pairs=inputs.pairs,
+               pair_mode=inputs.pair_mode)
 
 
 def _key_difference(old: dict, new: dict) -> str:
@@ -246,7 +261,7 @@ def _remove_ours(out: Path) -> None:
 
 @dataclass
 class Batch:
-    texts: list[str] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)  # a pair adds its source, then its target
     # one entry per record in input order: (file_index, record_index, (hash, text_bytes) | Skip)
     items: list = field(default_factory=list)
     nbytes: int = 0
@@ -259,10 +274,11 @@ def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
     batch, done_bytes, shown = Batch(), 0, 0
     for fi, inp in enumerate(run.files):
         if fi < cursor[0]:
-            done_bytes += inp.size
+            done_bytes += inp.total_size
             continue
         file_bytes = 0
-        for ri, rec in iter_records(inp, run.text_field, run.max_doc_bytes):
+        for ri, rec in iter_units(inp, run.text_field, run.max_doc_bytes, run.pairs,
+                                  run.pair_mode):
             if (fi, ri) < cursor:
                 continue
             if isinstance(rec, Skip):
@@ -273,15 +289,15 @@ def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
                     shown += 1
                 batch.items.append((fi, ri, rec))
                 continue
-            batch.items.append((fi, ri, (doc_hash(rec.utf8), len(rec.utf8))))
-            batch.texts.append(rec.text)
-            batch.nbytes += len(rec.utf8)
-            file_bytes += len(rec.utf8)
+            batch.items.append((fi, ri, (doc_hash(rec.key), rec.nbytes)))
+            batch.texts += rec.texts
+            batch.nbytes += rec.nbytes
+            file_bytes += rec.nbytes
             if len(batch.texts) >= BATCH_DOCS or batch.nbytes >= BATCH_BYTES:
-                batch.progress_bytes = done_bytes + min(file_bytes, inp.size)
+                batch.progress_bytes = done_bytes + min(file_bytes, inp.total_size)
                 yield batch
                 batch = Batch()
-        done_bytes += inp.size
+        done_bytes += inp.total_size
     batch.progress_bytes = done_bytes
     yield batch
 
@@ -319,13 +335,14 @@ def _place(writer: ShardWriter, routed: list[tuple[str, Doc]]) -> bool:
 
 def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
     """The single writer: documents in input order, a checkpoint after every shard."""
-    writer = ShardWriter(out, run.dtype, run.shard_bytes)
+    writer = ShardWriter(out, run.dtype, run.shard_bytes, pairs=run.pair_mode)
     chooser = make_split(run.val_fraction, run.val_tokens)
     cursor = (0, 0)
     if state:
         chooser.restore(writer.restore(state))
         cursor, run.counts = tuple(state["cursor"]), dict(state["skipped"])
-    total = sum(f.size for f in run.files)
+    total = sum(f.total_size for f in run.files)
+    per_record = 2 if run.pair_mode else 1  # texts tokenized per record
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
     t0, docs, toks = time.perf_counter(), 0, 0
     batches = read_batches(run, cursor)
@@ -336,12 +353,14 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
             if isinstance(what, Skip):
                 run.counts[what.reason] = run.counts.get(what.reason, 0) + 1
                 continue
-            end = start + int(lengths[di])
-            doc = Doc(what[0], (fi, ri), flat[start:end], what[1])
-            start, di = end, di + 1
+            n = lengths[di:di + per_record]  # (1,) or (2,): source, target
+            end = start + int(n.sum())
+            doc = Doc(what[0], (fi, ri), flat[start:end], what[1],
+                      int(n[0]) if run.pair_mode else None)
+            start, di = end, di + per_record
             if _place(writer, chooser.offer(doc)):
                 writer.checkpoint(run.key, (fi, ri + 1), dict(run.counts), chooser.held())
-        docs, toks = docs + di, toks + start
+        docs, toks = docs + di // per_record, toks + start
         dt = max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix_str(f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s", refresh=False)
         bar.update(batch.progress_bytes - bar.n)
@@ -356,7 +375,7 @@ def build_manifest(run: Run, writer: ShardWriter, timing: dict) -> Manifest:
     return Manifest.new(tokenizer=run.tok_info, dtype=run.dtype,
                         shards={name: buf.shards for name, buf in writer.splits.items()},
                         inputs=run.key["inputs"], skipped=dict(sorted(run.counts.items())),
-                        args=run.key["args"], timing=timing)
+                        args=run.key["args"], timing=timing, pairs=run.pair_mode)
 
 
 def _remove_strays(out: Path, manifest: Manifest) -> None:
@@ -420,28 +439,39 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _unit(run: Run) -> str:
+    return "pairs" if run.pair_mode else "documents"
+
+
 class NothingToWrite(DataToolsError):
     """No document, or none left for train: the output folder is removed again."""
 
 
 def _check_splits(run: Run, sp: dict, skipped: str) -> None:
-    docs = sum(s.documents for s in sp.values())
+    docs, what = sum(s.documents for s in sp.values()), _unit(run)
     if docs == 0:
-        raise NothingToWrite(f"no documents in {len(run.files)} input files (skipped: {skipped})"
-                             "; nothing written")
+        files = sum(len(f.entries()) for f in run.files)
+        raise NothingToWrite(f"no {what} in {files} input files (skipped: {skipped}); nothing "
+                             "written")
     if sp["train"].documents == 0:
         how = f"--val-tokens {run.val_tokens}" if run.val_tokens is not None else \
             f"--val-fraction {run.val_fraction}"
-        raise NothingToWrite(f"{how} put all {docs} documents ({sp['val'].tokens} tokens) in "
+        raise NothingToWrite(f"{how} put all {docs} {what} ({sp['val'].tokens} tokens) in "
                              "the val split, none is left for train; pass a smaller "
                              f"{how.split()[0]}; nothing written")
 
 
 def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
-    if not too_small(val.tokens):
-        return
     how = f"--val-tokens {run.val_tokens}" if run.val_tokens is not None else \
         f"--val-fraction {run.val_fraction}"
+    if run.pair_mode:  # a pair is one sample: count pairs, not windows of tokens
+        if val.documents < USEFUL_VAL_WINDOWS:
+            log.warning("the val split holds %d pairs (%s): fewer than %d, too few for a stable "
+                        "validation loss or BLEU; pass a larger --val-fraction or --val-tokens",
+                        val.documents, how, USEFUL_VAL_WINDOWS)
+        return
+    if not too_small(val.tokens):
+        return
     hint = f"pass --val-tokens {USEFUL_VAL_TOKENS}" if total_tokens >= USEFUL_VAL_TOKENS * 10 \
         else f"the corpus holds only {total_tokens:,} tokens: shard more text or pass " \
              f"--val-tokens {max(1, total_tokens // 10)} (a tenth)"
@@ -463,11 +493,11 @@ def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float
     docs, tokens = sum(s.documents for s in sp.values()), sum(s.tokens for s in sp.values())
     manifest.timing.update(documents_per_sec=round(docs / wall_s, 1),
                   tokens_per_sec=round(tokens / wall_s, 1),
-                  input_mb_per_sec=round(sum(f.size for f in run.files) / 1e6 / wall_s, 3))
+                  input_mb_per_sec=round(sum(f.total_size for f in run.files) / 1e6 / wall_s, 3))
     _remove_strays(out, manifest)
     write_manifest(out, manifest)
-    log.info("%s: %d documents (train %d, val %d), %d tokens (val %s), %d shards; skipped: "
-             "%s; %.1f s, %.0f tokens/s%s", out, docs, sp["train"].documents,
+    log.info("%s: %d %s (train %d, val %d), %d tokens (val %s), %d shards; skipped: "
+             "%s; %.1f s, %.0f tokens/s%s", out, docs, _unit(run), sp["train"].documents,
              sp["val"].documents, tokens, f"{sp['val'].tokens:,}",
              sum(len(v.shards) for v in sp.values()), skipped, wall_s, tokens / wall_s,
              " (resumed)" if resumed else "")

@@ -14,6 +14,7 @@ bytes (a 64-bit blake2b hash of each), never of `--workers`, timing or where a r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 from dataclasses import dataclass
@@ -39,8 +40,9 @@ class Doc:
     """A tokenized document on its way to a split."""
     hash: int
     pos: tuple[int, int]  # (file index, record index): its place in the input order
-    tokens: np.ndarray  # (N,) shard dtype
+    tokens: np.ndarray  # (N,) shard dtype; a pair: the source's tokens, then the target's
     text_bytes: int
+    source_len: int | None = None  # a pair: where the target starts in `tokens`
 
 
 class FractionSplit:
@@ -79,7 +81,7 @@ class TokenBudgetSplit:
         if self.tokens >= self.budget and self.heap and \
                 (doc.hash, doc.pos) > (self.heap[0][3].hash, self.heap[0][3].pos):
             return [("train", doc)]
-        doc = Doc(doc.hash, doc.pos, doc.tokens.copy(), doc.text_bytes)  # not a batch's view
+        doc = dataclasses.replace(doc, tokens=doc.tokens.copy())  # not a batch's view
         heapq.heappush(self.heap, self._entry(doc))
         self.tokens += len(doc.tokens)
         out = []
@@ -109,13 +111,13 @@ def make_split(val_fraction: float | None, val_tokens: int | None):
         FractionSplit(val_fraction or 0.0)
 
 
-def describe_choice(args: dict) -> str:
+def describe_choice(args: dict, unit: str = "document") -> str:
     """How the val split of a manifest was chosen, from its recorded arguments."""
     if args.get("val_tokens") is not None:
-        return (f"--val-tokens {args['val_tokens']:,}: the documents with the smallest hashes "
+        return (f"--val-tokens {args['val_tokens']:,}: the {unit}s with the smallest hashes "
                 f"until {args['val_tokens']:,} tokens")
     if args.get("val_fraction") is not None:
-        return (f"--val-fraction {args['val_fraction']}: each document whose hash is below "
+        return (f"--val-fraction {args['val_fraction']}: each {unit} whose hash is below "
                 f"{args['val_fraction']}")
     return "not recorded"
 

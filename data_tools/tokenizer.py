@@ -1,6 +1,8 @@
 """`train-tokenizer`: train a byte-level BPE tokenizer (HF `tokenizers`) on raw text and write
 OUT/tokenizer.json: <|endoftext|> (id 0) ends each document, <|pad|> is id 1, and --sentinels N
-adds the T5 sentinels <extra_id_0>... as the last N ids. Deterministic for the same inputs."""
+adds the T5 sentinels <extra_id_0>... as the last N ids. Deterministic for the same inputs.
+For pairs (--source-field/--target-field, --source-file/--target-file) it learns from both
+sides: one vocabulary shared by source and target, as the 2017 Transformer's."""
 
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from data_tools.inputs import (
     FORMATS,
     TXT_MODE_HELP,
     TXT_MODES,
-    Doc,
-    expand_inputs,
-    iter_records,
+    Inputs,
+    Skip,
+    add_pair_arguments,
+    iter_units,
     parse_size,
+    resolve_inputs,
 )
 from data_tools.manifest import TokenizerInfo, sha256_file
 
@@ -39,7 +43,7 @@ def sentinel(i: int) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
     p.add_argument("--vocab-size", type=int, required=True, metavar="N",
                    help="total vocabulary including special and sentinel tokens")
@@ -59,31 +63,33 @@ def add_arguments(p) -> None:
                         f"the default ({' '.join(DEFAULT_EXCLUDES)})")
     p.add_argument("--min-frequency", type=int, default=2, metavar="N",
                    help="minimum pair count for a merge")
+    add_pair_arguments(p)
 
 
-def sampled_texts(files, text_field: str, max_bytes: int, max_doc_bytes: int,
+def sampled_texts(inputs: Inputs, text_field: str, max_bytes: int, max_doc_bytes: int,
                   counts: dict) -> Iterator[str]:
-    """Documents in input order, systematically sampled by bytes: a document is kept when the
-    running credit (keep fraction x bytes seen) covers it, keep = max_bytes / total input bytes.
-    Deterministic, spread over the whole corpus, stops once max_bytes of text were yielded."""
-    total = sum(f.size for f in files)
+    """Documents (or both sides of each pair) in input order, systematically sampled by bytes:
+    a record is kept when the running credit (keep fraction x bytes seen) covers it, keep =
+    max_bytes / total input bytes. Deterministic, spread over the whole corpus, stops once
+    max_bytes of text were yielded."""
+    total = sum(f.total_size for f in inputs.files)
     keep = min(1.0, max_bytes / max(total, 1))
     used, credit = 0, 0.0
     bar = tqdm(total=min(total, max_bytes), unit="B", unit_scale=True, desc="tokenizer text",
                disable=None)
-    for inp in files:
-        for _, rec in iter_records(inp, text_field, max_doc_bytes):
-            if not isinstance(rec, Doc):
+    for inp in inputs.files:
+        for _, rec in iter_units(inp, text_field, max_doc_bytes, inputs.pairs, inputs.pair_mode):
+            if isinstance(rec, Skip):
                 counts[rec.reason] = counts.get(rec.reason, 0) + 1
                 continue
-            credit += keep * len(rec.utf8)
+            credit += keep * rec.nbytes
             if credit < 0:
                 continue
-            credit -= len(rec.utf8)
-            used += len(rec.utf8)
+            credit -= rec.nbytes
+            used += rec.nbytes
             counts["documents"] = counts.get("documents", 0) + 1
-            bar.update(len(rec.utf8))
-            yield rec.text
+            bar.update(rec.nbytes)
+            yield from rec.texts
             if used >= max_bytes:
                 bar.close()
                 return
@@ -109,15 +115,16 @@ def train(args) -> Path:
     if args.vocab_size - args.sentinels < 256 + 2:
         raise DataToolsError(f"--vocab-size {args.vocab_size} is too small: byte-level BPE needs "
                              f"256 byte tokens + 2 special + {args.sentinels} sentinels")
-    files = expand_inputs(args.inputs, args.format, tuple(args.exclude or DEFAULT_EXCLUDES),
-                          args.txt_mode)
+    inputs = resolve_inputs(args, tuple(args.exclude or DEFAULT_EXCLUDES))
+    files = inputs.files
+    what = "pairs" if inputs.pair_mode else "documents"
     start = time.perf_counter()
     tok, trainer = build_trainer(args.vocab_size, args.sentinels, args.min_frequency)
     counts: dict[str, int] = {}
     tok.train_from_iterator(
-        sampled_texts(files, args.text_field, max_bytes, max_doc_bytes, counts), trainer)
+        sampled_texts(inputs, args.text_field, max_bytes, max_doc_bytes, counts), trainer)
     if counts.get("documents", 0) == 0:
-        raise DataToolsError(f"no documents in {len(files)} input files "
+        raise DataToolsError(f"no {what} in {sum(len(f.entries()) for f in files)} input files "
                              f"(skipped: {_fmt_counts(counts)}); no tokenizer written")
     if args.sentinels:
         tok.add_special_tokens([sentinel(i) for i in range(args.sentinels)])
@@ -127,9 +134,10 @@ def train(args) -> Path:
     with atomic_path(path) as tmp:
         tok.save(str(tmp))
     docs = counts.pop("documents")
-    log.info("trained byte-level BPE: vocab %d (%d sentinels) on %d documents from %d files in "
-             "%.1f s; skipped: %s -> %s", tok.get_vocab_size(), args.sentinels, docs, len(files),
-             time.perf_counter() - start, _fmt_counts(counts), path)
+    log.info("trained byte-level BPE: vocab %d (%d sentinels) on %d %s from %d files in "
+             "%.1f s; skipped: %s -> %s", tok.get_vocab_size(), args.sentinels, docs, what,
+             sum(len(f.entries()) for f in files), time.perf_counter() - start,
+             _fmt_counts(counts), path)
     return path
 
 

@@ -1,6 +1,7 @@
 """`validate DATADIR`: recompute every checksum, check the schema and that every token id is
 below the vocabulary size. Exit 0 only when everything holds; otherwise one message naming
-each bad shard and what is wrong."""
+each bad shard and what is wrong. Pair folders: both columns (`source`, `target`), each side's
+token count, and no pair with an empty side."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("datadir", metavar="DATADIR", help="a folder written by `shard`")
 
 
-def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int) -> list[str]:
+def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int,
+                columns: tuple[str, ...] = ("tokens",)) -> list[str]:
     """Problems with one shard file (empty list: fine)."""
-    import pyarrow.compute as pc  # slow to import: only when validating
     path = datadir / entry.file
     if not path.is_file():
         return ["file is missing"]
@@ -37,24 +38,39 @@ def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int) -
             table = pa.ipc.open_file(src).read_all()
     except (pa.ArrowException, OSError) as e:
         return [*problems, f"not a readable Arrow IPC file ({e})"]
-    if not table.schema.equals(tokens_schema(dtype)):
+    want = tokens_schema(dtype, columns)
+    if not table.schema.equals(want):
         return [*problems, f"schema is {table.schema.to_string()!r}, expected "
-                           f"{tokens_schema(dtype).to_string()!r}"]
+                           f"{want.to_string()!r}"]
     try:
         table.validate(full=True)  # list offsets in bounds and non-decreasing
     except pa.ArrowException as e:
         return [*problems, f"invalid Arrow data: {e}"]
-    col = table.column("tokens")
-    values = pc.list_flatten(col)
+    rows = "pairs" if len(columns) > 1 else "documents"
     if table.num_rows != entry.documents:
-        problems.append(f"{table.num_rows} documents, manifest says {entry.documents}")
-    if len(values) != entry.tokens:
-        problems.append(f"{len(values)} tokens, manifest says {entry.tokens}")
+        problems.append(f"{table.num_rows} {rows}, manifest says {entry.documents}")
+    counts = {"tokens": entry.tokens, "source": entry.source_tokens,
+              "target": entry.target_tokens}
+    for name in columns:
+        problems += _column_problems(table.column(name), name, counts[name], vocab_size,
+                                     len(columns) > 1)
+    return problems
+
+
+def _column_problems(col, name: str, want_tokens: int, vocab_size: int, pairs: bool
+                     ) -> list[str]:
+    import pyarrow.compute as pc  # slow to import: only when validating
+    values, problems = pc.list_flatten(col), []
+    side = f"{name} " if pairs else ""
+    if len(values) != want_tokens:
+        problems.append(f"{len(values)} {side}tokens, manifest says {want_tokens}")
     if col.null_count or values.null_count:
-        problems.append("contains nulls")
+        problems.append(f"{side}contains nulls")
+    if pairs and len(col) and pc.min(pc.list_value_length(col)).as_py() == 0:
+        problems.append(f"a pair with an empty {name} side")
     top = pc.max(values).as_py() if len(values) else None
     if top is not None and top >= vocab_size:
-        problems.append(f"token id {top} >= vocab size {vocab_size}")
+        problems.append(f"{side}token id {top} >= vocab size {vocab_size}")
     return problems
 
 
@@ -70,7 +86,7 @@ def validate(datadir: str | Path) -> list[str]:
         problems.append(f"{tok_path}: sha256 does not match the manifest")
     entries = [s for _, s in m.shards()]
     for entry in tqdm(entries, desc="validate", unit="shard", disable=None):
-        found = check_shard(datadir, entry, m.dtype, m.tokenizer.vocab_size)
+        found = check_shard(datadir, entry, m.dtype, m.tokenizer.vocab_size, m.columns)
         problems += [f"{datadir / entry.file}: {p}" for p in found]
     return problems
 
@@ -81,6 +97,7 @@ def main(args) -> int:
         raise DataToolsError(f"{args.datadir} is NOT valid ({len(problems)} problems):\n  "
                              + "\n  ".join(problems))
     m = read_manifest(args.datadir)
-    log.info("%s is valid: %d shards, checksums, schema (%s) and token ids < %d all hold",
-             args.datadir, len(list(m.shards())), m.dtype, m.tokenizer.vocab_size)
+    log.info("%s is valid: %d shards%s, checksums, schema (%s) and token ids < %d all hold",
+             args.datadir, len(list(m.shards())), " of pairs (source, target)" if m.is_pairs
+             else "", m.dtype, m.tokenizer.vocab_size)
     return 0

@@ -6,7 +6,9 @@ reaches the target, it becomes the next shard: written to a temp name, fsynced, 
 finished shards, the splits' pending documents and the val candidates still held (see
 data_tools.split), so a re-run continues from there with identical output.
 
-`write_shard` is also the writer for anyone who has token ids already (tests, benchmarks).
+`write_shard` / `write_pair_shard` are also the writers for anyone who has token ids already
+(tests, benchmarks). A pair shard has two columns, `source` and `target`, one pair per row; like
+a document, neither side stores an EOS (the loader appends one to each side).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ OFFSET_BYTES = 8  # large_list offsets are int64
 HELD = "held"  # name of the val candidates' pending file
 
 
-def tokens_schema(dtype: str) -> pa.Schema:
-    """The schema of a shard: one column `tokens: large_list<dtype>`."""
-    return pa.schema([pa.field("tokens", pa.large_list(pa.from_numpy_dtype(np.dtype(dtype))))])
+def tokens_schema(dtype: str, columns: tuple[str, ...] = ("tokens",)) -> pa.Schema:
+    """The schema of a shard: `tokens: large_list<dtype>` (pairs: `source` and `target`)."""
+    value = pa.large_list(pa.from_numpy_dtype(np.dtype(dtype)))
+    return pa.schema([pa.field(name, value) for name in columns])
 
 
 def numpy_array(values: np.ndarray, dtype: str | None = None) -> pa.Array:
@@ -54,9 +57,19 @@ def write_arrow(path: Path, offsets: np.ndarray, values: np.ndarray, dtype: str,
     """Documents as `tokens: large_list<dtype>` (offsets (D + 1,) from 0, values (N,)) plus
     optional extra columns (D,), in record batches of `batch_rows` (default: one batch),
     written atomically."""
-    tokens = pa.LargeListArray.from_arrays(numpy_array(offsets, "int64"),
-                                           numpy_array(values, dtype))
-    names, columns = ["tokens"], [tokens]
+    write_lists(path, {"tokens": (offsets, values)}, dtype, extra, batch_rows)
+
+
+def write_lists(path: Path, lists: dict[str, tuple[np.ndarray, np.ndarray]], dtype: str,
+                extra: dict[str, np.ndarray] | None = None, batch_rows: int | None = None) -> None:
+    """One `large_list<dtype>` column per entry of `lists` (name -> (offsets, values)), then
+    the extra columns; see write_arrow."""
+    names, columns = [], []
+    for name, (offsets, values) in lists.items():
+        names.append(name)
+        columns.append(pa.LargeListArray.from_arrays(numpy_array(offsets, "int64"),
+                                                     numpy_array(values, dtype)))
+    tokens = columns[0]
     for name, col in (extra or {}).items():
         names.append(name)
         columns.append(numpy_array(col))
@@ -80,8 +93,28 @@ def write_shard(datadir: Path, rel: str, offsets: np.ndarray, values: np.ndarray
                       file_bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
+def write_pair_shard(datadir: Path, rel: str, source: tuple[np.ndarray, np.ndarray],
+                     target: tuple[np.ndarray, np.ndarray], dtype: str, text_bytes: int,
+                     batch_rows: int | None = None) -> ShardEntry:
+    """Write pair shard DATADIR/rel: `source` and `target` as (offsets (P + 1,), values)."""
+    path = Path(datadir) / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_lists(path, {"source": source, "target": target}, dtype, batch_rows=batch_rows)
+    ns, nt = (int(o[-1] - o[0]) for o, _ in (source, target))
+    return ShardEntry(file=rel, documents=len(source[0]) - 1, tokens=ns + nt,
+                      text_bytes=int(text_bytes), file_bytes=path.stat().st_size,
+                      sha256=sha256_file(path), source_tokens=ns, target_tokens=nt)
+
+
 def _concat(docs: list[np.ndarray], dtype: str) -> np.ndarray:
     return np.concatenate(docs) if docs else np.zeros(0, dtype)
+
+
+def _sides(docs: list[Doc], dtype: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Pairs (tokens = source then target, cut at source_len) as two (offsets, values)."""
+    src = [d.tokens[:d.source_len] for d in docs]
+    tgt = [d.tokens[d.source_len:] for d in docs]
+    return (offsets_of(src), _concat(src, dtype)), (offsets_of(tgt), _concat(tgt, dtype))
 
 
 def write_docs(path: Path, docs: list[Doc], dtype: str) -> None:
@@ -90,6 +123,8 @@ def write_docs(path: Path, docs: list[Doc], dtype: str) -> None:
              "hash": np.array([d.hash for d in docs], np.uint64),
              "file_index": np.array([d.pos[0] for d in docs], np.int64),
              "record_index": np.array([d.pos[1] for d in docs], np.int64)}
+    if docs[0].source_len is not None:
+        extra["source_len"] = np.array([d.source_len for d in docs], np.int64)
     tokens = [d.tokens for d in docs]
     write_arrow(path, offsets_of(tokens), _concat(tokens, dtype), dtype, extra)
 
@@ -101,8 +136,11 @@ def read_docs(path: Path) -> list[Doc]:
     offsets, values = col.offsets.to_numpy(), col.values.to_numpy(zero_copy_only=False).copy()
     c = {k: table.column(k).to_pylist() for k in ("text_bytes", "hash", "file_index",
                                                    "record_index")}
+    cut = table.column("source_len").to_pylist() if "source_len" in table.column_names else \
+        [None] * len(col)
     return [Doc(c["hash"][i], (c["file_index"][i], c["record_index"][i]),
-                values[offsets[i]:offsets[i + 1]], c["text_bytes"][i]) for i in range(len(col))]
+                values[offsets[i]:offsets[i + 1]], c["text_bytes"][i], cut[i])
+            for i in range(len(col))]
 
 
 @dataclass
@@ -112,13 +150,14 @@ class SplitBuffer:
     docs: list[Doc] = field(default_factory=list)
     tokens: int = 0
 
-    def est_bytes(self, itemsize: int) -> int:
-        return self.tokens * itemsize + (len(self.docs) + 1) * OFFSET_BYTES
+    def est_bytes(self, itemsize: int, columns: int = 1) -> int:
+        return self.tokens * itemsize + (len(self.docs) + 1) * OFFSET_BYTES * columns
 
 
 class ShardWriter:
-    def __init__(self, datadir: Path, dtype: str, shard_bytes: int):
+    def __init__(self, datadir: Path, dtype: str, shard_bytes: int, pairs: bool = False):
         self.dir, self.dtype, self.shard_bytes = Path(datadir), dtype, shard_bytes
+        self.pairs = pairs  # documents are pairs: write `source` and `target` columns
         self.itemsize = np.dtype(dtype).itemsize
         self.splits = {s: SplitBuffer(s) for s in SPLITS}
         self.checkpoints = 0
@@ -128,17 +167,22 @@ class ShardWriter:
         buf = self.splits[split]
         buf.docs.append(doc)
         buf.tokens += len(doc.tokens)
-        return buf.est_bytes(self.itemsize) >= self.shard_bytes
+        return buf.est_bytes(self.itemsize, 2 if self.pairs else 1) >= self.shard_bytes
 
     def flush(self, split: str) -> ShardEntry | None:
         """Write the split's buffer as its next shard; returns the shard's manifest entry."""
         buf = self.splits[split]
         if not buf.docs:
             return None
-        tokens = [d.tokens for d in buf.docs]
-        entry = write_shard(self.dir, f"{split}/{len(buf.shards):05d}.arrow", offsets_of(tokens),
-                            _concat(tokens, self.dtype), self.dtype,
-                            sum(d.text_bytes for d in buf.docs))
+        rel = f"{split}/{len(buf.shards):05d}.arrow"
+        text_bytes = sum(d.text_bytes for d in buf.docs)
+        if self.pairs:
+            entry = write_pair_shard(self.dir, rel, *_sides(buf.docs, self.dtype), self.dtype,
+                                     text_bytes)
+        else:
+            tokens = [d.tokens for d in buf.docs]
+            entry = write_shard(self.dir, rel, offsets_of(tokens), _concat(tokens, self.dtype),
+                                self.dtype, text_bytes)
         buf.shards.append(entry)
         buf.docs, buf.tokens = [], 0
         return entry

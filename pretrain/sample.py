@@ -35,7 +35,8 @@ def sample_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 64,
 
     model, meta = load_trained_model(run_dir)
     if model.cfg.family != "decoder":
-        raise ValueError("pretrain.sample works with decoder models only")
+        raise ValueError("pretrain.sample works with decoder models only; an encoder-decoder "
+                         "translates with python -m pretrain.translate RUNDIR")
     tok = Tokenizer.from_file(str(tokenizer_path(meta.config)))
     ids = tok.encode(prompt).ids or [0]
     torch.manual_seed(seed)

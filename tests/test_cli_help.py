@@ -32,20 +32,28 @@ def _mains():
     from launch.__main__ import main as launch
     from launch.demo import main as demo
     from launch.signal_trainers import main as signal_trainers
+    from launch.translate_demo import main as translate_demo
+    from launch.translate_task import main as translate_task
+    from pretrain.attention import main as attention
     from pretrain.export import main as export
     from pretrain.model.__main__ import main as model
     from pretrain.plot import main as plot
     from pretrain.sample import main as sample
     from pretrain.train.__main__ import main as train
+    from pretrain.translate import main as translate
 
     return {"pretrain.train": train, "pretrain.export": export, "pretrain.sample": sample,
             "pretrain.plot": plot, "pretrain.model": model, "launch": launch,
-            "launch.demo": demo, "launch.signal_trainers": signal_trainers}
+            "launch.demo": demo, "launch.signal_trainers": signal_trainers,
+            "pretrain.translate": translate, "pretrain.attention": attention,
+            "launch.translate_demo": translate_demo, "launch.translate_task": translate_task}
 
 
 @pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.sample",
                                   "pretrain.plot", "pretrain.model", "launch", "launch.demo",
-                                  "launch.signal_trainers"])
+                                  "launch.signal_trainers",
+                                  "pretrain.translate", "pretrain.attention",
+                                  "launch.translate_demo", "launch.translate_task"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):
     parsers = _capture(monkeypatch, _mains()[name], [])
     assert parsers

@@ -24,7 +24,12 @@ class TrainMicroBatches(Dataset):
     """Micro-batch k of rank `rank`, counting from the step at `consumed_samples`.
 
     Global step s covers order positions [s*B, (s+1)*B); rank r takes [s*B + r*B/W, ... + B/W)
-    and splits it into B/(W*micro) micro-batches in order."""
+    and splits it into B/(W*micro) micro-batches in order.
+
+    seq2seq: step s's B samples come sorted by length (DataSource.step_samples) and are cut
+    into B/micro micro-batches g = 0, 1, ...; rank r takes g = r, r + W, r + 2W, ... (dealt
+    round-robin, so every rank gets short and long ones alike). A micro-batch depends on
+    (s, g, micro) only: the global batch is the same for any W."""
 
     def __init__(self, src: DataSource, global_batch: int, micro_batch: int, rank: int,
                  world: int, consumed_samples: int):
@@ -34,15 +39,26 @@ class TrainMicroBatches(Dataset):
                              f"global batch {global_batch}")
         self.src, self.micro = src, micro_batch
         self.global_batch, self.per_rank = global_batch, global_batch // world
-        self.first_step, self.rank = consumed_samples // global_batch, rank
+        self.first_step, self.rank, self.world = consumed_samples // global_batch, rank, world
 
     def positions(self, k: int) -> np.ndarray:
         step, m = divmod(k, self.per_rank // self.micro)
         start = (self.first_step + step) * self.global_batch + self.rank * self.per_rank
         return start + m * self.micro + np.arange(self.micro)
 
+    def bucketed(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """seq2seq: (indices, epochs) of this rank's k-th micro-batch (see the class doc)."""
+        step, m = divmod(k, self.per_rank // self.micro)
+        g = m * self.world + self.rank
+        index, epoch = self.src.step_samples(self.first_step + step, self.global_batch)
+        mine = slice(g * self.micro, (g + 1) * self.micro)
+        return index[mine], epoch[mine]
+
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        indices, epochs = self.src.order(self.positions(k))
+        if self.src.seq2seq:
+            indices, epochs = self.bucketed(k)
+        else:
+            indices, epochs = self.src.order(self.positions(k))
         return _to_torch(self.src.batch("train", indices, epochs))
 
     def __len__(self) -> int:  # unused: the sampler is infinite
@@ -50,7 +66,8 @@ class TrainMicroBatches(Dataset):
 
 
 class EvalMicroBatches(Dataset):
-    """Micro-batches of the val split in index order; rank r takes every W-th one."""
+    """Micro-batches of the val split in index order (seq2seq: the same samples sorted by
+    length); rank r takes every W-th one."""
 
     def __init__(self, src: DataSource, micro_batch: int, rank: int, world: int,
                  max_samples: int | None):
@@ -61,13 +78,14 @@ class EvalMicroBatches(Dataset):
         if self.num_batches == 0:
             raise DataError(f"the val split gives {n} samples, fewer than micro_batch "
                              f"{micro_batch} x world {world}: shard more validation data")
+        self.order = src.val_order(self.num_batches * micro_batch * world)
 
     def __len__(self) -> int:
         return self.num_batches
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         first = (k * self.world + self.rank) * self.micro
-        indices = np.arange(first, first + self.micro)
+        indices = self.order[first:first + self.micro]
         return _to_torch(self.src.batch("val", indices, np.zeros_like(indices)))
 
 

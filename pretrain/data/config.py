@@ -20,13 +20,21 @@ class DataConfig(Section):
     # A shard folder, or several with weights (`[{path: a, weight: 0.7}, {path: b, weight: 0.3}]`).
     # Relative paths are resolved by the trainer.
     path: str | list[MixEntry]
-    objective: Literal["clm", "span_corruption"] = "clm"
+    # clm: packed documents (decoder); span_corruption: T5's objective on documents (encdec);
+    # seq2seq: source -> target pairs of a pair folder (encdec), e.g. translation
+    objective: Literal["clm", "span_corruption", "seq2seq"] = "clm"
     # clm: decoder window T; a sample is T + 1 packed tokens (inputs and shifted targets).
     seq_len: int | None = Field(default=None, gt=0)
     # span_corruption: encoder length S and decoder length (fixed; targets padded with -100).
     # target_length None means "exactly what S needs" (T5's random_spans_helper).
+    # seq2seq: the longest source and target, EOS included (the decoder's length); a pair with
+    # a longer side is skipped (counted at start), each batch is padded to its longest pair.
     input_length: int | None = Field(default=None, gt=1)
     target_length: int | None = Field(default=None, gt=1)
+    # seq2seq: this many global batches of the shuffled order are sorted by length together
+    # and cut into batches (served in a shuffled order), so a batch holds pairs of similar
+    # length and padding stays low; 1 sorts within each global batch only.
+    bucket_pool_batches: int = Field(default=32, ge=1)
     noise_density: float = Field(default=0.15, gt=0, lt=1)
     mean_span_length: float = Field(default=3.0, ge=1)
     # tokenizer.json of the run; its sha256 must equal the one in every manifest.
@@ -43,6 +51,12 @@ class DataConfig(Section):
             problems.append("data.seq_len is required when data.objective is clm")
         if self.objective == "span_corruption" and self.input_length is None:
             problems.append("data.input_length is required when data.objective is span_corruption")
+        if self.objective == "seq2seq":
+            problems += [f"data.{key} is required when data.objective is seq2seq (the longest "
+                         f"{side}, EOS included; longer pairs are skipped)"
+                         for key, side in (("input_length", "source"),
+                                           ("target_length", "target"))
+                         if getattr(self, key) is None]
         if isinstance(self.path, list) and not self.path:
             problems.append("data.path: the list of folders is empty")
         if problems:

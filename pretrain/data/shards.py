@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from data_tools.manifest import SPLITS, Manifest, ManifestError, ShardEntry, sha256_file
+from pretrain.data.pairs import PairSplit
 from pretrain.data.stream import DataError, SplitStream
 
 VALUE_TYPES = {"uint16": pa.uint16(), "uint32": pa.uint32()}
@@ -38,7 +39,15 @@ class ShardFolder:
         self.tokenizer_path = self.folder / m.tokenizer.file
         self.fingerprint = m.fingerprint
         self._check_tokenizer(tokenizer)
-        self.streams = {split: self._open_split(split) for split in SPLITS}
+        self.is_pairs = m.is_pairs
+        # documents: the packed stream of each split; pairs: the pairs of each split
+        self.streams: dict[str, SplitStream] = {}
+        self.pairs: dict[str, PairSplit] = {}
+        for split in SPLITS:
+            if self.is_pairs:
+                self.pairs[split] = self._open_pairs(split)
+            else:
+                self.streams[split] = self._open_split(split)
 
     def _fail(self, problem: str) -> DataError:
         return DataError(f"{self.folder}: {problem}")
@@ -82,6 +91,30 @@ class ShardFolder:
                                 "(shards and manifest disagree; run `python -m data_tools "
                                 "validate`)")
         return stream
+
+    def _open_pairs(self, split: str) -> PairSplit:
+        info = self.manifest.splits[split]
+        if not info.documents:
+            raise self._fail(f"the {split} split holds no pairs; re-shard with more input"
+                             + (" or a larger --val-fraction" if split == "val" else ""))
+        shards = [s for s in info.shards if s.documents]
+        for shard in shards:
+            self._check_file(shard)
+        paths = [self.folder / s.file for s in shards]
+        pairs = PairSplit(paths, VALUE_TYPES[self.manifest.dtype], self.vocab_size)
+        for i, (path, shard) in enumerate(zip(paths, shards)):
+            got = pairs.file_counts(i)
+            want = (shard.documents, shard.source_tokens, shard.target_tokens)
+            if got != want:
+                raise DataError(f"{path}: holds {got[0]} pairs / {got[1]} source / {got[2]} "
+                                f"target tokens, the manifest says {want[0]} / {want[1]} / "
+                                f"{want[2]}")
+            top = pairs.max_token_sample(i)
+            if top >= self.vocab_size:
+                raise DataError(f"{path}: token id {top} >= vocab_size {self.vocab_size} "
+                                "(shards and manifest disagree; run `python -m data_tools "
+                                "validate`)")
+        return pairs
 
     def _check_file(self, shard: ShardEntry) -> None:
         path = self.folder / shard.file

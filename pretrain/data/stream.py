@@ -40,25 +40,34 @@ class DataError(ValueError):
 def _chunk_table(path: Path, buf: pa.Buffer, base: int, value_type: pa.DataType) -> np.ndarray:
     """(chunks, 5) int64: byte address of offsets, of values, docs, first offset slot, values,
     for the non-empty record batches of one Arrow file (addresses relative to `base`)."""
+    return column_chunks(path, buf, base, value_type, ("tokens",))[0]
+
+
+def column_chunks(path: Path, buf: pa.Buffer, base: int, value_type: pa.DataType,
+                  columns: tuple[str, ...]) -> list[np.ndarray]:
+    """_chunk_table for each of `columns` (the file must hold exactly these list columns)."""
     try:
         table = pa.ipc.open_file(pa.BufferReader(buf)).read_all()
         table.validate()
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: corrupt Arrow file: {e}") from None
-    want = pa.schema([("tokens", pa.large_list(value_type))])
-    if table.schema.names != ["tokens"] or table.schema.types != want.types:
+    want = pa.schema([(c, pa.large_list(value_type)) for c in columns])
+    if table.schema.names != list(columns) or table.schema.types != want.types:
         raise DataError(f"{path}: schema {table.schema} differs from the expected {want}")
-    if table.column(0).null_count:
-        raise DataError(f"{path}: null documents")
-    rows = []
-    for c in table.column(0).chunks:
-        _, offsets, value_validity, values = c.buffers()
-        if value_validity is not None and c.values.null_count:
-            raise DataError(f"{path}: null tokens")
-        if len(c):
-            rows.append((offsets.address - base, values.address - base, len(c), c.offset,
-                         values.size // value_type.byte_width))
-    return np.array(rows, np.int64).reshape(-1, 5)
+    out = []
+    for name in columns:
+        if table.column(name).null_count:
+            raise DataError(f"{path}: null rows in column {name!r}")
+        rows = []
+        for c in table.column(name).chunks:
+            _, offsets, value_validity, values = c.buffers()
+            if value_validity is not None and c.values.null_count:
+                raise DataError(f"{path}: null tokens")
+            if len(c):
+                rows.append((offsets.address - base, values.address - base, len(c), c.offset,
+                             values.size // value_type.byte_width))
+        out.append(np.array(rows, np.int64).reshape(-1, 5))
+    return out
 
 
 class SplitStream:

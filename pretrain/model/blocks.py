@@ -12,6 +12,7 @@ from pretrain.model.layers import (
     Attention,
     FeedForward,
     make_norm,
+    relative_buckets,
     rope_angles,
     sinusoidal_table,
 )
@@ -42,33 +43,40 @@ class Block(nn.Module):
         return norm(x + self.drop(fn(x)))
 
     def forward(self, x, mask=None, causal=False, rope=None, memory=None, memory_mask=None,
-                cache=None):
+                cache=None, cross_cache=None):
         x = self._residual(x, self.norm1, lambda h: self.self_attn(
             h, mask=mask, causal=causal, rope=rope, cache=cache))  # (B, T, C)
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(
-                h, memory=memory, mask=memory_mask))
+                h, memory=memory, mask=memory_mask, cache=cross_cache))
         return self._residual(x, self.norm2, self.ffn)
 
 
 class Stack(nn.Module):
-    """`n` blocks applied in turn; `caches` (generation) holds one KVCache per block."""
+    """`n` blocks applied in turn; while decoding, `caches` holds one KVCache per block and
+    `cross_caches` (encoder-decoders) one MemoryKV per block."""
 
     def __init__(self, cfg: ModelConfig, n: int, cross: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(Block(cfg, cross) for _ in range(n))
 
-    def forward(self, x: torch.Tensor, caches=None, **kw) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, caches=None, cross_caches=None, **kw) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
-            x = block(x, **kw) if caches is None else block(x, cache=caches[i], **kw)  # (B, T, C)
+            if caches is None:
+                x = block(x, **kw)  # (B, T, C)
+            elif cross_caches is None:
+                x = block(x, cache=caches[i], **kw)
+            else:
+                x = block(x, cache=caches[i], cross_cache=cross_caches[i], **kw)
         return x
 
 
 class Positions(nn.Module):
-    """Position information for one stack: added embeddings (learned / sinusoidal) or the
-    cos/sin tables RoPE applies inside attention."""
+    """Position information for one stack: added embeddings (learned / sinusoidal), the
+    cos/sin tables RoPE applies inside attention, or T5's relative position bias (one table of
+    buckets x heads for the whole stack; `bidirectional` for an encoder)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, bidirectional: bool = False):
         super().__init__()
         self.kind, self.max_len = cfg.position, cfg.max_seq_len
         self.learned = nn.Embedding(cfg.max_seq_len, cfg.d_model) if self.kind == "learned" else None
@@ -76,6 +84,10 @@ class Positions(nn.Module):
             self.register_buffer("table", sinusoidal_table(cfg.max_seq_len, cfg.d_model),
                                  persistent=False)
         self.head_dim, self.rope_theta = cfg.head_dim, cfg.rope_theta
+        self.relative = nn.Embedding(cfg.relative_buckets, cfg.n_heads) \
+            if self.kind == "t5_relative" else None
+        self.bidirectional = bidirectional
+        self.buckets, self.max_distance = cfg.relative_buckets, cfg.relative_max_distance
 
     def check(self, T: int, offset: int = 0) -> None:
         if offset + T > self.max_len:
@@ -97,3 +109,15 @@ class Positions(nn.Module):
         angles = rope_angles(pos, self.head_dim, self.rope_theta)  # (T | B T, hd/2)
         angles = angles[None, None] if pos.dim() == 1 else angles[:, None]
         return angles.cos(), angles.sin()
+
+    def bias(self, q_len: int, k_len: int, offset: int = 0,
+             device: torch.device | None = None) -> torch.Tensor | None:
+        """T5: the (1, h, q_len, k_len) float32 bias of queries at positions offset.. over keys
+        at 0..k_len-1, added to every layer's attention scores; None for other positions."""
+        if self.relative is None:
+            return None
+        queries = torch.arange(offset, offset + q_len, device=device)[:, None]  # (q, 1)
+        keys = torch.arange(k_len, device=device)[None, :]  # (1, k)
+        bucket = relative_buckets(keys - queries, self.bidirectional, self.buckets,
+                                  self.max_distance)  # (q, k)
+        return self.relative(bucket).permute(2, 0, 1)[None].float()  # (1, h, q, k)

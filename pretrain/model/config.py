@@ -57,9 +57,16 @@ class ModelConfig(Section):
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     norm_position: Literal["pre", "post"] = "pre"
     norm_eps: float = Field(default=1e-5, gt=0.0)
-    position: Literal["learned", "sinusoidal", "rope"] = Field(
+    # t5_relative (encoder-decoders): no position embedding; T5's bucketed relative position
+    # bias, one table (buckets x heads) per stack shared by its layers' self-attention (T5 v1.1)
+    position: Literal["learned", "sinusoidal", "rope", "t5_relative"] = Field(
         default="learned", validate_default=True)
     rope_theta: float = Field(default=10000.0, gt=0.0)
+    # t5_relative: buckets per stack (the encoder's split between the two directions); offsets
+    # below half the buckets (of a direction) each get one, the rest are log-spaced up to
+    # relative_max_distance, farther ones share the last bucket (T5: 32 and 128)
+    relative_buckets: int = Field(default=32, ge=4)
+    relative_max_distance: int = Field(default=128, ge=2)
     activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
     bias: bool = True
     tie_embeddings: bool = True
@@ -111,6 +118,9 @@ class ModelConfig(Section):
             raise ValueError(f"rope needs an even head dimension, got d_model/n_heads={d // h}")
         if v == "sinusoidal" and d and d % 2:
             raise ValueError(f"sinusoidal positions need an even d_model, got {d}")
+        if v == "t5_relative" and info.data.get("family") == "decoder":
+            raise ValueError("t5_relative is an encoder-decoder option (decoders: learned, "
+                             "sinusoidal or rope)")
         return v
 
     @field_validator("activation_checkpointing")

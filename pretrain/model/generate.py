@@ -1,5 +1,6 @@
 """Sampling from decoder models with a key/value cache: greedy (temperature 0), temperature and
-top-k."""
+top-k; and the caches an encoder-decoder decodes with (pretrain.translate: greedy and beam
+search)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,44 @@ class KVCache:
         self.v[:, :, self.length:self.length + T] = v
         self.length += T
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep rows `rows` (B,) of the batch, in that order (beam search)."""
+        self.k, self.v = self.k[rows], self.v[rows]
+
+
+class MemoryKV:
+    """Cross-attention keys and values of the encoder's memory for one decoder layer: projected
+    on the first decoding step, reused on every later one."""
+
+    def __init__(self):
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, project) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kv is None:
+            self.kv = project()
+        return self.kv
+
+
+class DecodingState:
+    """What an encoder-decoder needs to decode one token at a time: the memory and its mask,
+    one KVCache (self-attention) and one MemoryKV (cross-attention) per decoder layer, and how
+    many target positions the caches hold."""
+
+    def __init__(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, n_layers: int,
+                 n_kv_heads: int, max_len: int, head_dim: int):
+        self.memory, self.memory_mask = memory, memory_mask  # (B, S, C), (B, S) bool or None
+        self.self_kv = [KVCache(memory.shape[0], n_kv_heads, max_len, head_dim, memory)
+                        for _ in range(n_layers)]
+        self.cross_kv = [MemoryKV() for _ in range(n_layers)]
+        self.offset = 0
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row i continues the hypothesis of row rows[i]. rows only moves rows
+        between the beams of one source sentence, whose memory (and cross K/V) are the same,
+        so only the self-attention caches move."""
+        for cache in self.self_kv:
+            cache.reorder(rows)
 
 
 def _new_caches(model: nn.Module, batch: int) -> list[KVCache]:

@@ -47,6 +47,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.type_as(x)
 
 
+def relative_buckets(relative: torch.Tensor, bidirectional: bool, num_buckets: int,
+                     max_distance: int) -> torch.Tensor:
+    """T5's bucket of each relative position (key position - query position), as
+    `_relative_position_bucket` of T5 / mesh-tensorflow: in the encoder (bidirectional) half the
+    buckets are for keys after the query; in the decoder only keys at or before it exist. Of a
+    direction's n buckets, distances below n/2 get one each, larger ones share log-spaced
+    buckets up to max_distance; beyond it, the last bucket."""
+    buckets = torch.zeros_like(relative)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative > 0).long() * num_buckets
+        distance = relative.abs()
+    else:
+        distance = (-relative).clamp(min=0)
+    exact = num_buckets // 2
+    log_ratio = torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+    far = (exact + (log_ratio * (num_buckets - exact)).long()).clamp(max=num_buckets - 1)
+    return buckets + torch.where(distance < exact, distance, far)
+
+
 def positions_from_doc_ids(doc_ids: torch.Tensor) -> torch.Tensor:
     """(B, T) non-decreasing document ids -> (B, T) positions restarting at 0 in each document."""
     B, T = doc_ids.shape
@@ -108,8 +128,11 @@ class Attention(nn.Module):
     """Multi-head attention with grouped-query heads, through SDPA (flash kernels on GPU).
 
     Self-attention when `memory` is None, cross-attention over `memory` otherwise. `mask` is an
-    SDPA boolean mask (True = attend), a flex_attention BlockMask (doc_block_mask), or None;
-    `causal` takes the is_causal fast path.
+    SDPA boolean mask (True = attend), an additive float mask (T5's relative position bias with
+    -inf where hidden), a flex_attention BlockMask (doc_block_mask), or None; `causal` takes
+    the is_causal fast path. While decoding, `cache` is the layer's KVCache (self-attention:
+    new keys and values appended) or MemoryKV (cross-attention: the memory's keys and values,
+    projected on the first step only).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float):
@@ -126,14 +149,20 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hd)
 
+    def _keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.kv_proj(source).chunk(2, dim=-1)
+        return self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)  # (B, kv, S, hd)
+
     def forward(self, x, memory=None, mask=None, causal=False, rope=None, cache=None):
         B, T, C = x.shape
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, h, T, hd)
-        k, v = self.kv_proj(x if memory is None else memory).chunk(2, dim=-1)
-        k, v = self._heads(k, self.n_kv_heads), self._heads(v, self.n_kv_heads)  # (B, kv, S, hd)
+        if memory is not None and cache is not None:  # cross-attention while decoding
+            k, v = cache.get(lambda: self._keys_values(memory))  # (B, kv, S, hd), once
+        else:
+            k, v = self._keys_values(x if memory is None else memory)  # (B, kv, S, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
+        if cache is not None and memory is None:
             k, v = cache.update(k, v)  # (B, kv, past + T, hd)
         y = self._core(q, k, v, mask, causal)  # (B, h, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(B, T, C))

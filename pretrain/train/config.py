@@ -203,6 +203,10 @@ class EvalConfig(Section):
     every_steps: int = Field(0, ge=0, description="0: evaluate only at the end")
     max_samples: int | None = Field(256, gt=0, description="validation samples per evaluation")
     at_end: bool = True
+    # seq2seq only: val_bleu = sacreBLEU of the first bleu_samples val pairs, translated with
+    # beam bleu_beam (1: greedy) next to val_loss; 0 turns it off
+    bleu_samples: int = Field(256, ge=0, description="val pairs translated for val_bleu")
+    bleu_beam: int = Field(1, ge=1, description="beam size for val_bleu (1: greedy)")
 
     @property
     def enabled(self) -> bool:
@@ -237,7 +241,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
-FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec"}
+FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec", "seq2seq": "encdec"}
 
 
 def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -271,6 +275,8 @@ def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Proble
     d, longest = s["data"], s["model"].max_seq_len
     if d.objective == "clm":
         lengths = {"data.seq_len": d.seq_len}
+    elif d.objective == "seq2seq":
+        lengths = {"data.input_length": d.input_length, "data.target_length": d.target_length}
     else:
         needed = span_lengths(d.input_length, d.noise_density, d.mean_span_length).targets_length
         if d.target_length is not None and d.target_length < needed:
@@ -298,6 +304,17 @@ def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]
                     ("eval.max_samples", "train.micro_batch_size"))]
 
 
+def _bleu_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    e, t, d = s["eval"], s["train"], s["data"]
+    need = t.micro_batch_size * (world_size or 1)
+    if d.objective != "seq2seq" or not e.enabled or not 0 < e.bleu_samples < need:
+        return []
+    return [Problem(f"eval.bleu_samples ({e.bleu_samples}) is less than one evaluation batch, "
+                    f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size or 1}): "
+                    f"raise it to at least {need}, or set it to 0 to turn val_bleu off",
+                    ("eval.bleu_samples", "train.micro_batch_size"))]
+
+
 def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     if s["deepspeed"].check_grad_overflow and s["precision"] != "bf16":
         return [Problem(f"deepspeed.check_grad_overflow applies to precision bf16 only "
@@ -310,6 +327,7 @@ def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> lis
 CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_layout),
                 (("data", "model"), _objective_fits_family), (("data", "model"), _lengths_fit_model),
                 (("eval", "train"), _eval_batch_fits),
+                (("eval", "train", "data"), _bleu_batch_fits),
                 (("deepspeed", "precision"), _overflow_check_needs_bf16)]
 
 

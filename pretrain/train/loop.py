@@ -68,6 +68,14 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
     return batch["input_ids"].numel()
 
 
+def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """seq2seq: (padded positions, all positions) of a CPU batch, source and target together
+    (counted on the host before the copy to the device: no device sync)."""
+    mask, targets = batch["attention_mask"], batch["targets"]
+    pad = int((~mask).sum()) + int((targets == -100).sum())
+    return pad, mask.numel() + targets.numel()
+
+
 @dataclass
 class Due:
     """What a step must do (log / eval / save / stop_at_step); each needs a sync first."""
@@ -89,15 +97,20 @@ class Interval:
     tokens: int = 0
     steps: int = 0
     data_wait_s: float = 0.0
+    padded: int = 0      # seq2seq: this rank's padded / all source + target positions
+    positions: int = 0
 
     def add(self, seconds: float, out: dict[str, Any]) -> None:
         self.seconds += seconds
         self.tokens += out["tokens"]
         self.steps += 1
         self.data_wait_s += out["data_wait_s"]
+        self.padded += out["padding"][0]
+        self.positions += out["padding"][1]
 
     def reset(self) -> None:
         self.seconds, self.tokens, self.steps, self.data_wait_s = 0.0, 0, 0, 0.0
+        self.padded, self.positions = 0, 0
 
 
 class SyncClock:
@@ -133,6 +146,13 @@ class Trainer:
         self.cfg = cfg = fill_vocab(cfg, self.src.vocab_size)
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.gas = grad_accum_steps(cfg, denv.world_size)
+        self.seq2seq = cfg.data.objective == "seq2seq"
+        if self.seq2seq and self.rank0:
+            log.info("seq2seq: %s; longer pairs are skipped (data.input_length %d, "
+                     "data.target_length %d, EOS included)",
+                     ", ".join(f"{split} {self.src.num_samples(split):,} pairs used, "
+                               f"{n:,} skipped" for split, n in self.src.skipped_pairs.items()),
+                     cfg.data.input_length, cfg.data.target_length)
         self.lock = acquire_collective(cfg.run_dir, denv.rank)  # one run per run folder
         try:
             self._start()
@@ -195,10 +215,13 @@ class Trainer:
         self.stats (read at the next sync step). Returns host-side figures only."""
         lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a Python float)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wait_s, tokens = 0.0, 0
+        wait_s, tokens, pad, positions = 0.0, 0, 0, 0
         for _ in range(self.gas):
             t0 = time.perf_counter()
-            batch = self._to_device(next(batches))
+            batch = next(batches)
+            if self.seq2seq:
+                pad, positions = (a + b for a, b in zip((pad, positions), padding_counts(batch)))
+            batch = self._to_device(batch)
             wait_s += time.perf_counter() - t0
             tokens += batch_tokens(batch)
             loss = self.engine(**batch)["loss"]
@@ -206,7 +229,8 @@ class Trainer:
             self.engine.step()
             loss_sum += loss.detach().double()
         self.stats.record(self.step + 1, loss_sum / self.gas, self.engine.get_global_grad_norm())
-        return {"data_wait_s": wait_s, "tokens": tokens * self.denv.world_size, "lr": lr}
+        return {"data_wait_s": wait_s, "tokens": tokens * self.denv.world_size, "lr": lr,
+                "padding": (pad, positions)}
 
     def sync(self, seconds_per_step: float) -> Synced:
         """Agree on loss, grad norm, stop flag and the non-finite watch (one collective)."""
@@ -235,6 +259,7 @@ class Trainer:
             nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=-100, reduction="sum")
             totals += torch.stack([nats.double(), (targets != -100).sum().double()])
+        bleu = self._val_bleu() if self.seq2seq and cfg.eval.bleu_samples else None
         self.engine.train()
         dist.all_reduce(totals)
         totals = totals.cpu()
@@ -242,7 +267,19 @@ class Trainer:
         row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         if cfg.data.objective == "clm":
             row["val_bpb"] = val_loss / math.log(2) / self.src.bytes_per_token("val")
+        if bleu is not None:
+            row["val_bleu"] = bleu
         return row
+
+    def _val_bleu(self) -> float | None:
+        """sacreBLEU of the first eval.bleu_samples val pairs (rank 0; None elsewhere)."""
+        from pretrain.train.bleu import val_bleu
+
+        cfg = self.cfg
+        return val_bleu(self.engine.module, self.src, cfg.train.micro_batch_size,
+                        self.denv.rank, self.denv.world_size, self.device,
+                        cfg.eval.bleu_samples, cfg.eval.bleu_beam, cfg.data.target_length,
+                        zero3=cfg.deepspeed.zero_stage == 3)
 
     # ---- checkpoints -------------------------------------------------------------------
 
@@ -287,6 +324,8 @@ class Trainer:
                "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
                "consumed_samples": self.consumed_samples(),
                "restart_count": self.restart_count, "time": time.time()}
+        if self.seq2seq:  # padded share of rank 0's source + target positions since the last row
+            row["padding_fraction"] = interval.padded / max(interval.positions, 1)
         self.metrics.log(row)
         log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
                  self.cfg.train.max_steps, row["loss"], row["lr"], row["tokens_per_sec"],
@@ -295,9 +334,10 @@ class Trainer:
     def _eval(self) -> None:
         row = {"step": self.step, **self.evaluate()}
         self.metrics.log(row)
-        log.info("step %d/%d val_loss %.4f val_ppl %.2f%s", self.step,
+        log.info("step %d/%d val_loss %.4f val_ppl %.2f%s%s", self.step,
                  self.cfg.train.max_steps, row["val_loss"], row["val_ppl"],
-                 f" val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else "")
+                 f" val_bpb {row['val_bpb']:.4f}" if "val_bpb" in row else "",
+                 f" val_bleu {row['val_bleu']:.2f}" if "val_bleu" in row else "")
 
     def _due(self) -> Due:
         """What this step must do; any of it makes the step a sync step."""

@@ -45,6 +45,8 @@ class FolderFacts:
     dtype: str
     sentinels: int
     stream_tokens: dict[str, int]  # per split: tokens + one EOS per document
+    pairs: bool = False  # a pair folder (source -> target)
+    rows: dict[str, int] | None = None  # per split: documents, or pairs
 
 
 def read_folder(folder: Path) -> FolderFacts:
@@ -57,7 +59,8 @@ def read_folder(folder: Path) -> FolderFacts:
         tokenizer_file=folder / (tok.file or "tokenizer.json"), dtype=m.dtype,
         sentinels=len(tok.sentinel_ids),
         stream_tokens={s: m.splits[s].tokens + m.splits[s].documents if s in m.splits else 0
-                       for s in SPLITS})
+                       for s in SPLITS},
+        pairs=m.is_pairs, rows={s: m.splits[s].documents for s in SPLITS})
 
 
 def resolve_paths(cfg: RunConfig) -> RunConfig:
@@ -153,15 +156,29 @@ def _window(data: DataConfig) -> tuple[int, int, str]:
 
 
 def split_samples(data: DataConfig, facts: FolderFacts, split: str) -> int:
-    """Samples the loader makes of one folder's split (as DataSource counts them)."""
+    """Samples the loader makes of one folder's split (as DataSource counts them; seq2seq: the
+    pairs, of which the loader skips those longer than the configured lengths)."""
+    if data.objective == "seq2seq":
+        return facts.rows[split]
     window, stride, _ = _window(data)
     return samples_in_stream(facts.stream_tokens[split], window, stride)
+
+
+def _too_few(data: DataConfig, f: FolderFacts, split: str) -> str:
+    if data.objective == "seq2seq":
+        return f"data.path: the {split} split of {f.folder} holds no pairs"
+    window, _, why = _window(data)
+    return (f"data.path: the {split} split of {f.folder} holds {f.stream_tokens[split]} tokens "
+            f"(EOS included), fewer than one sample of {window} ({why})")
 
 
 def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
                      world_size: int | None) -> list[Problem]:
     data = s["data"]
-    window, _, why = _window(data)
+    if data.objective == "seq2seq":
+        window = "a pair"
+    else:
+        window = f"{_window(data)[0]} tokens"
     keys = ("data.path", "data.seq_len" if data.objective == "clm" else "data.input_length")
     problems, val_samples = [], 0
     for f in facts:
@@ -171,8 +188,7 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
                 val_samples += n
             if n < 1:
                 problems.append(Problem(
-                    f"data.path: the {split} split of {f.folder} holds {f.stream_tokens[split]} "
-                    f"tokens (EOS included), fewer than one sample of {window} ({why})"
+                    _too_few(data, f, split)
                     + ("; shard more validation data (data_tools shard --val-fraction)"
                        if split == "val" else ""), keys))
     if problems or "train" not in s or "eval" not in s or not s["eval"].enabled:
@@ -181,12 +197,24 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
     cap = s["eval"].max_samples
     if val_samples < micro * world and (cap is None or cap >= micro * world):  # else: config
         problems.append(Problem(
-            f"data.path: the validation split gives {val_samples} sample(s) of {window} tokens, "
+            f"data.path: the validation split gives {val_samples} sample(s) of {window}, "
             f"fewer than one evaluation batch, micro_batch_size × ranks ({micro} × {world}): "
             "shard more validation data (data_tools shard --val-fraction), lower "
             "train.micro_batch_size, or turn evaluation off with eval.every_steps=0 "
             "eval.at_end=false", (*keys, "train.micro_batch_size")))
     return problems
+
+
+def _kind_problems(data: DataConfig, facts: list[FolderFacts]) -> list[Problem]:
+    """seq2seq reads pair folders; the other objectives read documents."""
+    pairs = data.objective == "seq2seq"
+    return [Problem(f"data.path: {f.folder} is a pair folder (source -> target): data.objective "
+                    f"{data.objective} needs documents; pairs train with data.objective "
+                    "seq2seq" if f.pairs else
+                    f"data.path: {f.folder} is a document folder: data.objective seq2seq needs "
+                    "a pair folder (data_tools shard --source-field/--target-field or "
+                    "--source-file/--target-file)", ("data.path", "data.objective"))
+            for f in facts if f.pairs != pairs]
 
 
 def data_problems(s: dict[str, Any],
@@ -200,6 +228,8 @@ def data_problems(s: dict[str, Any],
     if not facts or problems:
         return facts, problems
     problems += _tokenizer_problems(data, facts)
+    if kind := _kind_problems(data, facts):  # the sample counts below depend on the kind
+        return facts, problems + kind
     if "model" in s:
         problem = vocab_problem(s["model"].vocab_size, facts[0].vocab_size, facts[0].folder)
         problems += [problem] if problem else []

@@ -24,7 +24,7 @@ class UnigramEntropy:
 
 def token_counts(data_dir: str | Path, split: str = "train") -> np.ndarray:
     """Count of each token id in a split's shards, one EOS per document included (the loader
-    appends it to every document)."""
+    appends it to every document; pair folders: to each side of every pair)."""
     data_dir = Path(data_dir)
     manifest = Manifest.read(data_dir)  # ManifestError names the file and key
     tok = manifest.tokenizer
@@ -32,10 +32,11 @@ def token_counts(data_dir: str | Path, split: str = "train") -> np.ndarray:
     for _, shard in manifest.shards(split):
         with pa.memory_map(str(data_dir / shard.file)) as source:
             table = pa.ipc.open_file(source).read_all()
-        for chunk in table.column("tokens").chunks:
-            values = chunk.values.to_numpy(zero_copy_only=False)
-            counts += np.bincount(values, minlength=counts.size)[: counts.size]
-            counts[tok.eos_id] += len(chunk)
+        for column in manifest.columns:  # "tokens", or "source" and "target"
+            for chunk in table.column(column).chunks:
+                values = chunk.values.to_numpy(zero_copy_only=False)
+                counts += np.bincount(values, minlength=counts.size)[: counts.size]
+                counts[tok.eos_id] += len(chunk)
     return counts
 
 

@@ -78,6 +78,7 @@ def test_help_on_every_command(capsys):
         out = capsys.readouterr().out
         assert e.value.code == 0 and f"usage: python -m data_tools {cmd}" in out
         assert "(default: None)" not in out and "(default: False)" not in out
+        assert "(default: [])" not in out
         for name, text in option_blocks(out).items():
             assert text.count("default") <= 1, f"{cmd} {name}: {text}"   # said once at most
     with pytest.raises(SystemExit):

@@ -1,10 +1,11 @@
-"""Encoder-decoder models (2017 Transformer and T5-like): causal decoder, bidirectional encoder,
-padding invariance."""
+"""Encoder-decoder models (2017 Transformer and T5 v1.1): causal decoder, bidirectional encoder,
+padding invariance, decoding with caches, T5's relative position bias."""
 
 import pytest
 import torch
 
-from pretrain.model import build_model
+from pretrain.configlib import load_yaml, validate_section
+from pretrain.model import ModelConfig, build_model
 
 STYLES = ["transformer-tiny", "t5-tiny"]
 
@@ -70,8 +71,10 @@ def test_label_smoothing_from_config(tiny_cfg):
 
 
 def test_source_and_target_share_the_tied_embedding(tiny_cfg):
-    model = build_model(tiny_cfg("t5-tiny"))
+    model = build_model(tiny_cfg("transformer-tiny"))
     assert model.lm_head.weight is model.tok_emb.weight
+    t5 = build_model(tiny_cfg("t5-tiny"))  # T5 v1.1: one shared embedding, untied output
+    assert t5.lm_head.weight is not t5.tok_emb.weight
 
 
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt-tiny", *STYLES])
@@ -87,6 +90,58 @@ def test_a_bf16_cast_model_matches_fp32(tiny_cfg, name):
     low = model.to(torch.bfloat16)(**batch, targets=targets)
     assert low["logits"].dtype == torch.bfloat16
     assert low["loss"].item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+@pytest.mark.parametrize("name, update", [
+    ("transformer-tiny", {}),                              # sinusoidal, post-LN
+    ("t5-tiny", {}),                                       # T5 relative position bias
+    ("t5-tiny", {"position": "rope", "n_kv_heads": 2}),    # RoPE, grouped-query heads
+])
+def test_decoding_one_token_at_a_time_equals_the_full_forward(tiny_cfg, name, update):
+    """decode_step with the KV caches (self-attention appended, cross-attention K/V of the
+    memory projected once) gives the logits of the full teacher-forced forward; padded sources
+    too."""
+    model = build_model(tiny_cfg(name, dropout=0.0, **update)).eval()
+    src, dec = torch.randint(2, 96, (3, 9)), torch.randint(2, 96, (3, 7))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[1, -4:] = False
+    with torch.no_grad():
+        full = model(input_ids=src, attention_mask=mask, decoder_input_ids=dec)["logits"]
+        state = model.decoding_state(model.encode(src, mask), mask, 7)
+        steps = [model.decode_step(dec[:, t:t + 1], state) for t in range(7)]
+        assert state.offset == 7 and state.cross_kv[0].kv is not None
+        torch.testing.assert_close(torch.stack(steps, 1), full, atol=2e-5, rtol=1e-4)
+        # beam reorder: rows 0 and 1 are two beams of one sentence; row 1 then continues row 0
+        beams, beam_mask = src[[0, 0, 2]], mask[[0, 0, 2]]
+        state = model.decoding_state(model.encode(beams, beam_mask), beam_mask, 7)
+        model.decode_step(torch.tensor([[dec[0, 0]], [5], [dec[2, 0]]]), state)
+        state.reorder(torch.tensor([0, 0, 2]))
+        nxt = model.decode_step(dec[[0, 0, 2], 1:2], state)
+        for row, want in ((0, full[0, 1]), (1, full[0, 1]), (2, full[2, 1])):
+            torch.testing.assert_close(nxt[row], want, atol=2e-5, rtol=1e-4)
+
+
+def test_t5_base_is_t5_v1_1_base():
+    """configs/model/t5-base.yaml: the parameter count of the published t5-v1_1-base
+    (247,577,856 with its 32128 vocabulary), one relative-bias table per stack."""
+    from pathlib import Path
+
+    from pretrain.model import count_parameters
+    CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
+    cfg = validate_section(ModelConfig, load_yaml(CONFIG_DIR / "t5-base.yaml"), source="t5")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert count_parameters(model) == 247_577_856
+    tables = [n for n, _ in model.named_parameters() if "relative" in n]
+    assert tables == ["enc_positions.relative.weight", "dec_positions.relative.weight"]
+    assert model.enc_positions.relative.weight.shape == (32, 12)
+    assert model.lm_head.weight is not model.tok_emb.weight
+
+
+def test_t5_relative_is_for_encoder_decoders(tiny_cfg):
+    from pretrain.configlib import ConfigError
+    with pytest.raises(ConfigError, match="position: t5_relative is an encoder-decoder option"):
+        tiny_cfg("gpt-tiny", position="t5_relative")
 
 
 @pytest.mark.parametrize("name", STYLES)

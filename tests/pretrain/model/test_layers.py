@@ -121,3 +121,38 @@ def test_scaled_init_of_residual_projections():
     w = xavier.stack.blocks[0].ffn.up.weight  # (d_ff, d): bound sqrt(6 / (d + d_ff))
     assert w.abs().max().item() <= math.sqrt(6 / (256 + 1024))
     assert w.std().item() == pytest.approx(math.sqrt(2 / (256 + 1024)), rel=0.05)
+
+
+def _t5_reference(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+    """T5's `_relative_position_bucket` as published (Hugging Face transformers,
+    modeling_t5.py, Apache-2.0), line for line."""
+    import math
+    relative_buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        relative_buckets += (relative_position > 0).to(torch.long) * num_buckets
+        relative_position = torch.abs(relative_position)
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    relative_position_if_large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact) * (num_buckets - max_exact)).to(torch.long)
+    relative_position_if_large = torch.min(
+        relative_position_if_large, torch.full_like(relative_position_if_large, num_buckets - 1))
+    return relative_buckets + torch.where(is_small, relative_position, relative_position_if_large)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("buckets, distance", [(32, 128), (8, 20)])
+def test_t5_relative_buckets_match_t5(bidirectional, buckets, distance):
+    from pretrain.model.layers import relative_buckets
+    rel = torch.arange(-600, 601)
+    assert torch.equal(relative_buckets(rel, bidirectional, buckets, distance),
+                       _t5_reference(rel, bidirectional, buckets, distance))
+    few = torch.tensor([0, -1, 1, -8, 8, -15, -16, -40, -500, 500])
+    want = [0, 1, 17, 8, 24, 9, 10, 12, 15, 31] if bidirectional else \
+        [0, 1, 0, 8, 0, 15, 16, 23, 31, 0]
+    if (buckets, distance) == (32, 128):
+        assert relative_buckets(few, bidirectional, 32, 128).tolist() == want

@@ -46,6 +46,23 @@ def tiny_data(tmp_path_factory) -> Path:
     return root / "data"
 
 
+@pytest.fixture(scope="session")
+def pair_data(tmp_path_factory) -> Path:
+    """A pair folder of the synthetic translation task (launch/translate_task.py): 1200 pairs,
+    tokenizer learnt from both sides, made with the real data_tools CLI."""
+    from launch.translate_task import make_task
+
+    root = tmp_path_factory.mktemp("pair_data")
+    paths = make_task(root / "task", train=1200, test=50)
+    fields = ["--source-field", "src", "--target-field", "tgt"]
+    _data_tools("train-tokenizer", str(paths["pairs"]), *fields, "--vocab-size", "512",
+                "--out", str(root / "tok"))
+    _data_tools("shard", str(paths["pairs"]), *fields, "--tokenizer",
+                str(root / "tok" / "tokenizer.json"), "--out", str(root / "data"),
+                "--val-fraction", "0.1", "--workers", "1")
+    return root / "data"
+
+
 def train_args(config: str, run_dir: Path, data_dir: Path, *overrides: str) -> list[str]:
     """argv for `python -m pretrain.train` on a shipped config, sized for tests."""
     return ["-m", "pretrain.train", "--config", str(REPO / "configs" / config),

@@ -23,3 +23,11 @@ def test_token_counts_through_the_typed_manifest(tmp_path):
     with pytest.raises(ManifestError, match="missing key 'tokenizer.eos_id'") as e:
         token_counts(tmp_path)
     assert str(path) in str(e.value)
+
+
+def test_token_counts_of_a_pair_folder_count_both_sides(tmp_path):
+    from pretrain.data.synthetic import write_pair_folder
+    src, tgt = docs_from_lists([[5, 5], [6]]), docs_from_lists([[7], [7, 8, 9]])
+    write_pair_folder(tmp_path, {"train": [(src, tgt)], "val": [(src, tgt)]}, vocab_size=16)
+    counts = token_counts(tmp_path)
+    assert counts[[0, 5, 6, 7, 8, 9]].tolist() == [4, 2, 1, 2, 1, 1]  # an EOS per side and pair
