@@ -33,17 +33,20 @@ def _mains():
     from launch.demo import main as demo
     from launch.signal_trainers import main as signal_trainers
     from pretrain.export import main as export
+    from pretrain.import_hf import main as import_hf
     from pretrain.model.__main__ import main as model
     from pretrain.plot import main as plot
     from pretrain.sample import main as sample
     from pretrain.train.__main__ import main as train
 
-    return {"pretrain.train": train, "pretrain.export": export, "pretrain.sample": sample,
+    return {"pretrain.train": train, "pretrain.export": export, "pretrain.import_hf": import_hf,
+            "pretrain.sample": sample,
             "pretrain.plot": plot, "pretrain.model": model, "launch": launch,
             "launch.demo": demo, "launch.signal_trainers": signal_trainers}
 
 
-@pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.sample",
+@pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.import_hf",
+                                  "pretrain.sample",
                                   "pretrain.plot", "pretrain.model", "launch", "launch.demo",
                                   "launch.signal_trainers"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):
