@@ -28,7 +28,9 @@ class HFFormatError(ValueError):
 
 # ---------------------------------------------------------------------------- which family
 
-GPT2_ACT = {"gelu": "gelu", "relu": "relu"}  # ours -> HF activation_function (exact GELU)
+# ours -> HF activation_function; gelu is the exact (erf) GELU, gelu_tanh its tanh approximation
+GPT2_ACT = {"gelu": "gelu", "relu": "relu", "gelu_tanh": "gelu_new"}
+GPT2_ACT_ALIASES = {"gelu_pytorch_tanh": "gelu_tanh"}  # the same maths under another HF name
 LLAMA_ACT = {"swiglu": "silu", "geglu": "gelu"}  # ours (gated) -> HF hidden_act
 
 
@@ -130,8 +132,7 @@ def from_hf_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             "d_model": d, "n_heads": hf["n_head"], "d_ff": _get(hf, "n_inner", 4 * d),
             "n_layers": hf["n_layer"], "norm": "layernorm",
             "norm_eps": _get(hf, "layer_norm_epsilon", 1e-5), "position": "learned",
-            "activation": {v: k for k, v in GPT2_ACT.items()}[_get(hf, "activation_function",
-                                                                   "gelu_new")],
+            "activation": _gpt2_activation(hf),
             "bias": True, "tie_embeddings": tied, "init_std": _get(hf, "initializer_range", 0.02)}
     rope = _get(hf, "rope_parameters", {}) or {}
     return kind, {
@@ -147,12 +148,17 @@ def from_hf_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "init_std": _get(hf, "initializer_range", 0.02)}
 
 
+def _gpt2_activation(hf: dict[str, Any]) -> str | None:
+    act = _get(hf, "activation_function", "gelu_new")
+    return GPT2_ACT_ALIASES.get(act) or {v: k for k, v in GPT2_ACT.items()}.get(act)
+
+
 def _gpt2_refusals(hf: dict[str, Any]) -> list[str]:
     out = []
-    act = _get(hf, "activation_function", "gelu_new")
-    if act not in GPT2_ACT.values():
-        out.append(f"activation_function={act!r}: we have the exact gelu and relu (not the tanh "
-                   "approximation gelu_new of OpenAI's GPT-2)")
+    if _gpt2_activation(hf) is None:
+        names = sorted({*GPT2_ACT.values(), *GPT2_ACT_ALIASES})
+        out.append(f"activation_function={hf['activation_function']!r}: we have "
+                   f"{', '.join(names)}")
     for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
         if hf.get(key):
             out.append(f"{key}=true: not supported")

@@ -25,6 +25,7 @@ GPT2_STYLES = {
     "gpt2_tied": {},
     "gpt2_untied_nobias_relu": dict(bias=False, tie_embeddings=False, activation="relu",
                                     d_ff=80, norm_eps=1e-6),
+    "gpt2_gelu_tanh": dict(activation="gelu_tanh"),  # -> gelu_new, as OpenAI's GPT-2
 }
 LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False)
 LLAMA_STYLES = {

@@ -37,6 +37,8 @@ def hf_model(kind: str, **update):
 
 @pytest.mark.parametrize("kind, update", [
     ("gpt2", {}), ("gpt2", dict(tie_word_embeddings=False, activation_function="relu")),
+    ("gpt2", dict(activation_function="gelu_new")),  # OpenAI's GPT-2 -> our gelu_tanh
+    ("gpt2", dict(activation_function="gelu_pytorch_tanh")),
     ("llama", {}), ("llama", dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
                                   num_key_value_heads=1, hidden_act="gelu")),
 ])
@@ -49,6 +51,8 @@ def test_imported_model_gives_the_hf_logits(kind, update, tmp_path):
     expected_position = "learned" if kind == "gpt2" else "rope"
     assert ours.cfg.position == expected_position
     assert ours.cfg.tie_embeddings == hf.config.tie_word_embeddings
+    if "gelu_" in update.get("activation_function", ""):
+        assert ours.cfg.activation == "gelu_tanh"
     x = torch.randint(0, V, (2, T))
     with torch.no_grad():
         assert (ours(x)["logits"] - hf(x).logits).abs().max() < 1e-4
@@ -73,7 +77,7 @@ def _refused(tmp_path, caplog, hf_dir) -> str:
 
 
 @pytest.mark.parametrize("kind, update, named", [
-    ("gpt2", dict(activation_function="gelu_new"), "activation_function='gelu_new'"),
+    ("gpt2", dict(activation_function="quick_gelu"), "activation_function='quick_gelu'"),
     ("gpt2", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
     ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_type"),
     ("llama", dict(hidden_act="relu"), "hidden_act='relu'"),
