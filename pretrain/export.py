@@ -82,6 +82,10 @@ def load_trained_model(run_dir: str | Path, tag: str | None = None,
                        ) -> tuple[nn.Module, ckpt.CheckpointMeta]:
     """The model of a run's checkpoint, on CPU in fp32, and the checkpoint's meta."""
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
+    return _checkpoint_model(tag_dir, meta), meta
+
+
+def _checkpoint_model(tag_dir: Path, meta: ckpt.CheckpointMeta) -> nn.Module:
     cfg = saved_model_config(meta.config["model"])
     model = build_model(cfg)
     state = _fp32_state_dict(tag_dir, meta.zero_stage)
@@ -91,7 +95,7 @@ def load_trained_model(run_dir: str | Path, tag: str | None = None,
     if set(missing) - tied or unexpected:
         raise ExportError(f"checkpoint {tag_dir} does not match the model: missing "
                           f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
-    return model.eval(), meta
+    return model.eval()
 
 
 def _is_tied(model: nn.Module, name: str) -> bool:
@@ -118,29 +122,49 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None,
     (first) data folder, or `tokenizer`: a tokenizer.json or a shard folder."""
     from safetensors.torch import save_file
 
+    out = Path(out)
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
     cfg = saved_model_config(meta.config["model"])
-    hf_config = to_hf_config(cfg, {})  # refuses before the (slow) merge of the weights
+    to_hf_config(cfg, {})  # refuses (naming the fields) before the slow merge of the weights
+    _check_out_folder(out)
     tok_file = _tokenizer_file(meta.config, tokenizer)
     special = _special_tokens(tok_file)
-    model, meta = load_trained_model(run_dir, tag_dir.name)
-    tensors = to_hf_state(cfg, model.state_dict())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    tensors = to_hf_state(cfg, _checkpoint_model(tag_dir, meta).state_dict())
     ids = {k: special[f"{k}_id"] for k in ("bos_token", "eos_token", "pad_token")}
-    hf_config = to_hf_config(cfg, {k[:-6]: v for k, v in ids.items()})
-    save_file(tensors, str(out / "model.safetensors"), metadata={
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={
         "format": "pt", "step": str(meta.step), "data_fingerprint": meta.data_fingerprint})
-    _write_json(out / "config.json", hf_config)
-    _write_json(out / "generation_config.json",
+    _write_json(tmp / "config.json", to_hf_config(cfg, {k[:-6]: v for k, v in ids.items()}))
+    _write_json(tmp / "generation_config.json",
                 {k + "_id": v for k, v in ids.items() if v is not None})
-    shutil.copyfile(tok_file, out / "tokenizer.json")
-    _write_json(out / "tokenizer_config.json", {
+    shutil.copyfile(tok_file, tmp / "tokenizer.json")
+    _write_json(tmp / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
         "clean_up_tokenization_spaces": False,
         **{k: special[k] for k in ("bos_token", "eos_token", "pad_token") if special[k]},
         **({"additional_special_tokens": special["sentinels"]} if special["sentinels"] else {})})
+    out.mkdir(exist_ok=True)
+    for f in HF_FILES:  # each file replaced whole; a reader never sees half of one
+        os.replace(tmp / f, out / f)
+    tmp.rmdir()
     return out
+
+
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json")
+
+
+def _check_out_folder(out: Path) -> None:
+    """`out` may be new, empty or an earlier HF export (its files are replaced); a folder
+    holding anything else is refused rather than mixed into."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; --format hf writes a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name not in HF_FILES) \
+        if out.is_dir() else []
+    if others:
+        raise ExportError(f"--out {out} holds other files ({', '.join(others[:5])}): give a new "
+                          "or empty folder")
 
 
 def _tokenizer_file(run_config: dict, given: str | Path | None) -> Path:

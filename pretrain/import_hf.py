@@ -47,6 +47,10 @@ def weight_files(hf_dir: Path) -> list[Path]:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise HFFormatError(f"{index}: not a safetensors index ({e})") from None
+        bad = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
+        if bad:
+            raise HFFormatError(f"{index}: shard names must be plain file names in {hf_dir}, "
+                                f"got {bad[:3]}")
         return [hf_dir / s for s in shards]
     pickles = sorted(p.name for p in hf_dir.glob("pytorch_model*.bin"))
     raise HFFormatError(f"{hf_dir}: no model.safetensors" + (

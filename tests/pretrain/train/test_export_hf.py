@@ -82,3 +82,21 @@ def test_refused_before_anything_is_written(straight_run, tmp_path, caplog):
     assert main([str(run), "--format", "hf", "--out", str(tmp_path / "out")]) == 2
     assert "model.norm_position=post" in caplog.text
     assert not (tmp_path / "out").exists()
+
+
+def test_out_folder_with_other_files_is_refused_and_an_export_is_replaced(
+        straight_run, hf_dir, tmp_path, caplog):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main([str(straight_run(0)), "--format", "hf", "--out", str(mine)]) == 2
+    assert "holds other files (notes.txt)" in caplog.text
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    from safetensors.torch import load_file
+
+    before = load_file(hf_dir / "model.safetensors")
+    assert main([str(straight_run(0)), "--format", "hf", "--out", str(hf_dir)]) == 0
+    after = load_file(hf_dir / "model.safetensors")  # replaced: same checkpoint, same tensors
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(hf_dir.parent.glob(".*tmp*"))
