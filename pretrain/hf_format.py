@@ -159,7 +159,8 @@ def _gpt2_refusals(hf: dict[str, Any]) -> list[str]:
         names = sorted({*GPT2_ACT.values(), *GPT2_ACT_ALIASES})
         out.append(f"activation_function={hf['activation_function']!r}: we have "
                    f"{', '.join(names)}")
-    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
+    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+                "add_cross_attention"):
         if hf.get(key):
             out.append(f"{key}=true: not supported")
     if hf.get("scale_attn_weights") is False:
