@@ -1,8 +1,13 @@
-"""python -m pretrain.export RUNDIR --out model.safetensors [--tag step_00001000]
+"""python -m pretrain.export RUNDIR --out OUT [--format safetensors|hf] [--tag step_00001000]
 
-Consolidates a run's checkpoint (any ZeRO stage) into one fp32 safetensors file that
-`build_model` + `safetensors.torch.load_model` read back. The model config travels in the file's
-metadata (key `model_config`, JSON)."""
+Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights.
+  safetensors  (default) one file OUT that `load_exported` (build_model + load_model) reads
+               back; the model config travels in its metadata (key `model_config`, JSON).
+  hf           a folder OUT for Hugging Face transformers, no custom code: config.json,
+               model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json.
+               GPT-2-style decoders become GPT2LMHeadModel, Llama-style LlamaForCausalLM; a
+               model setting without an HF equivalent is refused, naming it. Encoder-decoders
+               are not exported to this format."""
 
 from __future__ import annotations
 
@@ -11,12 +16,14 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pretrain.hf_format import HFFormatError, to_hf_config, to_hf_state
 from pretrain.logs import setup_logging
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
@@ -75,6 +82,10 @@ def load_trained_model(run_dir: str | Path, tag: str | None = None,
                        ) -> tuple[nn.Module, ckpt.CheckpointMeta]:
     """The model of a run's checkpoint, on CPU in fp32, and the checkpoint's meta."""
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
+    return _checkpoint_model(tag_dir, meta), meta
+
+
+def _checkpoint_model(tag_dir: Path, meta: ckpt.CheckpointMeta) -> nn.Module:
     cfg = saved_model_config(meta.config["model"])
     model = build_model(cfg)
     state = _fp32_state_dict(tag_dir, meta.zero_stage)
@@ -84,7 +95,7 @@ def load_trained_model(run_dir: str | Path, tag: str | None = None,
     if set(missing) - tied or unexpected:
         raise ExportError(f"checkpoint {tag_dir} does not match the model: missing "
                           f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
-    return model.eval(), meta
+    return model.eval()
 
 
 def _is_tied(model: nn.Module, name: str) -> bool:
@@ -105,6 +116,94 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
     return out
 
 
+def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None,
+              tokenizer: str | Path | None = None) -> Path:
+    """Write the HF folder `out` (see the module doc). The tokenizer is the one of the run's
+    (first) data folder, or `tokenizer`: a tokenizer.json or a shard folder."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
+    cfg = saved_model_config(meta.config["model"])
+    to_hf_config(cfg, {})  # refuses (naming the fields) before the slow merge of the weights
+    _check_out_folder(out)
+    tok_file = _tokenizer_file(meta.config, tokenizer)
+    special = _special_tokens(tok_file)
+    tensors = to_hf_state(cfg, _checkpoint_model(tag_dir, meta).state_dict())
+    ids = {k: special[f"{k}_id"] for k in ("bos_token", "eos_token", "pad_token")}
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={
+        "format": "pt", "step": str(meta.step), "data_fingerprint": meta.data_fingerprint})
+    _write_json(tmp / "config.json", to_hf_config(cfg, {k[:-6]: v for k, v in ids.items()}))
+    _write_json(tmp / "generation_config.json",
+                {k + "_id": v for k, v in ids.items() if v is not None})
+    shutil.copyfile(tok_file, tmp / "tokenizer.json")
+    _write_json(tmp / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
+        "clean_up_tokenization_spaces": False,
+        **{k: special[k] for k in ("bos_token", "eos_token", "pad_token") if special[k]},
+        **({"additional_special_tokens": special["sentinels"]} if special["sentinels"] else {})})
+    out.mkdir(exist_ok=True)
+    for f in HF_FILES:  # each file replaced whole; a reader never sees half of one
+        os.replace(tmp / f, out / f)
+    tmp.rmdir()
+    return out
+
+
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json")
+
+
+def _check_out_folder(out: Path) -> None:
+    """`out` may be new, empty or an earlier HF export (its files are replaced); a folder
+    holding anything else is refused rather than mixed into."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file; --format hf writes a folder")
+    others = sorted(p.name for p in out.iterdir() if p.name not in HF_FILES) \
+        if out.is_dir() else []
+    if others:
+        raise ExportError(f"--out {out} holds other files ({', '.join(others[:5])}): give a new "
+                          "or empty folder")
+
+
+def _tokenizer_file(run_config: dict, given: str | Path | None) -> Path:
+    """tokenizer.json of `given` (a file or shard folder), or of the run's first data folder."""
+    from data_tools.manifest import ManifestError, read_manifest
+    from pretrain.data.config import DataConfig
+
+    if given is not None and Path(given).is_file():
+        return Path(given)
+    folder = Path(given) if given is not None else Path(
+        DataConfig.model_validate(run_config["data"]).folders()[0][0])
+    try:
+        return folder / (read_manifest(folder).tokenizer.file or "tokenizer.json")
+    except ManifestError as e:
+        raise ExportError(f"cannot find the tokenizer to ship: {e} (pass --tokenizer "
+                          "tokenizer.json)") from None
+
+
+def _special_tokens(tok_file: Path) -> dict:
+    """bos/eos/pad tokens and ids and T5 sentinels, found as data_tools shard finds them."""
+    from data_tools.errors import DataToolsError
+    from data_tools.tokenizer import load_tokenizer, tokenizer_info
+
+    try:
+        tok = load_tokenizer(tok_file)
+        info = tokenizer_info(tok, tok_file)
+    except DataToolsError as e:
+        raise ExportError(str(e)) from None
+    ids = {"bos_token": info.bos_id, "eos_token": info.eos_id, "pad_token": info.pad_id}
+    out: dict = {f"{k}_id": v for k, v in ids.items()}
+    out.update({k: None if v is None else tok.id_to_token(v) for k, v in ids.items()})
+    out["sentinels"] = [tok.id_to_token(i) for i in info.sentinel_ids]
+    return out
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild the model a safetensors export describes and load its weights (strict)."""
     from safetensors import safe_open
@@ -121,16 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
-    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output: a .safetensors file, or a folder with --format hf")
+    p.add_argument("--format", default="safetensors", choices=["safetensors", "hf"],
+                   help="safetensors: one file for pretrain (default); hf: a transformers folder")
+    p.add_argument("--tokenizer", type=Path,
+                   help="--format hf: tokenizer.json or shard folder to ship (default: the "
+                   "run's data folder's)")
     p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
     args = p.parse_args(argv)
     setup_logging()
     try:
-        out = export(args.run_dir, args.out, args.tag)
-    except (ExportError, OSError) as e:
+        if args.format == "hf":
+            out = export_hf(args.run_dir, args.out, args.tag, args.tokenizer)
+        else:
+            out = export(args.run_dir, args.out, args.tag)
+    except (ExportError, HFFormatError, OSError) as e:
         log.error("%s", e)
         return 2
-    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    size = sum(f.stat().st_size for f in out.iterdir()) if out.is_dir() else out.stat().st_size
+    log.info("wrote %s (%.1f MB)", out, size / 1e6)
     return 0
 
 

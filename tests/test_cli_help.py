@@ -36,20 +36,23 @@ def _mains():
     from launch.translate_task import main as translate_task
     from pretrain.attention import main as attention
     from pretrain.export import main as export
+    from pretrain.import_hf import main as import_hf
     from pretrain.model.__main__ import main as model
     from pretrain.plot import main as plot
     from pretrain.sample import main as sample
     from pretrain.train.__main__ import main as train
     from pretrain.translate import main as translate
 
-    return {"pretrain.train": train, "pretrain.export": export, "pretrain.sample": sample,
+    return {"pretrain.train": train, "pretrain.export": export, "pretrain.import_hf": import_hf,
+            "pretrain.sample": sample,
             "pretrain.plot": plot, "pretrain.model": model, "launch": launch,
             "launch.demo": demo, "launch.signal_trainers": signal_trainers,
             "pretrain.translate": translate, "pretrain.attention": attention,
             "launch.translate_demo": translate_demo, "launch.translate_task": translate_task}
 
 
-@pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.sample",
+@pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.import_hf",
+                                  "pretrain.sample",
                                   "pretrain.plot", "pretrain.model", "launch", "launch.demo",
                                   "launch.signal_trainers",
                                   "pretrain.translate", "pretrain.attention",

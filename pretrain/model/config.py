@@ -2,7 +2,8 @@
 
 Style switches (defaults are GPT-2's):
   norm            layernorm | rmsnorm           norm_position  pre | post
-  position        learned | sinusoidal | rope   activation     gelu | relu | swiglu | geglu
+  position        learned | sinusoidal | rope   activation     gelu | gelu_tanh | relu | swiglu
+                                                                | geglu
   bias            biases in linear layers and LayerNorm
   tie_embeddings  output projection shares the token embedding (encdec: also source = target)
   init            scaled_normal (GPT-2/Llama: N(0, init_std), residual projections / sqrt(2L))
@@ -67,7 +68,8 @@ class ModelConfig(Section):
     # relative_max_distance, farther ones share the last bucket (T5: 32 and 128)
     relative_buckets: int = Field(default=32, ge=4)
     relative_max_distance: int = Field(default=128, ge=2)
-    activation: Literal["gelu", "relu", "swiglu", "geglu"] = "gelu"
+    # gelu: exact (erf); gelu_tanh: its tanh approximation (OpenAI's GPT-2, HF "gelu_new")
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = "gelu"
     bias: bool = True
     tie_embeddings: bool = True
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (2017 paper)

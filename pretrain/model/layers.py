@@ -180,13 +180,19 @@ class Attention(nn.Module):
 
 # ----------------------------------------------------------------------------- feed-forward
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 class FeedForward(nn.Module):
-    """Two-layer MLP (gelu / relu) or a gated one (swiglu / geglu: act(x W1) * (x W3), then W2)."""
+    """Two-layer MLP (gelu / gelu_tanh / relu) or a gated one (swiglu / geglu: act(x W1) * (x W3),
+    then W2)."""
 
     def __init__(self, d_model: int, d_ff: int, activation: str, bias: bool):
         super().__init__()
         self.gated = activation in ("swiglu", "geglu")
-        self.act = {"gelu": F.gelu, "geglu": F.gelu, "relu": F.relu, "swiglu": F.silu}[activation]
+        self.act = {"gelu": F.gelu, "geglu": F.gelu, "relu": F.relu, "swiglu": F.silu,
+                    "gelu_tanh": _gelu_tanh}[activation]
         self.up = nn.Linear(d_model, d_ff, bias=bias)
         self.gate = nn.Linear(d_model, d_ff, bias=bias) if self.gated else None
         self.down = nn.Linear(d_ff, d_model, bias=bias)

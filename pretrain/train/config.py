@@ -230,6 +230,9 @@ class RunConfig(Section):
     seed: int = 1234
     precision: Precision = "fp32"
     resume: Literal["auto", "never"] = "auto"
+    # Start from these weights (pretrain.export / pretrain.import_hf output), fresh optimizer
+    # and schedule; ignored once the run has a checkpoint. See pretrain/train/init_from.py.
+    init_from: Path | None = None
     model: ModelConfig
     data: DataConfig
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -239,6 +242,14 @@ class RunConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+def _init_from_suffix(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    path = s["init_from"]
+    if path is None or str(path).endswith(".safetensors"):
+        return []
+    return [Problem(f"init_from {path}: expected a .safetensors file written by "
+                    "pretrain.export or pretrain.import_hf", ("init_from",))]
 
 
 FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec", "seq2seq": "encdec"}
@@ -328,7 +339,8 @@ CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_lay
                 (("data", "model"), _objective_fits_family), (("data", "model"), _lengths_fit_model),
                 (("eval", "train"), _eval_batch_fits),
                 (("eval", "train", "data"), _bleu_batch_fits),
-                (("deepspeed", "precision"), _overflow_check_needs_bf16)]
+                (("deepspeed", "precision"), _overflow_check_needs_bf16),
+                (("init_from",), _init_from_suffix)]
 
 
 def _valid_sections(data: dict[str, Any], bad: set[str]) -> dict[str, Any]:

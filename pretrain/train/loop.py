@@ -17,13 +17,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pretrain.configlib import dump_yaml
+from pretrain.configlib import ConfigError, dump_yaml
 from pretrain.data import eval_batches, open_data, train_batches
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
 from pretrain.model import build_model
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
+from pretrain.train.init_from import load_init_weights
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import fill_vocab
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
@@ -175,6 +176,8 @@ class Trainer:
                                    self.ckpt_dir / self.resume_tag)
             if self.rank0:
                 warn_changes(changes, self.ckpt_dir / self.resume_tag)
+        if cfg.init_from is not None:
+            self._init_from(model, resuming=meta is not None)
         if self.rank0:
             (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
@@ -197,6 +200,22 @@ class Trainer:
         self.stats = DeviceStats(self.device, denv.world_size)
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
+
+    def _init_from(self, model: torch.nn.Module, resuming: bool) -> None:
+        """Load init_from's weights into the fresh model, unless resuming (logged either way)."""
+        path = self.cfg.init_from
+        if resuming:
+            log.info("init_from %s ignored: the run resumes from checkpoint %s", path,
+                     self.ckpt_dir / self.resume_tag)
+            return
+        try:
+            load_init_weights(model, path)
+        except (OSError, RuntimeError) as e:  # the pre-flight checked it: changed since?
+            err = ConfigError([f"init_from {path}: cannot load it into the model: {e}"])
+            err.all_ranks = True
+            raise err from None
+        log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
+                 "schedule)", path)
 
     def consumed_samples(self) -> int:
         """Samples the steps done so far consumed (the global batch may have changed at the last

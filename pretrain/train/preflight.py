@@ -6,9 +6,11 @@ it against the data folders' manifests: the folder exists and is a finished shar
 folders of a mixture share one tokenizer, `data.tokenizer` is the one the shards were written
 with, the model's vocabulary holds the tokenizer's, span corruption has its sentinels, each
 split holds at least one sample and the validation split fills one evaluation batch
-(micro-batch × ranks). Every problem comes out in one ConfigError that says which came from the
-command line. It returns the config as the ranks will run it: paths resolved against the working
-directory and `model.vocab_size` filled in from the tokenizer.
+(micro-batch × ranks), and an `init_from` file fits the model (its shapes and the keys that
+change what they compute: pretrain/train/init_from.py). Every problem comes out in one
+ConfigError that says which came from the command line. It returns the config as the ranks will
+run it: paths resolved against the working directory and `model.vocab_size` filled in from the
+init_from file's model or else from the tokenizer.
 
 The launchers call it before starting any rank; `pretrain.train` calls it again before DeepSpeed
 starts. It imports neither torch nor DeepSpeed, so a launcher answers in a fraction of a second.
@@ -30,6 +32,7 @@ from pretrain.data.layout import samples_in_stream
 from pretrain.data.span import span_lengths
 from pretrain.model.config import padded_vocab_size
 from pretrain.train.config import RunConfig, check_run_config
+from pretrain.train.init_from import init_problems, init_vocab
 
 SPLITS = ("train", "val")
 
@@ -67,7 +70,9 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
     """Relative run_dir, data.path and data.tokenizer resolve against the working directory."""
     absolute = os.path.abspath  # no symlink resolution: keep the names the user gave
     data = _resolve_data(cfg.data)
-    return cfg.model_copy(update={"run_dir": Path(absolute(cfg.run_dir)), "data": data})
+    init = Path(absolute(cfg.init_from)) if cfg.init_from is not None else None
+    return cfg.model_copy(update={"run_dir": Path(absolute(cfg.run_dir)), "data": data,
+                                  "init_from": init})
 
 
 def _resolve_data(data: DataConfig) -> DataConfig:
@@ -92,15 +97,43 @@ def vocab_problem(model_vocab: int | None, data_vocab: int, where: Path | str) -
 
 
 def fill_vocab(cfg: RunConfig, data_vocab: int) -> RunConfig:
-    """The model's vocabulary defaults to the tokenizer's, rounded up to a multiple of 64;
-    a given one must hold the tokenizer's (ConfigError)."""
+    """The model's vocabulary defaults to the init_from file's model's, else to the tokenizer's
+    rounded up to a multiple of 64; a given one must hold the tokenizer's (ConfigError)."""
     problem = vocab_problem(cfg.model.vocab_size, data_vocab, "the data")
     if problem:
         raise ConfigError([problem])
     if cfg.model.vocab_size is not None:
         return cfg
-    model = cfg.model.model_copy(update={"vocab_size": padded_vocab_size(data_vocab)})
+    vocab = init_vocab(Path(cfg.init_from)) if cfg.init_from is not None else None
+    if vocab is not None and vocab < data_vocab:
+        raise ConfigError([_init_vocab_problem(cfg.init_from, vocab, data_vocab)])
+    model = cfg.model.model_copy(update={"vocab_size": vocab or padded_vocab_size(data_vocab)})
     return cfg.model_copy(update={"model": model})
+
+
+def _init_vocab_problem(path, vocab: int, data_vocab: int) -> Problem:
+    return Problem(f"init_from {path}: its model's vocabulary ({vocab}) is smaller than the "
+                   f"data's tokenizer's ({data_vocab}): shard the data with the tokenizer the "
+                   "model was trained with", ("init_from", "data.path"))
+
+
+def _init_problems(s: dict[str, Any], facts: list[FolderFacts]) -> list[Problem]:
+    """The init_from file against the model section (vocabulary filled as fill_vocab does)."""
+    path = s.get("init_from")
+    if path is None or "model" not in s or not str(path).endswith(".safetensors"):
+        return []
+    path = Path(os.path.abspath(path))
+    model = s["model"]
+    if model.vocab_size is None:
+        vocab = init_vocab(path)
+        if vocab is None:  # unreadable: init_problems says why
+            vocab = padded_vocab_size(facts[0].vocab_size) if facts else None
+        elif facts and vocab < facts[0].vocab_size:
+            return [_init_vocab_problem(path, vocab, facts[0].vocab_size)]
+        if vocab is None:
+            return []
+        model = model.model_copy(update={"vocab_size": vocab})
+    return init_problems(model, path)
 
 
 # ---- checks against the data ------------------------------------------------------------------
@@ -250,7 +283,7 @@ def check_run(config: str | Path, overrides: Sequence[str] | Iterable[str] = (),
     problems (those from the command line said to be so)."""
     checked = check_run_config(config, list(overrides), world_size)
     facts, problems = data_problems(checked.sections, world_size)
-    checked.problems += problems
+    checked.problems += problems + _init_problems(checked.sections, facts)
     if checked.problems:
         raise checked.error(str(config))
     return fill_vocab(resolve_paths(checked.cfg), facts[0].vocab_size)

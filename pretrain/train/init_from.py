@@ -1,0 +1,96 @@
+"""`init_from: FILE.safetensors`: start a run from exported weights.
+
+FILE is what `python -m pretrain.export` or `python -m pretrain.import_hf` writes (the model
+config in its metadata). The run starts from its weights with a fresh optimizer and schedule at
+step 0; once the run has a checkpoint, a restart resumes from that and init_from is ignored
+(logged). The pre-flight (`init_problems`, torch-free: safetensors' numpy reader) refuses,
+before any rank starts, a file whose tensors do not fit the run's model — naming the
+parameters — or whose model computes something else with the same shapes (norm, activation,
+positions, ...), naming the model keys. Settings that only matter while training (dropout, loss,
+init, max_seq_len under RoPE, ...) may differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pretrain.configlib import Problem
+from pretrain.model.config import ModelConfig, saved_model_config
+from pretrain.model.shapes import Shapes, parameter_shapes
+
+# Keys that change what the same tensors compute: a difference is refused.
+FUNCTION_KEYS = ("family", "norm", "norm_position", "norm_eps", "position", "rope_theta",
+                 "relative_max_distance", "activation", "bias", "tie_embeddings",
+                 "scale_embeddings")
+KEYS = ("init_from",)
+
+
+class InitFileError(ValueError):
+    pass
+
+
+def read_init_file(path: Path) -> tuple[ModelConfig, Shapes]:
+    """(the file's model config, {tensor: shape}), tied weights under their first name."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except FileNotFoundError:
+        raise InitFileError(f"init_from {path}: no such file") from None
+    except Exception as e:  # safetensors raises its own SafetensorError on a bad header
+        raise InitFileError(f"init_from {path}: not a readable safetensors file ({e})") from None
+    if "model_config" not in meta:
+        raise InitFileError(f"init_from {path}: no model_config in its metadata (write it "
+                            "with `python -m pretrain.export` or `python -m pretrain.import_hf`)")
+    try:
+        cfg = saved_model_config(json.loads(meta["model_config"]))
+    except ValueError as e:
+        raise InitFileError(f"init_from {path}: its model_config is not valid: {e}") from None
+    if "lm_head.weight" in shapes and "tok_emb.weight" not in shapes:
+        shapes["tok_emb.weight"] = shapes.pop("lm_head.weight")  # safetensors kept the 2nd name
+    return cfg, shapes
+
+
+def init_vocab(path: Path) -> int | None:
+    """The vocabulary of the file's model, or None if it cannot be read (reported elsewhere)."""
+    try:
+        return read_init_file(path)[0].vocab_size
+    except InitFileError:
+        return None
+
+
+def init_problems(model: ModelConfig, path: Path) -> list[Problem]:
+    """Everything that keeps the weights of `path` from starting a run of `model` (vocab_size
+    set): model keys that compute differently, then parameters missing, extra or reshaped."""
+    try:
+        theirs, got = read_init_file(path)
+    except InitFileError as e:
+        return [Problem(str(e), KEYS)]
+    problems = [Problem(f"model.{k} is {getattr(model, k)!r} but init_from {path} was "
+                        f"trained with {getattr(theirs, k)!r}", (f"model.{k}", *KEYS))
+                for k in FUNCTION_KEYS if getattr(model, k) != getattr(theirs, k)]
+    if problems:
+        return problems
+    want = parameter_shapes(model)
+    lines = [f"{n}: missing from the file (run: {list(s)})" for n, s in want.items()
+             if n not in got]
+    lines += [f"{n}: file {list(got[n])}, run {list(s)}" for n, s in want.items()
+              if n in got and got[n] != s]
+    lines += [f"{n}: in the file, not in the run's model" for n in got if n not in want]
+    if not lines:
+        return []
+    more = f"\n  ... and {len(lines) - 12} more" if len(lines) > 12 else ""
+    return [Problem(f"init_from {path} does not fit the run's model ({len(lines)} parameter(s)); "
+                    "the model section must build the file's shapes:\n  "
+                    + "\n  ".join(lines[:12]) + more, (*KEYS, "model"))]
+
+
+def load_init_weights(model: Any, path: Path) -> None:
+    """Copy the file's tensors into `model` (strict: every parameter, same shapes)."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(path), strict=True)
