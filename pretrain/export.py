@@ -2,7 +2,8 @@
 
 Consolidates a run's checkpoint (any ZeRO stage) into one fp32 safetensors file that
 `build_model` + `safetensors.torch.load_model` read back. The model config travels in the file's
-metadata (key `model_config`, JSON)."""
+metadata (key `model_config`, JSON), and so does the run's tokenizer (key `tokenizer_json`, the
+tokenizer.json text), so `pretrain.sample FILE.safetensors` needs nothing else."""
 
 from __future__ import annotations
 
@@ -93,16 +94,34 @@ def _is_tied(model: nn.Module, name: str) -> bool:
     return name in params and name not in unique
 
 
+def tokenizer_path(config: dict) -> Path:
+    """A run's tokenizer: data.tokenizer, else the (first) shard folder's copy."""
+    data = config["data"]
+    if data.get("tokenizer"):
+        return Path(data["tokenizer"])
+    path = data["path"] if isinstance(data["path"], str) else data["path"][0]["path"]
+    return Path(path) / "tokenizer.json"
+
+
 def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_model
 
     model, meta = load_trained_model(run_dir, tag)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out), metadata={
-        "model_config": json.dumps(meta.config["model"]), "step": str(meta.step),
-        "data_fingerprint": meta.data_fingerprint})
+    metadata = {"model_config": json.dumps(meta.config["model"]), "step": str(meta.step),
+                "data_fingerprint": meta.data_fingerprint}
+    tok = tokenizer_path(meta.config)
+    if tok.is_file():
+        metadata[TOKENIZER_KEY] = tok.read_text()
+    else:
+        log.warning("the run's tokenizer %s is gone: the export carries none (pass "
+                    "--tokenizer to pretrain.sample)", tok)
+    save_model(model, str(out), metadata=metadata)
     return out
+
+
+TOKENIZER_KEY = "tokenizer_json"  # safetensors metadata: the tokenizer.json text
 
 
 def load_exported(path: str | Path) -> nn.Module:
@@ -117,8 +136,8 @@ def load_exported(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors file")

@@ -19,9 +19,9 @@ from pretrain.logs import setup_logging
 log = logging.getLogger("pretrain.train")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pretrain.train", description=__doc__,
+        prog=prog or "python -m pretrain.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run config YAML (may name a `base:` file)")
     p.add_argument("--print-config", action="store_true",
@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     setup_logging()
     # torch.distributed warns about DeepSpeed's collective names on every call: noise, not news.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
