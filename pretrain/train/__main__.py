@@ -66,21 +66,27 @@ def _train(cfg, denv) -> int:
     from pretrain.train.loop import NonFiniteLoss, StopFlag, Trainer
     from pretrain.train.runlock import RunDirBusy
 
-    trainer = None
+    trainer, code, error = None, EXIT_FAILED, None
     stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
     try:
         device = init_distributed(denv)
         trainer = Trainer(cfg, denv, device, stop)
-        return trainer.run()
+        code = trainer.run()
+        return code
     except (ConfigError, DataError, CheckpointError, RunDirBusy) as e:
         _report(e, denv.rank)
-        return EXIT_CONFIG
+        code, error = EXIT_CONFIG, str(e)
+        return code
     except (NonFiniteLoss, CheckpointSaveError) as e:
         _report(e, denv.rank)
+        error = str(e)
         return EXIT_FAILED
+    except BaseException as e:  # a traceback follows; the exit record says what it was
+        error = f"{type(e).__name__}: {e}"
+        raise
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(code, error)  # run_events.jsonl: the exit code and step
         _teardown()
         log.info("rank %d exiting", denv.rank)
 

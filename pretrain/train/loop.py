@@ -23,6 +23,7 @@ from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  
 from pretrain.model import build_model
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.config import RunConfig, config_to_dict
+from pretrain.train import events
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import fill_vocab
@@ -177,6 +178,16 @@ class Trainer:
         self.stats = DeviceStats(self.device, denv.world_size)
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
+        self._record_start()
+
+    def _record_start(self) -> None:
+        """run_events.jsonl (rank 0): this start passed its checks and holds the run folder
+        (`launch status` and `pretrain.plot` read it; a matching `exit` is written by close)."""
+        self.started = True
+        if self.rank0:
+            events.record(self.cfg.run_dir, "start", step=self.step,
+                          resumed_from=self.resume_tag, world_size=self.denv.world_size,
+                          max_steps=self.cfg.train.max_steps)
 
     def consumed_samples(self) -> int:
         """Samples the steps done so far consumed (the global batch may have changed at the last
@@ -380,11 +391,18 @@ class Trainer:
         bar.close()
         return EXIT_DONE if self.step == max_steps else None
 
-    def close(self) -> None:
+    def close(self, code: int | None = None, error: str | None = None) -> None:
+        """Close the metrics, record the exit (rank 0: `code` as the process will return it,
+        None when the caller gives none) and release the run folder."""
         try:
             self.metrics.close()
         finally:
-            self._release_lock()
+            try:
+                if self.rank0 and getattr(self, "started", False) and code is not None:
+                    events.record(self.cfg.run_dir, "exit", code=code, step=self.step,
+                                  error=error)
+            finally:
+                self._release_lock()
 
     def _release_lock(self) -> None:
         if self.lock is not None:
