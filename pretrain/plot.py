@@ -98,18 +98,23 @@ def plot(run_dirs, out: str | Path | None = None, smooth: float = DEFAULT_SMOOTH
     fig, grid = plt.subplots(2, 2, figsize=(14, 8.5))
     axes = grid.ravel()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    any_restart = False
+    any_restart, any_grad_norm = False, False
     for i, (run_dir, label) in enumerate(zip(run_dirs, labels(run_dirs))):
         rows = read_metrics(run_dir)
         marks = restarts(run_dir, rows)
         any_restart |= bool(marks)
+        any_grad_norm |= bool(_series(rows, "grad_norm")[0])
         _draw_run(axes, rows, marks, label, colors[i % len(colors)], smooth)
     titles = [f"loss (nats/token): thin raw, thick EMA {smooth}", "grad norm (before clipping)",
               "learning rate", "tokens/s (all ranks)"]
     for ax, title in zip(axes, titles):
         ax.set(title=title, xlabel="step")
         ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
+    if any_grad_norm:
+        axes[1].set_yscale("log")
+    else:  # DeepSpeed reports no grad norm at ZeRO-0 in fp32
+        axes[1].text(0.5, 0.5, "no grad norm logged\n(ZeRO-0 fp32: DeepSpeed reports none)",
+                     ha="center", va="center", transform=axes[1].transAxes, color="gray")
     handles, names = axes[0].get_legend_handles_labels()
     if any_restart:
         handles.append(Line2D([], [], color="gray", ls=":", lw=1.2))
