@@ -34,6 +34,7 @@ import yaml
 from launch.common import describe_exit
 from launch.slurm import EVENTS_FILE, JOBS_FILE
 from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
+from pretrain.logs import human_duration  # noqa: F401 - launch.status.human_duration
 from pretrain.train import runlock
 from pretrain.train.events import read_events
 
@@ -113,20 +114,6 @@ def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
         return None
     step_ms = statistics.median(r["step_time_ms"] for r in steps[-RECENT_STEPS:])
     return max(0, max_steps - int(steps[-1]["step"])) * step_ms / 1000
-
-
-def human_duration(seconds: float) -> str:
-    """'< 1 min', '12 min', '3 h 5 min', '2 d 4 h' — never '0.0 min'."""
-    minutes = round(seconds / 60)
-    if minutes < 1:
-        return "< 1 min"
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
@@ -228,9 +215,14 @@ def collect(run_dir: Path) -> dict[str, Any]:
 SHOWN = ("loss", "lr", "grad_norm", "tokens_per_sec", "step_time_ms")
 
 
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
 def _metrics_line(row: dict[str, Any], keys) -> str:
-    parts = [f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}"
-             for k in keys if row.get(k) is not None]
+    parts = [f"{k} {_number(row[k])}" for k in keys if row.get(k) is not None]
     return f"step {row.get('step', '?')}: " + ", ".join(parts)
 
 

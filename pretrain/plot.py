@@ -92,7 +92,8 @@ def plot(run_dirs, out: str | Path | None = None, smooth: float = DEFAULT_SMOOTH
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    run_dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(r) for r in run_dirs]
+    one = isinstance(run_dirs, (str, Path))
+    run_dirs = [Path(run_dirs)] if one else [Path(r) for r in run_dirs]
     out = Path(out) if out else (run_dirs[0] / "curves.png" if len(run_dirs) == 1
                                  else Path("curves.png"))
     fig, grid = plt.subplots(2, 2, figsize=(14, 8.5))

@@ -22,8 +22,8 @@ from pretrain.data import eval_batches, open_data, train_batches
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
 from pretrain.model import build_model
 from pretrain.train import checkpoint as ckpt
-from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train import events
+from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import fill_vocab
@@ -178,7 +178,16 @@ class Trainer:
         self.stats = DeviceStats(self.device, denv.world_size)
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
+        if self.rank0 and not use_gpu():
+            self._warn_if_slow_on_cpu()
         self._record_start()
+
+    def _warn_if_slow_on_cpu(self) -> None:
+        from pretrain.train.cpu_check import cpu_step_warning
+
+        warning = cpu_step_warning(self.cfg, self.denv.world_size, self.flops_per_token)
+        if warning:
+            log.warning("%s", warning)
 
     def _record_start(self) -> None:
         """run_events.jsonl (rank 0): this start passed its checks and holds the run folder

@@ -100,3 +100,28 @@ def test_optional_commands_appear_only_when_their_module_exists(monkeypatch, cap
     with pytest.raises(SystemExit) as done:
         cli.main(["now", "--help"])
     assert done.value.code == 0 and "usage: arrowtrain now " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["data", "shard", "--help"], "usage: arrowtrain data shard "),
+    (["launch", "status", "--help"], "usage: arrowtrain launch status "),
+    (["train", "--help"], "usage: arrowtrain train "),
+    (["launch", "demo", "--help"], "usage: arrowtrain launch demo "),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_python_m_arrowtrain_dispatches_to_the_subcommand(argv, usage):
+    """The real module entry (what `.venv/bin/arrowtrain` runs), in a fresh interpreter."""
+    res = subprocess.run([sys.executable, "-m", "arrowtrain", *argv], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith(usage), res.stdout[:300]
+
+
+def test_python_m_arrowtrain_version_and_a_real_subcommand_run(tmp_path):
+    import pretrain
+
+    res = subprocess.run([sys.executable, "-m", "arrowtrain", "--version"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == f"arrowtrain {pretrain.__version__}\n"
+    res = subprocess.run([sys.executable, "-m", "arrowtrain", "launch", "status",
+                          str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "state: not started" in res.stdout, res.stderr

@@ -6,6 +6,7 @@ from the folder's own facts: run.lock, run_events.jsonl, checkpoints, metrics.js
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,15 +16,17 @@ from launch.common import REPO
 from launch.status import collect, human_duration
 
 
-def launch_local(run_dir, data, *extra: str, expect: int) -> None:
+def launch_local(run_dir, data, *extra: str, expect: int, env: dict | None = None) -> str:
     res = subprocess.run(
-        [sys.executable, "-m", "launch", "local", "--config", str(REPO / "configs" / "gpt-tiny.yaml"),
-         "--nproc", "2", "--omp-threads", "1", f"run_dir={run_dir}", f"data.path={data}",
+        [sys.executable, "-m", "launch", "local", "--config",
+         str(REPO / "configs" / "gpt-tiny.yaml"), "--nproc", "2", "--omp-threads", "1", f"run_dir={run_dir}", f"data.path={data}",
          "model.vocab_size=null", "data.seq_len=32", "train.max_steps=8",
          "train.global_batch_size=8", "train.micro_batch_size=2", "checkpoint.every_steps=4",
          "eval.every_steps=4", "eval.max_samples=16", "logging.progress_bar=false", *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, **(env or {})})
     assert res.returncode == expect, res.stdout[-3000:] + res.stderr[-3000:]
+    return res.stdout + res.stderr
 
 
 def status(run_dir) -> str:
@@ -41,7 +44,11 @@ def test_status_follows_a_local_run_through_its_states(tiny_data, tmp_path):
     run.mkdir()
     assert collect(run)["state"] == "not started"
 
-    launch_local(run, tiny_data, "train.stop_at_step=4", expect=75)
+    # A CPU "as slow as 1 kFLOP/s": the start-up warning of pretrain.train.cpu_check fires.
+    logs = launch_local(run, tiny_data, "train.stop_at_step=4", expect=75,
+                        env={"ARROWTRAIN_CPU_FLOPS": "1e3"})
+    assert "this configuration will hardly make progress on CPU" in logs
+    assert "start from configs/own-corpus-cpu.yaml" in logs
     out = status(run)
     assert "state: stopped (stopped on request at step 4 (exit 75); resumable" in out
     assert "progress: step 4 of 8" in out
@@ -67,7 +74,8 @@ def test_status_follows_a_local_run_through_its_states(tiny_data, tmp_path):
     out = status(run)
     assert "state: stopped" in out and "stale lock: host" in out and "its process is gone" in out
 
-    launch_local(run, tiny_data, expect=0)  # resumes (taking over the stale lock), finishes
+    logs = launch_local(run, tiny_data, expect=0)  # resumes (taking over the stale lock), finishes
+    assert "hardly make progress" not in logs  # at a real CPU's rate gpt-tiny is fine
     out = status(run)
     assert "state: finished (exited 0 at step 8)" in out and "progress: step 8 of 8" in out
     assert "ETA: done" in out and "step_00000008 (written by 2 ranks)" in out

@@ -34,7 +34,7 @@ def _without_tokenizer(src, dst):
 
     with safe_open(str(src), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
     del meta["tokenizer_json"]
     save_file(tensors, str(dst), metadata=meta)
     return dst
