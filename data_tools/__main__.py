@@ -28,9 +28,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     import importlib
-    parser = argparse.ArgumentParser(prog="python -m data_tools", description=__doc__)
+    parser = argparse.ArgumentParser(prog=prog or "python -m data_tools", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(module)
@@ -45,8 +45,8 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="data_tools: %(message)s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
     setup_logging()
     try:
         result = args.run(args)

@@ -104,8 +104,8 @@ def report(cfg, data_dir: Path) -> None:
           f"checkpoints: {run_dir / 'checkpoints'}  status: python -m launch status {run_dir}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog or "python -m launch.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"),
                    help="run config (default: configs/demo.yaml)")

@@ -1,9 +1,20 @@
-"""`python -m launch status RUNDIR`: where a run stands.
+"""`python -m launch status RUNDIR`: where a run stands, local or SLURM.
 
-Reads only the run folder and Slurm's own tools: the job id from RUNDIR/slurm/jobs, its state
-from `squeue` (running/pending) or the job-completion record (`sacct -c`, no database needed),
-the batch script's events (start / requeue / finished / failed with exit code), the last complete
-checkpoint (RUNDIR/checkpoints/latest), the last metrics line and an ETA from recent step times.
+The state comes from facts in the run folder, in this order:
+- **running**: RUNDIR/run.lock is held by a live run (its process is alive on this host, or its
+  heartbeat is younger than the lease elsewhere: `pretrain.train.runlock`);
+- else the last line of RUNDIR/run_events.jsonl (`pretrain.train.events`): an `exit` with code 0
+  is **finished**, 75 **stopped** (resumable), anything else **failed**; a `start` without an
+  `exit` is a run killed hard (kill -9, out of memory, a lost node): **stopped** (resumable) when
+  there is a checkpoint to resume from, else **failed**;
+- with no events (a folder from before they existed): **finished** when the last complete
+  checkpoint is at train.max_steps, **stopped** when there is one, else **not started**.
+
+Also: the last step of max_steps, the last training and validation metrics, an ETA in human units
+from the median recent step time, the last complete checkpoint (RUNDIR/checkpoints/latest) and
+the rank count it was written with, the lock holder. For SLURM runs also the job id from
+RUNDIR/slurm/jobs, its state from `squeue` or the job-completion record (`sacct -c`), the batch
+script's events (start / requeue / finished / failed with exit code). Torch-free.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +33,10 @@ import yaml
 
 from launch.common import describe_exit
 from launch.slurm import EVENTS_FILE, JOBS_FILE
+from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
+from pretrain.logs import human_duration  # noqa: F401 - launch.status.human_duration
+from pretrain.train import runlock
+from pretrain.train.events import read_events
 
 RECENT_STEPS = 20  # ETA from the median step time of the last rows
 
@@ -82,17 +98,82 @@ def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
     return hits[-lines:]
 
 
-def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
-    steps = [r for r in rows if "step_time_ms" in r and "step" in r]
+def max_steps_of(run_dir: Path) -> int | None:
+    """train.max_steps of the run as it last started (RUNDIR/config.yaml)."""
     try:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        max_steps = int(cfg["train"]["max_steps"])
+        return int(cfg["train"]["max_steps"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return None
-    if not steps:
+
+
+def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
+    steps = [r for r in rows if "step_time_ms" in r and "step" in r]
+    max_steps = max_steps_of(run_dir)
+    if not steps or max_steps is None:
         return None
     step_ms = statistics.median(r["step_time_ms"] for r in steps[-RECENT_STEPS:])
     return max(0, max_steps - int(steps[-1]["step"])) * step_ms / 1000
+
+
+def checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
+    """The last complete checkpoint: its tag, step and the rank count it was written with
+    (its meta.json, read as JSON: no torch)."""
+    latest = run_dir / "checkpoints" / "latest"
+    if not latest.is_file():
+        return None
+    tag = latest.read_text().strip()
+    info: dict[str, Any] = {"tag": tag, "step": None, "world_size": None}
+    try:
+        meta = json.loads((run_dir / "checkpoints" / tag / "meta.json").read_text())
+        info.update(step=int(meta["step"]), world_size=int(meta["world_size"]))
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
+    return info
+
+
+def lock_info(run_dir: Path) -> dict[str, Any] | None:
+    """The run lock's holder, whether it can still be running, and if not why."""
+    try:
+        rec, mtime = runlock._read(run_dir / runlock.LOCK_NAME)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        return {"holder": None, "alive": False, "stale": f"unreadable ({e})",
+                "describe": "a lock that cannot be read"}
+    age = time.time() - mtime
+    lease = runlock._env_float("ARROWTRAIN_LOCK_LEASE_S",
+                                6 * runlock._env_float("ARROWTRAIN_LOCK_HEARTBEAT_S", 10.0))
+    why = runlock.stale_reason(rec, mtime, lease)
+    return {"holder": rec, "heartbeat_age_s": age, "alive": why is None, "stale": why,
+            "describe": runlock.describe(rec, age) if rec else f"an empty lock, {age:.0f} s old"}
+
+
+def run_state(lock: dict[str, Any] | None, events: list[dict[str, Any]],
+              ckpt: dict[str, Any] | None, max_steps: int | None) -> tuple[str, str]:
+    """(state, why): running | finished | stopped | failed | not started (module docstring)."""
+    if lock and lock["alive"]:
+        return "running", f"the run lock is held: {lock['describe']}"
+    resumable = "resumable: the same command resumes from " + (ckpt["tag"] if ckpt else "")
+    last = events[-1] if events else None
+    if last and last["event"] == "exit":
+        code = int(last.get("code", 1))
+        at = f"at step {last.get('step', '?')}"
+        if code == EXIT_OK:
+            return "finished", f"exited 0 {at}"
+        if code == EXIT_RESUME:
+            return "stopped", f"stopped on request {at} (exit 75); {resumable}"
+        err = f": {last['error']}" if last.get("error") else ""
+        again = f"; after a fix, the same command resumes from {ckpt['tag']}" if ckpt else ""
+        return "failed", f"exited {code} ({describe_exit(code)}) {at}{err}{again}"
+    if last and last["event"] == "start":
+        why = "ended without recording its exit (killed: kill -9, out of memory, a lost node?)"
+        return ("stopped", f"{why}; {resumable}") if ckpt else ("failed", why)
+    if ckpt and max_steps is not None and ckpt["step"] == max_steps:
+        return "finished", f"the last checkpoint is at train.max_steps ({max_steps})"
+    if ckpt:
+        return "stopped", resumable
+    return "not started", "no run events, no checkpoint"
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
@@ -109,33 +190,83 @@ def collect(run_dir: Path) -> dict[str, Any]:
             rc = int(events[-1]["rc"])
             info["job"]["why"] = f"training exited with code {rc} ({describe_exit(rc)})"
             info["job"]["log"] = failure_reason(slurm_dir, job_id)
-    latest = run_dir / "checkpoints" / "latest"
-    info["checkpoint"] = latest.read_text().strip() if latest.is_file() else None
+    ckpt = checkpoint_info(run_dir)
+    info["checkpoint"] = ckpt["tag"] if ckpt else None
+    info["checkpoint_world_size"] = ckpt["world_size"] if ckpt else None
     rows = _read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r and "step" in r]
+    val = [r for r in rows if "val_loss" in r]
     info["last_metrics"] = rows[-1] if rows else None
-    info["eta_s"] = eta_seconds(run_dir, rows)
+    info["last_train"] = train[-1] if train else None
+    info["last_val"] = val[-1] if val else None
+    info["max_steps"] = max_steps_of(run_dir)
+    known = [int(train[-1]["step"])] if train else []
+    known += [ckpt["step"]] if ckpt and ckpt["step"] is not None else []
+    info["step"] = max(known, default=None)
+    info["lock"] = lock_info(run_dir)
+    events = read_events(run_dir)
+    info["restarts_recorded"] = sum(1 for e in events if e["event"] == "start") - 1 \
+        if events else 0
+    info["state"], info["why"] = run_state(info["lock"], events, ckpt, info["max_steps"])
+    info["eta_s"] = None if info["state"] == "finished" else eta_seconds(run_dir, rows)
     return info
 
 
+SHOWN = ("loss", "lr", "grad_norm", "tokens_per_sec", "step_time_ms")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+    return str(value)
+
+
+def _metrics_line(row: dict[str, Any], keys) -> str:
+    parts = [f"{k} {_number(row[k])}" for k in keys if row.get(k) is not None]
+    return f"step {row.get('step', '?')}: " + ", ".join(parts)
+
+
+def _format_job(job: dict[str, Any]) -> list[str]:
+    extra = job.get("reason") or job.get("exit_code") or ""
+    out = [f"job {job['id']}: {job['state']} ({job['source']}) {extra}".rstrip(),
+           f"restarts: {job['restarts']}"]
+    if job.get("last_event"):
+        e = job["last_event"]
+        out.append(f"last event: {e['event']} at {e['time']} (rc {e['rc']})")
+    if job.get("why"):
+        out.append(f"why: {job['why']}")
+        out += [f"  | {line}" for line in job.get("log", [])]
+    return out
+
+
 def _format(info: dict[str, Any]) -> str:
-    out = [f"run folder: {info['run_dir']}"]
-    job = info.get("job")
-    if job:
-        extra = job.get("reason") or job.get("exit_code") or ""
-        out.append(f"job {job['id']}: {job['state']} ({job['source']}) {extra}".rstrip())
-        out.append(f"restarts: {job['restarts']}")
-        if job.get("last_event"):
-            e = job["last_event"]
-            out.append(f"last event: {e['event']} at {e['time']} (rc {e['rc']})")
-        if job.get("why"):
-            out.append(f"why: {job['why']}")
-            out += [f"  | {line}" for line in job.get("log", [])]
-    else:
-        out.append("job: none submitted from this run folder (no slurm/jobs)")
-    out.append(f"last complete checkpoint: {info['checkpoint'] or 'none'}")
-    out.append(f"last metrics: {json.dumps(info['last_metrics']) if info['last_metrics'] else 'none'}")
+    out = [f"run folder: {info['run_dir']}", f"state: {info['state']} ({info['why']})"]
+    if info.get("lock") and not info["lock"]["alive"]:
+        out.append(f"stale lock: {info['lock'].get('describe', '?')} ({info['lock']['stale']}; "
+                   "the next start takes it over)")
+    step, max_steps = info["step"], info["max_steps"]
+    if step is not None or max_steps is not None:
+        out.append(f"progress: step {step if step is not None else 0} of "
+                   f"{max_steps if max_steps is not None else '?'}")
+    if info.get("job"):
+        out += _format_job(info["job"])
+    ckpt = info["checkpoint"]
+    ranks = info["checkpoint_world_size"]
+    out.append(f"last complete checkpoint: {ckpt} (written by {ranks} rank"
+               f"{'s' if ranks != 1 else ''})" if ckpt and ranks else
+               f"last complete checkpoint: {ckpt or 'none'}")
+    if info["last_train"]:
+        out.append(f"last metrics: {_metrics_line(info['last_train'], SHOWN)}")
+    if info["last_val"]:
+        out.append(f"last validation: {_metrics_line(info['last_val'], ('val_loss', 'val_ppl'))}")
+    if not info["last_train"] and not info["last_val"]:
+        out.append("last metrics: none")
     eta = info["eta_s"]
-    out.append(f"ETA: {eta / 60:.1f} min" if eta is not None else "ETA: unknown")
+    if info["state"] == "finished":
+        out.append("ETA: done")
+    else:
+        what = "ETA" if info["state"] == "running" else "time left when resumed"
+        out.append(f"{what}: {human_duration(eta)}" if eta is not None else f"{what}: unknown")
     return "\n".join(out)
 
 

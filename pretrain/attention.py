@@ -200,8 +200,8 @@ def write_maps(model, tok_file: Path, text: str, target: str | None, out: Path,
     return arrays
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.attention", description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.attention", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--text", required=True, help="the source sentence (decoder runs: the text)")

@@ -2,7 +2,9 @@
 
 Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights.
   safetensors  (default) one file OUT that `load_exported` (build_model + load_model) reads
-               back; the model config travels in its metadata (key `model_config`, JSON).
+               back; the model config travels in its metadata (key `model_config`, JSON), and
+               so does the run's tokenizer (key `tokenizer_json`, the tokenizer.json text), so
+               `pretrain.sample FILE.safetensors` needs nothing else.
   hf           a folder OUT for Hugging Face transformers, no custom code: config.json,
                model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json.
                GPT-2-style decoders become GPT2LMHeadModel, Llama-style LlamaForCausalLM; a
@@ -104,15 +106,33 @@ def _is_tied(model: nn.Module, name: str) -> bool:
     return name in params and name not in unique
 
 
+TOKENIZER_KEY = "tokenizer_json"  # safetensors metadata: the tokenizer.json text
+
+
+def tokenizer_path(config: dict) -> Path:
+    """A run's tokenizer: data.tokenizer, else the (first) shard folder's copy."""
+    data = config["data"]
+    if data.get("tokenizer"):
+        return Path(data["tokenizer"])
+    path = data["path"] if isinstance(data["path"], str) else data["path"][0]["path"]
+    return Path(path) / "tokenizer.json"
+
+
 def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_model
 
     model, meta = load_trained_model(run_dir, tag)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(out), metadata={
-        "model_config": json.dumps(meta.config["model"]), "step": str(meta.step),
-        "data_fingerprint": meta.data_fingerprint})
+    metadata = {"model_config": json.dumps(meta.config["model"]), "step": str(meta.step),
+                "data_fingerprint": meta.data_fingerprint}
+    tok = tokenizer_path(meta.config)
+    if tok.is_file():
+        metadata[TOKENIZER_KEY] = tok.read_text()
+    else:
+        log.warning("the run's tokenizer %s is gone: the export carries none (pass "
+                    "--tokenizer to pretrain.sample)", tok)
+    save_model(model, str(out), metadata=metadata)
     return out
 
 
@@ -216,8 +236,8 @@ def load_exported(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--out", type=Path, required=True,

@@ -101,8 +101,8 @@ def _shape_problems(model, state) -> list[str]:
             if k in want and v.shape != want[k].shape]
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.import_hf", description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.import_hf", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("hf_dir", type=Path, help="local transformers folder (config.json + "
                    "model.safetensors), e.g. one written by save_pretrained")

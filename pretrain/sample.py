@@ -1,7 +1,9 @@
-"""python -m pretrain.sample RUNDIR --prompt "def " [--max-new-tokens 64] [--temperature 0]
+"""python -m pretrain.sample RUNDIR|MODEL.safetensors --prompt "def " [--max-new-tokens 64]
 
-Text from a run's newest complete checkpoint (any ZeRO stage): greedy with --temperature 0
-(the default), else sampling with optional --top-k. Decoder models only."""
+Text from a run's newest complete checkpoint (any ZeRO stage) or from an exported
+`.safetensors` file (`pretrain.export`; its tokenizer travels in the file, else give
+--tokenizer): greedy with --temperature 0 (the default), else sampling with optional --top-k.
+Decoder models only."""
 
 from __future__ import annotations
 
@@ -12,32 +14,82 @@ from pathlib import Path
 
 import torch
 
-from pretrain.logs import setup_logging
+from pretrain.export import TOKENIZER_KEY, tokenizer_path  # noqa: F401 - re-exported
 
 log = logging.getLogger("pretrain.sample")
 
 
-def tokenizer_path(config: dict) -> Path:
-    """The run's tokenizer: data.tokenizer, else the (first) shard folder's copy."""
-    data = config["data"]
-    if data.get("tokenizer"):
-        return Path(data["tokenizer"])
-    path = data["path"] if isinstance(data["path"], str) else data["path"][0]["path"]
-    return Path(path) / "tokenizer.json"
+class SampleError(ValueError):
+    """Bad input: the message names the file or option."""
 
 
-def sample_text(run_dir: str | Path, prompt: str, max_new_tokens: int = 64,
-                temperature: float = 0.0, top_k: int | None = None, seed: int = 0) -> str:
+def load_tokenizer(path: Path, hint: str = ""):
     from tokenizers import Tokenizer
 
+    if not Path(path).is_file():
+        raise SampleError(f"tokenizer {path}: no such file{hint}")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own Exception type
+        raise SampleError(f"tokenizer {path} cannot be read ({e})") from None
+
+
+def load_export(path: Path, tokenizer: Path | None):
+    """(model, tokenizer) of an exported .safetensors file."""
+    from safetensors import safe_open
+    from tokenizers import Tokenizer
+
+    from pretrain.export import load_exported
+
+    if not path.is_file():
+        raise SampleError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors' own error types
+        raise SampleError(f"{path} is not a readable .safetensors file ({e})") from None
+    if "model_config" not in metadata:
+        raise SampleError(f"{path} has no `model_config` in its metadata: not a file written "
+                          "by pretrain.export")
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    elif TOKENIZER_KEY in metadata:
+        tok = Tokenizer.from_str(metadata[TOKENIZER_KEY])
+    else:
+        raise SampleError(f"{path} carries no tokenizer (exported before exports carried one, "
+                          "or made by another tool): pass --tokenizer tok/tokenizer.json (the "
+                          "one its training data was sharded with)")
+    return load_exported(path), tok
+
+
+def load_run(run_dir: Path, tokenizer: Path | None):
+    """(model, tokenizer) of a run folder's newest complete checkpoint."""
     from pretrain.export import load_trained_model
+
+    if not run_dir.is_dir():
+        raise SampleError(f"{run_dir}: no such run folder or .safetensors file")
+    model, meta = load_trained_model(run_dir)
+    path = tokenizer or tokenizer_path(meta.config)
+    hint = "" if tokenizer else " (the run's data folder moved? pass --tokenizer FILE)"
+    return model, load_tokenizer(path, hint)
+
+
+def sample_text(source: str | Path, prompt: str, max_new_tokens: int = 64,
+                temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
+                tokenizer: str | Path | None = None) -> str:
+    """Continue `prompt` with the model of a run folder or an exported .safetensors file."""
     from pretrain.model import generate
 
-    model, meta = load_trained_model(run_dir)
+    source, tokenizer = Path(source), (Path(tokenizer) if tokenizer else None)
+    exported = source.suffix == ".safetensors" or source.is_file()
+    model, tok = load_export(source, tokenizer) if exported else load_run(source, tokenizer)
     if model.cfg.family != "decoder":
-        raise ValueError("pretrain.sample works with decoder models only; an encoder-decoder "
-                         "translates with python -m pretrain.translate RUNDIR")
-    tok = Tokenizer.from_file(str(tokenizer_path(meta.config)))
+        raise SampleError("pretrain.sample works with decoder models only; an encoder-decoder "
+                          "translates with python -m pretrain.translate RUNDIR")
+    if tok.get_vocab_size() > model.cfg.vocab_size:
+        raise SampleError(f"the tokenizer has {tok.get_vocab_size()} tokens, the model only "
+                          f"{model.cfg.vocab_size}: it is not the tokenizer this model was "
+                          "trained with")
     ids = tok.encode(prompt).ids or [0]
     torch.manual_seed(seed)
     idx = torch.tensor([ids], dtype=torch.long)  # (1, T)
@@ -71,10 +123,15 @@ def prompt_text(raw: str) -> str:
     return raw
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pretrain.sample", description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    from pretrain.logs import setup_logging
+
+    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.sample", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
+    p.add_argument("source", type=Path, metavar="RUNDIR|FILE.safetensors",
+                   help="a run folder (its newest complete checkpoint) or an exported file")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="tokenizer.json to use (default: the export's own, or the run's)")
     p.add_argument("--prompt", default="", help="text to continue (UTF-8; default: empty)")
     p.add_argument("--max-new-tokens", type=_checked(int, "≥ 0", 0), default=64,
                    help="tokens to generate (default: 64)")
@@ -89,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.export import ExportError
 
     try:
-        text = sample_text(args.run_dir, prompt_text(args.prompt), args.max_new_tokens,
-                           args.temperature, args.top_k, args.seed)
+        text = sample_text(args.source, prompt_text(args.prompt), args.max_new_tokens,
+                           args.temperature, args.top_k, args.seed, args.tokenizer)
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
         return 2

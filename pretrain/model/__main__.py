@@ -14,9 +14,9 @@ from pretrain.model import ModelConfig, build_model, count_parameters, flops_per
 DEFAULT_VOCAB = 32000
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pretrain.model",
+        prog=prog or "python -m pretrain.model",
         description="Print a model summary, including the lines 'parameters: N' and "
                     "'flops_per_token: N' (training FLOPs, forward + backward).")
     p.add_argument("config", help="a model config (configs/model/*.yaml) or a run config with "
@@ -76,8 +76,8 @@ def summary(cfg: ModelConfig, seq_len: int, target_len: int | None) -> list[str]
     ]
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     try:
         cfg = load_model_config(args.config, args.overrides, args.vocab_size)
     except ConfigError as e:

@@ -19,9 +19,9 @@ from pretrain.logs import setup_logging
 log = logging.getLogger("pretrain.train")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m pretrain.train", description=__doc__,
+        prog=prog or "python -m pretrain.train", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="run config YAML (may name a `base:` file)")
     p.add_argument("--print-config", action="store_true",
@@ -32,8 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     setup_logging()
     # torch.distributed warns about DeepSpeed's collective names on every call: noise, not news.
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
@@ -66,21 +66,27 @@ def _train(cfg, denv) -> int:
     from pretrain.train.loop import NonFiniteLoss, StopFlag, Trainer
     from pretrain.train.runlock import RunDirBusy
 
-    trainer = None
+    trainer, code, error = None, EXIT_FAILED, None
     stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
     try:
         device = init_distributed(denv)
         trainer = Trainer(cfg, denv, device, stop)
-        return trainer.run()
+        code = trainer.run()
+        return code
     except (ConfigError, DataError, CheckpointError, RunDirBusy) as e:
         _report(e, denv.rank)
-        return EXIT_CONFIG
+        code, error = EXIT_CONFIG, str(e)
+        return code
     except (NonFiniteLoss, CheckpointSaveError) as e:
         _report(e, denv.rank)
+        error = str(e)
         return EXIT_FAILED
+    except BaseException as e:  # a traceback follows; the exit record says what it was
+        error = f"{type(e).__name__}: {e}"
+        raise
     finally:
         if trainer is not None:
-            trainer.close()
+            trainer.close(code, error)  # run_events.jsonl: the exit code and step
         _teardown()
         log.info("rank %d exiting", denv.rank)
 

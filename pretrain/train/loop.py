@@ -22,6 +22,7 @@ from pretrain.data import eval_batches, open_data, train_batches
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
 from pretrain.model import build_model
 from pretrain.train import checkpoint as ckpt
+from pretrain.train import events
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
@@ -200,6 +201,25 @@ class Trainer:
         self.stats = DeviceStats(self.device, denv.world_size)
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
+        if self.rank0 and not use_gpu():
+            self._warn_if_slow_on_cpu()
+        self._record_start()
+
+    def _warn_if_slow_on_cpu(self) -> None:
+        from pretrain.train.cpu_check import cpu_step_warning
+
+        warning = cpu_step_warning(self.cfg, self.denv.world_size, self.flops_per_token)
+        if warning:
+            log.warning("%s", warning)
+
+    def _record_start(self) -> None:
+        """run_events.jsonl (rank 0): this start passed its checks and holds the run folder
+        (`launch status` and `pretrain.plot` read it; a matching `exit` is written by close)."""
+        self.started = True
+        if self.rank0:
+            events.record(self.cfg.run_dir, "start", step=self.step,
+                          resumed_from=self.resume_tag, world_size=self.denv.world_size,
+                          max_steps=self.cfg.train.max_steps)
 
     def _init_from(self, model: torch.nn.Module, resuming: bool) -> None:
         """Load init_from's weights into the fresh model, unless resuming (logged either way)."""
@@ -439,11 +459,18 @@ class Trainer:
         bar.close()
         return EXIT_DONE if self.step == max_steps else None
 
-    def close(self) -> None:
+    def close(self, code: int | None = None, error: str | None = None) -> None:
+        """Close the metrics, record the exit (rank 0: `code` as the process will return it,
+        None when the caller gives none) and release the run folder."""
         try:
             self.metrics.close()
         finally:
-            self._release_lock()
+            try:
+                if self.rank0 and getattr(self, "started", False) and code is not None:
+                    events.record(self.cfg.run_dir, "exit", code=code, step=self.step,
+                                  error=error)
+            finally:
+                self._release_lock()
 
     def _release_lock(self) -> None:
         if self.lock is not None:

@@ -26,7 +26,8 @@ def test_status_reads_checkpoint_metrics_and_eta(tmp_path):
     res = subprocess.run([sys.executable, "-m", "launch", "status", str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
-    assert "step_00000040" in res.stdout and "ETA: 0.2 min" in res.stdout
+    assert "step_00000040" in res.stdout and "time left when resumed: < 1 min" in res.stdout
+    assert "state: stopped" in res.stdout
 
 
 def test_status_of_missing_folder_is_an_error(tmp_path):

@@ -1,0 +1,150 @@
+"""`arrowtrain COMMAND ...`: one entry point for data_tools, pretrain and launch.
+
+Table-driven: each row names the words of a command, the module whose `main(argv, prog=...)`
+runs it and a one-line summary. `data` and `launch` are groups: their rows dispatch to the
+group's own `python -m` entry (`data_tools`, `launch`) with the subcommand word kept, so
+`arrowtrain data shard X` is `python -m data_tools shard X`. A row marked `optional` is shown
+and accepted only when its module exists (e.g. a command still on another branch).
+
+`arrowtrain --help` and `--version` import nothing but this table: no torch, no pyarrow."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+
+from arrowtrain import __version__
+
+PROG = "arrowtrain"
+
+
+@dataclass(frozen=True)
+class Command:
+    words: str  # "data shard", "train"
+    module: str  # whose main(argv, prog=...) runs it (groups: the group's module)
+    summary: str
+    optional: bool = False  # listed only when the module exists
+
+    @property
+    def group(self) -> str | None:
+        first = self.words.split()[0]
+        return first if first in GROUPS else None
+
+
+# Groups dispatch to their package's own subcommand parser.
+GROUPS = {"data": ("data_tools.__main__", "raw text -> tokenizer -> Arrow shards"),
+          "launch": ("launch.__main__", "start, submit and watch runs")}
+
+COMMANDS: tuple[Command, ...] = (
+    Command("data train-tokenizer", "data_tools.__main__",
+            "train a byte-level BPE tokenizer on raw text"),
+    Command("data shard", "data_tools.__main__",
+            "tokenize raw text into Arrow IPC shards with a manifest"),
+    Command("data validate", "data_tools.__main__",
+            "check a shard folder: checksums, schema, token range"),
+    Command("data inspect", "data_tools.__main__",
+            "counts, lengths, val split and decoded samples of a shard folder"),
+    Command("launch local", "launch.__main__", "N trainer ranks on this machine"),
+    Command("launch slurm", "launch.__main__", "submit a self-requeueing SLURM job"),
+    Command("launch hostfile", "launch.__main__",
+            "multi-node without SLURM (DeepSpeed's launcher, pdsh/ssh)"),
+    Command("launch status", "launch.__main__",
+            "running / stopped / finished / failed, progress, ETA, checkpoint"),
+    Command("launch demo", "launch.__main__",
+            "the whole pipeline on this machine (what `make demo` runs)"),
+    Command("train", "pretrain.train.__main__",
+            "one rank of a training run (the launchers start it)"),
+    Command("export", "pretrain.export",
+            "a run's checkpoint -> one .safetensors file (with its tokenizer) or an HF folder"),
+    Command("sample", "pretrain.sample", "text from a run or an exported .safetensors"),
+    Command("plot", "pretrain.plot", "loss, grad norm, lr, tokens/s of one or more runs -> PNG"),
+    Command("model", "pretrain.model.__main__",
+            "a model config's shape, parameters and FLOPs per token"),
+    Command("translate", "pretrain.translate",
+            "source lines -> target lines, beam search (encoder-decoder runs)"),
+    Command("attention", "pretrain.attention", "attention maps of a run: .npz + PNG grids"),
+    Command("import-hf", "pretrain.import_hf",
+            "a local Hugging Face GPT-2/Llama folder -> an export .safetensors"),
+)
+
+
+def _present(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def available(commands: tuple[Command, ...] | None = None) -> list[Command]:
+    """The commands of this installation: optional ones only when their module exists."""
+    return [c for c in (COMMANDS if commands is None else commands)
+            if not c.optional or _present(c.module)]
+
+
+def help_text(commands: list[Command]) -> str:
+    width = max(len(c.words) for c in commands) + 2
+    out = [f"usage: {PROG} COMMAND [ARGS ...]      ({PROG} COMMAND --help: its options)", "",
+           "Distributed Transformer pretraining on Arrow shards and the DeepSpeed engine.", ""]
+    section = object()
+    for c in commands:
+        if c.group != section:
+            section = c.group
+            out.append(f"{c.group} ({GROUPS[c.group][1]}):" if c.group else "runs and models:")
+        out.append(f"  {c.words.ljust(width)}{c.summary}")
+    out += ["", "options:", "  -h, --help   this list", "  --version    print the version", "",
+            "The `python -m` forms work too: `python -m data_tools shard`, `python -m launch",
+            "local`, `python -m pretrain.train`, `python -m pretrain.export`, ..."]
+    return "\n".join(out) + "\n"
+
+
+def resolve(argv: list[str], commands: list[Command]) -> tuple[Command | None, list[str]]:
+    """The command the words of argv name and the arguments left for it. A group word alone
+    (`data`, `launch --help`, `data shrad`) goes to the group's own parser."""
+    for n in (2, 1):
+        words = " ".join(argv[:n])
+        for c in commands:
+            if c.words == words and (c.group is None or n == 2):
+                return c, argv[n:]
+    if argv and argv[0] in GROUPS:
+        module, summary = GROUPS[argv[0]]
+        return Command(argv[0], module, summary), argv[1:]
+    return None, argv
+
+
+def _call(cmd: Command, args: list[str]) -> int:
+    mod = importlib.import_module(cmd.module)
+    if cmd.group:  # the group's parser sees the subcommand word
+        prog, argv = f"{PROG} {cmd.group}", cmd.words.split()[1:] + args
+    else:
+        prog, argv = f"{PROG} {cmd.words}", args
+    main = mod.main
+    takes_prog = "prog" in inspect.signature(main).parameters
+    code = main(argv, prog=prog) if takes_prog else main(argv)
+    finish = getattr(mod, "exit_now", None)  # pretrain.train skips the interpreter's teardown
+    if finish is not None:
+        finish(code)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = available()
+    if not argv or argv[0] in ("-h", "--help"):
+        (sys.stdout if argv else sys.stderr).write(help_text(commands))
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"{PROG} {__version__}")
+        return 0
+    cmd, rest = resolve(argv, commands)
+    if cmd is None:
+        names = sorted({c.words.split()[0] for c in commands})
+        close = difflib.get_close_matches(argv[0], names, n=1)
+        hint = f" (did you mean `{PROG} {close[0]}`?)" if close else ""
+        print(f"{PROG}: unknown command {argv[0]!r}{hint}; commands: {', '.join(names)} "
+              f"(`{PROG} --help` lists them)", file=sys.stderr)
+        return 2
+    return _call(cmd, rest)
