@@ -3,7 +3,8 @@
 Reads only the run folder and Slurm's own tools: the job id from RUNDIR/slurm/jobs, its state
 from `squeue` (running/pending) or the job-completion record (`sacct -c`, no database needed),
 the batch script's events (start / requeue / finished / failed with exit code), the last complete
-checkpoint (RUNDIR/checkpoints/latest), the last metrics line and an ETA from recent step times.
+checkpoint (RUNDIR/checkpoints/latest) with the rank count and ZeRO stage it was written with (its
+meta.json), the last metrics line and an ETA from recent step times.
 """
 
 from __future__ import annotations
@@ -82,6 +83,19 @@ def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
     return hits[-lines:]
 
 
+def checkpoint_layout(tag_dir: Path) -> dict[str, Any]:
+    """How the checkpoint was written (its meta.json): ranks, ZeRO stage, and whether a
+    re-sharded universal copy (`TAG_universal`, pretrain/train/reshard.py) is beside it."""
+    try:
+        meta = json.loads((tag_dir / "meta.json").read_text())
+        out = {"ranks": int(meta["world_size"]),
+               "zero_stage": int(meta["config"]["deepspeed"]["zero_stage"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out["universal_copy"] = (tag_dir.parent / f"{tag_dir.name}_universal" / "meta.json").is_file()
+    return out
+
+
 def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
     steps = [r for r in rows if "step_time_ms" in r and "step" in r]
     try:
@@ -111,6 +125,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
             info["job"]["log"] = failure_reason(slurm_dir, job_id)
     latest = run_dir / "checkpoints" / "latest"
     info["checkpoint"] = latest.read_text().strip() if latest.is_file() else None
+    if info["checkpoint"]:
+        info["checkpoint_layout"] = checkpoint_layout(latest.parent / info["checkpoint"])
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     info["last_metrics"] = rows[-1] if rows else None
     info["eta_s"] = eta_seconds(run_dir, rows)
@@ -132,7 +148,12 @@ def _format(info: dict[str, Any]) -> str:
             out += [f"  | {line}" for line in job.get("log", [])]
     else:
         out.append("job: none submitted from this run folder (no slurm/jobs)")
-    out.append(f"last complete checkpoint: {info['checkpoint'] or 'none'}")
+    layout = info.get("checkpoint_layout") or {}
+    ranks = f"{layout['ranks']} rank{'s' if layout.get('ranks') != 1 else ''}" if layout else ""
+    how = (f" (written by {ranks} at ZeRO-{layout['zero_stage']}; resumes on "
+           "any number of ranks" + ("; universal copy beside it" if layout["universal_copy"]
+                                    else "") + ")") if layout else ""
+    out.append(f"last complete checkpoint: {info['checkpoint'] or 'none'}{how}")
     out.append(f"last metrics: {json.dumps(info['last_metrics']) if info['last_metrics'] else 'none'}")
     eta = info["eta_s"]
     out.append(f"ETA: {eta / 60:.1f} min" if eta is not None else "ETA: unknown")

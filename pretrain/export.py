@@ -1,8 +1,14 @@
 """python -m pretrain.export RUNDIR --out model.safetensors [--tag step_00001000]
+python -m pretrain.export RUNDIR --format universal [--tag step_00001000]
 
 Consolidates a run's checkpoint (any ZeRO stage) into one fp32 safetensors file that
 `build_model` + `safetensors.torch.load_model` read back. The model config travels in the file's
-metadata (key `model_config`, JSON)."""
+metadata (key `model_config`, JSON).
+
+--format universal re-shards a ZeRO 1-3 checkpoint offline into DeepSpeed's universal checkpoint
+beside it (checkpoints/TAG_universal, pretrain/train/reshard.py): what a resume on another
+number of ranks or another ZeRO stage loads (the trainer converts by itself when needed; this is
+for moving runs between clusters)."""
 
 from __future__ import annotations
 
@@ -105,6 +111,22 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
     return out
 
 
+def export_universal(run_dir: str | Path, tag: str | None = None) -> Path:
+    """checkpoints/TAG_universal beside the checkpoint, converted once (reused when present)."""
+    from pretrain.train import reshard
+
+    tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
+    if meta.converted_from is not None:
+        raise ExportError(f"{tag_dir} is already a universal checkpoint")
+    if meta.zero_stage == 0:
+        raise ExportError(f"{tag_dir} is a ZeRO-0 checkpoint: it resumes on any number of ranks "
+                          "as it is (ZeRO-0 to ZeRO 1-3 is not supported by the universal format)")
+    try:
+        return reshard.convert(tag_dir.parent, tag_dir.name, meta)
+    except ckpt.CheckpointError as e:
+        raise ExportError(str(e)) from None
+
+
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild the model a safetensors export describes and load its weights (strict)."""
     from safetensors import safe_open
@@ -121,16 +143,26 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pretrain.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
-    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    p.add_argument("--out", type=Path, help="output .safetensors file (not with universal)")
     p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
+    p.add_argument("--format", choices=("safetensors", "universal"), default="safetensors",
+                   help="safetensors (default): one fp32 file; universal: DeepSpeed's universal "
+                   "checkpoint written beside the checkpoint, for a resume on any number of ranks")
     args = p.parse_args(argv)
+    if (args.format == "universal") == (args.out is not None):
+        p.error("--out is required" if args.out is None else
+                "--format universal writes checkpoints/TAG_universal beside the checkpoint; "
+                "drop --out")
     setup_logging()
     try:
-        out = export(args.run_dir, args.out, args.tag)
+        out = (export_universal(args.run_dir, args.tag) if args.format == "universal"
+               else export(args.run_dir, args.out, args.tag))
     except (ExportError, OSError) as e:
         log.error("%s", e)
         return 2
-    log.info("wrote %s (%.1f MB)", out, out.stat().st_size / 1e6)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() \
+        else out.stat().st_size
+    log.info("wrote %s (%.1f MB)", out, size / 1e6)
     return 0
 
 
