@@ -133,6 +133,16 @@ def collect(run_dir: Path) -> dict[str, Any]:
     return info
 
 
+def _layout_text(layout: dict[str, Any] | None) -> str:
+    """' (written by 2 ranks at ZeRO-2; resumes on any number of ranks)'."""
+    if not layout:
+        return ""
+    n = layout["ranks"]
+    copy = "; universal copy beside it" if layout["universal_copy"] else ""
+    return (f" (written by {n} rank{'s' if n != 1 else ''} at ZeRO-{layout['zero_stage']}; "
+            f"resumes on any number of ranks{copy})")
+
+
 def _format(info: dict[str, Any]) -> str:
     out = [f"run folder: {info['run_dir']}"]
     job = info.get("job")
@@ -148,12 +158,8 @@ def _format(info: dict[str, Any]) -> str:
             out += [f"  | {line}" for line in job.get("log", [])]
     else:
         out.append("job: none submitted from this run folder (no slurm/jobs)")
-    layout = info.get("checkpoint_layout") or {}
-    ranks = f"{layout['ranks']} rank{'s' if layout.get('ranks') != 1 else ''}" if layout else ""
-    how = (f" (written by {ranks} at ZeRO-{layout['zero_stage']}; resumes on "
-           "any number of ranks" + ("; universal copy beside it" if layout["universal_copy"]
-                                    else "") + ")") if layout else ""
-    out.append(f"last complete checkpoint: {info['checkpoint'] or 'none'}{how}")
+    out.append(f"last complete checkpoint: {info['checkpoint'] or 'none'}"
+               f"{_layout_text(info.get('checkpoint_layout'))}")
     out.append(f"last metrics: {json.dumps(info['last_metrics']) if info['last_metrics'] else 'none'}")
     eta = info["eta_s"]
     out.append(f"ETA: {eta / 60:.1f} min" if eta is not None else "ETA: unknown")

@@ -4,7 +4,8 @@ DeepSpeed's universal checkpoint (docs/design.md §4, §10).
 A ZeRO >= 1 checkpoint holds the fp32 master weights and Adam's moments as one flat partition
 per rank; DeepSpeed cannot re-split them on load. `deepspeed.checkpoint.ds_to_universal` turns
 them into one folder per parameter (`zero/NAME/{fp32,exp_avg,exp_avg_sq,step}.pt`, whole
-tensors) that any rank count loads (`checkpoint.load_universal` in the DeepSpeed config).
+tensors) that any rank count loads (`checkpoint.load_universal` in the DeepSpeed config); the
+folder is completed so that it loads at any ZeRO stage 1-3 (_loadable_at_every_stage).
 
     checkpoints/step_00000400/             the checkpoint as written by W ranks (never changed)
     checkpoints/step_00000400_universal/   the same state, per parameter, + its own meta.json
@@ -57,10 +58,6 @@ def universal_tag(tag: str) -> str:
     return tag + UNIVERSAL_SUFFIX
 
 
-def is_universal_name(name: str) -> bool:
-    return name.endswith(UNIVERSAL_SUFFIX)
-
-
 def describe(meta: CheckpointMeta, world_size: int, zero_stage: int) -> str:
     """"re-shard from W to W' ranks" (and the stage change, if any)."""
     text = f"re-shard from {meta.world_size} to {world_size} ranks"
@@ -70,8 +67,7 @@ def describe(meta: CheckpointMeta, world_size: int, zero_stage: int) -> str:
 
 
 def needs_universal(meta: CheckpointMeta, world_size: int, zero_stage: int) -> bool:
-    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage (the resume
-    check allows 1 <-> 2 only, resume.UNIVERSAL_STAGE_CHANGES). (ZeRO-0
+    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage. (ZeRO-0
     keeps the whole optimizer state on every rank: it loads on any rank count as it is.)"""
     return min(meta.zero_stage, zero_stage) >= 1 and (
         meta.world_size != world_size or meta.zero_stage != zero_stage)
@@ -124,6 +120,37 @@ def _link_model_states(folder: Path) -> None:
                 shutil.copy2(folder / present[0], folder / name)
 
 
+def _loadable_at_every_stage(folder: Path) -> None:
+    """ds_to_universal writes a ZeRO-1/2 and a ZeRO-3 checkpoint in two layouts that DeepSpeed
+    0.19.8 loads only at their own kind of stage (ZeRO-3 reads `optimizer_state_dict` and bare
+    tensors; ZeRO-1/2 reads `ds_version`, `{"param": tensor}` and a `step.pt` per parameter).
+    Give the folder both: then it resumes at any stage 1-3. (A ZeRO-3 source's copy of rank 0's
+    flat partitions in optimizer_state.pt is dropped: nothing loads it.)"""
+    import deepspeed
+    import torch
+    from deepspeed.checkpoint import constants as c
+
+    zero = folder / "zero"
+    path = zero / "optimizer_state.pt"
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    nested = sd.pop(c.OPTIMIZER_STATE_DICT, None)
+    sd.pop(c.FP32_FLAT_GROUPS, None)
+    step = nested["state"][0]["step"] if nested is not None else \
+        torch.load(next(zero.glob("*/step.pt")), map_location="cpu", weights_only=True)
+    sd.setdefault(c.DS_VERSION, deepspeed.__version__)
+    sd[c.OPTIMIZER_STATE_DICT] = {"state": {0: {"step": step}},
+                                  c.PARAM_GROUPS: sd[c.PARAM_GROUPS]}
+    torch.save(sd, path)
+    # (A tied name, e.g. lm_head.weight, gets an fp32.pt alone from the module's state.)
+    for param_dir in sorted(p for p in zero.iterdir() if p.is_dir()):
+        for f in (param_dir / f"{key}.pt" for key in ("fp32", "exp_avg", "exp_avg_sq")):
+            value = torch.load(f, map_location="cpu", weights_only=True) if f.is_file() else {}
+            if torch.is_tensor(value):
+                torch.save({c.PARAM: value}, f)
+        if (param_dir / "exp_avg.pt").is_file() and not (param_dir / "step.pt").exists():
+            torch.save(step.clone() if torch.is_tensor(step) else step, param_dir / "step.pt")
+
+
 def _run_ds_to_universal(src: Path, out: Path) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the conversion runs on the CPU
     from deepspeed.checkpoint import ds_to_universal
@@ -174,6 +201,8 @@ def convert(ckpt_dir: Path, tag: str, meta: CheckpointMeta) -> Path:
     staged = tmp_root / out.name
     try:
         _run_ds_to_universal(ckpt_dir / tag, staged)
+        with weights_only_loading():
+            _loadable_at_every_stage(staged)
         _link_model_states(staged)
         files = {str(p.relative_to(staged)): file_record(p)
                  for p in sorted(staged.rglob("*")) if p.is_file()}

@@ -27,11 +27,9 @@ log = logging.getLogger(__name__)
 EXACTNESS_KEYS = ("seed", "precision", "data.objective", "data.seq_len", "data.input_length",
                   "data.target_length", "data.noise_density", "data.mean_span_length",
                   "data.shuffle")
-# (saved stage, resumed stage) pairs that re-shard through the universal checkpoint. DeepSpeed
-# 0.19.8 writes it in one layout for stages 1-2 and another for 3, and loads each only at its
-# own kind of stage (1/2 -> 3: KeyError 'optimizer_state_dict'; 3 -> 1/2: no ds_version, no
-# step.pt, bare tensors): the crossing is refused.
-UNIVERSAL_STAGE_CHANGES = {(1, 2), (2, 1)}
+# (saved stage, resumed stage) pairs that re-shard through the universal checkpoint
+# (reshard.py writes it in a layout that every stage 1-3 loads).
+UNIVERSAL_STAGE_CHANGES = {(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -83,21 +81,15 @@ def _data_problems(meta: CheckpointMeta, fingerprint: str,
 
 def _partition_problems(meta: CheckpointMeta, zero_stage: int) -> list[str]:
     """Another number of ranks is fine at any stage (ZeRO-0 as saved, ZeRO >= 1 through the
-    universal checkpoint, reshard.py); a stage change only between stages DeepSpeed's universal
-    checkpoint loads (UNIVERSAL_STAGE_CHANGES)."""
+    universal checkpoint, reshard.py); a stage change only among ZeRO 1-3
+    (UNIVERSAL_STAGE_CHANGES)."""
     old = meta.zero_stage
     if old == zero_stage or (old, zero_stage) in UNIVERSAL_STAGE_CHANGES:
         return []
-    if 0 in (old, zero_stage):
-        why = ("ZeRO-0 keeps the optimizer state unpartitioned in the model-states file and "
-               "DeepSpeed's universal checkpoint neither reads nor loads that layout")
-    else:
-        why = ("DeepSpeed 0.19.8's universal checkpoint of ZeRO-1/2 does not load at ZeRO-3, "
-               "nor the other way round")
-    ok = sorted({f"{a} → {b}" for a, b in UNIVERSAL_STAGE_CHANGES})
-    return [f"deepspeed.zero_stage: checkpoint {old}, config {zero_stage} ({why}; stage "
-            f"changes that resume: {', '.join(ok)}; resume at ZeRO-{old} — on any number of "
-            "ranks)"]
+    return [f"deepspeed.zero_stage: checkpoint {old}, config {zero_stage} (ZeRO-0 keeps the "
+            "optimizer state unpartitioned in the model-states file, and DeepSpeed's universal "
+            "checkpoint neither reads nor loads that layout: a stage changes only among 1, 2 "
+            f"and 3; resume at ZeRO-{old} — on any number of ranks)"]
 
 
 def _shape_problems(old: dict[str, list[int]], new: dict[str, list[int]]) -> list[str]:
@@ -118,7 +110,8 @@ def _batch_problem(meta: CheckpointMeta, gbs: int) -> list[str]:
 
 
 def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[int]],
-                 fingerprint: str, folders: list[DataFolderRecord], tag_dir: Path) -> list[tuple[str, Any, Any]]:
+                 fingerprint: str, folders: list[DataFolderRecord],
+                 tag_dir: Path) -> list[tuple[str, Any, Any]]:
     """Raise CheckpointError naming every change that breaks the resume; return the changed
     config keys that are kept (old, new) so the caller can warn."""
     new = config_to_dict(cfg)

@@ -105,19 +105,19 @@ def test_order_deciding_keys_precision_shapes_and_zero_layout_are_refused():
     assert "checkpoint 0, config 2" in refusal(cfg(deepspeed__zero_stage=2), m=zero0)
 
 
-def test_another_rank_count_and_zero_stage_1_to_2_resume_3_stays():
+def test_another_rank_count_or_a_zero_stage_among_1_to_3_resumes():
     """The rank count is not checked here (any ZeRO 0-3 checkpoint resumes on any number of
-    ranks; reshard.py); ZeRO 1 <-> 2 goes through the universal checkpoint, 1/2 <-> 3 not."""
+    ranks; reshard.py); a stage changes among 1-3 (the universal checkpoint), never from or to
+    ZeRO-0."""
     for old in (0, 1, 2, 3):
         for new in (0, 1, 2, 3):
             m = meta(world=4, config=cfg(deepspeed__zero_stage=old))
-            if old == new or {old, new} == {1, 2}:
+            if old == new or 0 not in (old, new):
                 got = check(cfg(deepspeed__zero_stage=new), m=m)
                 assert got == ([] if old == new else [("deepspeed.zero_stage", old, new)])
             else:
                 text = refusal(cfg(deepspeed__zero_stage=new), m=m)
-                assert f"deepspeed.zero_stage: checkpoint {old}, config {new} (" in text
-                assert "stage changes that resume: 1 → 2, 2 → 1" in text
+                assert f"deepspeed.zero_stage: checkpoint {old}, config {new} (ZeRO-0" in text
 
 
 def test_config_changes_flatten_nested_keys():

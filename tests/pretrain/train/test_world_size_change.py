@@ -2,8 +2,9 @@
 exactly (design §3), so the resumed run sees the same samples and its losses track the
 uninterrupted 2-rank run (not bit for bit: one rank sums the micro-batch gradients in another
 order than an all-reduce over two). ZeRO-0 loads as saved; ZeRO 1-3 go through DeepSpeed's
-universal checkpoint, converted once beside the original (pretrain/train/reshard.py). Dropout is
-off: its masks come from per-rank RNG streams, which a re-shard re-seeds."""
+universal checkpoint, converted once beside the original (pretrain/train/reshard.py), which also
+carries a change of stage among 1-3. Dropout is off: its masks come from per-rank RNG streams,
+which a re-shard re-seeds."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def test_zero0_stop_on_two_ranks_resume_on_one(tiny_data, runs, ref, tmp_path):
     _assert_tracks(got, ref, rel=1e-4)
 
 
-def test_zero2_two_ranks_to_one_through_a_universal_checkpoint(tiny_data, runs, ref, tmp_path):
+def test_zero2_two_ranks_to_one_then_zero3_on_two(tiny_data, runs, ref, tmp_path):
+    """2 ranks ZeRO-2 -> 1 rank ZeRO-2 (through a leftover of a killed conversion) -> 2 ranks
+    ZeRO-3 (the universal layout loads at every stage 1-3)."""
     run = tmp_path / "run"
     ckpts = run / "checkpoints"
     run_ranks(_args(runs, tiny_data, run, 2, "train.stop_at_step=4"), tmp_path / "logs_a",
@@ -64,7 +67,8 @@ def test_zero2_two_ranks_to_one_through_a_universal_checkpoint(tiny_data, runs, 
     leftover.mkdir(parents=True)
     (leftover / "optimizer_state.pt").write_bytes(b"cut short")
 
-    one = run_ranks(_args(runs, tiny_data, run, 2), tmp_path / "logs_b", world_size=1)
+    one = run_ranks(_args(runs, tiny_data, run, 2, "train.stop_at_step=6"), tmp_path / "logs_b",
+                    world_size=1, expect=75)
     logs = one.logs(tail=10_000)
     assert "re-shard from 2 to 1 ranks" in logs and "at step 4" in logs, logs
     assert not leftover.parent.parent.exists()
@@ -73,8 +77,11 @@ def test_zero2_two_ranks_to_one_through_a_universal_checkpoint(tiny_data, runs, 
     meta = json.loads((ckpts / UNIVERSAL / "meta.json").read_text())
     assert meta["converted_from"] == STOP and meta["world_size"] == 2
     assert "zero/stack.blocks.0.ffn.up.weight/exp_avg.pt" in meta["files"]
-    after = json.loads((ckpts / "step_00000008" / "meta.json").read_text())
-    assert after["world_size"] == 1
+    assert json.loads((ckpts / "step_00000006" / "meta.json").read_text())["world_size"] == 1
+
+    two = run_ranks(_args(runs, tiny_data, run, 3), tmp_path / "logs_c", world_size=2)
+    logs = two.logs(tail=10_000)
+    assert "re-shard from 1 to 2 ranks, ZeRO-2 to ZeRO-3" in logs and "at step 6" in logs, logs
     _assert_tracks(runs.train_losses(run), ref, rel=1e-3)
 
 
