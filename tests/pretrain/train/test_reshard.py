@@ -1,6 +1,6 @@
 """pretrain/train/reshard.py without processes: when a resume goes through the universal
 checkpoint, the Adam step counters a ZeRO-3 universal load shares, and which leftover temp
-folders of a killed conversion are removed. (The conversion and the resumes themselves run for
+folders of a killed conversion are removed, a tampered universal copy. (The conversion and the resumes themselves run for
 real in test_world_size_change.py.)"""
 
 from __future__ import annotations
@@ -9,10 +9,18 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
+from helpers.tamper import payload_is_live, write_payload
 
 from pretrain.train import reshard
-from pretrain.train.checkpoint import CheckpointMeta
+from pretrain.train.checkpoint import (
+    META,
+    CheckpointError,
+    CheckpointMeta,
+    file_record,
+    write_atomic,
+)
 
 
 def meta(world: int, stage: int) -> CheckpointMeta:
@@ -62,3 +70,22 @@ def test_leftovers_of_dead_conversions_are_removed_live_ones_kept(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_tampered_universal_copy_is_refused_not_loaded_nor_replaced(tmp_path):
+    """A universal copy whose file names code (hashes re-recorded, as an attacker would) stops
+    the resume naming the file; nothing is unpickled, the folder is left for inspection."""
+    ckpt_dir, marker = tmp_path / "checkpoints", tmp_path / "pwned"
+    folder = ckpt_dir / "step_00000004_universal"
+    (folder / "zero" / "w").mkdir(parents=True)
+    victim = folder / "zero" / "w" / "exp_avg.pt"
+    write_payload(victim, marker)
+    assert payload_is_live(victim, marker)
+    files = {"zero/w/exp_avg.pt": file_record(victim)}
+    write_atomic(folder / META, meta(2, 2).model_copy(update={
+        "files": files, "converted_from": "step_00000004"}).model_dump_json())
+    with pytest.raises(CheckpointError) as err:
+        reshard.convert(ckpt_dir, "step_00000004", meta(2, 2))
+    assert f"refusing to use {folder}" in str(err.value)
+    assert f"{victim}: it holds a pickled reference to `posix.system`" in str(err.value)
+    assert not marker.exists() and victim.is_file()
