@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from data_tools.atomic import fsync_path, is_temp_name, temp_name
@@ -48,6 +49,8 @@ from pretrain.train.checkpoint import (
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger(__name__)
+
+CONVERT_TIMEOUT_S = 4 * 3600  # how long the other ranks wait for rank 0's conversion
 
 # The model-states file a ZeRO-3 engine looks for, and the one stages 0-2 look for: a universal
 # folder holds both names (one file, hard-linked) so that it loads at either kind of stage.
@@ -224,16 +227,19 @@ def convert(ckpt_dir: Path, tag: str, meta: CheckpointMeta) -> Path:
 
 def convert_collective(ckpt_dir: Path, tag: str, meta: CheckpointMeta) -> str:
     """Collective: rank 0 converts (or reuses) while the others wait; every rank returns the
-    universal tag, or raises the same CheckpointError."""
+    universal tag, or raises the same CheckpointError. The others wait in a gloo group of its
+    own with a long timeout: converting a large model outlasts NCCL's default 10 minutes."""
     import torch.distributed as dist
 
+    wait = dist.new_group(backend="gloo", timeout=timedelta(seconds=CONVERT_TIMEOUT_S))
     outcome: list = [None]
     if dist.get_rank() == 0:
         try:
             convert(ckpt_dir, tag, meta)
         except CheckpointError as e:
             outcome = [str(e)]
-    dist.broadcast_object_list(outcome, src=0)
+    dist.broadcast_object_list(outcome, src=0, group=wait)
+    dist.destroy_process_group(wait)
     if outcome[0] is not None:
         err = CheckpointError(outcome[0])
         err.all_ranks = True
