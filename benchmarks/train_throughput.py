@@ -48,6 +48,7 @@ if not torch.cuda.is_available():
 from pretrain.configlib import ConfigError, apply_overrides, load_yaml  # noqa: E402
 from pretrain.data import train_batches  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
+from pretrain.exit_codes import EXIT_OK  # noqa: E402
 from pretrain.logs import setup_logging  # noqa: E402
 from pretrain.model import build_model, mfu, padded_vocab_size, peak_flops  # noqa: E402
 from pretrain.train.config import build_run_config  # noqa: E402
@@ -203,7 +204,7 @@ def timed(fn, steps: int) -> float:
 
 def release(trainer: Trainer) -> None:
     """Close a trainer and its engine (the caller then drops its references and frees)."""
-    trainer.close()
+    trainer.close(EXIT_OK)  # its scratch run folder records a finished exit
     with contextlib.suppress(Exception):
         trainer.engine.destroy()
 

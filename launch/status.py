@@ -12,7 +12,8 @@ The state comes from facts in the run folder, in this order:
 
 Also: the last step of max_steps, the last training and validation metrics, an ETA in human units
 from the median recent step time, the last complete checkpoint (RUNDIR/checkpoints/latest) and
-the rank count it was written with, the lock holder. For SLURM runs also the job id from
+the rank count and ZeRO stage it was written with (and whether a re-sharded universal
+copy is beside it), the lock holder. For SLURM runs also the job id from
 RUNDIR/slurm/jobs, its state from `squeue` or the job-completion record (`sacct -c`), the batch
 script's events (start / requeue / finished / failed with exit code). Torch-free.
 """
@@ -96,6 +97,19 @@ def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
         else:
             continuing = False
     return hits[-lines:]
+
+
+def checkpoint_layout(tag_dir: Path) -> dict[str, Any]:
+    """How the checkpoint was written (its meta.json): ranks, ZeRO stage, and whether a
+    re-sharded universal copy (`TAG_universal`, pretrain/train/reshard.py) is beside it."""
+    try:
+        meta = json.loads((tag_dir / "meta.json").read_text())
+        out = {"ranks": int(meta["world_size"]),
+               "zero_stage": int(meta["config"]["deepspeed"]["zero_stage"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out["universal_copy"] = (tag_dir.parent / f"{tag_dir.name}_universal" / "meta.json").is_file()
+    return out
 
 
 def max_steps_of(run_dir: Path) -> int | None:
@@ -193,6 +207,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
     ckpt = checkpoint_info(run_dir)
     info["checkpoint"] = ckpt["tag"] if ckpt else None
     info["checkpoint_world_size"] = ckpt["world_size"] if ckpt else None
+    if ckpt:
+        info["checkpoint_layout"] = checkpoint_layout(run_dir / "checkpoints" / ckpt["tag"])
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in rows if "loss" in r and "step" in r]
     val = [r for r in rows if "val_loss" in r]
@@ -239,6 +255,16 @@ def _format_job(job: dict[str, Any]) -> list[str]:
     return out
 
 
+def _layout_text(layout: dict[str, Any] | None) -> str:
+    """' (written by 2 ranks at ZeRO-2; resumes on any number of ranks)'."""
+    if not layout:
+        return ""
+    n = layout["ranks"]
+    copy = "; universal copy beside it" if layout["universal_copy"] else ""
+    return (f" (written by {n} rank{'s' if n != 1 else ''} at ZeRO-{layout['zero_stage']}; "
+            f"resumes on any number of ranks{copy})")
+
+
 def _format(info: dict[str, Any]) -> str:
     out = [f"run folder: {info['run_dir']}", f"state: {info['state']} ({info['why']})"]
     if info.get("lock") and not info["lock"]["alive"]:
@@ -251,10 +277,8 @@ def _format(info: dict[str, Any]) -> str:
     if info.get("job"):
         out += _format_job(info["job"])
     ckpt = info["checkpoint"]
-    ranks = info["checkpoint_world_size"]
-    out.append(f"last complete checkpoint: {ckpt} (written by {ranks} rank"
-               f"{'s' if ranks != 1 else ''})" if ckpt and ranks else
-               f"last complete checkpoint: {ckpt or 'none'}")
+    out.append(f"last complete checkpoint: {ckpt or 'none'}"
+               f"{_layout_text(info.get('checkpoint_layout'))}")
     if info["last_train"]:
         out.append(f"last metrics: {_metrics_line(info['last_train'], SHOWN)}")
     if info["last_val"]:

@@ -1,4 +1,5 @@
 """python -m pretrain.export RUNDIR --out OUT [--format safetensors|hf] [--tag step_00001000]
+python -m pretrain.export RUNDIR --format universal [--tag step_00001000]
 
 Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights.
   safetensors  (default) one file OUT that `load_exported` (build_model + load_model) reads
@@ -9,7 +10,11 @@ Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights.
                model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json.
                GPT-2-style decoders become GPT2LMHeadModel, Llama-style LlamaForCausalLM; a
                model setting without an HF equivalent is refused, naming it. Encoder-decoders
-               are not exported to this format."""
+               are not exported to this format.
+  universal    (no --out) re-shards a ZeRO 1-3 checkpoint offline into DeepSpeed's universal
+               checkpoint beside it (checkpoints/TAG_universal, pretrain/train/reshard.py): what
+               a resume on another number of ranks or another ZeRO stage loads (the trainer
+               converts by itself when needed; this is for moving runs between clusters)."""
 
 from __future__ import annotations
 
@@ -224,6 +229,22 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def export_universal(run_dir: str | Path, tag: str | None = None) -> Path:
+    """checkpoints/TAG_universal beside the checkpoint, converted once (reused when present)."""
+    from pretrain.train import reshard
+
+    tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
+    if meta.converted_from is not None:
+        raise ExportError(f"{tag_dir} is already a universal checkpoint")
+    if meta.zero_stage == 0:
+        raise ExportError(f"{tag_dir} is a ZeRO-0 checkpoint: it resumes on any number of ranks "
+                          "as it is (ZeRO-0 to ZeRO 1-3 is not supported by the universal format)")
+    try:
+        return reshard.convert(tag_dir.parent, tag_dir.name, meta)
+    except ckpt.CheckpointError as e:
+        raise ExportError(str(e)) from None
+
+
 def load_exported(path: str | Path) -> nn.Module:
     """Rebuild the model a safetensors export describes and load its weights (strict)."""
     from safetensors import safe_open
@@ -240,25 +261,35 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog or "python -m pretrain.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output: a .safetensors file, or a folder with --format hf")
-    p.add_argument("--format", default="safetensors", choices=["safetensors", "hf"],
-                   help="safetensors: one file for pretrain (default); hf: a transformers folder")
+    p.add_argument("--out", type=Path,
+                   help="output: a .safetensors file, or a folder with --format hf (not with "
+                   "universal)")
     p.add_argument("--tokenizer", type=Path,
                    help="--format hf: tokenizer.json or shard folder to ship (default: the "
                    "run's data folder's)")
     p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
+    p.add_argument("--format", choices=("safetensors", "hf", "universal"), default="safetensors",
+                   help="safetensors (default): one fp32 file for pretrain; hf: a transformers "
+                   "folder; universal: DeepSpeed's universal checkpoint written beside the "
+                   "checkpoint, for a resume on any number of ranks")
     args = p.parse_args(argv)
+    if (args.format == "universal") == (args.out is not None):
+        p.error("--out is required" if args.out is None else
+                "--format universal writes checkpoints/TAG_universal beside the checkpoint; "
+                "drop --out")
     setup_logging()
     try:
         if args.format == "hf":
             out = export_hf(args.run_dir, args.out, args.tag, args.tokenizer)
+        elif args.format == "universal":
+            out = export_universal(args.run_dir, args.tag)
         else:
             out = export(args.run_dir, args.out, args.tag)
     except (ExportError, HFFormatError, OSError) as e:
         log.error("%s", e)
         return 2
-    size = sum(f.stat().st_size for f in out.iterdir()) if out.is_dir() else out.stat().st_size
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() \
+        else out.stat().st_size
     log.info("wrote %s (%.1f MB)", out, size / 1e6)
     return 0
 

@@ -39,6 +39,7 @@ LATEST = "latest"
 META = "meta.json"
 CLIENT_KEY = "arrowtrain"
 TAG_RE = re.compile(r"^step_(\d{8,})$")
+UNIVERSAL_SUFFIX = "_universal"  # step_N_universal: step_N re-sharded (pretrain/train/reshard.py)
 HASH = "sha256"  # with SHA-NI (x86 since ~2017, ARMv8 crypto) ~2x faster than blake2b
 META_FORMAT = 2  # 1: files as {name: size}; 2: {name: {bytes, sha256}}
 
@@ -100,6 +101,8 @@ class CheckpointMeta(BaseModel):
     config: dict[str, Any]  # the resolved run config (config.yaml's content)
     wandb_run_id: str | None = None
     files: dict[str, FileRecord] = Field(default_factory=dict)
+    # A universal checkpoint (pretrain/train/reshard.py): the tag it was converted from.
+    converted_from: str | None = None
 
     @field_validator("files", mode="before")
     @classmethod
@@ -117,7 +120,7 @@ class CheckpointMeta(BaseModel):
         return sum(f.bytes for f in self.files.values())
 
     def client_state(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"files"})
+        return self.model_dump(mode="json", exclude={"files", "converted_from"})
 
 
 def meta_problem(tag_dir: Path) -> tuple[CheckpointMeta | None, str | None]:
@@ -181,6 +184,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Seed python, numpy and torch from (seed, step, rank): what a rank uses instead of a saved
+    RNG state that does not exist for it (a resume on another number of ranks)."""
+    digest = hashlib.sha256(f"arrowtrain:{seed}:{step}:{rank}".encode()).digest()
+    value = int.from_bytes(digest[:8], "little")
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
 
 
 # ---- finding a checkpoint ----------------------------------------------------------------
@@ -523,33 +536,40 @@ def _failure_message(errors: list[tuple[int, dict]], ckpt_dir: Path, tag_dir: Pa
 
 def prune(ckpt_dir: Path, keep_last: int, keep: str) -> None:
     """Delete all but the newest `keep_last` complete checkpoints (and stale partial ones)
-    older than `keep`."""
+    older than `keep`, each with its universal copy (`step_N_universal`, reshard.py)."""
     tags = list_tags(ckpt_dir)
     complete = [t for t in tags if is_complete(ckpt_dir / t)]
     kept = set(complete[-keep_last:]) | {keep}
     for t in tags:
         if t not in kept and tag_step(t) < tag_step(keep):
             shutil.rmtree(ckpt_dir / t, ignore_errors=True)
+    for p in ckpt_dir.glob(f"step_*{UNIVERSAL_SUFFIX}"):
+        if not (ckpt_dir / p.name.removesuffix(UNIVERSAL_SUFFIX)).is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 # ---- load -------------------------------------------------------------------------------------
 
-def load(engine, ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    """Load model/optimizer/scheduler and this rank's RNG (every torch.load weights-only, even
-    DeepSpeed's own); return the client state."""
+def load(engine, ckpt_dir: Path, tag: str, restore_rng: bool = True,
+         rng_tag: str | None = None) -> dict[str, Any]:
+    """Load model/optimizer/scheduler (every torch.load weights-only, even DeepSpeed's own) and,
+    with `restore_rng`, this rank's RNG state (from `rng_tag`, default `tag`); return the client
+    state. `tag` may name a universal checkpoint (the engine must then have been built with
+    load_universal; it holds no RNG files: pass the original as `rng_tag`)."""
+    rng_file = ckpt_dir / (rng_tag or tag) / f"rng_rank{dist.get_rank()}.pt"
     try:
         with weights_only_loading():
             path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-            rng_file = ckpt_dir / tag / f"rng_rank{dist.get_rank()}.pt"
-            rng = torch.load(rng_file, map_location="cpu") if rng_file.is_file() else None
+            rng = torch.load(rng_file, map_location="cpu") \
+                if restore_rng and rng_file.is_file() else None
     except UnsafeCheckpointFile as e:  # verified before: only if a file changed since
         raise CheckpointError(f"refusing to resume: {e}") from None
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     if rng is not None:
         set_rng_state(rng)
-    else:
-        log.warning("no RNG state for this rank in %s (world size changed?)", rng_file.parent)
+    elif restore_rng:
+        log.warning("no RNG state for this rank in %s", rng_file.parent)
     return client[CLIENT_KEY]
 
 

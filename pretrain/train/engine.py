@@ -71,8 +71,10 @@ def _zero(cfg: RunConfig) -> dict[str, Any]:
     return zero
 
 
-def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed JSON, generated from the typed config (plus `deepspeed.extra`)."""
+def deepspeed_config(cfg: RunConfig, world_size: int,
+                     load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed JSON, generated from the typed config (plus `deepspeed.extra`).
+    `load_universal`: the engine will load a universal checkpoint (pretrain/train/reshard.py)."""
     ds = cfg.deepspeed
     out: dict[str, Any] = {
         "train_batch_size": cfg.train.global_batch_size,
@@ -86,6 +88,8 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**12,  # our own logging does this
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        out["checkpoint"] = {"load_universal": True}
     if ds.offload_optimizer:  # DeepSpeedCPUAdam, built by DeepSpeed from this entry
         o = cfg.optim
         out["optimizer"] = {"type": "AdamW", "params": {
@@ -113,14 +117,15 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: RunConfig) -> torch.optim
                              fused=True)
 
 
-def initialize(model: nn.Module, cfg: RunConfig, world_size: int):
+def initialize(model: nn.Module, cfg: RunConfig, world_size: int,
+               load_universal: bool = False):
     """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule.
     Returns (engine, lr_scheduler)."""
     import deepspeed
 
     model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
     groups = param_groups(model, cfg.optim.weight_decay)
-    ds_config = deepspeed_config(cfg, world_size)
+    ds_config = deepspeed_config(cfg, world_size, load_universal)
     if cfg.deepspeed.offload_optimizer:
         optimizer = None
         scheduler = lambda opt: build_scheduler(opt, cfg.schedule, cfg.train.max_steps)  # noqa: E731

@@ -22,7 +22,7 @@ from pretrain.data import eval_batches, open_data, train_batches
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
 from pretrain.model import build_model
 from pretrain.train import checkpoint as ckpt
-from pretrain.train import events
+from pretrain.train import events, reshard
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
@@ -171,24 +171,26 @@ class Trainer:
         model = build_model(cfg.model)
         self.shapes = ckpt.param_shapes(model)
         self.n_params = sum(p.numel() for p in model.parameters())
-        if meta is not None:
-            changes = check_resume(meta, cfg, self.shapes, self.src.fingerprint,
-                                   data_folders(self.src), denv.world_size,
-                                   self.ckpt_dir / self.resume_tag)
-            if self.rank0:
-                warn_changes(changes, self.ckpt_dir / self.resume_tag)
+        load_tag = self._check_resume(meta) if meta is not None else None
         if cfg.init_from is not None:
             self._init_from(model, resuming=meta is not None)
         if self.rank0:
             (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
-        self.engine, self.scheduler = initialize(model, cfg, denv.world_size)
+        universal = load_tag is not None and load_tag != self.resume_tag
+        self.engine, self.scheduler = initialize(model, cfg, denv.world_size, universal)
         self.step, self._base = 0, (0, 0)  # (step, consumed samples) this start began at
         if meta is not None:
-            ckpt.load(self.engine, self.ckpt_dir, self.resume_tag)
+            same_ranks = meta.world_size == denv.world_size
+            ckpt.load(self.engine, self.ckpt_dir, load_tag, restore_rng=same_ranks,
+                      rng_tag=self.resume_tag)
+            if not same_ranks:  # per-rank RNG files do not map onto another number of ranks
+                ckpt.reseed(cfg.seed, meta.step, denv.rank)
+            if universal:
+                reshard.untie_adam_steps(self.scheduler.optimizer)
             apply_hyperparameters(self.scheduler, cfg)
             self.step, self._base = meta.step, (meta.step, meta.consumed_samples)
-            log.info("resumed from %s at step %d", self.ckpt_dir / self.resume_tag, self.step)
+            log.info("resumed from %s at step %d", self.ckpt_dir / load_tag, self.step)
         self.ckpt_bytes = meta.total_bytes if meta is not None else ckpt.estimate_bytes(
             self.n_params, cfg.precision, cfg.deepspeed.zero_stage)
         if self.rank0:
@@ -236,6 +238,29 @@ class Trainer:
             raise err from None
         log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
                  "schedule)", path)
+
+    def _check_resume(self, meta: ckpt.CheckpointMeta) -> str:
+        """Refuse an incompatible checkpoint (nothing changed); re-shard a ZeRO checkpoint for
+        another number of ranks or stage. Returns the tag to load."""
+        cfg, denv, tag_dir = self.cfg, self.denv, self.ckpt_dir / self.resume_tag
+        changes = check_resume(meta, cfg, self.shapes, self.src.fingerprint,
+                               data_folders(self.src), tag_dir)
+        if self.rank0:
+            warn_changes(changes, tag_dir)
+        moved = meta.world_size != denv.world_size
+        if self.rank0 and (moved or meta.zero_stage != cfg.deepspeed.zero_stage):
+            log.warning("%s: %s (the data continues exactly, at sample %d%s)", tag_dir,
+                        reshard.describe(meta, denv.world_size, cfg.deepspeed.zero_stage),
+                        meta.consumed_samples, "; the per-rank RNG streams are re-seeded "
+                        "from seed, step and rank" if moved else "")
+        if not reshard.needs_universal(meta, denv.world_size, cfg.deepspeed.zero_stage):
+            return self.resume_tag
+        t0 = time.perf_counter()
+        tag = reshard.convert_collective(self.ckpt_dir, self.resume_tag, meta)
+        if self.rank0:
+            log.info("universal checkpoint %s ready in %.1f s", self.ckpt_dir / tag,
+                     time.perf_counter() - t0)
+        return tag
 
     def consumed_samples(self) -> int:
         """Samples the steps done so far consumed (the global batch may have changed at the last

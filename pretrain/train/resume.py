@@ -3,7 +3,8 @@
 Refused (the message names each change): the model's parameter shapes, the data (another
 fingerprint: the changed folder paths, weights or folder contents are named), what decides which
 samples come in which order (seed, objective, lengths, noise, shuffle), the precision, the
-optimizer (offload or not), and with ZeRO >= 1 the stage and the number of ranks. A change of
+optimizer (offload or not), and a ZeRO stage change the universal checkpoint cannot carry
+(see _partition_problems; another number of ranks resumes at any stage). A change of
 global batch is kept when the samples consumed so far are a whole number of the new batches (the
 loader resumes at an exact step of the new batch), refused otherwise. Everything else (lr,
 schedule, max_steps, betas, clipping, eval, logging, ...) is kept and logged as a warning, key
@@ -26,7 +27,9 @@ log = logging.getLogger(__name__)
 EXACTNESS_KEYS = ("seed", "precision", "data.objective", "data.seq_len", "data.input_length",
                   "data.target_length", "data.noise_density", "data.mean_span_length",
                   "data.shuffle")
-_PARTITION_HINT = "(the optimizer state is laid out per stage)"
+# (saved stage, resumed stage) pairs that re-shard through the universal checkpoint
+# (reshard.py writes it in a layout that every stage 1-3 loads).
+UNIVERSAL_STAGE_CHANGES = {(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -76,19 +79,17 @@ def _data_problems(meta: CheckpointMeta, fingerprint: str,
     return out
 
 
-def _partition_problems(meta: CheckpointMeta, world_size: int, zero_stage: int) -> list[str]:
-    """ZeRO >= 1 splits the optimizer state between the ranks that saved it, and DeepSpeed
-    cannot re-split it on load: such a checkpoint resumes only on the same ranks and stage."""
-    old_stage = meta.zero_stage
-    if old_stage != zero_stage and max(old_stage, zero_stage) >= 1:
-        return [f"deepspeed.zero_stage: checkpoint {old_stage}, config {zero_stage} "
-                + _PARTITION_HINT]
-    if zero_stage >= 1 and meta.world_size != world_size:
-        return [f"ranks: checkpoint written by {meta.world_size} ranks at ZeRO-{zero_stage}, "
-                f"this run has {world_size} (ZeRO's optimizer state is split between the ranks "
-                f"that saved it; resume on {meta.world_size} ranks, or use ZeRO-0 to change "
-                "the number of ranks — the data position carries over at the same global batch)"]
-    return []
+def _partition_problems(meta: CheckpointMeta, zero_stage: int) -> list[str]:
+    """Another number of ranks is fine at any stage (ZeRO-0 as saved, ZeRO >= 1 through the
+    universal checkpoint, reshard.py); a stage change only among ZeRO 1-3
+    (UNIVERSAL_STAGE_CHANGES)."""
+    old = meta.zero_stage
+    if old == zero_stage or (old, zero_stage) in UNIVERSAL_STAGE_CHANGES:
+        return []
+    return [f"deepspeed.zero_stage: checkpoint {old}, config {zero_stage} (ZeRO-0 keeps the "
+            "optimizer state unpartitioned in the model-states file, and DeepSpeed's universal "
+            "checkpoint neither reads nor loads that layout: a stage changes only among 1, 2 "
+            f"and 3; resume at ZeRO-{old} — on any number of ranks)"]
 
 
 def _shape_problems(old: dict[str, list[int]], new: dict[str, list[int]]) -> list[str]:
@@ -109,14 +110,14 @@ def _batch_problem(meta: CheckpointMeta, gbs: int) -> list[str]:
 
 
 def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[int]],
-                 fingerprint: str, folders: list[DataFolderRecord], world_size: int,
+                 fingerprint: str, folders: list[DataFolderRecord],
                  tag_dir: Path) -> list[tuple[str, Any, Any]]:
     """Raise CheckpointError naming every change that breaks the resume; return the changed
     config keys that are kept (old, new) so the caller can warn."""
     new = config_to_dict(cfg)
     changes = config_changes(meta.config, new)
     changed = {k for k, _, _ in changes}
-    problems = _partition_problems(meta, world_size, cfg.deepspeed.zero_stage)
+    problems = _partition_problems(meta, cfg.deepspeed.zero_stage)
     problems += _shape_problems(meta.param_shapes, shapes)
     problems += _data_problems(meta, fingerprint, folders)
     problems += [f"{k}: {a!r} → {b!r} (decides which samples come in which order)"
@@ -157,7 +158,9 @@ def apply_hyperparameters(scheduler, cfg: RunConfig) -> None:
 
     o = cfg.optim
     optimizer = scheduler.optimizer  # the optimizer that steps (inside ZeRO's wrapper too)
-    for g in optimizer.param_groups:
+    for i, g in enumerate(optimizer.param_groups):
         g["betas"], g["eps"] = (o.beta1, o.beta2), o.eps
-    optimizer.param_groups[0]["weight_decay"] = o.weight_decay  # the decay group comes first
+        # engine.param_groups: matrices first, then biases and norm gains (never decayed) —
+        # set both: DeepSpeed's ZeRO-3 universal load gives every group the first one's values.
+        g["weight_decay"] = o.weight_decay if i == 0 else 0.0
     retarget(scheduler, cfg.schedule, cfg.train.max_steps, o.lr)

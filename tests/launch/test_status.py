@@ -13,6 +13,9 @@ from launch.status import collect
 def test_status_reads_checkpoint_metrics_and_eta(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "latest").write_text("step_00000040\n")
+    (tmp_path / "checkpoints" / "step_00000040").mkdir()
+    (tmp_path / "checkpoints" / "step_00000040" / "meta.json").write_text(json.dumps(
+        {"step": 40, "world_size": 4, "config": {"deepspeed": {"zero_stage": 2}}}))
     (tmp_path / "config.yaml").write_text("train:\n  max_steps: 100\n")
     rows = [{"step": s, "loss": 5.0 - s / 100, "step_time_ms": 200.0} for s in range(1, 51)]
     with open(tmp_path / "metrics.jsonl", "w") as f:
@@ -20,13 +23,15 @@ def test_status_reads_checkpoint_metrics_and_eta(tmp_path):
         f.write('{"step": 51, "lo')  # a line cut short by a kill is ignored
     info = collect(tmp_path)
     assert info["checkpoint"] == "step_00000040"
+    assert info["checkpoint_layout"] == {"ranks": 4, "zero_stage": 2, "universal_copy": False}
     assert info["last_metrics"]["step"] == 50
     assert info["eta_s"] == 50 * 0.2
     assert "job" not in info
     res = subprocess.run([sys.executable, "-m", "launch", "status", str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0
-    assert "step_00000040" in res.stdout and "time left when resumed: < 1 min" in res.stdout
+    assert "step_00000040 (written by 4 ranks at ZeRO-2; resumes on any number of ranks)" \
+        in res.stdout and "time left when resumed: < 1 min" in res.stdout
     assert "state: stopped" in res.stdout
 
 

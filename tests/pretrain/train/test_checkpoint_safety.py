@@ -192,7 +192,7 @@ def test_disk_full_while_saving_ends_cleanly_with_latest_intact(small_disk, runs
                      r"136,960 parameters\)", logs), logs
     ck = run / "checkpoints"
     m = re.search(r"no space left on device while saving step 6 to (\S+) \(a checkpoint is ≈ "
-                  r"2\.\d MB, [\d.]+ [kM]B free\)\. The partial folder was removed; (\S+) still "
+                  r"2\.\d MB, [\d.]+ [kMG]?B free\)\. The partial folder was removed; (\S+) still "
                   r"names step_00000003", logs)
     assert m and m.groups() == (str(ck / "step_00000006"), str(ck / ckpt.LATEST)), logs
     assert logs.count("no space left on device") == 1 and "Traceback" not in logs

@@ -1,6 +1,6 @@
 """kill -9 at random moments — during start-up, mid-step, during a checkpoint save — then
 restart: every restart resumes from the newest complete checkpoint, and the finished run's
-losses equal the uninterrupted run's bit for bit. 5 trials by default, 20 with --slow.
+losses equal the uninterrupted run's bit for bit. 3 trials by default (one of each kind), 20 with --slow.
 
 Every kill is triggered by something the run shows (a line in rank 0's log, config.yaml
 rewritten, a checkpoint folder without its meta.json), never by a timer alone, and no start can
@@ -102,7 +102,7 @@ def _kill_at_random(ranks, run: Path, rng: random.Random, mode: str, started_ns:
 
 def test_kill_9_at_random_moments_always_resumes_from_last_complete_checkpoint(
         request, tiny_data, runs, tmp_path):
-    trials = 20 if request.config.getoption("--slow") else 5
+    trials = 20 if request.config.getoption("--slow") else 3
     max_steps = 8 + STEPS_PER_START * trials  # no trial can reach the end
     run = tmp_path / "run"
     ckpt_dir = run / "checkpoints"

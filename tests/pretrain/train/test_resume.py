@@ -42,7 +42,8 @@ def wandb_records(run_dir: Path) -> list[dict]:
     return records
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+# ZeRO-1 runs with --slow only: the kill -9 test resumes ZeRO-1 bit for bit on every CI run.
+@pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.slow), 2, 3])
 def test_sigusr1_to_one_rank_then_resume_is_bitwise_exact(stage, tiny_data, straight_run,
                                                            runs, tmp_path):
     small_run_args, train_losses, read_metrics = (runs.small_run_args, runs.train_losses,

@@ -40,8 +40,8 @@ def meta(consumed: int = 48, world: int = 2, **kw) -> CheckpointMeta:
                           config=config_to_dict(kw.pop("config", cfg())), **kw)
 
 
-def check(new, m=None, shapes=SHAPES, fp="f" * 64, folders=FOLDERS, world=2):
-    return check_resume(m or meta(), new, shapes, fp, folders, world, Path("/ck/step_00000006"))
+def check(new, m=None, shapes=SHAPES, fp="f" * 64, folders=FOLDERS):
+    return check_resume(m or meta(), new, shapes, fp, folders, Path("/ck/step_00000006"))
 
 
 def refusal(*args, **kw) -> str:
@@ -90,18 +90,34 @@ def test_data_changes_name_folders_weights_and_contents():
 
 def test_order_deciding_keys_precision_shapes_and_zero_layout_are_refused():
     text = refusal(cfg(seed=7, data__seq_len=16, data__shuffle=False, precision="bf16"),
-                   shapes={"w": [4, 16], "b": [8], "c": [2]}, world=1)
+                   shapes={"w": [4, 16], "b": [8], "c": [2]})
     for part in ("seed: 1234 → 7", "data.seq_len: 32 → 16", "data.shuffle: True → False",
                  "precision: checkpoint fp32, config bf16",
                  "parameter w: checkpoint [4, 8], config [4, 16]",
-                 "parameter c: checkpoint None, config [2]",
-                 "written by 2 ranks at ZeRO-1, this run has 1"):
+                 "parameter c: checkpoint None, config [2]"):
         assert part in text, part
-    assert "zero_stage: checkpoint 1, config 3" in refusal(cfg(deepspeed__zero_stage=3))
+    text = refusal(cfg(deepspeed__zero_stage=0))
+    assert "deepspeed.zero_stage: checkpoint 1, config 0 (ZeRO-0 keeps" in text
+    assert "resume at ZeRO-1 — on any number of ranks" in text
     assert "deepspeed.offload_optimizer: checkpoint False, config True" in refusal(
         cfg(deepspeed__offload_optimizer=True))
-    zero0 = meta(config=cfg(deepspeed__zero_stage=0))  # ZeRO-0: any number of ranks
-    assert check(cfg(deepspeed__zero_stage=0), m=zero0, world=1) == []
+    zero0 = meta(config=cfg(deepspeed__zero_stage=0))
+    assert "checkpoint 0, config 2" in refusal(cfg(deepspeed__zero_stage=2), m=zero0)
+
+
+def test_another_rank_count_or_a_zero_stage_among_1_to_3_resumes():
+    """The rank count is not checked here (any ZeRO 0-3 checkpoint resumes on any number of
+    ranks; reshard.py); a stage changes among 1-3 (the universal checkpoint), never from or to
+    ZeRO-0."""
+    for old in (0, 1, 2, 3):
+        for new in (0, 1, 2, 3):
+            m = meta(world=4, config=cfg(deepspeed__zero_stage=old))
+            if old == new or 0 not in (old, new):
+                got = check(cfg(deepspeed__zero_stage=new), m=m)
+                assert got == ([] if old == new else [("deepspeed.zero_stage", old, new)])
+            else:
+                text = refusal(cfg(deepspeed__zero_stage=new), m=m)
+                assert f"deepspeed.zero_stage: checkpoint {old}, config {new} (ZeRO-0" in text
 
 
 def test_config_changes_flatten_nested_keys():
