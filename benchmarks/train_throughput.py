@@ -53,7 +53,8 @@ from pretrain.logs import setup_logging  # noqa: E402
 from pretrain.model import build_model, mfu, padded_vocab_size, peak_flops  # noqa: E402
 from pretrain.train.config import build_run_config  # noqa: E402
 from pretrain.train.engine import init_distributed, param_groups, resolve_dist_env  # noqa: E402
-from pretrain.train.loop import Trainer, resolve_paths  # noqa: E402
+from pretrain.train.loop import Trainer  # noqa: E402
+from pretrain.train.preflight import resolve_paths  # noqa: E402
 
 SENTINELS = 100
 # name -> overrides, relative to the flags' run. "old-defaults" is the trainer before issue 9
