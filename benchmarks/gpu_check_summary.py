@@ -85,6 +85,9 @@ def table(rows: list[list[str]]) -> str:
 
 
 def main() -> int:
+    if len(sys.argv) != 4 or sys.argv[1] in ("-h", "--help"):  # gpu_check.sh calls it
+        print(__doc__, file=sys.stdout if len(sys.argv) > 1 else sys.stderr)
+        return 0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2
     results, out, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     steps = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     device = next((s["result"].get("device") for s in steps
