@@ -560,7 +560,7 @@ def load(engine, ckpt_dir: Path, tag: str, restore_rng: bool = True,
     try:
         with weights_only_loading():
             path, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-            rng = torch.load(rng_file, map_location="cpu") \
+            rng = torch.load(rng_file, map_location="cpu", weights_only=True) \
                 if restore_rng and rng_file.is_file() else None
     except UnsafeCheckpointFile as e:  # verified before: only if a file changed since
         raise CheckpointError(f"refusing to resume: {e}") from None

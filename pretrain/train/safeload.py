@@ -128,4 +128,4 @@ def probe(path: Path) -> None:
         raise UnsafeCheckpointFile(path, "it is not a torch.save archive (a bare pickle?): "
                                    "this file was replaced or tampered with")
     with weights_only_loading():
-        torch.load(path, map_location="cpu", mmap=True)
+        torch.load(path, map_location="cpu", mmap=True, weights_only=True)
