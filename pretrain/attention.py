@@ -157,7 +157,7 @@ def _inputs(model, tok, text: str, target: str | None, eos: int, pad: int, devic
                 {"target": _labels(tok, ids, eos)})
     src = src[: model.cfg.max_seq_len - 1] + [eos]
     if target is None:
-        from pretrain.translate import greedy
+        from pretrain.model.generate import greedy
 
         ids = torch.tensor([src], device=device)
         tgt = greedy(model, ids, torch.ones_like(ids, dtype=torch.bool), model.cfg.max_seq_len,

@@ -78,7 +78,7 @@ def sample_text(source: str | Path, prompt: str, max_new_tokens: int = 64,
                 temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
                 tokenizer: str | Path | None = None) -> str:
     """Continue `prompt` with the model of a run folder or an exported .safetensors file."""
-    from pretrain.model import generate
+    from pretrain.model.generate import generate
 
     source, tokenizer = Path(source), (Path(tokenizer) if tokenizer else None)
     exported = source.suffix == ".safetensors" or source.is_file()
