@@ -1,4 +1,4 @@
-"""pretrain.translate: the Translator keeps input order whatever the batching."""
+"""arrowtrain translate: the Translator keeps input order whatever the batching."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from pretrain.configlib import load_yaml, validate_section
 from pretrain.model import ModelConfig, build_model
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 
 
 def model_of(name: str, vocab: int = 40, **update):
@@ -20,8 +20,8 @@ def model_of(name: str, vocab: int = 40, **update):
 
 
 def test_translator_keeps_input_order_whatever_the_batching(tmp_path):
+    from arrowtrain.commands.translate import Translator
     from data_tools.tokenizer import build_trainer
-    from pretrain.translate import Translator
     tok, trainer = build_trainer(300, 0, 1)
     tok.train_from_iterator(["the cat sees the dog", "ka lo mi ru sa te"] * 20, trainer)
     tok.save(str(tmp_path / "tokenizer.json"))

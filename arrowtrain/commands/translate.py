@@ -1,4 +1,4 @@
-"""python -m pretrain.translate RUNDIR [--input FILE] [--beam 4] [--length-penalty 0.6] [--max-len N]
+"""arrowtrain translate RUNDIR [--input FILE] [--beam 4] [--length-penalty 0.6] [--max-len N]
 
 Translates with an encoder-decoder run's newest complete checkpoint (any ZeRO stage): one
 source sentence per input line (stdin by default), one translation per output line (stdout),
@@ -24,7 +24,7 @@ from torch import nn
 from pretrain.logs import setup_logging
 from pretrain.model.generate import beam_search, greedy
 
-log = logging.getLogger("pretrain.translate")
+log = logging.getLogger("arrowtrain.commands.translate")
 EXTRA_TOKENS = 50  # the paper's maximum output length: input length + 50
 
 
@@ -36,7 +36,7 @@ class Translator:
         from data_tools.tokenizer import load_tokenizer, tokenizer_info
 
         if model.cfg.family != "encdec":
-            raise ValueError("pretrain.translate needs an encoder-decoder run (model.family "
+            raise ValueError("arrowtrain translate needs an encoder-decoder run (model.family "
                              f"encdec), this one is {model.cfg.family!r}")
         self.model, self.device = model.to(device).eval(), torch.device(device)
         self.tok = load_tokenizer(tokenizer_file)
@@ -95,8 +95,7 @@ class Translator:
 
 def load_translator(run_dir: str | Path, device: str = "cpu", tag: str | None = None
                     ) -> Translator:
-    from pretrain.export import load_trained_model
-    from pretrain.sample import tokenizer_path
+    from pretrain.interop.export import load_trained_model, tokenizer_path
 
     model, meta = load_trained_model(run_dir, tag)
     tok = tokenizer_path(meta.config)
@@ -107,7 +106,8 @@ def load_translator(run_dir: str | Path, device: str = "cpu", tag: str | None = 
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.translate", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.translate",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--input", type=Path, help="source text, one sentence per line (default: "
@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     setup_logging()
-    from pretrain.export import ExportError
+    from pretrain.interop.export import ExportError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
