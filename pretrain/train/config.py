@@ -230,7 +230,7 @@ class RunConfig(Section):
     seed: int = 1234
     precision: Precision = "fp32"
     resume: Literal["auto", "never"] = "auto"
-    # Start from these weights (pretrain.export / pretrain.import_hf output), fresh optimizer
+    # Start from these weights (arrowtrain export / import-hf output), fresh optimizer
     # and schedule; ignored once the run has a checkpoint. See pretrain/train/init_from.py.
     init_from: Path | None = None
     model: ModelConfig
@@ -249,7 +249,7 @@ def _init_from_suffix(s: dict[str, Any], world_size: int | None) -> list[Problem
     if path is None or str(path).endswith(".safetensors"):
         return []
     return [Problem(f"init_from {path}: expected a .safetensors file written by "
-                    "pretrain.export or pretrain.import_hf", ("init_from",))]
+                    "arrowtrain export or arrowtrain import-hf", ("init_from",))]
 
 
 FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec", "seq2seq": "encdec"}

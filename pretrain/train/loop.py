@@ -216,7 +216,7 @@ class Trainer:
 
     def _record_start(self) -> None:
         """run_events.jsonl (rank 0): this start passed its checks and holds the run folder
-        (`launch status` and `pretrain.plot` read it; a matching `exit` is written by close)."""
+        (`launch status` and `arrowtrain plot` read it; a matching `exit` is written by close)."""
         self.started = True
         if self.rank0:
             events.record(self.cfg.run_dir, "start", step=self.step,

@@ -11,7 +11,7 @@ folder is completed so that it loads at any ZeRO stage 1-3 (_loadable_at_every_s
     checkpoints/step_00000400_universal/   the same state, per parameter, + its own meta.json
 
 The conversion runs once per checkpoint, in one process (rank 0 of the resuming run, or
-`python -m pretrain.export RUNDIR --format universal` offline), into a temp folder
+`arrowtrain export RUNDIR --format universal` offline), into a temp folder
 `.step_00000400_universal.tmpPID/` that is renamed into place only once every file is written
 and hashed into its `meta.json` — a kill during the conversion leaves the run folder as it was
 (the leftover temp folder is removed by the next conversion). Every `torch.load` of the

@@ -18,7 +18,7 @@ from safetensors.torch import save_model
 
 from pretrain.configlib import ConfigError
 from pretrain.data import open_data, train_batches
-from pretrain.export import export, load_exported
+from pretrain.interop.export import export, load_exported
 from pretrain.model import build_model
 from pretrain.train.config import load_run_config
 from pretrain.train.preflight import check_run, read_folder
