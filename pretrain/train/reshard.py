@@ -33,18 +33,14 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from data_tools.atomic import fsync_path, is_temp_name, temp_name
-from pretrain.train.checkpoint import (
+from data_tools.atomic import fsync_path, is_temp_name, temp_name, write_atomic
+from pretrain.train.checkpoint import CheckpointError, FileProblem, check_files, file_record
+from pretrain.train.checkpoint_meta import (
     META,
     META_FORMAT,
     UNIVERSAL_SUFFIX,
-    CheckpointError,
     CheckpointMeta,
-    FileProblem,
-    check_files,
-    file_record,
     meta_problem,
-    write_atomic,
 )
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 

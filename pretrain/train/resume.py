@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.checkpoint import CheckpointError
+from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import RunConfig, config_to_dict
 
 log = logging.getLogger(__name__)
