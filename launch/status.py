@@ -306,4 +306,4 @@ def run_status(run_dir: str, as_json: bool = False) -> int:
         return EXIT_CONFIG
     info = collect(path.resolve())
     print(json.dumps(info) if as_json else _format(info))
-    return 0
+    return EXIT_OK

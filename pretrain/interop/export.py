@@ -28,6 +28,7 @@ from pretrain.interop.hf_format import to_hf_config, to_hf_state
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.checkpoint_meta import CheckpointMeta, resume_candidates
+from pretrain.train.distenv import import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger("pretrain.interop.export")
@@ -73,6 +74,7 @@ def _merge(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
         states = torch.load(path, map_location="cpu", weights_only=True)
         return {k: v.float() for k, v in states["module"].items()}
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # merging runs on the CPU in any case
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     # Merges the fp32 master partitions of every rank (ZeRO 1-3); prints progress (to stderr).

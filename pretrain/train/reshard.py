@@ -42,6 +42,7 @@ from pretrain.train.checkpoint_meta import (
     CheckpointMeta,
     meta_problem,
 )
+from pretrain.train.distenv import import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger(__name__)
@@ -125,8 +126,9 @@ def _loadable_at_every_stage(folder: Path) -> None:
     tensors; ZeRO-1/2 reads `ds_version`, `{"param": tensor}` and a `step.pt` per parameter).
     Give the folder both: then it resumes at any stage 1-3. (A ZeRO-3 source's copy of rank 0's
     flat partitions in optimizer_state.pt is dropped: nothing loads it.)"""
-    import deepspeed
     import torch
+
+    deepspeed = import_deepspeed()
     from deepspeed.checkpoint import constants as c
 
     zero = folder / "zero"
@@ -152,6 +154,7 @@ def _loadable_at_every_stage(folder: Path) -> None:
 
 def _run_ds_to_universal(src: Path, out: Path) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the conversion runs on the CPU
+    import_deepspeed()
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(
