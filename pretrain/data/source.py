@@ -14,10 +14,12 @@ import json
 
 import numpy as np
 
+from data_tools.manifest import SPLITS
 from pretrain.data.config import DataConfig
 from pretrain.data.order import Mixture, Permutation, derive_keys
-from pretrain.data.shards import SPLITS, DataError, ShardFolder
+from pretrain.data.shards import ShardFolder
 from pretrain.data.span import SpanLengths, corrupt, noise_mask, span_lengths
+from pretrain.data.stream import DataError
 
 ORDER_BLOCK = 4096   # training-order positions computed together
 POOLS_KEPT = 2       # seq2seq: sorted pools memoised (a step needs one; a resume, the next)
