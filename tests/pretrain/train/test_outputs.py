@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from helpers.dist import REPO, run_ranks
 
-from pretrain.data import DataConfig, eval_batches, open_data
+from pretrain.data import DataConfig, eval_batches
 from pretrain.export import export, load_exported
+from pretrain.objectives import open_data
 from pretrain.plot import plot
 
 
