@@ -1,70 +1,20 @@
 """Training objectives (docs/design.md §11): one module per objective, each with an `Objective`
-subclass named `OBJECTIVE` (pretrain/objectives/base.py says what it decides), and this
-registry. Adding an objective = one new module + one line in REGISTRY.
+subclass named `OBJECTIVE` (base.py says what an objective decides), and the registry
+(registry.py). Adding an objective = one new module + one line in REGISTRY.
 
 Above pretrain.data and pretrain.model, below pretrain.train. Imports without torch (the
-pre-flight and the launchers use it): a module is imported when its objective is asked for."""
+pre-flight and the launchers use it): an objective's module is imported when it is asked for."""
 
-from __future__ import annotations
-
-from functools import cache
-from importlib import import_module
-from typing import TYPE_CHECKING, Literal
-
-from pretrain.data.config import DataConfig
 from pretrain.objectives.base import EvalContext, Objective, SplitCounts
-
-if TYPE_CHECKING:
-    from pretrain.data.source import DataSource
-
-REGISTRY = {  # data.objective -> the module holding its OBJECTIVE
-    "clm": "pretrain.objectives.clm",
-    "span_corruption": "pretrain.objectives.span_corruption",
-    "seq2seq": "pretrain.objectives.seq2seq",
-}
-
-ObjectiveName = Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+from pretrain.objectives.registry import (
+    REGISTRY,
+    DataSection,
+    all_objectives,
+    exactness_keys,
+    get_objective,
+    objective_for,
+    open_data,
+)
 
 __all__ = ["REGISTRY", "DataSection", "EvalContext", "Objective", "SplitCounts",
-           "all_objectives", "get_objective", "objective_for", "open_data"]
-
-
-@cache
-def get_objective(name: str) -> type[Objective]:
-    """The Objective class registered as `name` (KeyError naming the known ones)."""
-    if name not in REGISTRY:
-        raise KeyError(f"data.objective {name!r} is not one of {', '.join(REGISTRY)}")
-    return import_module(REGISTRY[name]).OBJECTIVE
-
-
-def all_objectives() -> list[type[Objective]]:
-    return [get_objective(name) for name in REGISTRY]
-
-
-def objective_for(data: DataConfig) -> Objective:
-    """A fresh objective for `data` (not opened on any data: no loader state)."""
-    return get_objective(data.objective)(data)
-
-
-def exactness_keys() -> tuple[str, ...]:
-    """The data keys that decide which sample comes at which position, for any objective (a
-    resume refuses a change of any of them, as it always has)."""
-    return tuple(dict.fromkeys(k for o in all_objectives() for k in o.exactness_keys))
-
-
-def open_data(cfg: DataConfig, seed: int) -> DataSource:
-    """Open and check every shard folder of `cfg` for its objective (raises DataError naming
-    folder/file). `seed` (the run seed) keys the training order and the span-corruption noise."""
-    from pretrain.data.source import DataSource
-
-    return DataSource(cfg, seed, objective_for(cfg))
-
-
-class DataSection(DataConfig):
-    """The `data` section of a run config: the loader's DataConfig whose objective is a
-    registered one, with the keys it needs (checked with the section, before any other)."""
-
-    objective: ObjectiveName = "clm"
-
-    def problems(self) -> list[str]:
-        return get_objective(self.objective).required_problems(self) + super().problems()
+           "all_objectives", "exactness_keys", "get_objective", "objective_for", "open_data"]

@@ -130,7 +130,7 @@ class Objective(ABC):
         """A folder of another kind than this objective reads, and the objectives that read it."""
         if kind == self.folder_kind:
             return None
-        from pretrain.objectives import all_objectives
+        from pretrain.objectives.registry import all_objectives
 
         others = " or ".join(o.name for o in all_objectives() if o.folder_kind == kind)
         return (f"{folder} is {KIND_NAMES[kind]}: data.objective {self.name} "
