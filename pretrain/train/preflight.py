@@ -4,9 +4,10 @@
 overrides, every section, the checks across sections: `pretrain.train.config`) and then checks
 it against the data folders' manifests: the folder exists and is a finished shard folder, the
 folders of a mixture share one tokenizer, `data.tokenizer` is the one the shards were written
-with, the model's vocabulary holds the tokenizer's, span corruption has its sentinels, each
-split holds at least one sample and the validation split fills one evaluation batch
-(micro-batch × ranks), and an `init_from` file fits the model (its shapes and the keys that
+with, the model's vocabulary holds the tokenizer's, the folders are of the kind the objective
+reads and pass its own checks (span corruption: its sentinels), each split holds at least one
+sample (the objective's count, the loader's function) and the validation split fills one
+evaluation batch (micro-batch × ranks), and an `init_from` file fits the model (its shapes and the keys that
 change what they compute: pretrain/train/init_from.py). Every problem comes out in one
 ConfigError that says which came from the command line. It returns the config as the ranks will
 run it: paths resolved against the working directory and `model.vocab_size` filled in from the
