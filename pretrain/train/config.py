@@ -1,7 +1,8 @@
 """The run config: one YAML file per run, sections per docs/design.md §6.
 
 `RunConfig` composes the model's `ModelConfig` and the loader's `DataConfig` (each kept next to
-the code that uses it; the data section is checked against its objective: pretrain.objectives) with the trainer's own sections below. `load_run_config` reads the YAML
+the code that uses it; the data section is checked against its objective, pretrain.objectives)
+with the trainer's own sections below. `load_run_config` reads the YAML
 (`base:` inheritance), applies dotted overrides and reports every problem in one ConfigError:
 malformed overrides, every section's own problems, and the checks across sections (which run on
 every section that is valid by itself, so one bad section hides nothing). The checks against the
