@@ -140,7 +140,7 @@ class DeepSpeedSection(Section):
     """The DeepSpeed engine's knobs (the JSON is generated from these, plus `extra`).
 
     Defaults are chosen for speed on one GPU, after reading DeepSpeed 0.19.8's source
-    (README "Performance" has the measured figures):
+    (docs/performance.md has the measured figures):
     - throughput_timer: DeepSpeed's samples/s timer calls a device synchronize twice per
       step; we log our own tokens/s, so it is off.
     - check_grad_overflow (precision bf16 only): DeepSpeed's bf16 overflow check reduces every

@@ -18,7 +18,7 @@ from pretrain.train.config import RunConfig
 
 CPU_CONFIG = "configs/own-corpus-cpu.yaml"
 # Rough, optimistic: `make demo` trains ~4,100 tokens/s x ~12 MFLOP/token = ~5e10 FLOP/s on 2
-# ranks of a 2-core AMD EPYC (README, Launching); one rank on a fast laptop core set does more.
+# ranks of a 2-core AMD EPYC (docs/launching.md, make demo); one rank on a fast laptop core set does more.
 CPU_FLOPS_PER_RANK = 1e11
 SLOW_STEP_S = 60.0
 
