@@ -66,10 +66,18 @@ def describe(meta: CheckpointMeta, world_size: int, zero_stage: int) -> str:
     return text
 
 
+def through_universal(saved_stage: int, zero_stage: int) -> bool:
+    """The ZeRO stage rule, in one place: a checkpoint saved at ZeRO >= 1 can be resumed at any
+    ZeRO >= 1 stage, on any number of ranks, through the universal checkpoint. ZeRO-0 keeps the
+    whole optimizer state on every rank, unpartitioned in the model-states file: it loads on any
+    rank count as it is, and the universal checkpoint neither reads nor loads that layout (so
+    a stage change to or from 0 is refused: resume.py)."""
+    return min(saved_stage, zero_stage) >= 1
+
+
 def needs_universal(meta: CheckpointMeta, world_size: int, zero_stage: int) -> bool:
-    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage. (ZeRO-0
-    keeps the whole optimizer state on every rank: it loads on any rank count as it is.)"""
-    return min(meta.zero_stage, zero_stage) >= 1 and (
+    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage."""
+    return through_universal(meta.zero_stage, zero_stage) and (
         meta.world_size != world_size or meta.zero_stage != zero_stage)
 
 

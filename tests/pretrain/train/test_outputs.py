@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from helpers.dist import REPO, run_ranks
 
 from arrowtrain.commands.plot import plot
-from pretrain.data import DataConfig, eval_batches, open_data
+from pretrain.data import DataConfig, eval_batches
 from pretrain.interop.export import export, load_exported
+from pretrain.objectives import open_data
 
 
 def test_decoder_loss_falls(straight_run, runs):
