@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.train.events import read_events
 
 DEFAULT_SMOOTH = 0.9
@@ -154,9 +155,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                if not (r / "metrics.jsonl").is_file()]
     if missing:
         print(f"error: no metrics yet: {', '.join(missing)} does not exist", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     print(plot(args.run_dirs, args.out, args.smooth))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.interop.export import TOKENIZER_KEY, tokenizer_path
 
 log = logging.getLogger("arrowtrain.commands.sample")
@@ -151,9 +152,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                            args.temperature, args.top_k, args.seed, args.tokenizer)
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CONFIG
     print(text)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
