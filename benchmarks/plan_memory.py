@@ -40,6 +40,9 @@ def parse_args(argv=None):
                    choices=["none", "full", "selective"])
     p.add_argument("--micro", type=int, nargs="+", default=[2, 4], help="micro-batch sizes")
     p.add_argument("--seq", type=int, nargs="+", default=[64, 128], help="sequence lengths")
+    p.add_argument("--points", nargs="+", metavar="ZERO:CKPT:MICRO:SEQ",
+                   help="measure these points (e.g. 0:none:2:64 3:full:4:128) instead of the "
+                   "product of --zero, --checkpointing, --micro and --seq")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "bf16_autocast"])
     p.add_argument("--vocab-size", type=int, default=512)
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per point")
@@ -62,6 +65,16 @@ def run_config(args, zero: int, ac: str, micro: int, seq: int, world: int):
                   "activation_checkpointing": ac},
         "deepspeed": {"zero_stage": zero, "reduce_bucket_size": args.bucket,
                       "allgather_bucket_size": args.bucket}})
+
+
+def grid(args) -> list[tuple[int, str, int, int]]:
+    if args.points:
+        out = []
+        for point in args.points:
+            zero, ac, micro, seq = point.split(":")
+            out.append((int(zero), ac, int(micro), int(seq)))
+        return out
+    return list(itertools.product(args.zero, args.checkpointing, args.micro, args.seq))
 
 
 def measure(cfg, denv, device) -> int:
@@ -119,8 +132,7 @@ def rank_main(args) -> None:
     denv = resolve_dist_env()
     device = init_distributed(denv)
     name, rows = device_name(device), []
-    for zero, ac, micro, seq in itertools.product(args.zero, args.checkpointing, args.micro,
-                                                  args.seq):
+    for zero, ac, micro, seq in grid(args):
         cfg = run_config(args, zero, ac, micro, seq, denv.world_size)
         measured = measure(cfg, denv, device)
         plan = memory_peak(cfg, denv.world_size, device=device.type)

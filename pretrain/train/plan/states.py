@@ -88,15 +88,20 @@ def partition(n: int, ranks: int) -> int:
 
 
 def model_state_bytes(n_params: int, ranks: int, stage: int, sb: StateBytes,
-                      gathered_params: int = 0, gathered_grads: int = 0) -> dict[str, int]:
+                      gathered: int = 0, offload: bool = False) -> dict[str, int]:
     """Parameters, gradients and optimizer states per rank with everything alive at once (the
-    formula form; `gathered_*`: ZeRO-3's gathered working set, in parameters)."""
+    formula form). `gathered`: ZeRO-3's working set of full parameters (elements), with their
+    full gradients before the reduce-scatter, both in the weights' dtype. `offload`: ZeRO-Offload
+    keeps the optimizer states, the fp32 gradient copy and (stage >= 1) the gradient partition
+    in CPU memory."""
     part = partition(n_params, ranks)
     weights = n_params * sb.weights if stage < 3 else part * sb.weights
     grads = n_params * sb.grads if stage < 2 else part * sb.grads
     sharded = n_params if stage == 0 else part
-    return {"parameters": weights + gathered_params * sb.weights,
-            "gradients": grads + sharded * sb.grad_copy + gathered_grads * sb.grads,
+    if offload and stage >= 1:
+        grads, sharded = 0, 0
+    return {"parameters": weights + gathered * sb.weights,
+            "gradients": grads + sharded * sb.grad_copy + gathered * sb.weights,
             "optimizer_states": sharded * sb.optimizer}
 
 
