@@ -110,24 +110,33 @@ def _model_only(path: str) -> dict[str, Any] | None:
     return {**RECIPE, "model": data, "data": {"path": "unused", **lengths}}
 
 
+LAYOUT = ("train.global_batch_size", "train.micro_batch_size")
+
+
 def load_config(args: argparse.Namespace):
     """The run config (model configs wrapped in RECIPE) with overrides; vocab_size filled from
-    the data's manifest when the config leaves it to the tokenizer."""
-    from pretrain.configlib import apply_overrides, parse_overrides
-    from pretrain.train.config import build_run_config, load_run_config
+    the data's manifest when the config leaves it to the tokenizer. A global batch that does not
+    divide into the micro-batch is no error here (any micro-batch may be planned): the plan
+    warns about it instead."""
+    from pretrain.configlib import ConfigError, apply_overrides, attribute, parse_overrides
+    from pretrain.train.config import RunConfig, check_run_config, validate_run_data
 
     wrapped = _model_only(args.config)
     if wrapped is None:
-        cfg = load_run_config(args.config, args.overrides)
+        checked = check_run_config(args.config, args.overrides)
     else:
         print(f"{args.config} is a model config: planned as a run with {json.dumps(RECIPE)} "
               "(override any key)", file=sys.stderr)
-        parsed, problems = parse_overrides(args.overrides)
-        if problems:
-            from pretrain.configlib import ConfigError
-
-            raise ConfigError(problems, "command line")
-        cfg = build_run_config(apply_overrides(wrapped, parsed), source=args.config)
+        parsed, bad = parse_overrides(args.overrides)
+        checked = validate_run_data(apply_overrides(wrapped, parsed) if not bad else wrapped)
+        checked.problems, checked.overrides, checked.file_data = \
+            bad + checked.problems, parsed, wrapped
+    problems = [p for p in checked.problems if p.keys != LAYOUT]
+    if problems:
+        raise ConfigError(attribute(problems, checked.overrides, checked.file_data),
+                          args.config)
+    cfg = checked.cfg or RunConfig.model_validate(
+        apply_overrides(checked.file_data, checked.overrides))
     return cfg if cfg.model.vocab_size is not None else _fill_vocab(cfg)
 
 
@@ -231,14 +240,18 @@ def _memory_lines(plan) -> list[str]:
 
 def _advice_lines(plan) -> list[str]:
     if not plan.steps:
-        return []
+        return [] if plan.fits else [
+            "", "no number of GPUs makes it fit: checkpointing, ZeRO-3 and offload are on; "
+            "shorten the sequence, use smaller DeepSpeed buckets (deepspeed.reduce_bucket_size) "
+            "or a GPU with more memory"]
     out = ["", "to make it fit, cheapest first (each on top of the ones before):"]
     for s in plan.steps:
         mark = "fits" if s.fits else "not yet"
         out.append(f"  {s.what}: {' '.join(s.overrides)}  -> {s.total_bytes / GiB:.2f} GiB, "
                    f"{mark}")
     if not plan.steps[-1].fits:
-        out.append("  nothing above fits: shorten the sequence or use a smaller model")
+        out.append("  nothing above fits, at any number of GPUs: shorten the sequence, use "
+                   "smaller DeepSpeed buckets (deepspeed.reduce_bucket_size) or a bigger GPU")
     return out
 
 

@@ -21,8 +21,13 @@ from pretrain.data.span import span_lengths
 from pretrain.model.shapes import parameter_shapes
 from pretrain.train.config import RunConfig
 from pretrain.train.plan.activations import Activations, Numerics, Shape, activations
-from pretrain.train.plan.advice import MAX_GPUS, MAX_MICRO_BATCH, Step, candidate_steps, \
-    largest_fitting
+from pretrain.train.plan.advice import (
+    MAX_GPUS,
+    MAX_MICRO_BATCH,
+    Step,
+    candidate_steps,
+    largest_fitting,
+)
 from pretrain.train.plan.hardware import Hardware, allowance
 from pretrain.train.plan.peak import Parts, StepInputs, autocast_weight_copies, peak
 from pretrain.train.plan.states import ZeroKnobs
@@ -155,7 +160,7 @@ def advice(cfg: RunConfig, hw: Hardware, max_micro: int) -> list[Step]:
                      (f"train.micro_batch_size={max_micro}",),
                      memory(cfg, hw, max_micro).total, True)]
     last = cfg
-    for what, overrides, changed in candidate_steps(cfg, hw.gpus):
+    for what, overrides, changed in candidate_steps(cfg):
         ok = fits(changed, hw)
         out.append(Step(what, overrides, memory(changed, hw).total, ok))
         last = changed

@@ -63,7 +63,7 @@ def _checkpointing_steps(cfg: RunConfig) -> list[tuple[str, tuple[str, ...], Run
     return out
 
 
-def candidate_steps(cfg: RunConfig, gpus: int) -> list[tuple[str, tuple[str, ...], RunConfig]]:
+def candidate_steps(cfg: RunConfig) -> list[tuple[str, tuple[str, ...], RunConfig]]:
     """Checkpointing, then ZeRO stages, then offload — each on top of the ones before."""
     steps = _checkpointing_steps(cfg)
     current = steps[-1][2] if steps else cfg

@@ -5,6 +5,7 @@ during forward + backward."""
 
 import pytest
 import torch
+from helpers.dist import REPO
 
 from pretrain.configlib import load_yaml, validate_section
 from pretrain.memory import TensorMemory
@@ -15,7 +16,6 @@ from pretrain.train.config import ActivationCheckpointing
 from pretrain.train.parallelize import apply_activation_checkpointing
 from pretrain.train.plan.activations import Numerics, Shape, activations
 from pretrain.train.plan.peak import autocast_weight_copies
-from helpers.dist import REPO
 
 B, T = 4, 128
 POLICIES = {"none": "none", "full": "full", "selective": "selective",
