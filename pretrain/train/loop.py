@@ -141,8 +141,9 @@ class SyncClock:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
-                 stop: StopFlag | None = None):
+                 stop: StopFlag | None = None, measure_memory: bool = True):
         self.stop = stop or StopFlag()
+        self.measure_memory = measure_memory  # memory_peak_bytes (pretrain/train/memcheck.py)
         self.denv, self.device = denv, device
         self.rank0 = denv.rank == 0
         self.src = open_data(cfg.data, cfg.seed)
@@ -172,7 +173,8 @@ class Trainer:
         self.resume_tag, meta = found or (None, None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         # the plan's memory figure; the measured peak counts from here (model states included)
-        self.memcheck = Calibration(cfg, denv.world_size, denv.rank, self.device)
+        self.memcheck = Calibration(cfg, denv.world_size, denv.rank, self.device,
+                                    self.measure_memory)
         model = build_model(cfg.model)
         self.shapes = ckpt.param_shapes(model)
         self.n_params = sum(p.numel() for p in model.parameters())

@@ -112,12 +112,14 @@ class Calibration:
     over ranks) after the first steps, both in every metrics row from then on, and a warning
     when they differ by more than TOLERANCE. Create it just before the model is built."""
 
-    def __init__(self, cfg, world_size: int, rank: int, device: torch.device):
+    def __init__(self, cfg, world_size: int, rank: int, device: torch.device,
+                 measure: bool = True):
         self.device, self.rank0 = device, rank == 0
         plan = _planned(cfg, world_size, device.type)
         self.planned = plan.allocated if plan is not None else None
         cpu_compiled = device.type == "cpu" and cfg.train.compile
-        self.tracker = PeakMemory(device, enabled=not cpu_compiled and self.planned is not None)
+        enabled = measure and not cpu_compiled and self.planned is not None
+        self.tracker = PeakMemory(device, enabled=enabled)
         self.measured: int | None = None
         if self.rank0 and plan is not None:
             parts = ", ".join(f"{k} {v / 2**30:.3f}" for k, v in plan.as_dict().items())
@@ -127,7 +129,10 @@ class Calibration:
         self.tracker.start()
 
     def training_starts(self) -> None:
-        """Count the step's peak from here (not a checkpoint load's); states stay counted."""
+        """Count the step's peak from here (not a checkpoint load's); states stay counted.
+        Only before the first step (run() may be called again: benchmarks)."""
+        if self.tracker.steps > 0 or self.measured is not None:
+            return
         if self.tracker.mode is not None:
             self.tracker.mode.peak_bytes = self.tracker.mode.live_bytes
         elif self.tracker.cuda and self.tracker.enabled:
