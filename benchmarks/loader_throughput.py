@@ -33,8 +33,9 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretrain.data import DataConfig, open_data, train_batches  # noqa: E402
+from pretrain.data import DataConfig, train_batches  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
+from pretrain.objectives import open_data  # noqa: E402
 
 VOCAB = 32_000
 MEAN_DOC_TOKENS = 400

@@ -235,9 +235,8 @@ def new_trainer(args, tmp: Path, label: str, lever: list[str], device, denv) -> 
 
 
 def tokens_per_step(trainer: Trainer) -> int:
-    d = trainer.cfg.data
-    return trainer.gas * trainer.cfg.train.micro_batch_size * (
-        d.seq_len if d.objective == "clm" else d.input_length)
+    return (trainer.gas * trainer.cfg.train.micro_batch_size
+            * trainer.objective.tokens_per_sample)
 
 
 def alternate(args, trainer: Trainer, plain: Plain | None) -> tuple[float, float | None]:

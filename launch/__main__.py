@@ -1,4 +1,4 @@
-"""python -m launch {local,slurm,hostfile,status,demo} — start, submit and watch training runs.
+"""python -m launch {local,slurm,hostfile,status} — start, submit and watch training runs.
 
 Exit codes: 0 finished, 75 stopped after saving a checkpoint (resume me), 2 bad input or config,
 anything else the first failing rank's code.
@@ -13,7 +13,6 @@ from pathlib import Path
 from launch.common import EXIT_USAGE, LaunchError
 
 OVERRIDES_HELP = "dotted config overrides, e.g. train.max_steps=100 optim.lr=1e-3"
-DEMO_HELP = "the whole pipeline on this machine: tokenizer, shards, a small GPT (make demo)"
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -107,8 +106,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "checkpoint, the last metrics line and an ETA.")
     st.add_argument("run_dir", metavar="RUNDIR", help="the run folder (run_dir of the config)")
     st.add_argument("--json", action="store_true", help="print one JSON object instead")
-    # `demo` is launch.demo's own parser (see `demo --help`); listed here so help shows it.
-    sub.add_parser("demo", add_help=False, help=DEMO_HELP)
     return parser
 
 
@@ -145,10 +142,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pretrain.logs import setup_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:
-        from launch.demo import main as demo
-
-        return demo(argv[1:], prog=f"{prog or 'python -m launch'} demo")
     args = build_parser(prog).parse_args(argv)
     setup_logging()
     try:

@@ -1,7 +1,8 @@
 """The run config: one YAML file per run, sections per docs/design.md §6.
 
 `RunConfig` composes the model's `ModelConfig` and the loader's `DataConfig` (each kept next to
-the code that uses it) with the trainer's own sections below. `load_run_config` reads the YAML
+the code that uses it; the data section is checked against its objective, pretrain.objectives)
+with the trainer's own sections below. `load_run_config` reads the YAML
 (`base:` inheritance), applies dotted overrides and reports every problem in one ConfigError:
 malformed overrides, every section's own problems, and the checks across sections (which run on
 every section that is valid by itself, so one bad section hides nothing). The checks against the
@@ -28,10 +29,9 @@ from pretrain.configlib import (
     parse_overrides,
     validation_problems,
 )
-from pretrain.data.config import DataConfig
-from pretrain.data.layout import batch_layout_problem
-from pretrain.data.span import span_lengths
+from pretrain.data.layout import batch_layout_problem, eval_batch_problem
 from pretrain.model.config import ModelConfig
+from pretrain.objectives import DataSection, all_objectives, objective_for
 
 
 class OptimConfig(Section):
@@ -140,7 +140,7 @@ class DeepSpeedSection(Section):
     """The DeepSpeed engine's knobs (the JSON is generated from these, plus `extra`).
 
     Defaults are chosen for speed on one GPU, after reading DeepSpeed 0.19.8's source
-    (README "Performance" has the measured figures):
+    (docs/performance.md has the measured figures):
     - throughput_timer: DeepSpeed's samples/s timer calls a device synchronize twice per
       step; we log our own tokens/s, so it is off.
     - check_grad_overflow (precision bf16 only): DeepSpeed's bf16 overflow check reduces every
@@ -230,11 +230,11 @@ class RunConfig(Section):
     seed: int = 1234
     precision: Precision = "fp32"
     resume: Literal["auto", "never"] = "auto"
-    # Start from these weights (pretrain.export / pretrain.import_hf output), fresh optimizer
+    # Start from these weights (arrowtrain export / import-hf output), fresh optimizer
     # and schedule; ignored once the run has a checkpoint. See pretrain/train/init_from.py.
     init_from: Path | None = None
     model: ModelConfig
-    data: DataConfig
+    data: DataSection  # the loader's DataConfig, checked against its objective
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig
@@ -249,10 +249,7 @@ def _init_from_suffix(s: dict[str, Any], world_size: int | None) -> list[Problem
     if path is None or str(path).endswith(".safetensors"):
         return []
     return [Problem(f"init_from {path}: expected a .safetensors file written by "
-                    "pretrain.export or pretrain.import_hf", ("init_from",))]
-
-
-FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec", "seq2seq": "encdec"}
+                    "arrowtrain export or arrowtrain import-hf", ("init_from",))]
 
 
 def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -272,10 +269,10 @@ def _batch_layout(s: dict[str, Any], world_size: int | None) -> list[Problem]:
 
 def _objective_fits_family(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     d, m = s["data"], s["model"]
-    want = FAMILY_FOR[d.objective]
+    want = objective_for(d).family
     if m.family == want:
         return []
-    other = next(o for o, f in FAMILY_FOR.items() if f == m.family)
+    other = next(o.name for o in all_objectives() if o.family == m.family)
     return [Problem(f"data.objective {d.objective} needs model.family {want}, not {m.family}: "
                     f"set data.objective={other} or use a {want} model",
                     ("data.objective", "model.family"))]
@@ -283,47 +280,23 @@ def _objective_fits_family(s: dict[str, Any], world_size: int | None) -> list[Pr
 
 def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     """Every sequence the loader makes fits the model's positions (model.max_seq_len)."""
-    d, longest = s["data"], s["model"].max_seq_len
-    if d.objective == "clm":
-        lengths = {"data.seq_len": d.seq_len}
-    elif d.objective == "seq2seq":
-        lengths = {"data.input_length": d.input_length, "data.target_length": d.target_length}
-    else:
-        needed = span_lengths(d.input_length, d.noise_density, d.mean_span_length).targets_length
-        if d.target_length is not None and d.target_length < needed:
-            return [Problem(f"data.target_length ({d.target_length}) is too short: input_length "
-                            f"{d.input_length} at noise_density {d.noise_density} needs "
-                            f"{needed}", ("data.target_length",))]
-        lengths = {"data.input_length": d.input_length,
-                   "data.target_length": d.target_length or needed}
-    derived = {"data.target_length"} - {f"data.{k}" for k in d.model_fields_set}
-    return [Problem(f"{key} ({n}{', derived from input_length' if key in derived else ''}) "
-                    f"exceeds model.max_seq_len ({longest}): shorten it or raise "
-                    "model.max_seq_len", (key, "model.max_seq_len"))
-            for key, n in lengths.items() if n > longest]
+    return objective_for(s["data"]).model_problems(s["model"].max_seq_len)
 
 
 def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
-    e, t = s["eval"], s["train"]
-    need = t.micro_batch_size * (world_size or 1)
-    if not e.enabled or e.max_samples is None or e.max_samples >= need:
+    e, t, world = s["eval"], s["train"], world_size or 1
+    if not e.enabled or e.max_samples is None:
         return []
-    return [Problem(f"eval.max_samples ({e.max_samples}) is less than one evaluation batch, "
-                    f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size or 1}): "
-                    f"raise it to at least {need}, or turn evaluation off with "
-                    "eval.every_steps=0 eval.at_end=false",
-                    ("eval.max_samples", "train.micro_batch_size"))]
+    problem = eval_batch_problem("eval.max_samples", e.max_samples, t.micro_batch_size, world)
+    return [Problem(f"{problem}: raise it to at least {t.micro_batch_size * world}, or turn "
+                    "evaluation off with eval.every_steps=0 eval.at_end=false",
+                    ("eval.max_samples", "train.micro_batch_size"))] if problem else []
 
 
-def _bleu_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
-    e, t, d = s["eval"], s["train"], s["data"]
-    need = t.micro_batch_size * (world_size or 1)
-    if d.objective != "seq2seq" or not e.enabled or not 0 < e.bleu_samples < need:
-        return []
-    return [Problem(f"eval.bleu_samples ({e.bleu_samples}) is less than one evaluation batch, "
-                    f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size or 1}): "
-                    f"raise it to at least {need}, or set it to 0 to turn val_bleu off",
-                    ("eval.bleu_samples", "train.micro_batch_size"))]
+def _objective_eval_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    """The objective's own evaluation settings (seq2seq: eval.bleu_samples)."""
+    return objective_for(s["data"]).eval_problems(s["eval"], s["train"].micro_batch_size,
+                                                  world_size or 1)
 
 
 def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -338,7 +311,7 @@ def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> lis
 CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_layout),
                 (("data", "model"), _objective_fits_family), (("data", "model"), _lengths_fit_model),
                 (("eval", "train"), _eval_batch_fits),
-                (("eval", "train", "data"), _bleu_batch_fits),
+                (("eval", "train", "data"), _objective_eval_fits),
                 (("deepspeed", "precision"), _overflow_check_needs_bf16),
                 (("init_from",), _init_from_suffix)]
 

@@ -11,7 +11,7 @@ folder is completed so that it loads at any ZeRO stage 1-3 (_loadable_at_every_s
     checkpoints/step_00000400_universal/   the same state, per parameter, + its own meta.json
 
 The conversion runs once per checkpoint, in one process (rank 0 of the resuming run, or
-`python -m pretrain.export RUNDIR --format universal` offline), into a temp folder
+`arrowtrain export RUNDIR --format universal` offline), into a temp folder
 `.step_00000400_universal.tmpPID/` that is renamed into place only once every file is written
 and hashed into its `meta.json` — a kill during the conversion leaves the run folder as it was
 (the leftover temp folder is removed by the next conversion). Every `torch.load` of the
@@ -69,10 +69,18 @@ def describe(meta: CheckpointMeta, world_size: int, zero_stage: int) -> str:
     return text
 
 
+def through_universal(saved_stage: int, zero_stage: int) -> bool:
+    """The ZeRO stage rule, in one place: a checkpoint saved at ZeRO >= 1 can be resumed at any
+    ZeRO >= 1 stage, on any number of ranks, through the universal checkpoint. ZeRO-0 keeps the
+    whole optimizer state on every rank, unpartitioned in the model-states file: it loads on any
+    rank count as it is, and the universal checkpoint neither reads nor loads that layout (so
+    a stage change to or from 0 is refused: resume.py)."""
+    return min(saved_stage, zero_stage) >= 1
+
+
 def needs_universal(meta: CheckpointMeta, world_size: int, zero_stage: int) -> bool:
-    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage. (ZeRO-0
-    keeps the whole optimizer state on every rank: it loads on any rank count as it is.)"""
-    return min(meta.zero_stage, zero_stage) >= 1 and (
+    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage."""
+    return through_universal(meta.zero_stage, zero_stage) and (
         meta.world_size != world_size or meta.zero_stage != zero_stage)
 
 

@@ -55,8 +55,9 @@ def test_tampered_file_never_runs_code_on_resume_export_or_sample(straight_run, 
     assert logs.count(str(victim)) == 1  # one message (rank 0 speaks for both)
     assert "Traceback" not in logs and not marker.exists()
 
-    export = cli("-m", "pretrain.export", str(run), "--out", str(tmp_path / "m.safetensors"))
-    sample = cli("-m", "pretrain.sample", str(run), "--prompt", "the")
+    export = cli("-m", "arrowtrain.commands.export", str(run), "--out",
+                 str(tmp_path / "m.safetensors"))
+    sample = cli("-m", "arrowtrain.commands.sample", str(run), "--prompt", "the")
     for proc in (export, sample):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count(str(victim)) == 1 and "posix.system" in proc.stderr

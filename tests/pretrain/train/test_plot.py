@@ -1,4 +1,4 @@
-"""`pretrain.plot RUNDIR [RUNDIR ...]`: runs overlaid in one PNG (matplotlib Agg) with loss
+"""`arrowtrain plot RUNDIR [RUNDIR ...]`: runs overlaid in one PNG (matplotlib Agg) with loss
 (raw and smoothed), validation loss, grad norm, lr and tokens/s; restarts found from the run's
 own run_events.jsonl (a run stopped at step 4 and resumed) and marked."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers.dist import REPO, run_ranks
 
-from pretrain.plot import ema, labels, plot, read_metrics, restarts
+from arrowtrain.commands.plot import ema, labels, plot, read_metrics, restarts
 from pretrain.train.events import read_events
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -48,7 +48,7 @@ def test_the_plotted_series_hold_every_step(restarted):
 
 def test_two_runs_overlay_in_one_png(restarted, straight_run, tmp_path):
     out = tmp_path / "both.png"
-    res = subprocess.run([sys.executable, "-m", "pretrain.plot", str(straight_run(1)),
+    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.plot", str(straight_run(1)),
                           str(restarted), "--out", str(out), "--smooth", "0.5"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -61,11 +61,11 @@ def test_two_runs_overlay_in_one_png(restarted, straight_run, tmp_path):
 
 
 def test_bad_input_gets_one_line(tmp_path, restarted):
-    res = subprocess.run([sys.executable, "-m", "pretrain.plot", str(restarted),
+    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.plot", str(restarted),
                           str(tmp_path / "empty"), "--smooth", "1.5"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--smooth: 1.5 is not in [0, 1)" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "pretrain.plot", str(restarted),
+    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.plot", str(restarted),
                           str(tmp_path / "empty")], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr

@@ -38,6 +38,17 @@ def test_universal_only_for_zero_1_to_3_on_other_ranks_or_stage():
     assert reshard.describe(meta(2, 1), 4, 3) == "re-shard from 2 to 4 ranks, ZeRO-1 to ZeRO-3"
 
 
+def test_the_stage_rule_is_the_one_resume_applies():
+    """A stage changes only among ZeRO 1-3 (the universal checkpoint); resume.py refuses the
+    rest with reshard's rule, not a copy of it."""
+    from pretrain.train.resume import _partition_problems
+    for old in range(4):
+        for new in range(4):
+            carried = reshard.through_universal(old, new)
+            assert carried == (old != 0 and new != 0)
+            assert (not _partition_problems(meta(2, old), new)) == (old == new or carried)
+
+
 def test_shared_adam_step_counters_are_untied():
     """One step tensor shared by two param groups' states (what DeepSpeed's ZeRO-3 universal
     load leaves) counts twice per step in torch's AdamW; untied, each counts once."""

@@ -1,4 +1,4 @@
-"""`pretrain.sample` on an exported `.safetensors`: the export carries the run's tokenizer (its
+"""`arrowtrain sample` on an exported `.safetensors`: the export carries the run's tokenizer (its
 metadata), so the file alone samples the same greedy text as the run folder; an export without
 one asks for --tokenizer, and --tokenizer makes it work; unreadable files get one line."""
 
@@ -15,14 +15,14 @@ from helpers.dist import REPO
 
 
 def sample(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pretrain.sample", *args, "--prompt", "the red",
-                           "--max-new-tokens", "8"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run([sys.executable, "-m", "arrowtrain.commands.sample", *args,
+                           "--prompt", "the red", "--max-new-tokens", "8"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
 def exported(straight_run, tmp_path_factory):
-    from pretrain.export import export
+    from pretrain.interop.export import export
 
     return export(straight_run(0), tmp_path_factory.mktemp("export") / "model.safetensors")
 

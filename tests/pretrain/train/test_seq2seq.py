@@ -1,7 +1,7 @@
 """seq2seq through the real trainer: translate-tiny on 2 gloo ranks over a pair folder made by
 the data_tools CLI — padding fraction and val_bleu in metrics.jsonl and W&B (offline, read
 back), the skipped-pairs report, and a stop then resume that continues bit for bit; pre-flight
-checks of objective against folder kind; pretrain.attention / pretrain.translate on a decoder
+checks of objective against folder kind; arrowtrain attention / translate on a decoder
 run."""
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def test_preflight_matches_objective_and_folder_kind(pair_data, tiny_data):
 
 def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, tmp_path):
     run = straight_run(0)
-    proc = subprocess.run([sys.executable, "-m", "pretrain.attention", str(run), "--text",
-                           "the red cat sees the dog", "--out", str(tmp_path / "att")],
+    proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.attention", str(run),
+                           "--text", "the red cat sees the dog", "--out", str(tmp_path / "att")],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     maps = np.load(tmp_path / "att" / "attention.npz")
@@ -100,7 +100,7 @@ def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, 
     assert np.allclose(w.sum(-1), 1.0, atol=1e-5) and (np.triu(w, 1) == 0).all()
     assert sorted(p.name for p in (tmp_path / "att").glob("*.png")) == \
         ["decoder.self.0.png", "decoder.self.1.png"]
-    proc = subprocess.run([sys.executable, "-m", "pretrain.translate", str(run)], input="a b\n",
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.translate", str(run)],
+                          input="a b\n", cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "needs an encoder-decoder run" in proc.stderr
     assert "Traceback" not in proc.stderr

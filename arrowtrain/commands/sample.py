@@ -1,7 +1,7 @@
-"""python -m pretrain.sample RUNDIR|MODEL.safetensors --prompt "def " [--max-new-tokens 64]
+"""arrowtrain sample RUNDIR|MODEL.safetensors --prompt "def " [--max-new-tokens 64]
 
 Text from a run's newest complete checkpoint (any ZeRO stage) or from an exported
-`.safetensors` file (`pretrain.export`; its tokenizer travels in the file, else give
+`.safetensors` file (`arrowtrain export`; its tokenizer travels in the file, else give
 --tokenizer): greedy with --temperature 0 (the default), else sampling with optional --top-k.
 Decoder models only."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from pretrain.export import TOKENIZER_KEY, tokenizer_path  # noqa: F401 - re-exported
+from pretrain.interop.export import TOKENIZER_KEY, tokenizer_path
 
-log = logging.getLogger("pretrain.sample")
+log = logging.getLogger("arrowtrain.commands.sample")
 
 
 class SampleError(ValueError):
@@ -39,7 +39,7 @@ def load_export(path: Path, tokenizer: Path | None):
     from safetensors import safe_open
     from tokenizers import Tokenizer
 
-    from pretrain.export import load_exported
+    from pretrain.interop.export import load_exported
 
     if not path.is_file():
         raise SampleError(f"{path}: no such file")
@@ -50,7 +50,7 @@ def load_export(path: Path, tokenizer: Path | None):
         raise SampleError(f"{path} is not a readable .safetensors file ({e})") from None
     if "model_config" not in metadata:
         raise SampleError(f"{path} has no `model_config` in its metadata: not a file written "
-                          "by pretrain.export")
+                          "by arrowtrain export")
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
     elif TOKENIZER_KEY in metadata:
@@ -64,7 +64,7 @@ def load_export(path: Path, tokenizer: Path | None):
 
 def load_run(run_dir: Path, tokenizer: Path | None):
     """(model, tokenizer) of a run folder's newest complete checkpoint."""
-    from pretrain.export import load_trained_model
+    from pretrain.interop.export import load_trained_model
 
     if not run_dir.is_dir():
         raise SampleError(f"{run_dir}: no such run folder or .safetensors file")
@@ -78,14 +78,14 @@ def sample_text(source: str | Path, prompt: str, max_new_tokens: int = 64,
                 temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
                 tokenizer: str | Path | None = None) -> str:
     """Continue `prompt` with the model of a run folder or an exported .safetensors file."""
-    from pretrain.model import generate
+    from pretrain.model.generate import generate
 
     source, tokenizer = Path(source), (Path(tokenizer) if tokenizer else None)
     exported = source.suffix == ".safetensors" or source.is_file()
     model, tok = load_export(source, tokenizer) if exported else load_run(source, tokenizer)
     if model.cfg.family != "decoder":
-        raise SampleError("pretrain.sample works with decoder models only; an encoder-decoder "
-                          "translates with python -m pretrain.translate RUNDIR")
+        raise SampleError("arrowtrain sample works with decoder models only; an encoder-decoder "
+                          "translates with arrowtrain translate RUNDIR")
     if tok.get_vocab_size() > model.cfg.vocab_size:
         raise SampleError(f"the tokenizer has {tok.get_vocab_size()} tokens, the model only "
                           f"{model.cfg.vocab_size}: it is not the tokenizer this model was "
@@ -126,7 +126,8 @@ def prompt_text(raw: str) -> str:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pretrain.logs import setup_logging
 
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.sample", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.sample",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", type=Path, metavar="RUNDIR|FILE.safetensors",
                    help="a run folder (its newest complete checkpoint) or an exported file")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     args = p.parse_args(argv)
     setup_logging()
-    from pretrain.export import ExportError
+    from pretrain.interop.export import ExportError
 
     try:
         text = sample_text(args.source, prompt_text(args.prompt), args.max_new_tokens,

@@ -35,7 +35,7 @@ def val_bleu(model, src: DataSource, micro_batch: int, rank: int, world: int,
              zero3: bool) -> float | None:
     """BLEU (0-100) on rank 0, None on the others. `model` is the engine's module in eval
     mode."""
-    from pretrain.translate import beam_search, greedy
+    from pretrain.model.generate import beam_search, greedy
 
     all_done = _agree(device) if zero3 and world > 1 else None
     pairs = []

@@ -1,4 +1,4 @@
-"""python -m pretrain.attention RUNDIR --text SRC [--target TGT] --out DIR
+"""arrowtrain attention RUNDIR --text SRC [--target TGT] --out DIR
 
 What every attention head of a trained run looks at, for one input. Encoder-decoder runs: SRC is
 the source sentence and TGT its target (default: the model's own greedy translation), fed to the
@@ -29,7 +29,7 @@ from torch import nn
 
 from pretrain.logs import setup_logging
 
-log = logging.getLogger("pretrain.attention")
+log = logging.getLogger("arrowtrain.commands.attention")
 PANELS_PER_ROW = 4
 START_LABEL = "<start>"
 
@@ -157,7 +157,7 @@ def _inputs(model, tok, text: str, target: str | None, eos: int, pad: int, devic
                 {"target": _labels(tok, ids, eos)})
     src = src[: model.cfg.max_seq_len - 1] + [eos]
     if target is None:
-        from pretrain.translate import greedy
+        from pretrain.model.generate import greedy
 
         ids = torch.tensor([src], device=device)
         tgt = greedy(model, ids, torch.ones_like(ids, dtype=torch.bool), model.cfg.max_seq_len,
@@ -201,7 +201,8 @@ def write_maps(model, tok_file: Path, text: str, target: str | None, out: Path,
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.attention", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.attention",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--text", required=True, help="the source sentence (decoder runs: the text)")
@@ -211,8 +212,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
     args = p.parse_args(argv)
     setup_logging()
-    from pretrain.export import ExportError, load_trained_model
-    from pretrain.sample import tokenizer_path
+    from pretrain.interop.export import ExportError, load_trained_model, tokenizer_path
 
     try:
         model, meta = load_trained_model(args.run_dir, args.tag)

@@ -1,4 +1,4 @@
-"""python -m pretrain.import_hf: a tiny random transformers GPT-2 / Llama, saved with
+"""arrowtrain import-hf: a tiny random transformers GPT-2 / Llama, saved with
 save_pretrained, becomes our export format (load_exported rebuilds it, logits within 1e-4);
 sharded checkpoints work; configs we cannot reproduce and pickle-only folders are refused with
 the field or file named, exit 2, nothing written."""
@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from pretrain.export import load_exported
-from pretrain.import_hf import main
+from arrowtrain.commands.import_hf import main
+from pretrain.interop.export import load_exported
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: always there in CI
 

@@ -1,4 +1,4 @@
-"""python -m pretrain.translate RUNDIR [--input FILE] [--beam 4] [--length-penalty 0.6] [--max-len N]
+"""arrowtrain translate RUNDIR [--input FILE] [--beam 4] [--length-penalty 0.6] [--max-len N]
 
 Translates with an encoder-decoder run's newest complete checkpoint (any ZeRO stage): one
 source sentence per input line (stdin by default), one translation per output line (stdout),
@@ -16,129 +16,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from pretrain.logs import setup_logging
+from pretrain.model.generate import beam_search, greedy
 
-log = logging.getLogger("pretrain.translate")
+log = logging.getLogger("arrowtrain.commands.translate")
 EXTRA_TOKENS = 50  # the paper's maximum output length: input length + 50
 
-
-def length_penalty(length: int | torch.Tensor, alpha: float):
-    """GNMT (Wu et al. 2016): ((5 + |Y|) / 6) ** alpha."""
-    return ((5.0 + length) / 6.0) ** alpha
-
-
-def _cut(row: list[int], eos_id: int) -> list[int]:
-    return row[:row.index(eos_id)] if eos_id in row else row
-
-
-@torch.no_grad()
-def greedy(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           max_len: int, start_id: int, eos_id: int,
-           all_done: Callable[[bool], bool] | None = None) -> list[list[int]]:
-    """Greedy decoding of a batch: (B, S) source -> B lists of target ids (EOS cut off).
-    `all_done(local)` lets several ranks agree when to stop (every rank must run the same
-    number of steps when the parameters are sharded, ZeRO-3)."""
-    B = input_ids.shape[0]
-    memory = model.encode(input_ids, attention_mask)  # (B, S, C)
-    state = model.decoding_state(memory, attention_mask, max_len)
-    ids = torch.full((B, 1), start_id, dtype=torch.long, device=input_ids.device)
-    out = torch.full((B, max_len), eos_id, dtype=torch.long, device=input_ids.device)
-    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    for t in range(max_len):
-        nxt = model.decode_step(ids, state).argmax(dim=-1)  # (B,)
-        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
-        out[:, t], ids = nxt, nxt[:, None]
-        done |= nxt == eos_id
-        local = bool(done.all())
-        if (all_done(local) if all_done else local):
-            break
-    return [_cut(row, eos_id) for row in out.tolist()]
-
-
-class _Finished:
-    """The best `beam` finished hypotheses of one sentence: (score, ids)."""
-
-    def __init__(self, beam: int):
-        self.beam, self.items = beam, []
-
-    def add(self, score: float, ids: list[int]) -> None:
-        self.items.append((score, ids))
-        self.items.sort(key=lambda x: -x[0])
-        del self.items[self.beam:]
-
-    def worst(self) -> float:
-        return self.items[-1][0] if len(self.items) == self.beam else float("-inf")
-
-
-@torch.no_grad()
-def beam_search(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                beam: int, alpha: float, max_len: int, start_id: int, eos_id: int,
-                all_done: Callable[[bool], bool] | None = None) -> list[list[int]]:
-    """Beam search over a batch: (B, S) source -> B lists of target ids (EOS cut off).
-
-    Each step expands the B*K live hypotheses, takes the 2K best continuations per sentence,
-    finishes those of the first K that end in EOS (score log P / lp(|Y|), |Y| counting EOS) and
-    keeps the K best others alive. A sentence is done when it holds K finished hypotheses and
-    its best live one, even at the longest length (largest lp), cannot beat the worst of them.
-    `all_done` as in greedy()."""
-    B, K, dev = input_ids.shape[0], beam, input_ids.device
-    memory = model.encode(input_ids, attention_mask)  # (B, S, C)
-    state = model.decoding_state(memory.repeat_interleave(K, 0),
-                                 attention_mask.repeat_interleave(K, 0), max_len)  # B*K rows
-    tokens = torch.full((B * K, 1), start_id, dtype=torch.long, device=dev)  # prefixes
-    logp = torch.full((B, K), float("-inf"), device=dev)
-    logp[:, 0] = 0.0  # one live hypothesis per sentence at the start
-    finished = [_Finished(K) for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    for t in range(max_len):
-        scores = torch.log_softmax(model.decode_step(tokens[:, -1:], state).float(), dim=-1)
-        V = scores.shape[-1]
-        cand = (logp[:, :, None] + scores.view(B, K, V)).view(B, K * V)  # (B, K*V)
-        top, index = cand.topk(2 * K, dim=1)  # (B, 2K), best first
-        src_beam, tok = index // V, index % V
-        is_eos = (tok == eos_id) & torch.isfinite(top)
-        _finish(finished, done, is_eos[:, :K], top, src_beam, tokens.view(B, K, -1), t + 1,
-                alpha)
-        # the K best continuations that do not end in EOS stay alive
-        keep = torch.argsort(is_eos.int() * (2 * K) + torch.arange(2 * K, device=dev),
-                             dim=1)[:, :K]  # (B, K)
-        logp, src_beam, tok = top.gather(1, keep), src_beam.gather(1, keep), tok.gather(1, keep)
-        rows = (torch.arange(B, device=dev)[:, None] * K + src_beam).view(-1)  # (B*K,)
-        tokens = torch.cat([tokens[rows], tok.view(-1, 1)], dim=1)
-        state.reorder(rows)
-        best_alive = logp[:, 0] / length_penalty(max_len, alpha)  # an upper bound
-        worst = torch.tensor([f.worst() for f in finished], device=dev)
-        done |= worst >= best_alive
-        local = bool(done.all())
-        if (all_done(local) if all_done else local):
-            break
-    return [_best(f, tokens.view(B, K, -1)[b], logp[b], max_len, alpha, eos_id)
-            for b, f in enumerate(finished)]
-
-
-def _finish(finished, done, ends, top, src_beam, prefixes, length: int, alpha: float) -> None:
-    """Record the candidates among the first K that end in EOS (sentences not yet done)."""
-    for b, k in ends.nonzero().tolist():
-        if not bool(done[b]):
-            ids = prefixes[b, int(src_beam[b, k]), 1:].tolist()  # without the start token
-            finished[b].add(float(top[b, k]) / length_penalty(length, alpha), ids)
-
-
-def _best(finished: _Finished, alive: torch.Tensor, logp: torch.Tensor, max_len: int,
-          alpha: float, eos_id: int) -> list[int]:
-    """The best finished hypothesis, or the best live one if none finished in max_len."""
-    if finished.items:
-        return finished.items[0][1]
-    return _cut(alive[int(logp.argmax())][1:].tolist(), eos_id)
-
-
-# ---- whole texts -------------------------------------------------------------------------
 
 class Translator:
     """A trained encoder-decoder with its tokenizer: lines of text in, lines of text out."""
@@ -148,7 +36,7 @@ class Translator:
         from data_tools.tokenizer import load_tokenizer, tokenizer_info
 
         if model.cfg.family != "encdec":
-            raise ValueError("pretrain.translate needs an encoder-decoder run (model.family "
+            raise ValueError("arrowtrain translate needs an encoder-decoder run (model.family "
                              f"encdec), this one is {model.cfg.family!r}")
         self.model, self.device = model.to(device).eval(), torch.device(device)
         self.tok = load_tokenizer(tokenizer_file)
@@ -207,8 +95,7 @@ class Translator:
 
 def load_translator(run_dir: str | Path, device: str = "cpu", tag: str | None = None
                     ) -> Translator:
-    from pretrain.export import load_trained_model
-    from pretrain.sample import tokenizer_path
+    from pretrain.interop.export import load_trained_model, tokenizer_path
 
     model, meta = load_trained_model(run_dir, tag)
     tok = tokenizer_path(meta.config)
@@ -219,7 +106,8 @@ def load_translator(run_dir: str | Path, device: str = "cpu", tag: str | None = 
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.translate", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.translate",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--input", type=Path, help="source text, one sentence per line (default: "
@@ -245,7 +133,7 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     setup_logging()
-    from pretrain.export import ExportError
+    from pretrain.interop.export import ExportError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -1,4 +1,4 @@
-"""pretrain.attention: the explicit weights, recomputed from each layer's parameters and inputs,
+"""arrowtrain attention: the explicit weights, recomputed from each layer's parameters and inputs,
 reproduce the SDPA forward of every layer (encoder self, decoder self, cross; learned,
 sinusoidal and RoPE positions; grouped-query heads; padding), rows sum to 1, masks hold, and the
 npz / PNG files come out as documented."""
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.attention import capture, plot_grid
+from arrowtrain.commands.attention import capture, plot_grid
 from pretrain.configlib import load_yaml, validate_section
 from pretrain.model import ModelConfig, build_model
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 
 
 def model_of(name: str, **update):
@@ -69,7 +69,7 @@ def test_decoder_weights_reproduce_the_sdpa_forward():
 
 def test_a_wrong_explicit_weight_would_show(monkeypatch):
     """The check can fail: a softmax over the wrong axis gives a large difference."""
-    import pretrain.attention as att
+    import arrowtrain.commands.attention as att
     model = model_of("transformer-tiny")
     real = torch.softmax
     monkeypatch.setattr(att.torch, "softmax", lambda x, dim: real(x, dim=-2))

@@ -1,4 +1,4 @@
-"""Our decoders -> Hugging Face transformers (the tensor renaming of pretrain/hf_format.py):
+"""Our decoders -> Hugging Face transformers (the tensor renaming of pretrain/interop/hf_format.py):
 GPT2LMHeadModel / LlamaForCausalLM load the tensors with nothing missing or left over and give
 our fp32 logits within 1e-4; settings without an HF equivalent are refused, naming each field.
 transformers is a dev dependency; the toolkit itself never imports it."""
@@ -15,7 +15,7 @@ from helpers.dist import REPO
 from safetensors.torch import save_file
 
 from pretrain.configlib import load_yaml, validate_section
-from pretrain.hf_format import HFFormatError, hf_family, to_hf_config, to_hf_state
+from pretrain.interop.hf_format import HFFormatError, hf_family, to_hf_config, to_hf_state
 from pretrain.model import ModelConfig, build_model
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: always there in CI
@@ -119,7 +119,8 @@ def test_shipped_decoder_configs_map_to_their_family(name, family):
 
 
 def test_the_toolkit_never_imports_transformers():
-    code = ("import sys, pretrain.export, pretrain.import_hf, pretrain.hf_format; "
+    code = ("import sys, pretrain.interop.export, pretrain.interop.hf_format, "
+            "arrowtrain.commands.export, arrowtrain.commands.import_hf; "
             "print(sorted(m for m in sys.modules "
             "if m.split('.')[0] == 'transformers'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

@@ -1,13 +1,13 @@
 """`make demo-translate`: the 2017 paper's own task, end to end, on a synthetic language pair.
 
-1. a word-by-word dictionary with reordering (launch/translate_task.py: 6000 training pairs,
-   500 held-out test pairs whose sentences never occur in training), a BPE tokenizer learnt
-   from both sides and a pair folder, into demo/translate/ (reused when valid);
+1. a word-by-word dictionary with reordering (arrowtrain/demos/translate_task.py: 6000
+   training pairs, 500 held-out test pairs whose sentences never occur in training), a BPE
+   tokenizer learnt from both sides and a pair folder, into demo/translate/ (reused when valid);
 2. `launch local --config configs/translate-tiny.yaml` (post-LN Transformer, shared embeddings,
    label smoothing 0.1, inverse-sqrt warmup) on every GPU, else on 2 CPU ranks;
-3. `python -m pretrain.translate` (beam 4, length penalty 0.6) on the held-out sentences:
+3. `arrowtrain translate` (beam 4, length penalty 0.6) on the held-out sentences:
    exact-match sentences and sacreBLEU against the references, a few examples, and
-   `python -m pretrain.attention` maps for one of them.
+   `arrowtrain attention` maps for one of them.
 
 Re-running resumes the run from its last checkpoint (a finished run only reports)."""
 
@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from arrowtrain.demos.demo import data_tools, default_nproc, run
 from launch.common import EXIT_OK, REPO
-from launch.demo import data_tools, default_nproc, run
 
 DEMO_DIR = REPO / "demo" / "translate"
 VOCAB_SIZE = 512
@@ -34,7 +34,7 @@ def banner(step: int, text: str, t0: float) -> None:
 
 def prepare_data(root: Path, train: int = TRAIN_PAIRS, test: int = TEST_PAIRS) -> Path:
     """Task files, tokenizer and pair folder under root (the folder reused when valid)."""
-    from launch.translate_task import make_task
+    from arrowtrain.demos.translate_task import make_task
 
     data = root / "data"
     if (data / "manifest.json").is_file() and data_tools("validate", str(data), check=False) == 0:
@@ -59,10 +59,10 @@ def report(run_dir: Path, task: Path, beam: int) -> dict:
     import sacrebleu
 
     hyp_file = run_dir / "test.hyp"
-    code = run([sys.executable, "-m", "pretrain.translate", str(run_dir), "--input",
+    code = run([sys.executable, "-m", "arrowtrain.commands.translate", str(run_dir), "--input",
                 str(task / "test.src"), "--output", str(hyp_file), "--beam", str(beam)])
     if code != 0:
-        raise SystemExit(f"demo-translate: pretrain.translate failed with exit code {code}")
+        raise SystemExit(f"demo-translate: arrowtrain translate failed with exit code {code}")
     srcs = (task / "test.src").read_text().splitlines()
     refs = (task / "test.tgt").read_text().splitlines()
     hyps = hyp_file.read_text().splitlines()
@@ -77,13 +77,14 @@ def report(run_dir: Path, task: Path, beam: int) -> dict:
         result["val_loss"], result["val_bleu"] = val[-1]["val_loss"], val[-1].get("val_bleu")
     print(f"held-out test ({len(refs)} sentences never seen in training), beam {beam}: "
           f"exact match {result['exact_match']:.1%}, sacreBLEU {result['bleu']:.1f}")
-    run([sys.executable, "-m", "pretrain.attention", str(run_dir), "--text", srcs[0],
+    run([sys.executable, "-m", "arrowtrain.commands.attention", str(run_dir), "--text", srcs[0],
          "--out", str(run_dir / "attention")])
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.translate_demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m arrowtrain.demos.translate_demo",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "translate-tiny.yaml"),
                    help="run config (default: configs/translate-tiny.yaml)")

@@ -1,6 +1,6 @@
-"""pretrain.translate: greedy decoding equals the argmax rollout of the full forward; beam search
-with a beam wide enough to be exhaustive finds the best length-normalised translation that brute
-force finds; the Translator keeps input order whatever the batching."""
+"""pretrain.model.generate, encoder-decoders: greedy decoding equals the argmax rollout of the full
+forward; beam search with a beam wide enough to be exhaustive finds the best length-normalised
+translation that brute force finds."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 
 from pretrain.configlib import load_yaml, validate_section
 from pretrain.model import ModelConfig, build_model
-from pretrain.translate import beam_search, greedy, length_penalty
+from pretrain.model.generate import beam_search, greedy, length_penalty
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 EOS, START = 0, 1
 
 
@@ -92,19 +92,3 @@ def test_beam_search_batches_like_single_sentences():
     alone = [beam_search(model, ids[b:b + 1], mask[b:b + 1], 4, 0.6, 8, START, EOS)[0]
              for b in range(3)]
     assert together == alone
-
-
-def test_translator_keeps_input_order_whatever_the_batching(tmp_path):
-    from data_tools.tokenizer import build_trainer
-    from pretrain.translate import Translator
-    tok, trainer = build_trainer(300, 0, 1)
-    tok.train_from_iterator(["the cat sees the dog", "ka lo mi ru sa te"] * 20, trainer)
-    tok.save(str(tmp_path / "tokenizer.json"))
-    model = model_of("transformer-tiny", vocab=320, max_seq_len=16)
-    tr = Translator(model, tmp_path / "tokenizer.json")
-    lines = ["the cat", "", "the dog sees the cat sees the dog", "ka lo", "the " * 30]
-    one = tr.translate(lines, beam=2, batch_size=1)
-    many = tr.translate(lines, beam=2, batch_size=3)
-    assert one == many and len(one) == len(lines)
-    assert tr.truncated == 2   # the last line, twice: longer than max_seq_len
-    assert tr.translate(lines, beam=1, batch_size=2) == tr.translate(lines, beam=1, batch_size=5)

@@ -96,16 +96,16 @@ def report(cfg, data_dir: Path) -> None:
               f"{verdict} the unigram entropy ({v - ent.nats_per_token:+.3f})")
     # Greedy decoding of a model this small loops on one token; top-k sampling shows what it learnt.
     print("\nsample (top-k 40, temperature 0.8, prompt 'def '):", flush=True)
-    run([sys.executable, "-m", "pretrain.sample", str(run_dir), "--prompt", "def ",
+    run([sys.executable, "-m", "arrowtrain.commands.sample", str(run_dir), "--prompt", "def ",
          "--temperature", "0.8", "--top-k", "40", "--seed", "0", "--max-new-tokens", "120"])
-    run([sys.executable, "-m", "pretrain.plot", str(run_dir)])
+    run([sys.executable, "-m", "arrowtrain.commands.plot", str(run_dir)])
     print(f"\nmetrics: {run_dir / 'metrics.jsonl'}\nplots:   {run_dir} (*.png)\n"
           f"W&B:     {run_dir / 'wandb'} (offline; `wandb sync` uploads it)\n"
           f"checkpoints: {run_dir / 'checkpoints'}  status: python -m launch status {run_dir}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m launch.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.demos.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"),
                    help="run config (default: configs/demo.yaml)")

@@ -4,8 +4,8 @@
     Llama style (RoPE, RMSNorm, SwiGLU/GeGLU, GQA)         <->  LlamaForCausalLM ("llama")
 
 Both directions read and write plain dicts of tensors and the `config.json` mapping; nothing
-here imports `transformers` (it is a test-only dependency). The renaming table is in the README
-("Hugging Face export and import"). Our RoPE rotates the pairs (x_i, x_{i+hd/2}) — the
+here imports `transformers` (it is a test-only dependency). The renaming table is in
+docs/interop.md ("Export to Hugging Face"). Our RoPE rotates the pairs (x_i, x_{i+hd/2}) — the
 `rotate_half` layout of HF Llama — so q/k weights are copied as they are, never permuted.
 A model setting without an HF equivalent is refused with every such field named at once
 (HFFormatError).

@@ -1,6 +1,6 @@
 """`make demo-translate` end to end: synthetic pairs -> data_tools (tokenizer from both sides,
-pair folder) -> translate-tiny on 2 gloo ranks (seq2seq, val_bleu) -> pretrain.translate on
-held-out sentences -> pretrain.attention maps. The quick test trains 150 steps and checks the
+pair folder) -> translate-tiny on 2 gloo ranks (seq2seq, val_bleu) -> arrowtrain translate on
+held-out sentences -> arrowtrain attention maps. The quick test trains 150 steps and checks the
 model learnt to translate; the slow one (--slow) is the shipped demo and its >= 90% exact match."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ QUICK = ["--train-pairs", "2000", "--test-pairs", "100", "--beam", "1", "train.m
 
 
 def demo(tmp_path, *args: str, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "launch.translate_demo", "--nproc", "2",
+    proc = subprocess.run([sys.executable, "-m", "arrowtrain.demos.translate_demo", "--nproc", "2",
                            "--dir", str(tmp_path), *args, "logging.progress_bar=false"],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""python -m pretrain.model CONFIG [key=value ...]: print a model's shape, parameter count and
+"""arrowtrain model CONFIG [key=value ...]: print a model's shape, parameter count and
 training FLOPs per token, without allocating it (built on the meta device)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ DEFAULT_VOCAB = 32000
 
 def parse_args(argv=None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog=prog or "python -m pretrain.model",
+        prog=prog or "python -m arrowtrain.commands.model",
         description="Print a model summary, including the lines 'parameters: N' and "
                     "'flops_per_token: N' (training FLOPs, forward + backward).")
     p.add_argument("config", help="a model config (configs/model/*.yaml) or a run config with "

@@ -1,12 +1,13 @@
-"""python -m pretrain.import_hf HF_DIR --out FILE.safetensors
+"""arrowtrain import-hf HF_DIR --out FILE.safetensors
 
 Turns a local Hugging Face GPT-2 (GPT2LMHeadModel) or Llama (LlamaForCausalLM) folder into our
 export format: one fp32 safetensors file with the model config in its metadata, which
-`pretrain.export.load_exported` rebuilds and a run config's `init_from: FILE.safetensors` starts
-training from. Reads config.json and *.safetensors only: no remote code, no pickles (a folder
-that has only pytorch_model.bin is refused). A config we cannot reproduce exactly is refused,
-naming every field at fault. To continue pretraining on your own text, shard it with the model's
-tokenizer: `python -m data_tools shard ... --tokenizer HF_DIR/tokenizer.json`."""
+`pretrain.interop.export.load_exported` rebuilds and a run config's
+`init_from: FILE.safetensors` starts training from. Reads config.json and *.safetensors only: no
+remote code, no pickles (a folder that has only pytorch_model.bin is refused). A config we
+cannot reproduce exactly is refused, naming every field at fault. To continue pretraining on
+your own text, shard it with the model's tokenizer: `python -m data_tools shard ...
+--tokenizer HF_DIR/tokenizer.json`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pretrain.hf_format import HFFormatError, add_base_prefix, from_hf_config, from_hf_state
+from pretrain.interop.hf_format import HFFormatError, add_base_prefix, from_hf_config, from_hf_state
 from pretrain.logs import setup_logging
 
-log = logging.getLogger("pretrain.import_hf")
+log = logging.getLogger("arrowtrain.commands.import_hf")
 
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
@@ -102,7 +103,8 @@ def _shape_problems(model, state) -> list[str]:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.import_hf", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.import_hf",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("hf_dir", type=Path, help="local transformers folder (config.json + "
                    "model.safetensors), e.g. one written by save_pretrained")

@@ -11,7 +11,7 @@ sentence's structure: a model has to learn which source word to look at (cross-a
 well as the dictionary. With 16 nouns, 10 adjectives, 10 verbs and 6 adverbs there are ~10^10
 sentences: the held-out test pairs are sentences never seen in training.
 
-`python -m launch.translate_task OUT --train 6000 --test 500` writes OUT/pairs.jsonl
+`python -m arrowtrain.demos.translate_task OUT --train 6000 --test 500` writes OUT/pairs.jsonl
 ({"src": ..., "tgt": ...} per line, for `data_tools shard --source-field src --target-field
 tgt`) and the held-out OUT/test.src / OUT/test.tgt (one sentence per line). Pure Python,
 deterministic for a seed.
@@ -104,7 +104,8 @@ def make_task(out: Path, train: int, test: int, seed: int = 0) -> dict[str, Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.translate_task", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m arrowtrain.demos.translate_task",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output folder (created)")
     p.add_argument("--train", type=int, default=6000,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 
-from launch.translate_task import dictionary, make_task, pairs, sentence, translate
+from arrowtrain.demos.translate_task import dictionary, make_task, pairs, sentence, translate
 
 
 def test_dictionary_is_a_bijection_and_seeded():

@@ -1,24 +1,18 @@
-"""python -m pretrain.export RUNDIR --out OUT [--format safetensors|hf] [--tag step_00001000]
-python -m pretrain.export RUNDIR --format universal [--tag step_00001000]
+"""A run's checkpoint (any ZeRO stage) -> fp32 weights: the library of `arrowtrain export`,
+also what `arrowtrain sample / translate / attention` load a run with.
 
-Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights.
-  safetensors  (default) one file OUT that `load_exported` (build_model + load_model) reads
-               back; the model config travels in its metadata (key `model_config`, JSON), and
-               so does the run's tokenizer (key `tokenizer_json`, the tokenizer.json text), so
-               `pretrain.sample FILE.safetensors` needs nothing else.
-  hf           a folder OUT for Hugging Face transformers, no custom code: config.json,
-               model.safetensors, generation_config.json, tokenizer.json, tokenizer_config.json.
-               GPT-2-style decoders become GPT2LMHeadModel, Llama-style LlamaForCausalLM; a
-               model setting without an HF equivalent is refused, naming it. Encoder-decoders
-               are not exported to this format.
-  universal    (no --out) re-shards a ZeRO 1-3 checkpoint offline into DeepSpeed's universal
-               checkpoint beside it (checkpoints/TAG_universal, pretrain/train/reshard.py): what
-               a resume on another number of ranks or another ZeRO stage loads (the trainer
-               converts by itself when needed; this is for moving runs between clusters)."""
+  load_trained_model   the model of a run's newest complete (or given) checkpoint
+  export               one .safetensors file that `load_exported` (build_model + load_model)
+                       reads back; the model config travels in its metadata (key
+                       `model_config`, JSON), and so does the run's tokenizer (key
+                       `tokenizer_json`, the tokenizer.json text)
+  export_hf            a folder for Hugging Face transformers, no custom code (hf_format.py)
+  export_universal     DeepSpeed's universal checkpoint beside the checkpoint
+                       (pretrain/train/reshard.py)
+  tokenizer_path       a run config's tokenizer.json"""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -30,13 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pretrain.hf_format import HFFormatError, to_hf_config, to_hf_state
-from pretrain.logs import setup_logging
+from pretrain.interop.hf_format import to_hf_config, to_hf_state
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
-log = logging.getLogger("pretrain.export")
+log = logging.getLogger("pretrain.interop.export")
 
 
 class ExportError(RuntimeError):
@@ -136,7 +129,7 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
         metadata[TOKENIZER_KEY] = tok.read_text()
     else:
         log.warning("the run's tokenizer %s is gone: the export carries none (pass "
-                    "--tokenizer to pretrain.sample)", tok)
+                    "--tokenizer to arrowtrain sample)", tok)
     save_model(model, str(out), metadata=metadata)
     return out
 
@@ -255,44 +248,3 @@ def load_exported(path: str | Path) -> nn.Module:
     model = build_model(cfg)
     load_model(model, str(path), strict=True)
     return model.eval()
-
-
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
-    p.add_argument("--out", type=Path,
-                   help="output: a .safetensors file, or a folder with --format hf (not with "
-                   "universal)")
-    p.add_argument("--tokenizer", type=Path,
-                   help="--format hf: tokenizer.json or shard folder to ship (default: the "
-                   "run's data folder's)")
-    p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
-    p.add_argument("--format", choices=("safetensors", "hf", "universal"), default="safetensors",
-                   help="safetensors (default): one fp32 file for pretrain; hf: a transformers "
-                   "folder; universal: DeepSpeed's universal checkpoint written beside the "
-                   "checkpoint, for a resume on any number of ranks")
-    args = p.parse_args(argv)
-    if (args.format == "universal") == (args.out is not None):
-        p.error("--out is required" if args.out is None else
-                "--format universal writes checkpoints/TAG_universal beside the checkpoint; "
-                "drop --out")
-    setup_logging()
-    try:
-        if args.format == "hf":
-            out = export_hf(args.run_dir, args.out, args.tag, args.tokenizer)
-        elif args.format == "universal":
-            out = export_universal(args.run_dir, args.tag)
-        else:
-            out = export(args.run_dir, args.out, args.tag)
-    except (ExportError, HFFormatError, OSError) as e:
-        log.error("%s", e)
-        return 2
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() \
-        else out.stat().st_size
-    log.info("wrote %s (%.1f MB)", out, size / 1e6)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""python -m pretrain.plot RUNDIR [RUNDIR ...] [--out FILE.png] [--smooth 0.9]
+"""arrowtrain plot RUNDIR [RUNDIR ...] [--out FILE.png] [--smooth 0.9]
 
 One PNG of the curves in each run's metrics.jsonl, runs overlaid (legend: the run folder's
 name): train loss (raw, thin, and smoothed), validation loss, grad norm (raw and smoothed, log
@@ -139,7 +139,8 @@ def _smooth_weight(text: str) -> float:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m pretrain.plot", description=__doc__,
+    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.plot",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUNDIR",
                    help="run folders (each holds metrics.jsonl); several are overlaid")
