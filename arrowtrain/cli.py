@@ -74,6 +74,8 @@ COMMANDS: tuple[Command, ...] = (
             "attention maps of a run: .npz + PNG grids"),
     Command("import-hf", "arrowtrain.commands.import_hf",
             "a local Hugging Face GPT-2/Llama folder -> an export .safetensors"),
+    Command("plan", "arrowtrain.commands.plan",
+            "will it fit, how long, what cost: memory per GPU and time, before the job starts"),
 )
 
 

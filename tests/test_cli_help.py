@@ -33,6 +33,7 @@ def _mains():
     from arrowtrain.commands.export import main as export
     from arrowtrain.commands.import_hf import main as import_hf
     from arrowtrain.commands.model import main as model
+    from arrowtrain.commands.plan import main as plan
     from arrowtrain.commands.plot import main as plot
     from arrowtrain.commands.sample import main as sample
     from arrowtrain.commands.translate import main as translate
@@ -47,6 +48,7 @@ def _mains():
             "arrowtrain.commands.export": export, "arrowtrain.commands.import_hf": import_hf,
             "arrowtrain.commands.sample": sample, "arrowtrain.commands.plot": plot,
             "arrowtrain.commands.model": model, "arrowtrain.commands.translate": translate,
+            "arrowtrain.commands.plan": plan,
             "arrowtrain.commands.attention": attention, "arrowtrain.demos.demo": demo,
             "arrowtrain.demos.translate_demo": translate_demo,
             "arrowtrain.demos.translate_task": translate_task}
@@ -56,6 +58,7 @@ def _mains():
                                   "arrowtrain.commands.export", "arrowtrain.commands.import_hf",
                                   "arrowtrain.commands.sample", "arrowtrain.commands.plot",
                                   "arrowtrain.commands.model", "arrowtrain.commands.translate",
+                                  "arrowtrain.commands.plan",
                                   "arrowtrain.commands.attention", "arrowtrain.demos.demo",
                                   "arrowtrain.demos.translate_demo",
                                   "arrowtrain.demos.translate_task"])
