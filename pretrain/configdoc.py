@@ -16,7 +16,6 @@ from typing import Any, Literal
 import annotated_types as at
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 BOUNDS = ((at.Gt, "gt", ">"), (at.Ge, "ge", "≥"), (at.Lt, "lt", "<"), (at.Le, "le", "≤"))
 
@@ -31,10 +30,6 @@ class KeyDoc:
     allowed: str
     meaning: str
     section: bool = False
-
-    @property
-    def depth(self) -> int:
-        return self.key.count(".")
 
 
 def _type_name(annotation: Any) -> str:
