@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from arrowtrain import __version__
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 PROG = "arrowtrain"
 
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = available()
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(help_text(commands))
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_CONFIG
     if argv[0] == "--version":
         print(f"{PROG} {__version__}")
-        return 0
+        return EXIT_OK
     cmd, rest = resolve(argv, commands)
     if cmd is None:
         names = sorted({c.words.split()[0] for c in commands})
@@ -159,5 +160,5 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean `{PROG} {close[0]}`?)" if close else ""
         print(f"{PROG}: unknown command {argv[0]!r}{hint}; commands: {', '.join(names)} "
               f"(`{PROG} --help` lists them)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return _call(cmd, rest)

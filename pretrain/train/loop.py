@@ -20,13 +20,15 @@ from tqdm import tqdm
 
 from pretrain.configlib import ConfigError, dump_yaml
 from pretrain.data import eval_batches, train_batches
-from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
+from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
 from pretrain.model import build_model
 from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
+from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
 from pretrain.train.config import RunConfig, config_to_dict
-from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
+from pretrain.train.distenv import DistEnv
+from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
@@ -35,8 +37,6 @@ from pretrain.train.runlock import acquire_collective
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
 log = logging.getLogger("pretrain.train")
-
-EXIT_DONE, EXIT_RESUME_ME = EXIT_OK, EXIT_RESUME
 
 
 class StopFlag:
@@ -240,7 +240,7 @@ class Trainer:
         log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
                  "schedule)", path)
 
-    def _check_resume(self, meta: ckpt.CheckpointMeta) -> str:
+    def _check_resume(self, meta: CheckpointMeta) -> str:
         """Refuse an incompatible checkpoint (nothing changed); re-shard a ZeRO checkpoint for
         another number of ranks or stage. Returns the tag to load."""
         cfg, denv, tag_dir = self.cfg, self.denv, self.ckpt_dir / self.resume_tag
@@ -337,7 +337,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------
 
     def save(self) -> None:
-        meta = ckpt.CheckpointMeta(
+        meta = CheckpointMeta(
             step=self.step, consumed_samples=self.consumed_samples(),
             data_fingerprint=self.src.fingerprint, data_folders=data_folders(self.src),
             param_shapes=self.shapes, world_size=self.denv.world_size,
@@ -347,7 +347,7 @@ class Trainer:
         t0 = time.perf_counter()
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
                             self.ckpt_bytes)
-        self.ckpt_bytes = ckpt.read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
+        self.ckpt_bytes = read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
         log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -432,11 +432,11 @@ class Trainer:
         if stop and self.step < self.cfg.train.max_steps:
             log.warning("stopped at step %d/%d on request; resume with the same command",
                         self.step, self.cfg.train.max_steps)
-            return EXIT_RESUME_ME
+            return EXIT_RESUME
         return None
 
     def run(self, until: int | None = None) -> int | None:
-        """Train to train.max_steps: EXIT_DONE, or EXIT_RESUME_ME when stopped on request.
+        """Train to train.max_steps: EXIT_OK, or EXIT_RESUME when stopped on request.
         `until` (benchmarks) ends the call after that step with a sync and returns None;
         a later call continues where this one left off."""
         cfg, max_steps = self.cfg, self.cfg.train.max_steps
@@ -466,7 +466,7 @@ class Trainer:
                     bar.close()
                     return code
         bar.close()
-        return EXIT_DONE if self.step == max_steps else None
+        return EXIT_OK if self.step == max_steps else None
 
     def close(self, code: int | None = None, error: str | None = None) -> None:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
