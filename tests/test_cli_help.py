@@ -30,11 +30,13 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 
 def _mains():
     from arrowtrain.commands.attention import main as attention
+    from arrowtrain.commands.config import main as config
     from arrowtrain.commands.export import main as export
     from arrowtrain.commands.import_hf import main as import_hf
     from arrowtrain.commands.model import main as model
     from arrowtrain.commands.plan import main as plan
     from arrowtrain.commands.plot import main as plot
+    from arrowtrain.commands.runs import main as runs
     from arrowtrain.commands.sample import main as sample
     from arrowtrain.commands.translate import main as translate
     from arrowtrain.demos.demo import main as demo
@@ -49,7 +51,8 @@ def _mains():
             "arrowtrain.commands.sample": sample, "arrowtrain.commands.plot": plot,
             "arrowtrain.commands.model": model, "arrowtrain.commands.translate": translate,
             "arrowtrain.commands.plan": plan,
-            "arrowtrain.commands.attention": attention, "arrowtrain.demos.demo": demo,
+            "arrowtrain.commands.attention": attention, "arrowtrain.commands.config": config,
+            "arrowtrain.commands.runs": runs, "arrowtrain.demos.demo": demo,
             "arrowtrain.demos.translate_demo": translate_demo,
             "arrowtrain.demos.translate_task": translate_task}
 
@@ -59,7 +62,8 @@ def _mains():
                                   "arrowtrain.commands.sample", "arrowtrain.commands.plot",
                                   "arrowtrain.commands.model", "arrowtrain.commands.translate",
                                   "arrowtrain.commands.plan",
-                                  "arrowtrain.commands.attention", "arrowtrain.demos.demo",
+                                  "arrowtrain.commands.attention", "arrowtrain.commands.config",
+                                  "arrowtrain.commands.runs", "arrowtrain.demos.demo",
                                   "arrowtrain.demos.translate_demo",
                                   "arrowtrain.demos.translate_task"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):
