@@ -66,9 +66,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if path.is_file():
         for line in path.read_text(errors="replace").splitlines():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a kill
+            if isinstance(row, dict):  # a damaged file may hold any JSON value on a line
+                rows.append(row)
     return rows
 
 
