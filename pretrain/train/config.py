@@ -196,7 +196,14 @@ class WandbConfig(Section):
 class LoggingConfig(Section):
     every_steps: int = Field(10, gt=0)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
-    progress_bar: bool = True
+    progress_bar: bool = Field(
+        True, description="rank 0 shows progress: a bar on a terminal (log lines above it), "
+        "else a plain `progress:` log line every progress_every_seconds")
+    progress_every_seconds: float = Field(
+        30.0, gt=0, description="without a terminal: seconds between `progress:` lines")
+    deepspeed_level: Literal["warning", "info", "debug"] = Field(
+        "warning", description="DeepSpeed's own log lines from this level on (its INFO "
+        "chatter is off by default; also the environment's ARROWTRAIN_DEEPSPEED_LOG)")
 
 
 class EvalConfig(Section):
@@ -227,7 +234,9 @@ Precision = Literal["fp32", "bf16", "bf16_autocast", "fp16"]
 
 class RunConfig(Section):
     run_dir: Path
-    seed: int = 1234
+    # torch.manual_seed takes 64 bits (seed + 1 + rank per rank); numpy's SeedSequence no
+    # negative numbers
+    seed: int = Field(1234, ge=0, lt=2**63, description="the run's seed: 0 <= seed < 2**63")
     precision: Precision = "fp32"
     resume: Literal["auto", "never"] = "auto"
     # Start from these weights (arrowtrain export / import-hf output), fresh optimizer
@@ -348,8 +357,57 @@ class Checked:
         return ConfigError(attribute(self.problems, self.overrides, self.file_data), source)
 
 
-def validate_run_data(data: dict[str, Any], world_size: int | None = None) -> Checked:
+FROM_INIT = "from_init"
+
+
+def model_from_init(data: dict[str, Any], implied: bool = False,
+                    ) -> tuple[dict[str, Any], list[Problem]]:
+    """`model: {from_init: true}` — or no model section in the YAML at all (`implied`) while
+    init_from is set — takes the architecture from the init_from file (the model config that
+    `arrowtrain export` and `arrowtrain import-hf` record in its metadata); other keys in the
+    section go over it (dropout and the like may differ; the pre-flight refuses a key that
+    changes the file's shapes or what they compute). Returns the mapping with the model filled
+    in, and the problems."""
+    model = data.get("model")
+    section = model if isinstance(model, dict) else {}
+    flag = section.get(FROM_INIT, None if "model" in data and not implied else True)
+    over = {k: v for k, v in section.items() if k != FROM_INIT}
+    plain = {**data, "model": over} if FROM_INIT in section else data
+    if flag is None or flag is False:
+        return plain, []
+    if flag is not True:
+        return plain, [Problem(f"model.from_init: expected true or false, got {flag!r}",
+                               ("model.from_init",))]
+    init = data.get("init_from")
+    if init is None:
+        if FROM_INIT not in section:
+            return data, []  # no model section and no init_from: "model: required key"
+        return plain, [Problem("model.from_init: true needs init_from: FILE.safetensors (the "
+                               "file whose architecture the run takes)", ("model.from_init",))]
+    from pretrain.train.init_from import InitFileError, read_init_file
+
+    try:
+        theirs, _ = read_init_file(Path(str(init)))
+    except InitFileError as e:
+        return {**data, "model": FROM_INIT}, [Problem(
+            f"{e} (the run takes its model section from this file)", ("init_from",))]
+    return {**data, "model": {**theirs.model_dump(mode="json"), **over}}, []
+
+
+def validate_run_data(data: dict[str, Any], world_size: int | None = None,
+                      implied_from_init: bool = False) -> Checked:
     """Validate a resolved mapping: every section's problems and the cross checks."""
+    data, init_problems = model_from_init(data, implied_from_init)
+    checked = _validate(data, world_size)
+    if data.get("model") == FROM_INIT:  # the file was unreadable: say that, not "model: ..."
+        checked.problems = [p for p in checked.problems if p.keys[:1] != ("model",)]
+    checked.problems = init_problems + checked.problems
+    if checked.problems:
+        checked.cfg = None
+    return checked
+
+
+def _validate(data: dict[str, Any], world_size: int | None = None) -> Checked:
     try:
         cfg, problems = RunConfig.model_validate(data), []
     except ValidationError as err:
@@ -373,7 +431,8 @@ def check_run_config(path: str | Path, overrides: Iterable[str] = (),
         where = "" if err.source in (None, str(Path(path).resolve())) else f"{err.source}: "
         problems = [Problem(where + p) for p in err.problems] + bad_overrides
         return Checked(None, {}, problems, parsed)
-    checked = validate_run_data(apply_overrides(file_data, parsed), world_size)
+    checked = validate_run_data(apply_overrides(file_data, parsed), world_size,
+                                implied_from_init="model" not in file_data)
     checked.problems = bad_overrides + checked.problems
     checked.overrides, checked.file_data = parsed, file_data
     if bad_overrides:
