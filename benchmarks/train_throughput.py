@@ -225,7 +225,8 @@ def figures(seconds_per_step: float, tokens: int, fpt: int, device) -> dict:
 
 def new_trainer(args, tmp: Path, label: str, lever: list[str], device, denv) -> Trainer:
     cfg = build_config(args, tmp / "data", tmp / f"run-{label}", lever)
-    return Trainer(resolve_paths(cfg), denv, device)
+    # no memory_peak_bytes: on CPU its dispatch mode would slow the first steps it times
+    return Trainer(resolve_paths(cfg), denv, device, measure_memory=False)
 
 
 def tokens_per_step(trainer: Trainer) -> int:

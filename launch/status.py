@@ -10,9 +10,10 @@ The state comes from facts in the run folder, in this order:
 - with no events (a folder from before they existed): **finished** when the last complete
   checkpoint is at train.max_steps, **stopped** when there is one, else **not started**.
 
-Also: the last step of max_steps, the last training and validation metrics, an ETA in human units
-from the median recent step time, the checkpoint the same command resumes from (the trainer's
-own choice: `pretrain.train.checkpoint_meta.find_resume_tag`, meta.json read as the trainer's
+Also: the last step of max_steps, the last training and validation metrics, the measured memory
+peak per rank next to `arrowtrain plan`'s figure, an ETA in human units from the median recent
+step time, the checkpoint the same command resumes from (the trainer's own choice:
+`pretrain.train.checkpoint_meta.find_resume_tag`, meta.json read as the trainer's
 `CheckpointMeta`) and the rank count and ZeRO stage it was written with (and whether a
 re-sharded universal copy is beside it), the lock holder. For SLURM runs also the job id from
 RUNDIR/slurm/jobs, its state from `squeue` or the job-completion record (`sacct -c`), the batch
@@ -282,6 +283,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     info["last_metrics"] = rows[-1] if rows else None
     info["last_train"] = train[-1] if train else None
     info["last_val"] = val[-1] if val else None
+    info["memory"] = memory_info(rows)
     info["max_steps"] = max_steps_of(run_dir)
     known = [_int(train[-1]["step"])] if train else []
     known += [ckpt["step"]] if ckpt else []
@@ -298,6 +300,24 @@ def collect(run_dir: Path) -> dict[str, Any]:
 
 
 SHOWN = ("loss", "lr", "grad_norm", "tokens_per_sec", "step_time_ms")
+
+
+def memory_info(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's measured peak per rank next to `arrowtrain plan`'s figure (the trainer logs
+    both in metrics.jsonl: pretrain/train/memcheck.py), from the last row that has them."""
+    for row in reversed(rows):
+        planned, peak = _int(row.get("memory_planned_bytes")), _int(row.get("memory_peak_bytes"))
+        if planned is not None or peak is not None:  # a damaged value counts as not measured
+            return {"planned_bytes": planned, "peak_bytes": peak}
+    return None
+
+
+def _memory_text(mem: dict[str, Any]) -> str:
+    gib = lambda n: f"{n / 2**30:.3f} GiB" if n is not None else "not measured yet"  # noqa: E731
+    text = f"memory per rank: peak {gib(mem['peak_bytes'])}, planned {gib(mem['planned_bytes'])}"
+    if mem["peak_bytes"] and mem["planned_bytes"]:
+        text += f" (measured/planned {mem['peak_bytes'] / mem['planned_bytes']:.2f})"
+    return text
 
 
 def _number(value: Any) -> str:
@@ -363,6 +383,8 @@ def _format(info: dict[str, Any]) -> str:
         out.append(f"last validation: {_metrics_line(info['last_val'], ('val_loss', 'val_ppl'))}")
     if not info["last_train"] and not info["last_val"]:
         out.append("last metrics: none")
+    if info.get("memory"):
+        out.append(_memory_text(info["memory"]))
     eta = info["eta_s"]
     if info["state"] == "finished":
         out.append("ETA: done")

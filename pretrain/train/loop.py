@@ -28,6 +28,7 @@ from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.distenv import DistEnv
 from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
+from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
 from pretrain.train.progress import Progress
@@ -122,10 +123,11 @@ class SyncClock:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
-                 stop: StopFlag | None = None):
+                 stop: StopFlag | None = None, measure_memory: bool = True):
         self.stop = stop or StopFlag()
         self.stop.when, self.stop.before_exit = self._stop_when, self._stopped_unsaved
         self._loop: tuple[SyncClock, float] | None = None  # (clock, step start) while training
+        self.measure_memory = measure_memory  # memory_peak_bytes (pretrain/train/memcheck.py)
         self.denv, self.device = denv, device
         self.rank0 = denv.rank == 0
         self.cfg = cfg
@@ -140,6 +142,8 @@ class Trainer:
         try:
             self._start()
         except BaseException:
+            if getattr(self, "memcheck", None) is not None:
+                self.memcheck.stop()
             self._release_lock()
             raise
 
@@ -160,6 +164,9 @@ class Trainer:
         found = ckpt.choose_resume(self.ckpt_dir) if cfg.resume == "auto" else None
         self.resume_tag, meta = found or (None, None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        # the plan's memory figure; the measured peak counts from here (model states included)
+        self.memcheck = Calibration(cfg, denv.world_size, denv.rank, self.device,
+                                    self.measure_memory)
         model = build_model(cfg.model)
         self.shapes = ckpt.param_shapes(model)
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -398,7 +405,8 @@ class Trainer:
                "data_wait_ms": interval.data_wait_s / interval.steps * 1000,
                "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
                "consumed_samples": self.consumed_samples(),
-               "restart_count": self.restart_count, "time": time.time()}
+               "restart_count": self.restart_count, "time": time.time(),
+               **self.memcheck.fields()}
         row.update(self.objective.log_fields(interval.counts))  # seq2seq: padding_fraction
         self.metrics.log(row)
         log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
@@ -481,11 +489,13 @@ class Trainer:
     def _steps(self, batches, end: int, progress: Progress) -> int | None:
         """The step loop of run()."""
         interval, clock = Interval(), SyncClock()
+        self.memcheck.training_starts()
         while self.step < end:
             t0 = time.perf_counter()
             self._loop = (clock, t0)
             out = self.train_step(batches)
             self.step += 1
+            self.memcheck.step_done()
             self._collect_garbage()
             due, synced = self._due(), None
             if due.any() or self.step >= self.next_sync or self.step == end:
@@ -504,6 +514,7 @@ class Trainer:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
+            self.memcheck.stop()
             self.metrics.close()
         finally:
             try:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,8 @@ def last_step(path: Path) -> int:
     """The highest step in metrics.jsonl (0 if none; lines cut short by a kill are skipped)."""
     if not path.is_file():
         return 0
-    steps = [0]
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(int(json.loads(line).get("step", 0)))
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return max(steps)
+    steps = [_row_step(line) for line in path.read_text(errors="replace").splitlines()]
+    return int(max((s for s in steps if s is not None and math.isfinite(s)), default=0))
 
 
 def _row_step(line: str) -> float | None:
@@ -53,6 +50,33 @@ def _row_step(line: str) -> float | None:
         return None
     step = row.get("step", 0)
     return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
+
+
+@dataclass(frozen=True)
+class MetricRows:
+    """What a metrics.jsonl holds: its rows, and the lines that are none (1-based numbers: a
+    line cut short by a kill, or damage)."""
+
+    rows: list[dict[str, Any]]
+    bad_lines: list[int]
+
+
+def read_rows(path: Path) -> MetricRows:
+    """Every row of a metrics.jsonl (torch-free: `arrowtrain plot` and `runs compare` read it).
+    Raises OSError when the file cannot be read."""
+    rows, bad = [], []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    return MetricRows(rows, bad)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

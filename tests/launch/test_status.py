@@ -82,3 +82,17 @@ def test_failure_reason_keeps_the_lines_that_continue_an_error(tmp_path):
         "0: 05:00:01 [rank 0 n1] ERROR pretrain.train: 1 config problem(s) in c.yaml:",
         "0:   - data.path /data/gone: no such folder",
         "[launch ...] FAILED: training exited with code 2 (config or data error)"]
+
+
+def test_status_shows_measured_and_planned_memory(tmp_path):
+    from launch.status import _format
+
+    rows = [{"step": 1, "loss": 5.0, "memory_planned_bytes": 2**30},
+            {"step": 3, "loss": 4.0, "memory_planned_bytes": 2**30,
+             "memory_peak_bytes": 2**30 + 2**28},
+            {"step": 4, "val_loss": 4.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    info = collect(tmp_path)
+    assert info["memory"] == {"planned_bytes": 2**30, "peak_bytes": 2**30 + 2**28}
+    assert "memory per rank: peak 1.250 GiB, planned 1.000 GiB (measured/planned 1.25)" \
+        in _format(info)
