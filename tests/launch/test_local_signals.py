@@ -69,9 +69,12 @@ def test_a_later_ctrl_c_still_kills_without_saving(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = _launch(tiny_data, run, f"logging.every_steps={NEVER}",
                    f"checkpoint.every_steps={NEVER}", f"train.sync_every_steps={NEVER}",
-                   f"train.sync_every_seconds={NEVER}")
+                   f"train.sync_every_seconds={NEVER}", "logging.progress_bar=true",
+                   "logging.progress_every_seconds=0.5")
     try:
-        _wait_for(proc, "training ")
+        # A progress line comes after the first step's sync (the first step always syncs); a
+        # request before it would be acted on there.
+        _wait_for(proc, "progress: step ")
         os.kill(proc.pid, signal.SIGINT)
         _wait_for(proc, "received SIGTERM")
         time.sleep(SAME_REQUEST_S + 0.5)
