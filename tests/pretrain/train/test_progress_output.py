@@ -2,7 +2,7 @@
 never glued to it; without one (a pipe, a SLURM log) there is no bar — its redraws would pile
 into one giant line — but a plain `progress:` line every logging.progress_every_seconds. The
 rank learns about the terminal from ARROWTRAIN_TTY (what `launch local` sets: the rank's own
-output is the launcher's pipe)."""
+output is the launcher's pipe). DeepSpeed's own INFO lines appear only when asked for."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import sys
 from helpers.dist import REPO
 
 GLUED = re.compile(r"(step/s\]|\|)[^\n\r]*?\d\d:\d\d:\d\d \[rank")  # bar text, then a log line
+DEEPSPEED_INFO = re.compile(r"\[INFO\] \[\w+\.py:\d+:")  # DeepSpeed's own logger's format
 
 
 def _train(tiny_data, run, tty: str, *extra) -> str:
@@ -28,6 +29,9 @@ def _train(tiny_data, run, tty: str, *extra) -> str:
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "DS_ACCELERATOR": "cpu", "ARROWTRAIN_TTY": tty})
     assert res.returncode == 0, res.stderr[-3000:]
+    # DeepSpeed's INFO chatter (its own handler writes to stdout) only when asked for
+    asked = "logging.deepspeed_level=info" in extra
+    assert bool(DEEPSPEED_INFO.search(res.stdout + res.stderr)) == asked, res.stdout[-3000:]
     return res.stderr
 
 
@@ -41,7 +45,8 @@ def test_on_a_terminal_log_lines_go_above_the_bar(tiny_data, tmp_path):
 
 
 def test_without_a_terminal_plain_progress_lines_and_no_bar(tiny_data, tmp_path):
-    err = _train(tiny_data, tmp_path / "run", "0", "logging.progress_every_seconds=0.001")
+    err = _train(tiny_data, tmp_path / "run", "0", "logging.progress_every_seconds=0.001",
+                 "logging.deepspeed_level=info")
     assert "\r" not in err and "train:" not in err
     lines = re.findall(r"INFO pretrain.train: progress: step (\d+)/12 \(([\d.]+)%\)", err)
     assert lines and all(float(p) == round(100 * int(s) / 12, 1) for s, p in lines), err[-2000:]
