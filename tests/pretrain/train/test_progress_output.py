@@ -26,13 +26,15 @@ def _train(tiny_data, run, tty: str, *extra) -> str:
          "data.seq_len=32", "train.max_steps=12", "train.global_batch_size=2",
          "train.micro_batch_size=2", "logging.every_steps=1", "logging.wandb.mode=disabled",
          "eval.every_steps=4", "eval.max_samples=2", "checkpoint.every_steps=6", *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, timeout=300,
         env={**os.environ, "DS_ACCELERATOR": "cpu", "ARROWTRAIN_TTY": tty})
-    assert res.returncode == 0, res.stderr[-3000:]
+    # bytes decoded here: text=True would turn the bar's carriage returns into newlines
+    out, err = res.stdout.decode(errors="replace"), res.stderr.decode(errors="replace")
+    assert res.returncode == 0, err[-3000:]
     # DeepSpeed's INFO chatter (its own handler writes to stdout) only when asked for
     asked = "logging.deepspeed_level=info" in extra
-    assert bool(DEEPSPEED_INFO.search(res.stdout + res.stderr)) == asked, res.stdout[-3000:]
-    return res.stderr
+    assert bool(DEEPSPEED_INFO.search(out + err)) == asked, out[-3000:]
+    return err
 
 
 def test_on_a_terminal_log_lines_go_above_the_bar(tiny_data, tmp_path):
