@@ -16,6 +16,7 @@ import sys
 from helpers.dist import REPO
 
 GLUED = re.compile(r"(step/s\]|\|)[^\n\r]*?\d\d:\d\d:\d\d \[rank")  # bar text, then a log line
+BAR = re.compile(r"train:\s+\d+%\|")  # tqdm's bar (not the logger name pretrain.train:)
 DEEPSPEED_INFO = re.compile(r"\[INFO\] \[\w+\.py:\d+:")  # DeepSpeed's own logger's format
 
 
@@ -39,7 +40,7 @@ def _train(tiny_data, run, tty: str, *extra) -> str:
 
 def test_on_a_terminal_log_lines_go_above_the_bar(tiny_data, tmp_path):
     err = _train(tiny_data, tmp_path / "run", "1")
-    assert "train:" in err and "\r" in err  # the bar is drawn
+    assert BAR.search(err) and "\r" in err  # the bar is drawn
     assert not GLUED.search(err), GLUED.search(err).group(0)
     for line in ("step 12/12 loss", "saved checkpoint", r"step 4/12 val_loss"):
         assert re.search(rf"(^|[\r\n])\d\d:\d\d:\d\d \[rank 0 [^\]]*\] INFO [\w.]+: {line}", err,
@@ -49,7 +50,8 @@ def test_on_a_terminal_log_lines_go_above_the_bar(tiny_data, tmp_path):
 def test_without_a_terminal_plain_progress_lines_and_no_bar(tiny_data, tmp_path):
     err = _train(tiny_data, tmp_path / "run", "0", "logging.progress_every_seconds=0.001",
                  "logging.deepspeed_level=info")
-    assert "\r" not in err and "train:" not in err
+    assert not BAR.search(err), BAR.search(err).group(0)
+    assert "\r" not in err, repr(err[max(0, err.find("\r") - 300):err.find("\r") + 300])
     lines = re.findall(r"INFO pretrain.train: progress: step (\d+)/12 \(([\d.]+)%\)", err)
     assert lines and all(float(p) == round(100 * int(s) / 12, 1) for s, p in lines), err[-2000:]
     assert "s/step" in err and "ETA" in err
