@@ -15,8 +15,9 @@ from helpers.runs import data_tools
 
 from data_tools.manifest import Manifest, sha256_file
 from data_tools.validate import validate
-from pretrain.data import DataConfig, DataError, open_data, train_batches
+from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.data.stream import RANGE_CHECK_BLOCK
+from pretrain.objectives import open_data
 
 WORDS = ["alpha", "beta", "gamma", "delta", "arrow", "shard", "token", "window", "stream", "x"]
 SEQ_LEN = 32

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from helpers.dist import REPO, run_ranks
 
 from arrowtrain.commands.plot import plot
-from pretrain.data import DataConfig, eval_batches, open_data
+from pretrain.data import DataConfig, eval_batches
 from pretrain.interop.export import export, load_exported
+from pretrain.objectives import open_data
 
 
 def test_decoder_loss_falls(straight_run, runs):
@@ -86,8 +87,7 @@ def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--top-k", "0"], "argument --top-k: 0 is not ≥ 1 (leave it out to sample from every "
-                       "token)"),
+    (["--top-k", "-1"], "argument --top-k: -1 is not ≥ 0 (0: every token)"),
     (["--temperature", "-0.5"], "argument --temperature: -0.5 is not ≥ 0"),
     (["--temperature", "nan"], "argument --temperature: nan is not ≥ 0"),
     (["--max-new-tokens", "-3"], "argument --max-new-tokens: -3 is not ≥ 0"),
