@@ -24,11 +24,10 @@ SPIKE = "optim.lr=2e-2"  # another lineage: same shapes, other weights
 
 
 @pytest.fixture(scope="module")
-def ref(tiny_data, runs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ref_zero2")
-    run_ranks(runs.small_run_args(root / "run", tiny_data, 2, "model.dropout=0.0"),
-              root / "logs", world_size=2)
-    return runs.train_losses(root / "run")
+def ref(straight_run, runs):
+    """The uninterrupted 2-rank run, dropout off (the ZeRO stages agree to ~1e-7: the ZeRO-0
+    reference test_world_size_change.py uses too)."""
+    return runs.train_losses(straight_run(0, "model.dropout=0.0"))
 
 
 def _args(runs, tiny_data, run, *extra):
