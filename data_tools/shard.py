@@ -446,6 +446,16 @@ def _check_splits(run: Run, sp: dict, skipped: str) -> None:
         raise NothingToWrite(f"{how} put all {docs} {what} ({sp['val'].tokens} tokens) in "
                              "the val split, none is left for train; pass a smaller "
                              f"{how.split()[0]}; nothing written")
+    train, val = sp["train"], sp["val"]
+    if train.tokens < val.tokens and val.documents > 1:  # one val document: the least there is
+        how = f"--val-tokens {run.val_tokens}" if run.val_tokens is not None else \
+            f"--val-fraction {run.val_fraction}"
+        total = train.tokens + val.tokens
+        raise NothingToWrite(
+            f"{how} leaves train smaller than val: train {train.documents} {what} "
+            f"({train.tokens:,} tokens), val {val.documents} {what} ({val.tokens:,} tokens) of "
+            f"{total:,} tokens; pass a smaller {how.split()[0]} (--val-tokens "
+            f"{max(1, total // 10)} is a tenth); nothing written")
 
 
 def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,7 +89,9 @@ def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
     bpe_vocab = vocab_size - sentinels
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab, min_frequency=min_frequency, special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=sys.stderr.isatty())
+        # One bar: sampled_texts' "tokenizer text" bar already moves while tokenizers reads
+        # the text; its own bars would draw over that one on the same terminal line.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     return tok, trainer
 
 

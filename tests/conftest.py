@@ -136,16 +136,18 @@ def pair_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def straight_run(tiny_data, tmp_path_factory):
-    """straight_run(stage) -> RUNDIR of the uninterrupted SMALL_RUN at that ZeRO stage (run once
-    per session, shared by the tests that need a reference or a finished run)."""
-    cache: dict[int, Path] = {}
+    """straight_run(stage, *overrides) -> RUNDIR of the uninterrupted SMALL_RUN at that ZeRO
+    stage (plus overrides) on 2 ranks (run once per session for each distinct set of arguments,
+    shared by the tests that need a reference or a finished run)."""
+    cache: dict[tuple, Path] = {}
 
-    def get(stage: int) -> Path:
-        if stage not in cache:
+    def get(stage: int, *overrides: str) -> Path:
+        key = (stage, overrides)
+        if key not in cache:
             root = tmp_path_factory.mktemp(f"straight_zero{stage}")
-            run_ranks(small_run_args(root / "run", tiny_data, stage), root / "logs")
-            cache[stage] = root / "run"
-        return cache[stage]
+            run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides), root / "logs")
+            cache[key] = root / "run"
+        return cache[key]
 
     return get
 

@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pretrain.configlib import config_changes
 from pretrain.objectives import exactness_keys
 from pretrain.train.checkpoint import CheckpointError
 from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
@@ -29,25 +30,6 @@ log = logging.getLogger(__name__)
 # Keys that decide which sample comes at which position (the objectives' own: each names them,
 # pretrain/objectives), or the saved optimizer layout.
 EXACTNESS_KEYS = ("seed", "precision", "data.objective", *exactness_keys(), "data.shuffle")
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old, new) for every value that differs, sorted by key."""
-    a, b = flatten(old), flatten(new)
-    return [(k, a.get(k, "<unset>"), b.get(k, "<unset>")) for k in sorted(set(a) | set(b))
-            if a.get(k, "<unset>") != b.get(k, "<unset>")]
 
 
 def data_folders(src) -> list[DataFolderRecord]:
@@ -140,11 +122,17 @@ def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[in
     return changes
 
 
-def warn_changes(changes: list[tuple[str, Any, Any]], tag_dir: Path) -> None:
+def warn_changes(changes: list[tuple[str, Any, Any]], tag_dir: Path,
+                 meta: CheckpointMeta | None = None, cfg: RunConfig | None = None) -> None:
+    """The kept changes, key by key, and the jump of the learning rate they make (if any)."""
+    from pretrain.train.schedule import lr_jump
+
+    jump = lr_jump(meta.config, cfg, meta.step) if meta is not None and cfg is not None else None
     if changes:
         log.warning("resuming from %s with a changed config (the new values apply from the "
-                    "next step):\n%s", tag_dir,
-                    "\n".join(f"  - {k}: {a!r} → {b!r}" for k, a, b in changes))
+                    "next step):\n%s%s", tag_dir,
+                    "\n".join(f"  - {k}: {a!r} → {b!r}" for k, a, b in changes),
+                    f"\n  {jump}" if jump else "")
 
 
 def apply_hyperparameters(scheduler, cfg: RunConfig) -> None:

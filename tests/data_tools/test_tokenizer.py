@@ -94,3 +94,12 @@ def test_data_tools_never_imports_torch_or_deepspeed():
             "print(sorted({'torch', 'deepspeed', 'pretrain'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_one_progress_bar_not_two(monkeypatch):
+    """Issue 18 item 7: tokenizers' own bars drew over the "tokenizer text" bar on a terminal."""
+    from data_tools.tokenizer import build_trainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    _, trainer = build_trainer(vocab_size=300, sentinels=0, min_frequency=2)
+    assert trainer.show_progress is False

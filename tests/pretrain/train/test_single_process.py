@@ -40,8 +40,8 @@ def test_resume_refuses_a_changed_model_shape_naming_it(straight_run, runs, tiny
     ranks = run_ranks(runs.small_run_args(run, tiny_data, 0, "model.n_layers=3", "optim.lr=1e-3"),
                       tmp_path / "logs", world_size=1, expect=2)
     logs = ranks.logs(10**6)
-    assert f"cannot resume from {run / 'checkpoints' / 'step_00000008'}" in logs
-    assert "parameter stack.blocks.2." in logs  # the new layer, named
-    assert "checkpoint None, config [" in logs
+    # the pre-flight (before DeepSpeed starts) names the model key, not the parameters
+    assert f"the model changed since checkpoint {run / 'checkpoints' / 'step_00000008'} (step " \
+           "8), so it cannot resume: model.n_layers: 2 → 3" in logs
     assert "Traceback" not in logs
     assert snapshot(run) == before  # refused: config.yaml (lr 1e-3) not written, nothing else
