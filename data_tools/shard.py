@@ -63,6 +63,7 @@ from data_tools.split import (
     Doc,
     doc_hash,
     make_split,
+    more_val_hint,
     too_small,
 )
 from data_tools.tokenizer import load_tokenizer, resolve_tokenizer_path, tokenizer_info
@@ -142,6 +143,7 @@ class Run:
     counts: dict = field(default_factory=dict)
     pairs: PairFields | None = None  # the fields of jsonl/parquet pairs
     pair_mode: bool = False  # records are pairs: a pair folder
+    kept_one_val: bool = False  # --val-fraction chose none: the smallest-hash one went to val
 
 
 def _option_problems(args) -> list[str]:
@@ -366,6 +368,7 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
         bar.update(batch.progress_bytes - bar.n)
     bar.close()
     _place(writer, chooser.finish())
+    run.kept_one_val = getattr(chooser, "kept_one", False)
     for split in SPLITS:
         writer.flush(split)
     return writer
@@ -472,9 +475,9 @@ def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
         return
     if not too_small(val.tokens):
         return
-    hint = f"pass --val-tokens {USEFUL_VAL_TOKENS}" if total_tokens >= USEFUL_VAL_TOKENS * 10 \
-        else f"the corpus holds only {total_tokens:,} tokens: shard more text or pass " \
-             f"--val-tokens {max(1, total_tokens // 10)} (a tenth)"
+    hint = more_val_hint(USEFUL_VAL_TOKENS) if total_tokens >= USEFUL_VAL_TOKENS * 10 \
+        else f"the corpus holds only {total_tokens:,} tokens: shard more text or " \
+             f"{more_val_hint(total_tokens // 10)} (a tenth)"
     log.warning("the val split holds %d documents, %s tokens (%s): fewer than %s tokens = %d "
                 "windows of %d, too few for a stable validation loss; %s", val.documents,
                 f"{val.tokens:,}", how, f"{USEFUL_VAL_TOKENS:,}", USEFUL_VAL_WINDOWS,
@@ -501,5 +504,9 @@ def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float
              sp["val"].documents, tokens, f"{sp['val'].tokens:,}",
              sum(len(v.shards) for v in sp.values()), skipped, wall_s, tokens / wall_s,
              " (resumed)" if resumed else "")
+    if run.kept_one_val:
+        log.warning("--val-fraction %s put none of the %d %s in val: kept the one with the "
+                    "smallest hash there, so that the val split is not empty (--val-fraction 0 "
+                    "asks for none)", run.val_fraction, docs, _unit(run))
     _warn_small_val(run, sp["val"], tokens)
     return 0
