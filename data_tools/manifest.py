@@ -124,7 +124,10 @@ class Manifest(_OmitNone):
     tokenizer: TokenizerInfo
     splits: dict[Literal["train", "val"], SplitInfo]
     inputs: list[InputEntry]
-    skipped: dict[str, Count]
+    skipped: dict[str, Count]  # records (and files) skipped, by reason
+    # files `--format auto` left out by content (data_tools.walk), by reason then extension:
+    # {"binary": {".png": 2}}; their counts are in `skipped` too. Absent when none.
+    skipped_files: dict[str, dict[str, Count]] | None = None
     args: dict[str, Any]  # the shard command's arguments (not --workers, not --overwrite)
     fingerprint: str
     timing: dict[str, Any]  # the only key that may differ between identical runs
@@ -132,7 +135,7 @@ class Manifest(_OmitNone):
     # "pairs": columns `source` and `target`, one aligned pair per row (data_tools shard
     # --source-field/--target-field or --source-file/--target-file)
     kind: Literal["documents", "pairs"] | None = None
-    _optional = ("kind",)
+    _optional = ("kind", "skipped_files")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -204,7 +207,7 @@ class Manifest(_OmitNone):
     @classmethod
     def new(cls, *, tokenizer: TokenizerInfo, dtype: str, shards: dict[str, list[ShardEntry]],
             inputs: list, skipped: dict, args: dict, timing: dict,
-            pairs: bool = False) -> Manifest:
+            pairs: bool = False, skipped_files: dict | None = None) -> Manifest:
         """A manifest for finished shards (split totals summed here; fingerprint on write)."""
         keys = ("documents", "tokens", "text_bytes") + (
             ("source_tokens", "target_tokens") if pairs else ())
@@ -214,8 +217,9 @@ class Manifest(_OmitNone):
         return cls.model_validate({
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "arrowtrain_version": ARROWTRAIN_VERSION, "dtype": dtype, "tokenizer": tokenizer,
-            "splits": splits, "inputs": inputs, "skipped": skipped, "args": args,
-            "fingerprint": "", "timing": timing, "kind": "pairs" if pairs else None})
+            "splits": splits, "inputs": inputs, "skipped": skipped,
+            "skipped_files": skipped_files, "args": args, "fingerprint": "", "timing": timing,
+            "kind": "pairs" if pairs else None})
 
     # ---- contents ------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -67,6 +67,7 @@ from data_tools.split import (
     too_small,
 )
 from data_tools.tokenizer import load_tokenizer, resolve_tokenizer_path, tokenizer_info
+from data_tools.walk import Walk
 from data_tools.writer import RESUME_DIR, ShardWriter, load_state, state_problem
 
 log = logging.getLogger("data_tools")
@@ -143,6 +144,7 @@ class Run:
     counts: dict = field(default_factory=dict)
     pairs: PairFields | None = None  # the fields of jsonl/parquet pairs
     pair_mode: bool = False  # records are pairs: a pair folder
+    walk: Walk = field(default_factory=Walk)  # files --format auto read or left out by content
     kept_one_val: bool = False  # --val-fraction chose none: the smallest-hash one went to val
 
 
@@ -199,7 +201,7 @@ def plan(args) -> Run:
                dtype_for_vocab(tok_info.vocab_size), args.text_field, val_fraction,
                args.val_tokens, sizes["shard_size"], sizes["max_doc_bytes"], args.strict,
                args.workers or usable_cores(), key, pairs=inputs.pairs,
-               pair_mode=inputs.pair_mode)
+               pair_mode=inputs.pair_mode, walk=inputs.walk)
 
 
 def _key_difference(old: dict, new: dict) -> str:
@@ -374,11 +376,20 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
     return writer
 
 
+def all_skipped(run: Run) -> dict[str, int]:
+    """Records skipped while reading plus files left out by content, by reason."""
+    counts = dict(run.counts)
+    for reason, n in run.walk.counts().items():
+        counts[reason] = counts.get(reason, 0) + n
+    return dict(sorted(counts.items()))
+
+
 def build_manifest(run: Run, writer: ShardWriter, timing: dict) -> Manifest:
     return Manifest.new(tokenizer=run.tok_info, dtype=run.dtype,
                         shards={name: buf.shards for name, buf in writer.splits.items()},
-                        inputs=run.key["inputs"], skipped=dict(sorted(run.counts.items())),
-                        args=run.key["args"], timing=timing, pairs=run.pair_mode)
+                        inputs=run.key["inputs"], skipped=all_skipped(run),
+                        skipped_files=run.walk.skipped_files(), args=run.key["args"],
+                        timing=timing, pairs=run.pair_mode)
 
 
 def _remove_strays(out: Path, manifest: Manifest) -> None:
@@ -487,7 +498,7 @@ def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
 def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float],
            resumed: bool) -> int:
     wall_s, cpu_s = seconds
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "none"
+    skipped = ", ".join(f"{k} {v}" for k, v in all_skipped(run).items()) or "none"
     timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": run.workers,
               "resumed": resumed}
     manifest = build_manifest(run, writer, timing)

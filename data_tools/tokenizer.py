@@ -123,6 +123,8 @@ def train(args) -> Path:
     counts: dict[str, int] = {}
     tok.train_from_iterator(
         sampled_texts(inputs, args.text_field, max_bytes, max_doc_bytes, counts), trainer)
+    for reason, n in inputs.walk.counts().items():  # files left out by content
+        counts[reason] = counts.get(reason, 0) + n
     if counts.get("documents", 0) == 0:
         raise DataToolsError(f"no {what} in {sum(len(f.entries()) for f in files)} input files "
                              f"(skipped: {_fmt_counts(counts)}); no tokenizer written")

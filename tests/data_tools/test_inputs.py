@@ -190,3 +190,15 @@ def test_parquet_missing_or_non_string_column_and_nulls(tmp_path, tokenizer):
     assert m.skipped == {"empty": 1, "missing_field": 2, "non_string_field": 1,
                             "unreadable": 1}
     assert m.splits["train"].documents == 1
+
+
+def test_missing_field_names_the_keys_that_are_there(tmp_path, tokenizer, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text(json.dumps({"content": "x", "title": "y"}) + "\n"
+                                             + json.dumps({"text": GOOD[0]}) + "\n")
+    pq.write_table(pa.table({"content": ["no text column"]}), tmp_path / "in" / "b.parquet")
+    assert shard(tokenizer, tmp_path / "o", tmp_path / "in") == 0
+    assert "a.jsonl:1: missing_field (no key 'text'; its keys: 'content', 'title')" in caplog.text
+    assert "b.parquet: missing_field (no column 'text'; its columns: 'content')" in caplog.text
