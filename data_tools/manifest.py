@@ -88,7 +88,7 @@ class SplitInfo(_OmitNone):
     _optional = ("source_tokens", "target_tokens")
 
 
-class TokenizerInfo(_Strict):
+class TokenizerInfo(_OmitNone):
     file: str
     sha256: Sha256
     vocab_size: Annotated[int, Field(gt=0)]
@@ -96,9 +96,15 @@ class TokenizerInfo(_Strict):
     pad_id: Count
     bos_id: Count | None
     sentinel_ids: list[Count]  # <extra_id_0>, <extra_id_1>, ... in that order
+    # true: every stored document starts with bos_id (the tokenizer's configuration adds one,
+    # or --bos-token; data_tools.specials); absent: documents start with no BOS
+    bos_prepended: Literal[True] | None = None
+    _optional = ("bos_prepended",)
 
     @model_validator(mode="after")
     def _ids_below_vocab(self) -> TokenizerInfo:
+        if self.bos_prepended and self.bos_id is None:
+            raise ValueError("bos_prepended needs a bos_id")
         ids = {"eos_id": self.eos_id, "pad_id": self.pad_id, "bos_id": self.bos_id,
                **{f"sentinel_ids[{i}]": s for i, s in enumerate(self.sentinel_ids)}}
         bad = [f"{k} {v}" for k, v in ids.items() if v is not None and v >= self.vocab_size]

@@ -123,6 +123,14 @@ def add_arguments(p) -> None:
                    help="stop at the first bad record instead of skipping and counting it")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder made with other arguments or inputs")
+    p.add_argument("--eos-token", metavar="TOKEN",
+                   help="the token that ends each document (stored as the manifest's eos_id, "
+                        "inserted by the loader); default: the tokenizer's own (a "
+                        "tokenizer_config.json beside it, its post_processor, <|endoftext|>, "
+                        "</s>, <|end_of_text|>, ...)")
+    p.add_argument("--bos-token", metavar="TOKEN",
+                   help="a token stored at the start of every document, or `none`; default: "
+                        "the one the tokenizer's configuration adds (Llama's <s>), else none")
     add_pair_arguments(p)
 
 
@@ -178,11 +186,15 @@ def plan(args) -> Run:
     except DataToolsError as e:
         problems.append(str(e))
     try:
-        tok_info = tokenizer_info(load_tokenizer(args.tokenizer), args.tokenizer)
+        tok_info = tokenizer_info(load_tokenizer(args.tokenizer), args.tokenizer,
+                                  args.eos_token, args.bos_token,
+                                  announce=inputs is not None and not inputs.pair_mode)
     except DataToolsError as e:
         problems.append(str(e))
     if problems:
         raise DataToolsError("; ".join(problems))
+    if inputs.pair_mode and tok_info.bos_prepended:  # a pair's sides start with no BOS
+        tok_info = tok_info.model_copy(update={"bos_prepended": None})
     val_fraction = None if args.val_tokens is not None else \
         (DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction)
     cli_args = {"inputs": list(args.inputs), "format": args.format, "txt_mode": args.txt_mode,
@@ -190,6 +202,8 @@ def plan(args) -> Run:
                 "val_fraction": val_fraction, "val_tokens": args.val_tokens,
                 "shard_size_bytes": sizes["shard_size"], "max_doc_bytes": sizes["max_doc_bytes"],
                 "exclude": list(excludes), "strict": args.strict}
+    cli_args.update({k: getattr(args, k) for k in ("eos_token", "bos_token")
+                     if getattr(args, k) is not None})  # recorded only when given
     if inputs.pair_mode:  # only for pairs: a document folder's recorded arguments stay as they were
         cli_args.update(source_field=args.source_field, target_field=args.target_field,
                         source_file=list(args.source_file or []),
@@ -306,16 +320,17 @@ def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
     yield batch
 
 
-def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int):
-    """Yield (batch, (tokens, lengths)) in input order; at most IN_FLIGHT_PER_WORKER batches
-    per worker in flight."""
+def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int,
+              bos_id: int | None = None):
+    """Yield (batch, (tokens, lengths)) in input order (each text starting with bos_id when
+    given); at most IN_FLIGHT_PER_WORKER batches per worker in flight."""
     if workers == 1:
-        enc = Encoder(tokenizer, dtype)
+        enc = Encoder(tokenizer, dtype, bos_id=bos_id)
         for b in batches:
             yield b, enc.encode(b.texts)
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, dtype)) as pool:
+    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, dtype, bos_id)) as pool:
         pending = deque()
         for b in batches:
             pending.append((b, pool.apply_async(encode_in_worker, (b.texts,))))
@@ -350,8 +365,9 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
     t0, docs, toks = time.perf_counter(), 0, 0
     batches = read_batches(run, cursor)
+    bos = run.tok_info.bos_id if run.tok_info.bos_prepended else None
     for batch, (flat, lengths) in tokenized(batches, str(run.tokenizer_path), run.dtype,
-                                            run.workers):  # (N_tokens,), (D,) per batch
+                                            run.workers, bos):  # (N_tokens,), (D,) per batch
         start, di = 0, 0
         for fi, ri, what in batch.items:
             if isinstance(what, Skip):

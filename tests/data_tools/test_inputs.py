@@ -143,7 +143,8 @@ def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
     del tok["model"]["vocab"]["<|endoftext|>"]
     (tmp_path / "t.json").write_text(json.dumps(tok))
     assert shard(tmp_path / "t.json", tmp_path / "o", corpus) == 2
-    assert "has no <|endoftext|> token" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no end-of-document token" in err and "its special tokens: <|pad|>" in err
 
 
 def test_no_documents_at_all_leaves_nothing(tmp_path, tokenizer, capsys):

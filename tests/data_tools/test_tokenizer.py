@@ -94,3 +94,142 @@ def test_data_tools_never_imports_torch_or_deepspeed():
             "print(sorted({'torch', 'deepspeed', 'pretrain'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+# ---- tokenizers without <|endoftext|>: EOS and BOS from their own configuration ---------------
+
+SENTENCES = [f"the {a} {n} sees the {m} ." for a in ("red", "small", "old", "quiet")
+             for n in ("cat", "dog", "bird", "tree") for m in ("house", "river", "stone")]
+
+
+def llama_tokenizer(folder, config: dict | None = None, specials=("<unk>", "<s>", "</s>"),
+                    template: str | None = "<s> $A"):
+    """A Llama/TinyLlama-style tokenizer.json (SentencePiece-like BPE, `<s>` prepended by its
+    post_processor) and, when given, a tokenizer_config.json beside it."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=90,
+                                                           special_tokens=list(specials)))
+    if template:
+        first = template.split()[0]
+        tok.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[(first, tok.token_to_id(first))])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    if config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder / "tokenizer.json"
+
+
+def llama3_tokenizer(folder):
+    """A Llama-3-style tokenizer.json: byte-level BPE, then special tokens, and a
+    post_processor Sequence(ByteLevel, TemplateProcessing('<|begin_of_text|> $A'))."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    bot = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      special_tokens=[("<|begin_of_text|>", bot)])])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def shard_rows(out):
+    import pyarrow as pa
+
+    from data_tools.manifest import read_manifest
+    rows = []
+    for _, s in read_manifest(out).shards():
+        with pa.memory_map(str(out / s.file)) as src:
+            rows += pa.ipc.open_file(src).read_all().column("tokens").to_pylist()
+    return rows
+
+
+def shard_with(tok_file, out, corpus, *extra):
+    return cli("shard", corpus, "--tokenizer", tok_file, "--out", out, "--workers", "1",
+               "--val-fraction", "0.1", *extra)
+
+
+@pytest.mark.parametrize("style, eos, bos, prepended", [
+    ("llama", "</s>", "<s>", True),                                   # template "<s> $A"
+    ("llama-config", "</s>", "<s>", False),                           # add_bos_token: false
+    ("llama-config-dict", "</s>", "<s>", True),                       # AddedToken dicts
+    ("llama3", "<|end_of_text|>", "<|begin_of_text|>", True),
+])
+def test_llama_style_tokenizers_shard_with_their_own_eos_and_bos(tmp_path, style, eos, bos,
+                                                                 prepended):
+    from data_tools.manifest import read_manifest
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    if style == "llama3":
+        tok_file = llama3_tokenizer(tmp_path / "tok")
+    else:
+        config = {"llama": None,
+                  "llama-config": {"bos_token": "<s>", "eos_token": "</s>",
+                                   "add_bos_token": False},
+                  "llama-config-dict": {"bos_token": {"__type": "AddedToken", "content": "<s>"},
+                                        "eos_token": {"__type": "AddedToken", "content": "</s>"},
+                                        "add_bos_token": True}}[style]
+        tok_file = llama_tokenizer(tmp_path / "tok", config)
+    out = tmp_path / "o"
+    assert shard_with(tok_file, out, corpus) == 0
+    info, tok = read_manifest(out).tokenizer, Tokenizer.from_file(str(tok_file))
+    assert (info.eos_id, info.bos_id) == (tok.token_to_id(eos), tok.token_to_id(bos))
+    assert bool(info.bos_prepended) == prepended
+    rows = shard_rows(out)
+    assert len(rows) == len(SENTENCES)
+    assert all((r[0] == info.bos_id) == prepended for r in rows)
+    assert not any(info.eos_id in r for r in rows)  # EOS is never stored: the loader adds it
+    if prepended:  # exactly what the tokenizer's own template gives (add_special_tokens)
+        assert sorted(rows) == sorted(tok.encode(s).ids for s in SENTENCES)
+
+
+def test_eos_bos_options_and_the_error_that_lists_the_special_tokens(tmp_path, capsys):
+    from data_tools.manifest import read_manifest
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    tok_file = llama_tokenizer(tmp_path / "tok", specials=("<unk>", "<cls>", "<sep>"),
+                               template=None)
+    assert shard_with(tok_file, tmp_path / "o", corpus) == 2
+    err = capsys.readouterr().err
+    assert f"tokenizer file {tok_file} has no end-of-document token" in err
+    assert "its special tokens: <unk>, <cls>, <sep>" in err and "--eos-token" in err
+    assert not (tmp_path / "o").exists()
+    assert shard_with(tok_file, tmp_path / "o", corpus, "--eos-token", "<nope>") == 2
+    assert "--eos-token '<nope>' is not a token of" in capsys.readouterr().err
+    assert shard_with(tok_file, tmp_path / "o", corpus, "--eos-token", "<sep>",
+                      "--bos-token", "<cls>") == 0
+    m = read_manifest(tmp_path / "o")
+    tok = Tokenizer.from_file(str(tok_file))
+    assert (m.tokenizer.eos_id, m.tokenizer.bos_id) == (tok.token_to_id("<sep>"),
+                                                        tok.token_to_id("<cls>"))
+    assert m.tokenizer.bos_prepended and all(r[0] == m.tokenizer.bos_id
+                                             for r in shard_rows(tmp_path / "o"))
+    assert (m.args["eos_token"], m.args["bos_token"]) == ("<sep>", "<cls>")
+    llama = llama_tokenizer(tmp_path / "llama")  # its template adds <s>; `none` says no
+    assert shard_with(llama, tmp_path / "n", corpus, "--bos-token", "none") == 0
+    info = read_manifest(tmp_path / "n").tokenizer
+    assert info.bos_id is None and not info.bos_prepended
+    assert not any(r[0] == tok.token_to_id("<s>") for r in shard_rows(tmp_path / "n"))
+
+
+def test_export_and_translate_read_the_ids_a_folder_was_sharded_with(tmp_path):
+    """tokenizer_info on a shard folder's tokenizer.json gives the manifest's ids (so a folder
+    sharded with --eos-token keeps that EOS in export, translate and attention)."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    tok_file = llama_tokenizer(tmp_path / "tok")
+    assert shard_with(tok_file, tmp_path / "o", corpus, "--eos-token", "<unk>") == 0
+    copy = tmp_path / "o" / "tokenizer.json"
+    info = tokenizer_info(load_tokenizer(copy), copy)
+    assert info.eos_id == Tokenizer.from_file(str(tok_file)).token_to_id("<unk>")
