@@ -708,6 +708,23 @@ def iter_records(inp: InputFile, text_field: str, max_doc_bytes: int
 
 # ---- command-line options shared by train-tokenizer and shard -----------------------------
 
+def add_input_arguments(p) -> None:
+    """What to read and how to cut it into documents: the same options for train-tokenizer and
+    shard (INPUT..., --format, --txt-mode, --text-field, --max-doc-bytes, --exclude)."""
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
+    g = p.add_argument_group("input")
+    g.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
+    g.add_argument("--txt-mode", default="line", choices=TXT_MODES, help=TXT_MODE_HELP)
+    g.add_argument("--text-field", default="text", metavar="NAME",
+                   help="JSON key / parquet column with the text")
+    g.add_argument("--max-doc-bytes", default="64MB", metavar="SIZE",
+                   help="skip documents larger than this")
+    g.add_argument("--exclude", action="append", default=None, metavar="GLOB",
+                   help=f"file/folder names to skip when walking folders; repeatable; replaces "
+                        f"the default ({' '.join(DEFAULT_EXCLUDES)})")
+
+
 def add_pair_arguments(p) -> None:
     g = p.add_argument_group("pairs (source -> target, for translation / data.objective seq2seq)")
     g.add_argument("--source-field", metavar="NAME",
@@ -731,9 +748,15 @@ class Inputs:
     walk: Walk  # what --format auto decided by content, what --exclude left out
 
 
-def resolve_inputs(args, excludes: tuple[str, ...]) -> Inputs:
-    """The input files of train-tokenizer / shard, documents or pairs, checked before any
-    work; every problem in one DataToolsError."""
+def excludes_of(args) -> tuple[str, ...]:
+    """--exclude as given, else DEFAULT_EXCLUDES."""
+    return tuple(args.exclude or DEFAULT_EXCLUDES)
+
+
+def resolve_inputs(args) -> Inputs:
+    """The input files of train-tokenizer / shard (add_input_arguments, add_pair_arguments),
+    documents or pairs, checked before any work; every problem in one DataToolsError."""
+    excludes = excludes_of(args)
     fields = (args.source_field, args.target_field)
     sources, targets = args.source_file or [], args.target_file or []
     pair_mode = any(fields) or bool(sources or targets)

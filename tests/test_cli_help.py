@@ -30,10 +30,13 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 
 def _mains():
     from arrowtrain.commands.attention import main as attention
+    from arrowtrain.commands.config import main as config
     from arrowtrain.commands.export import main as export
     from arrowtrain.commands.import_hf import main as import_hf
     from arrowtrain.commands.model import main as model
+    from arrowtrain.commands.plan import main as plan
     from arrowtrain.commands.plot import main as plot
+    from arrowtrain.commands.runs import main as runs
     from arrowtrain.commands.sample import main as sample
     from arrowtrain.commands.translate import main as translate
     from arrowtrain.demos.demo import main as demo
@@ -47,7 +50,9 @@ def _mains():
             "arrowtrain.commands.export": export, "arrowtrain.commands.import_hf": import_hf,
             "arrowtrain.commands.sample": sample, "arrowtrain.commands.plot": plot,
             "arrowtrain.commands.model": model, "arrowtrain.commands.translate": translate,
-            "arrowtrain.commands.attention": attention, "arrowtrain.demos.demo": demo,
+            "arrowtrain.commands.plan": plan,
+            "arrowtrain.commands.attention": attention, "arrowtrain.commands.config": config,
+            "arrowtrain.commands.runs": runs, "arrowtrain.demos.demo": demo,
             "arrowtrain.demos.translate_demo": translate_demo,
             "arrowtrain.demos.translate_task": translate_task}
 
@@ -56,7 +61,9 @@ def _mains():
                                   "arrowtrain.commands.export", "arrowtrain.commands.import_hf",
                                   "arrowtrain.commands.sample", "arrowtrain.commands.plot",
                                   "arrowtrain.commands.model", "arrowtrain.commands.translate",
-                                  "arrowtrain.commands.attention", "arrowtrain.demos.demo",
+                                  "arrowtrain.commands.plan",
+                                  "arrowtrain.commands.attention", "arrowtrain.commands.config",
+                                  "arrowtrain.commands.runs", "arrowtrain.demos.demo",
                                   "arrowtrain.demos.translate_demo",
                                   "arrowtrain.demos.translate_task"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):

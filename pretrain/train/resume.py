@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.objectives import exactness_keys
-from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.checkpoint import CheckpointError
+from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.reshard import through_universal
 

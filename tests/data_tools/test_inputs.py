@@ -137,6 +137,37 @@ def test_refused_before_any_work(tmp_path, tokenizer, corpus, case, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_errors_name_the_command_as_typed_and_a_folder_of_code_is_read_by_content(
+        tmp_path, tokenizer, capsys, caplog):
+    """A folder of .py files (an extension auto does not know) is read as one document per
+    file, with the INPUT:FORMAT hint; a folder of nothing but binary files is an error that
+    names what it skipped, on one line starting with the command as typed."""
+    from arrowtrain.cli import main as arrowtrain
+
+    caplog.set_level("INFO")
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("print(1)\n")
+    (code / "b.py").write_text("print(2)\n")
+    assert arrowtrain(["data", "shard", str(code), "--tokenizer", str(tokenizer), "--out",
+                       str(tmp_path / "o"), "--workers", "1", "--val-fraction", "0"]) == 0
+    assert "2 files of unknown extension read as one document each (.py 2)" in caplog.text
+    assert f"{code}:file" in caplog.text  # the fix, written with the user's own INPUT
+    assert read_manifest(tmp_path / "o").splits["train"].documents == 2
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "a.png").write_bytes(b"\x89PNG\0\0")
+    capsys.readouterr()
+    assert arrowtrain(["data", "shard", str(blobs), "--tokenizer", str(tokenizer), "--out",
+                       str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("arrowtrain data shard: error: no input files found in ") and \
+        err.count("\n") == 1
+    assert "skipped: binary 1 (.png 1)" in err
+    assert cli("validate", tmp_path / "nope") == 2
+    assert capsys.readouterr().err.startswith("python -m data_tools validate: error: ")
+
+
 def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
     tok = json.loads(tokenizer.read_text())
     tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|endoftext|>"]
