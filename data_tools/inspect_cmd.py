@@ -102,6 +102,23 @@ def val_choice(m: Manifest) -> dict:
             "useful_min_tokens": USEFUL_VAL_TOKENS, "too_small": too_small(tokens)}
 
 
+def special_tokens(datadir: Path, m: Manifest) -> dict:
+    """The end-of-document token the loader adds and the BOS each document starts with (when
+    the folder stores one), by id and by name (None when the tokenizer copy cannot be read)."""
+    from tokenizers import Tokenizer
+    try:
+        tok = Tokenizer.from_file(str(datadir / m.tokenizer.file))
+    except Exception:  # a missing or corrupt copy: validate names it; ids still tell something
+        tok = None
+    t = m.tokenizer
+
+    def name(i: int | None) -> str | None:
+        return None if i is None or tok is None else tok.id_to_token(i)
+
+    return {"eos_id": t.eos_id, "eos": name(t.eos_id), "bos_id": t.bos_id, "bos": name(t.bos_id),
+            "bos_prepended": bool(t.bos_prepended)}
+
+
 def decoded(datadir: Path, m: Manifest, k: int) -> list[list[tuple[int, str]]]:
     """The first k train rows, each as [(tokens, text)] per column (pairs: source, target)."""
     from tokenizers import Tokenizer
@@ -122,7 +139,7 @@ def main(args) -> int:
     m = read_manifest(datadir)
     report = {"datadir": str(datadir), "fingerprint": m.fingerprint, "dtype": m.dtype,
               "vocab_size": m.tokenizer.vocab_size, "kind": "pairs" if m.is_pairs else
-              "documents", "skipped": m.skipped, "skipped_files": m.skipped_files or {},
+              "documents", "special_tokens": special_tokens(datadir, m), "skipped": m.skipped, "skipped_files": m.skipped_files or {},
               "documents_cut": documents_cut(m),
               "val_split": val_choice(m),
               "splits": {name: split_stats(datadir, info, m.is_pairs)
@@ -156,6 +173,10 @@ def print_decoded(i: int, row: list[tuple[int, str]], max_chars: int) -> None:
 def print_report(r: dict) -> None:
     print(f"{r['datadir']}: dtype {r['dtype']}, vocab {r['vocab_size']}, "
           f"fingerprint {r['fingerprint'][:16]}...")
+    sp = r["special_tokens"]
+    print(f"end of document: {sp['eos']} (id {sp['eos_id']}, added by the loader); "
+          + (f"each document starts with {sp['bos']} (id {sp['bos_id']})"
+             if sp["bos_prepended"] else "documents start with no BOS"))
     for g in r["documents_cut"]:
         print(f"{r['kind']}: {g['files']} input file{'s' * (g['files'] != 1)} ({g['format']}): "
               f"{g['documents_are']} ({by_extension(g['extensions'])})")

@@ -1,5 +1,7 @@
-"""train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input."""
+"""train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input; the EOS
+and BOS of other models' tokenizers (Llama, Llama 3; --eos-token/--bos-token)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +10,16 @@ import pytest
 from tokenizers import Tokenizer
 
 from data_tools.tokenizer import load_tokenizer, tokenizer_info
-from tests.data_tools.dt_util import REPO, cli, cli_subprocess, write_jsonl
+from tests.data_tools.dt_util import (
+    REPO,
+    SENTENCES,
+    cli,
+    cli_subprocess,
+    llama3_tokenizer,
+    llama_tokenizer,
+    shard_rows,
+    write_jsonl,
+)
 
 
 def test_special_tokens_and_sentinels_at_the_end(tokenizer):
@@ -98,66 +109,6 @@ def test_data_tools_never_imports_torch_or_deepspeed():
 
 # ---- tokenizers without <|endoftext|>: EOS and BOS from their own configuration ---------------
 
-SENTENCES = [f"the {a} {n} sees the {m} ." for a in ("red", "small", "old", "quiet")
-             for n in ("cat", "dog", "bird", "tree") for m in ("house", "river", "stone")]
-
-
-def llama_tokenizer(folder, config: dict | None = None, specials=("<unk>", "<s>", "</s>"),
-                    template: str | None = "<s> $A"):
-    """A Llama/TinyLlama-style tokenizer.json (SentencePiece-like BPE, `<s>` prepended by its
-    post_processor) and, when given, a tokenizer_config.json beside it."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
-                                           normalizers.Replace(" ", "▁")])
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=90,
-                                                           special_tokens=list(specials)))
-    if template:
-        first = template.split()[0]
-        tok.post_processor = processors.TemplateProcessing(
-            single=template, special_tokens=[(first, tok.token_to_id(first))])
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    if config is not None:
-        (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    return folder / "tokenizer.json"
-
-
-def llama3_tokenizer(folder):
-    """A Llama-3-style tokenizer.json: byte-level BPE, then special tokens, and a
-    post_processor Sequence(ByteLevel, TemplateProcessing('<|begin_of_text|> $A'))."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
-    bot = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                      special_tokens=[("<|begin_of_text|>", bot)])])
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    return folder / "tokenizer.json"
-
-
-def shard_rows(out):
-    import pyarrow as pa
-
-    from data_tools.manifest import read_manifest
-    rows = []
-    for _, s in read_manifest(out).shards():
-        with pa.memory_map(str(out / s.file)) as src:
-            rows += pa.ipc.open_file(src).read_all().column("tokens").to_pylist()
-    return rows
-
-
 def shard_with(tok_file, out, corpus, *extra):
     return cli("shard", corpus, "--tokenizer", tok_file, "--out", out, "--workers", "1",
                "--val-fraction", "0.1", *extra)
@@ -170,7 +121,7 @@ def shard_with(tok_file, out, corpus, *extra):
     ("llama3", "<|end_of_text|>", "<|begin_of_text|>", True),
 ])
 def test_llama_style_tokenizers_shard_with_their_own_eos_and_bos(tmp_path, style, eos, bos,
-                                                                 prepended):
+                                                                 prepended, capsys):
     from data_tools.manifest import read_manifest
     corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
     if style == "llama3":
@@ -194,6 +145,28 @@ def test_llama_style_tokenizers_shard_with_their_own_eos_and_bos(tmp_path, style
     assert not any(info.eos_id in r for r in rows)  # EOS is never stored: the loader adds it
     if prepended:  # exactly what the tokenizer's own template gives (add_special_tokens)
         assert sorted(rows) == sorted(tok.encode(s).ids for s in SENTENCES)
+    assert cli("validate", out) == 0  # it checks that every document starts with the BOS
+    capsys.readouterr()
+    assert cli("inspect", out) == 0
+    start = f"each document starts with {bos} (id {info.bos_id})" if prepended else \
+        "documents start with no BOS"
+    assert f"end of document: {eos} (id {info.eos_id}, added by the loader); {start}" in \
+        capsys.readouterr().out
+
+
+def test_validate_checks_that_every_document_starts_with_the_bos(tmp_path, capsys):
+    """A folder whose manifest says bos_prepended but whose documents start otherwise."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    tok_file = llama_tokenizer(tmp_path / "tok", {"bos_token": "<s>", "eos_token": "</s>",
+                                                  "add_bos_token": False})
+    out = tmp_path / "o"
+    assert shard_with(tok_file, out, corpus) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    m["tokenizer"]["bos_prepended"] = True  # not in the fingerprint: only validate can tell
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert cli("validate", out) == 2
+    err = capsys.readouterr().err
+    assert f"documents do not start with bos_id {m['tokenizer']['bos_id']}" in err
 
 
 def test_eos_bos_options_and_the_error_that_lists_the_special_tokens(tmp_path, capsys):
