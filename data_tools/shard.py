@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from data_tools.atomic import atomic_path, is_temp_name
 from data_tools.encode import Encoder, encode_in_worker, init_worker
 from data_tools.errors import DataToolsError
@@ -54,6 +52,7 @@ from data_tools.manifest import (
     read_manifest,
     write_manifest,
 )
+from data_tools.progress import Progress
 from data_tools.split import (
     TYPICAL_SEQ_LEN,
     USEFUL_VAL_TOKENS,
@@ -349,7 +348,7 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
         cursor, run.counts = tuple(state["cursor"]), dict(state["skipped"])
     total = sum(f.total_size for f in run.files)
     per_record = 2 if run.pair_mode else 1  # texts tokenized per record
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
+    bar = Progress(total, "shard")
     t0, docs, toks = time.perf_counter(), 0, 0
     batches = read_batches(run, cursor)
     bos = run.tok_info.bos_id if run.tok_info.bos_prepended else None
@@ -369,8 +368,7 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
                 writer.checkpoint(run.key, (fi, ri + 1), dict(run.counts), chooser.held())
         docs, toks = docs + di // per_record, toks + start
         dt = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix_str(f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s", refresh=False)
-        bar.update(batch.progress_bytes - bar.n)
+        bar.update(batch.progress_bytes, f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s")
     bar.close()
     _place(writer, chooser.finish())
     run.kept_one_val = getattr(chooser, "kept_one", False)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from tqdm import tqdm
 
 from data_tools.atomic import atomic_path
 from data_tools.errors import DataToolsError
@@ -27,6 +24,7 @@ from data_tools.inputs import (
     resolve_inputs,
 )
 from data_tools.manifest import TokenizerInfo, sha256_file
+from data_tools.progress import Progress
 from data_tools.specials import EOS, choose_specials
 
 log = logging.getLogger("data_tools")
@@ -60,8 +58,7 @@ def sampled_texts(inputs: Inputs, text_field: str, max_bytes: int, max_doc_bytes
     total = sum(f.total_size for f in inputs.files)
     keep = min(1.0, max_bytes / max(total, 1))
     used, credit = 0, 0.0
-    bar = tqdm(total=min(total, max_bytes), unit="B", unit_scale=True, desc="tokenizer text",
-               disable=None)
+    bar = Progress(min(total, max_bytes), "tokenizer text")
     for inp in inputs.files:
         for _, rec in iter_units(inp, text_field, max_doc_bytes, inputs.pairs, inputs.pair_mode):
             if isinstance(rec, Skip):
@@ -73,12 +70,14 @@ def sampled_texts(inputs: Inputs, text_field: str, max_bytes: int, max_doc_bytes
             credit -= rec.nbytes
             used += rec.nbytes
             counts["documents"] = counts.get("documents", 0) + 1
-            bar.update(rec.nbytes)
+            bar.update(used)
             yield from rec.texts
             if used >= max_bytes:
-                bar.close()
-                return
+                break
+        if used >= max_bytes:
+            break
     bar.close()
+    log.info("read %d bytes of text; learning the merges", used)
 
 
 def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
@@ -89,7 +88,8 @@ def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
     bpe_vocab = vocab_size - sentinels
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab, min_frequency=min_frequency, special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=sys.stderr.isatty())
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False)  # one bar (data_tools.progress), not the trainer's fighting ours
     return tok, trainer
 
 

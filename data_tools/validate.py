@@ -9,11 +9,11 @@ import logging
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from data_tools.errors import DataToolsError
 from data_tools.exit_codes import EXIT_OK
 from data_tools.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file
+from data_tools.progress import Progress
 from data_tools.writer import tokens_schema
 
 log = logging.getLogger("data_tools")
@@ -103,10 +103,13 @@ def validate(datadir: str | Path) -> list[str]:
     elif sha256_file(tok_path) != m.tokenizer.sha256:
         problems.append(f"{tok_path}: sha256 does not match the manifest")
     entries = [s for _, s in m.shards()]
-    for entry in tqdm(entries, desc="validate", unit="shard", disable=None):
+    bar = Progress(len(entries), "validate", unit="shards")
+    for done, entry in enumerate(entries, 1):
         found = check_shard(datadir, entry, m.dtype, m.tokenizer.vocab_size, m.columns,
                             m.tokenizer.bos_id if m.tokenizer.bos_prepended else None)
         problems += [f"{datadir / entry.file}: {p}" for p in found]
+        bar.update(done)
+    bar.close()
     return problems
 
 
