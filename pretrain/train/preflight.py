@@ -205,6 +205,9 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
                      world_size: int | None) -> list[Problem]:
     objective = objective_for(s["data"])
     keys = ("data.path", objective.sample_key)
+    evaluates = "train" in s and "eval" in s and s["eval"].enabled
+    micro, world = (s["train"].micro_batch_size, world_size or 1) if evaluates else (1, 1)
+    fix = objective.more_val_hint(micro * world)  # shard's wording (data_tools.split)
     problems, val_samples = [], 0
     for f in facts:
         for split in SPLITS:
@@ -214,19 +217,16 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
             if n < 1:
                 problems.append(Problem(
                     "data.path: " + objective.too_few(f.folder, split, f.counts(split))
-                    + ("; shard more validation data (data_tools shard --val-fraction)"
-                       if split == "val" else ""), keys))
-    if problems or "train" not in s or "eval" not in s or not s["eval"].enabled:
+                    + (f"; {fix}" if split == "val" else ""), keys))
+    if problems or not evaluates:
         return problems
-    micro, world = s["train"].micro_batch_size, world_size or 1
     cap = s["eval"].max_samples
     problem = eval_batch_problem("data.path: the validation split's sample count", val_samples,
                                  micro, world)
     if problem and (cap is None or cap >= micro * world):  # else: the config's problem
         problems.append(Problem(
-            f"{problem}: shard more validation data (data_tools shard --val-fraction), lower "
-            "train.micro_batch_size, or turn evaluation off with eval.every_steps=0 "
-            "eval.at_end=false", (*keys, "train.micro_batch_size")))
+            f"{problem}: {fix}, lower train.micro_batch_size, or turn evaluation off with "
+            "eval.every_steps=0 eval.at_end=false", (*keys, "train.micro_batch_size")))
     return problems
 
 
