@@ -73,6 +73,10 @@ COMMANDS: tuple[Command, ...] = (
             "attention maps of a run: .npz + PNG grids"),
     Command("import-hf", "arrowtrain.commands.import_hf",
             "a local Hugging Face GPT-2/Llama folder -> an export .safetensors"),
+    Command("coord-check", "arrowtrain.commands.coord_check",
+            "muP's coordinate check: activations vs width, standard and muP -> CSV, PNGs"),
+    Command("sweep", "arrowtrain.commands.sweep",
+            "a grid of ordinary runs (local or one SLURM job array) -> summary CSV, PNG"),
 )
 
 

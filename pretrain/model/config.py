@@ -10,6 +10,8 @@ Style switches (defaults are GPT-2's):
                   | xavier (the 2017 Transformer)
 Loss (`loss`): plain (full logits, then cross-entropy on an fp32 copy) | chunked (row chunks of
 `loss_chunk_rows`; no (B·T, V) tensor ever exists). Same result; see pretrain/model/loss.py.
+Parametrization (`parametrization`, decoders): standard | mup (muP: the hyperparameters tuned on a
+proxy of d_model = `mup_base_width` transfer to wider models; see pretrain/model/mup.py).
 Document masking (`doc_masking`, packed decoder rows): `doc_mask_kernel` flex (a flex_attention
 BlockMask: tiles with no allowed pair are skipped, fused kernels when compiled on a GPU) | dense
 (a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on CUDA, dense elsewhere).
@@ -78,6 +80,13 @@ class ModelConfig(Section):
     doc_masking: bool = Field(default=False, validate_default=True)
     # Kernel for document masking: auto = flex on a GPU (dropout 0), dense elsewhere.
     doc_mask_kernel: Literal["auto", "flex", "dense"] = "auto"
+    # muP (pretrain/model/mup.py): m = d_model / mup_base_width; hidden matrices init σ/√m,
+    # Adam lr /m and weight decay ×m; logits ×1/m; attention √(mup_base_head_dim)/head_dim
+    # (mup_base_head_dim None: this model's own, i.e. heads added with width: 1/√head_dim).
+    # mup_base_width is ignored by standard (so one config sweeps both).
+    parametrization: Literal["standard", "mup"] = Field(default="standard", validate_default=True)
+    mup_base_width: int | None = Field(default=None, ge=1, validate_default=True)
+    mup_base_head_dim: int | None = Field(default=None, ge=1)
     # Moved away (see MOVED_KEYS); never set, never dumped: only here to name its new place.
     activation_checkpointing: Any = Field(default=None, exclude=True, repr=False)
 
@@ -143,6 +152,34 @@ class ModelConfig(Section):
         if v == "flex" and info.data.get("dropout"):
             raise ValueError("flex_attention has no attention dropout: use dense (or auto), "
                              "or dropout 0")
+        return v
+
+    @field_validator("parametrization")
+    @classmethod
+    def _mup_fits_the_model(cls, v: str, info: ValidationInfo) -> str:
+        if v != "mup":
+            return v
+        d = info.data
+        problems = []
+        if d.get("family") == "encdec":
+            problems.append("muP is implemented for decoders (model.family=decoder); an "
+                            "encoder-decoder takes parametrization standard")
+        if d.get("init") == "xavier":
+            problems.append("muP scales init_std (init scaled_normal), not init xavier")
+        if d.get("scale_embeddings"):
+            problems.append("scale_embeddings=true multiplies the embeddings by sqrt(d_model): "
+                            "muP keeps them width-independent (set it false)")
+        if problems:
+            raise ValueError("parametrization mup: " + "; ".join(problems))
+        return v
+
+    @field_validator("mup_base_width")
+    @classmethod
+    def _mup_needs_base_width(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is None and info.data.get("parametrization") == "mup":
+            raise ValueError("required with parametrization mup: the d_model of the proxy "
+                             "model the hyperparameters were tuned at (m = d_model / "
+                             "mup_base_width)")
         return v
 
     # --- derived values ---
