@@ -191,6 +191,7 @@ class WandbConfig(Section):
     name: str | None = None
     entity: str | None = None
     tags: list[str] = Field(default_factory=list)
+    group: str | None = Field(None, description="W&B group (arrowtrain sweep: the sweep's)")
 
 
 class LoggingConfig(Section):
