@@ -30,11 +30,13 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 
 def _mains():
     from arrowtrain.commands.attention import main as attention
+    from arrowtrain.commands.coord_check import main as coord_check
     from arrowtrain.commands.export import main as export
     from arrowtrain.commands.import_hf import main as import_hf
     from arrowtrain.commands.model import main as model
     from arrowtrain.commands.plot import main as plot
     from arrowtrain.commands.sample import main as sample
+    from arrowtrain.commands.sweep import main as sweep
     from arrowtrain.commands.translate import main as translate
     from arrowtrain.demos.demo import main as demo
     from arrowtrain.demos.translate_demo import main as translate_demo
@@ -48,6 +50,7 @@ def _mains():
             "arrowtrain.commands.sample": sample, "arrowtrain.commands.plot": plot,
             "arrowtrain.commands.model": model, "arrowtrain.commands.translate": translate,
             "arrowtrain.commands.attention": attention, "arrowtrain.demos.demo": demo,
+            "arrowtrain.commands.coord_check": coord_check, "arrowtrain.commands.sweep": sweep,
             "arrowtrain.demos.translate_demo": translate_demo,
             "arrowtrain.demos.translate_task": translate_task}
 
@@ -57,6 +60,7 @@ def _mains():
                                   "arrowtrain.commands.sample", "arrowtrain.commands.plot",
                                   "arrowtrain.commands.model", "arrowtrain.commands.translate",
                                   "arrowtrain.commands.attention", "arrowtrain.demos.demo",
+                                  "arrowtrain.commands.coord_check", "arrowtrain.commands.sweep",
                                   "arrowtrain.demos.translate_demo",
                                   "arrowtrain.demos.translate_task"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):

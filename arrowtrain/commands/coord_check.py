@@ -92,7 +92,9 @@ def plot(rows: list[dict], parametrization: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("mean |activation|")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"coordinate check, {parametrization} parametrization", fontsize=10)
+    name = "muP" if parametrization == "mup" else parametrization
+    fig.suptitle(f"coordinate check, {name} parametrization: mean |activation| against width",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

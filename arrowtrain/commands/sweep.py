@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -92,7 +93,7 @@ def _slurm_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-requeues", type=int, default=10,
                    help="requeues per run on exit 75 (default: 10)")
     g.add_argument("--dry-run", action="store_true",
-                   help="print the job array script, submit nothing")
+                   help="print the job array script (local: the launch commands), start nothing")
 
 
 # ---- the plan: runs, their configs and states ---------------------------------------------
@@ -211,17 +212,21 @@ class Runner:
 
     def run(self, todo: list) -> dict[str, int]:
         queue = list(todo)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self.on_signal)
-        while self.running or (queue and not self.stopping):
-            while queue and not self.stopping and len(self.running) < self.parallel:
-                self.start(queue.pop(0))
-            for name, p in list(self.running.items()):
-                if p.poll() is not None:
-                    self.codes[name] = p.returncode
-                    del self.running[name]
-                    _say(f"{name}: exit {p.returncode} ({_meaning(p.returncode)})")
-            time.sleep(0.2)
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+        before = {sig: signal.signal(sig, self.on_signal) for sig in signals}
+        try:
+            while self.running or (queue and not self.stopping):
+                while queue and not self.stopping and len(self.running) < self.parallel:
+                    self.start(queue.pop(0))
+                for name, p in list(self.running.items()):
+                    if p.poll() is not None:
+                        self.codes[name] = p.returncode
+                        del self.running[name]
+                        _say(f"{name}: exit {p.returncode} ({_meaning(p.returncode)})")
+                time.sleep(0.2)
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
         return self.codes
 
 
@@ -241,7 +246,11 @@ def run_local(plan: Plan, todo: list, args) -> int:
     parallel = args.parallel or 1
     nproc = args.nproc or world_size(args)
     omp = args.omp_threads or default_omp_threads(parallel * nproc)
-    codes = Runner(plan, parallel, args.nproc, omp).run(todo)
+    runner = Runner(plan, parallel, args.nproc, omp)
+    if args.dry_run:  # the launcher commands, one per run still to do
+        print("\n".join(shlex.join(runner._command(c)) for c in todo))
+        return EXIT_OK
+    codes = runner.run(todo)
     left = len(todo) - len(codes)
     if left:
         _say(f"{left} run(s) not started (stopped); run the same command again")
@@ -448,10 +457,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 
 def _start(plan: Plan, found: dict[str, str], args) -> int:
-    plan.dir.mkdir(parents=True, exist_ok=True)
-    (plan.dir / "sweep.json").write_text(json.dumps({
-        "config": plan.config, "grid": list(args.grid), "seeds": args.seeds,
-        "overrides": plan.user, "runs": [c.name for c in plan.combos]}, indent=1) + "\n")
+    if not args.dry_run:
+        plan.dir.mkdir(parents=True, exist_ok=True)
+        (plan.dir / "sweep.json").write_text(json.dumps({
+            "config": plan.config, "grid": list(args.grid), "seeds": args.seeds,
+            "overrides": plan.user, "runs": [c.name for c in plan.combos]}, indent=1) + "\n")
     todo = [c for c in plan.combos if found[c.name] in ("not started", "stopped", "failed")]
     skipped = {s: sum(1 for c in plan.combos if found[c.name] == s)
                for s in ("finished", "running", "queued")}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -81,6 +82,15 @@ def test_print_lists_the_runs_and_starts_nothing(data, tmp_path, capsys):
     assert lines[1].split()[:3] == ["lr=1e-3_d_model=64_seed=1234", "not", "started"]
     assert "optim.lr=1e-3 model.d_model=64 seed=1234" in lines[1]
     assert not out.exists()
+    assert main(["--config", CONFIG, "--grid", "optim.lr=1e-3,3e-3", "--grid",  # local --dry-run
+                 "model.d_model=64,128", "--seeds", "2", "--out", str(out), "--dry-run",
+                 *small(data)]) == 0
+    commands = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(commands) == 8 and all(c[1:5] == ["-m", "launch", "local", "--config"]
+                                      for c in commands)
+    first = out / "runs" / "lr=1e-3_d_model=64_seed=1234"
+    assert commands[0][-3] == f"run_dir={json.dumps(str(first))}"
+    assert not out.exists()
 
 
 def test_bad_grids_are_refused_at_once_before_any_run(data, tmp_path, capsys):
@@ -124,7 +134,7 @@ def test_the_slurm_array_script_selects_each_run_with_its_values_intact(data, tm
         assert got[0].startswith(str(out / "runs")) and got[1:3] == ["--config", CONFIG]
         assert f"logging.wandb.tags=[{json.dumps(tag)}]" in got
         assert got[-3] == f"run_dir={json.dumps(got[0])}"
-    assert not list(tmp_path.rglob("pwned")) and not (out / "runs").exists()
+    assert not list(tmp_path.rglob("pwned")) and not out.exists()
 
 
 def test_the_plot_uses_log_axes_where_the_values_span(tmp_path):
