@@ -1,9 +1,10 @@
 """`arrowtrain COMMAND ...`: one entry point for data_tools, pretrain and launch.
 
 Table-driven: each row names the words of a command, the module whose `main(argv, prog=...)`
-runs it and a one-line summary. `data` and `launch` are groups: their rows dispatch to the
-group's own `python -m` entry (`data_tools`, `launch`) with the subcommand word kept, so
-`arrowtrain data shard X` is `python -m data_tools shard X`; a group row with a module of its
+runs it and a one-line summary. `data`, `launch`, `config` and `runs` are groups: their rows
+dispatch to the group's own `python -m` entry (`data_tools`, `launch`, `arrowtrain.commands.
+config`, `arrowtrain.commands.runs`) with the subcommand word kept, so `arrowtrain data shard X`
+is `python -m data_tools shard X`; a group row with a module of its
 own runs that module (`arrowtrain launch demo` is arrowtrain.demos.demo). A row marked
 `optional` is shown and accepted only when its module exists (e.g. a command still on another
 branch).
@@ -20,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from arrowtrain import __version__
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 PROG = "arrowtrain"
 
@@ -39,7 +41,9 @@ class Command:
 
 # Groups dispatch to their package's own subcommand parser.
 GROUPS = {"data": ("data_tools.__main__", "raw text -> tokenizer -> Arrow shards"),
-          "launch": ("launch.__main__", "start, submit and watch runs")}
+          "launch": ("launch.__main__", "start, submit and watch runs"),
+          "config": ("arrowtrain.commands.config", "the shipped configs and every config key"),
+          "runs": ("arrowtrain.commands.runs", "look at runs side by side")}
 
 COMMANDS: tuple[Command, ...] = (
     Command("data train-tokenizer", "data_tools.__main__",
@@ -73,6 +77,14 @@ COMMANDS: tuple[Command, ...] = (
             "attention maps of a run: .npz + PNG grids"),
     Command("import-hf", "arrowtrain.commands.import_hf",
             "a local Hugging Face GPT-2/Llama folder -> an export .safetensors"),
+    Command("plan", "arrowtrain.commands.plan",
+            "will it fit, how long, what cost: memory per GPU and time, before the job starts"),
+    Command("config list", "arrowtrain.commands.config",
+            "the shipped run and model configs, one line of purpose each"),
+    Command("config explain", "arrowtrain.commands.config",
+            "type, default, allowed values and meaning of a config section or key"),
+    Command("runs compare", "arrowtrain.commands.runs",
+            "final losses, tokens, time, speed and differing config keys of runs"),
     Command("coord-check", "arrowtrain.commands.coord_check",
             "muP's coordinate check: activations vs width, standard and muP -> CSV, PNGs"),
     Command("sweep", "arrowtrain.commands.sweep",
@@ -143,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = available()
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(help_text(commands))
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_CONFIG
     if argv[0] == "--version":
         print(f"{PROG} {__version__}")
-        return 0
+        return EXIT_OK
     cmd, rest = resolve(argv, commands)
     if cmd is None:
         names = sorted({c.words.split()[0] for c in commands})
@@ -154,5 +166,5 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean `{PROG} {close[0]}`?)" if close else ""
         print(f"{PROG}: unknown command {argv[0]!r}{hint}; commands: {', '.join(names)} "
               f"(`{PROG} --help` lists them)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return _call(cmd, rest)

@@ -30,11 +30,14 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 
 def _mains():
     from arrowtrain.commands.attention import main as attention
+    from arrowtrain.commands.config import main as config
     from arrowtrain.commands.coord_check import main as coord_check
     from arrowtrain.commands.export import main as export
     from arrowtrain.commands.import_hf import main as import_hf
     from arrowtrain.commands.model import main as model
+    from arrowtrain.commands.plan import main as plan
     from arrowtrain.commands.plot import main as plot
+    from arrowtrain.commands.runs import main as runs
     from arrowtrain.commands.sample import main as sample
     from arrowtrain.commands.sweep import main as sweep
     from arrowtrain.commands.translate import main as translate
@@ -49,7 +52,9 @@ def _mains():
             "arrowtrain.commands.export": export, "arrowtrain.commands.import_hf": import_hf,
             "arrowtrain.commands.sample": sample, "arrowtrain.commands.plot": plot,
             "arrowtrain.commands.model": model, "arrowtrain.commands.translate": translate,
-            "arrowtrain.commands.attention": attention, "arrowtrain.demos.demo": demo,
+            "arrowtrain.commands.plan": plan,
+            "arrowtrain.commands.attention": attention, "arrowtrain.commands.config": config,
+            "arrowtrain.commands.runs": runs, "arrowtrain.demos.demo": demo,
             "arrowtrain.commands.coord_check": coord_check, "arrowtrain.commands.sweep": sweep,
             "arrowtrain.demos.translate_demo": translate_demo,
             "arrowtrain.demos.translate_task": translate_task}
@@ -59,7 +64,9 @@ def _mains():
                                   "arrowtrain.commands.export", "arrowtrain.commands.import_hf",
                                   "arrowtrain.commands.sample", "arrowtrain.commands.plot",
                                   "arrowtrain.commands.model", "arrowtrain.commands.translate",
-                                  "arrowtrain.commands.attention", "arrowtrain.demos.demo",
+                                  "arrowtrain.commands.plan",
+                                  "arrowtrain.commands.attention", "arrowtrain.commands.config",
+                                  "arrowtrain.commands.runs", "arrowtrain.demos.demo",
                                   "arrowtrain.commands.coord_check", "arrowtrain.commands.sweep",
                                   "arrowtrain.demos.translate_demo",
                                   "arrowtrain.demos.translate_task"])

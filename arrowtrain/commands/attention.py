@@ -8,7 +8,7 @@ Writes DIR/attention.npz — one float32 array per layer and kind, `encoder.self
 `decoder.self.L`, `decoder.cross.L`, shaped heads × queries × keys, every row summing to 1 —
 plus the token strings (`tokens.source`, `tokens.target`; decoder runs: `tokens.target`), and one
 PNG grid per layer and kind (DIR/encoder.self.0.png, ...): the heads as panels, queries down,
-keys across, tokens as tick labels.
+keys across, tokens as tick labels. Prints DIR (the only line on stdout).
 
 Training never computes these weights: its attention runs fused in F.scaled_dot_product_attention.
 This tool records each attention layer's inputs during one ordinary forward (forward hooks) and
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.logs import setup_logging
 
 log = logging.getLogger("arrowtrain.commands.attention")
@@ -221,11 +222,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                             args.out)
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CONFIG
     layers = [k for k in arrays if not k.startswith("tokens.")]
     log.info("wrote %s (%d arrays) and %d PNG grids", args.out / "attention.npz", len(layers),
              len(layers))
-    return 0
+    print(args.out)  # the result alone on stdout: the folder of maps
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """arrowtrain export RUNDIR --out OUT [--format safetensors|hf] [--tag step_00001000]
 arrowtrain export RUNDIR --format universal [--tag step_00001000]
 
-Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights.
+Consolidates a run's checkpoint (any ZeRO stage) into fp32 weights and prints the path it
+wrote (the only line on stdout; progress and notes go to stderr).
   safetensors  (default) one file OUT that `load_exported` (build_model + load_model) reads
                back; the model config travels in its metadata (key `model_config`, JSON), and
                so does the run's tokenizer (key `tokenizer_json`, the tokenizer.json text), so
@@ -23,6 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.interop.export import ExportError, export, export_hf, export_universal
 from pretrain.interop.hf_format import HFFormatError
 from pretrain.logs import setup_logging
@@ -61,11 +63,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             out = export(args.run_dir, args.out, args.tag)
     except (ExportError, HFFormatError, OSError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CONFIG
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() \
         else out.stat().st_size
     log.info("wrote %s (%.1f MB)", out, size / 1e6)
-    return 0
+    print(out)  # the result alone on stdout: `MODEL=$(arrowtrain export ...)`
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ export format: one fp32 safetensors file with the model config in its metadata, 
 `init_from: FILE.safetensors` starts training from. Reads config.json and *.safetensors only: no
 remote code, no pickles (a folder that has only pytorch_model.bin is refused). A config we
 cannot reproduce exactly is refused, naming every field at fault. To continue pretraining on
-your own text, shard it with the model's tokenizer: `python -m data_tools shard ...
---tokenizer HF_DIR/tokenizer.json`."""
+your own text, shard it with the model's tokenizer: `arrowtrain data shard ...
+--tokenizer HF_DIR/tokenizer.json`. Prints the path it wrote (the only line on stdout)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.interop.hf_format import HFFormatError, add_base_prefix, from_hf_config, from_hf_state
 from pretrain.logs import setup_logging
 
@@ -115,13 +116,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         out = import_hf(args.hf_dir, args.out)
     except (HFFormatError, OSError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CONFIG
     log.info("wrote %s (%.1f MB); start a run from it with `init_from: %s`", out,
              out.stat().st_size / 1e6, out)
     if (args.hf_dir / "tokenizer.json").is_file():
         log.info("its tokenizer: shard your data with --tokenizer %s",
                  args.hf_dir / "tokenizer.json")
-    return 0
+    print(out)  # the result alone on stdout
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 import torch
 
 from pretrain.configlib import ConfigError, apply_overrides, load_yaml, validate_section
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.model import ModelConfig, build_model, count_parameters, flops_per_token
 
 DEFAULT_VOCAB = 32000
@@ -82,13 +83,13 @@ def main(argv=None, prog: str | None = None) -> int:
         cfg = load_model_config(args.config, args.overrides, args.vocab_size)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     seq_len = args.seq_len or cfg.max_seq_len
     if seq_len > cfg.max_seq_len:
         print(f"error: --seq-len {seq_len} exceeds max_seq_len {cfg.max_seq_len}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     print("\n".join(summary(cfg, seq_len, args.target_len)))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Text from a run's newest complete checkpoint (any ZeRO stage) or from an exported
 `.safetensors` file (`arrowtrain export`; its tokenizer travels in the file, else give
---tokenizer): greedy with --temperature 0 (the default), else sampling with optional --top-k.
-Decoder models only."""
+--tokenizer). It samples by default, as nanoGPT's sample.py does: temperature 0.8 among the 40
+most likely tokens (top-k 40, the GPT-2 paper's samples), seeded by --seed, so the same command
+prints the same text; --temperature 0 decodes greedily (which soon repeats itself on small
+models). Decoder models only."""
 
 from __future__ import annotations
 
@@ -14,9 +16,13 @@ from pathlib import Path
 
 import torch
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.interop.export import TOKENIZER_KEY, tokenizer_path
 
 log = logging.getLogger("arrowtrain.commands.sample")
+
+DEFAULT_TEMPERATURE = 0.8  # nanoGPT's sample.py; 0: greedy
+DEFAULT_TOP_K = 40  # the GPT-2 paper's samples (nanoGPT: 200, transformers: 50)
 
 
 class SampleError(ValueError):
@@ -75,9 +81,12 @@ def load_run(run_dir: Path, tokenizer: Path | None):
 
 
 def sample_text(source: str | Path, prompt: str, max_new_tokens: int = 64,
-                temperature: float = 0.0, top_k: int | None = None, seed: int = 0,
+                temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = DEFAULT_TOP_K,
+                seed: int = 0,
                 tokenizer: str | Path | None = None) -> str:
-    """Continue `prompt` with the model of a run folder or an exported .safetensors file."""
+    """Continue `prompt` with the model of a run folder or an exported .safetensors file:
+    sampled at `temperature` among the `top_k` most likely tokens (None: all), the same text for
+    the same `seed`; temperature 0 is greedy."""
     from pretrain.model.generate import generate
 
     source, tokenizer = Path(source), (Path(tokenizer) if tokenizer else None)
@@ -136,24 +145,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--prompt", default="", help="text to continue (UTF-8; default: empty)")
     p.add_argument("--max-new-tokens", type=_checked(int, "≥ 0", 0), default=64,
                    help="tokens to generate (default: 64)")
-    p.add_argument("--temperature", type=_checked(float, "≥ 0", 0.0), default=0.0,
-                   help="0 (the default): greedy; above 0: sampling")
-    p.add_argument("--top-k", type=_checked(int, "≥ 1 (leave it out to sample from every "
-                                                  "token)", 1),
-                   help="sample among the k most likely tokens only (default: all)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    p.add_argument("--temperature", type=_checked(float, "≥ 0", 0.0),
+                   default=DEFAULT_TEMPERATURE,
+                   help="above 0: sampling, flatter as it grows; 0: greedy, the most likely "
+                   f"token every time (default: {DEFAULT_TEMPERATURE})")
+    p.add_argument("--top-k", type=_checked(int, "≥ 0 (0: every token)", 0),
+                   default=DEFAULT_TOP_K,
+                   help="sample among the k most likely tokens only; 0: among all "
+                   f"(default: {DEFAULT_TOP_K})")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed: the same seed gives the same text (default: 0)")
     args = p.parse_args(argv)
     setup_logging()
     from pretrain.interop.export import ExportError
 
     try:
         text = sample_text(args.source, prompt_text(args.prompt), args.max_new_tokens,
-                           args.temperature, args.top_k, args.seed, args.tokenizer)
+                           args.temperature, args.top_k or None, args.seed, args.tokenizer)
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CONFIG
     print(text)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME
 
 OVERRIDES_HELP = "dotted config overrides for every run, e.g. train.max_steps=200"
 FIELDS_AFTER = ("seed", "final_train_loss", "final_val_loss", "tokens_per_sec", "status")
@@ -254,7 +254,7 @@ def run_local(plan: Plan, todo: list, args) -> int:
     left = len(todo) - len(codes)
     if left:
         _say(f"{left} run(s) not started (stopped); run the same command again")
-    return combine_exit_codes(list(codes.values()) + ([75] * left if left else []))
+    return combine_exit_codes(list(codes.values()) + ([EXIT_RESUME] * left))
 
 
 # ---- slurm: one job array -----------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.logs import setup_logging
 from pretrain.model.generate import beam_search, greedy
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         text = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
-        return 2
+        return EXIT_CONFIG
     lines = text.splitlines()
     out = translator.translate(lines, args.beam, args.length_penalty, args.max_len,
                                args.batch_size, progress=sys.stderr.isatty())
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         args.output.write_text(result, encoding="utf-8")
     else:
         sys.stdout.write(result)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

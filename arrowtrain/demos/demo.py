@@ -19,7 +19,8 @@ import sysconfig
 import time
 from pathlib import Path
 
-from launch.common import EXIT_OK, REPO
+from launch.common import REPO
+from pretrain.exit_codes import EXIT_OK
 
 DEMO_DIR = REPO / "demo"
 VOCAB_SIZE = 8192
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     banner(3, "results", t0)
     report(validate_or_exit(args.config, args.overrides, nproc), data_dir)
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

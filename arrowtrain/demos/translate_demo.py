@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from arrowtrain.demos.demo import data_tools, default_nproc, run
-from launch.common import EXIT_OK, REPO
+from launch.common import REPO
+from pretrain.exit_codes import EXIT_OK
 
 DEMO_DIR = REPO / "demo" / "translate"
 VOCAB_SIZE = 512
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntraining took {train_s:.0f} s; demo finished in {time.monotonic() - t0:.0f} s\n"
           f"metrics: {cfg.run_dir}/metrics.jsonl  attention maps: {cfg.run_dir}/attention/")
     print(json.dumps({**result, "train_seconds": round(train_s, 1)}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import random
 import sys
 from pathlib import Path
 
+from pretrain.exit_codes import EXIT_OK
+
 NOUNS = ["cat", "dog", "bird", "fish", "horse", "child", "farmer", "king", "queen", "teacher",
          "river", "house", "tree", "stone", "boat", "garden"]
 ADJECTIVES = ["big", "small", "red", "old", "young", "green", "quiet", "happy", "dark", "tall"]
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     paths = make_task(args.out, args.train, args.test, args.seed)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

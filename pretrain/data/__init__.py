@@ -6,8 +6,7 @@ DataSource for one.
 `DataConfig` imports without torch (the launchers validate configs before any rank starts);
 the loader itself is imported on first use."""
 
-from importlib import import_module
-
+from pretrain import lazy_attributes
 from pretrain.data.config import DataConfig, MixEntry
 
 _LAZY = {"eval_batches": "pretrain.data.batches", "train_batches": "pretrain.data.batches",
@@ -15,10 +14,4 @@ _LAZY = {"eval_batches": "pretrain.data.batches", "train_batches": "pretrain.dat
 
 __all__ = ["DataConfig", "DataError", "DataSource", "MixEntry", "eval_batches", "train_batches"]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pretrain.data' has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

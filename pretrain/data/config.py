@@ -11,38 +11,47 @@ from pretrain.configlib import Section
 class MixEntry(Section):
     """One shard folder of a weighted mixture."""
 
-    path: str
-    weight: float = Field(gt=0)
+    path: str = Field(description="a shard folder")
+    weight: float = Field(gt=0, description="its share of the mixture (weights are normalised "
+                          "to sum to 1)")
 
 
 class DataConfig(Section):
-    # A shard folder, or several with weights (`[{path: a, weight: 0.7}, {path: b, weight: 0.3}]`).
-    # Relative paths are resolved by the trainer.
-    path: str | list[MixEntry]
-    # A name in pretrain.objectives.REGISTRY (checked there: DataSection). clm: packed documents
-    # (decoder); span_corruption: T5's objective on documents (encdec); seq2seq: source ->
-    # target pairs of a pair folder (encdec), e.g. translation
-    objective: str = "clm"
-    # clm: decoder window T; a sample is T + 1 packed tokens (inputs and shifted targets).
-    seq_len: int | None = Field(default=None, gt=0)
-    # span_corruption: encoder length S and decoder length (fixed; targets padded with -100).
-    # target_length None means "exactly what S needs" (T5's random_spans_helper).
-    # seq2seq: the longest source and target, EOS included (the decoder's length); a pair with
-    # a longer side is skipped (counted at start), each batch is padded to its longest pair.
-    input_length: int | None = Field(default=None, gt=1)
-    target_length: int | None = Field(default=None, gt=1)
-    # seq2seq: this many global batches of the shuffled order are sorted by length together
-    # and cut into batches (served in a shuffled order), so a batch holds pairs of similar
-    # length and padding stays low; 1 sorts within each global batch only.
-    bucket_pool_batches: int = Field(default=32, ge=1)
-    noise_density: float = Field(default=0.15, gt=0, lt=1)
-    mean_span_length: float = Field(default=3.0, ge=1)
-    # tokenizer.json of the run; its sha256 must equal the one in every manifest.
-    tokenizer: str | None = None
-    shuffle: bool = True            # False: identity order (debugging only)
-    num_workers: int = Field(default=1, ge=0)
-    prefetch_factor: int = Field(default=2, ge=1)
-    pin_memory: bool = False
+    """Which shard folders, which objective, which lengths. Every field's meaning is its
+    `description` (`arrowtrain config explain data`, docs/config.md)."""
+
+    path: str | list[MixEntry] = Field(
+        description="a shard folder, or several with weights ([{path: a, weight: 0.7}, {path: "
+        "b, weight: 0.3}]); relative paths resolve against the working directory")
+    objective: str = Field(
+        "clm", description="the training objective, a name in pretrain.objectives.REGISTRY")
+    seq_len: int | None = Field(
+        default=None, gt=0, description="clm (required there): the decoder window T; a sample "
+        "is T + 1 packed tokens (inputs and targets shifted by one)")
+    input_length: int | None = Field(
+        default=None, gt=1, description="span_corruption (required there): the encoder length "
+        "S; seq2seq (required there): the longest source, EOS included (a longer pair is "
+        "skipped, counted at start)")
+    target_length: int | None = Field(
+        default=None, gt=1, description="span_corruption: the decoder length (targets padded "
+        "with -100), null: exactly what input_length needs (T5's random_spans_helper); "
+        "seq2seq (required there): the longest target, EOS included (the decoder's length)")
+    bucket_pool_batches: int = Field(
+        default=32, ge=1, description="seq2seq: this many global batches of the shuffled order "
+        "are sorted by length together and cut into batches (served in a shuffled order), so "
+        "a batch holds pairs of similar length; 1: sort within each global batch only")
+    noise_density: float = Field(default=0.15, gt=0, lt=1,
+                                 description="span_corruption: share of tokens masked")
+    mean_span_length: float = Field(default=3.0, ge=1,
+                                    description="span_corruption: mean masked span, in tokens")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json of the run, checked against the shards: its sha256 "
+        "must equal the one in every manifest (null: no check, the folder's own is used)")
+    shuffle: bool = Field(True, description="false: identity order (debugging only)")
+    num_workers: int = Field(default=1, ge=0,
+                             description="loader worker processes per rank (0: in the rank)")
+    prefetch_factor: int = Field(default=2, ge=1, description="batches each worker loads ahead")
+    pin_memory: bool = Field(False, description="pinned host memory for faster copies to a GPU")
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:

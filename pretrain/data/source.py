@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from data_tools.manifest import SPLITS
 from pretrain.data.config import DataConfig
 from pretrain.data.order import Mixture, Permutation, derive_keys
-from pretrain.data.shards import SPLITS, DataError, ShardFolder
+from pretrain.data.shards import ShardFolder
+from pretrain.data.stream import DataError
 
 ORDER_BLOCK = 4096   # training-order positions computed together
 

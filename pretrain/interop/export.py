@@ -27,6 +27,8 @@ from torch import nn
 from pretrain.interop.hf_format import to_hf_config, to_hf_state
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
+from pretrain.train.checkpoint_meta import CheckpointMeta, resume_candidates
+from pretrain.train.distenv import import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger("pretrain.interop.export")
@@ -36,14 +38,14 @@ class ExportError(RuntimeError):
     pass
 
 
-def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, ckpt.CheckpointMeta]:
+def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, CheckpointMeta]:
     """(tag folder, meta) of `tag`, or of the newest complete checkpoint, after checking every
     file against meta.json (size, sha256) and unpickling it weights-only. Without `tag` a
     damaged checkpoint is skipped for the previous one, with a warning naming the file."""
     ckpt_root = run_dir / "checkpoints"
     if tag is not None and not (ckpt_root / tag).is_dir():
         raise ExportError(f"no checkpoint {ckpt_root / tag}")
-    candidates = [tag] if tag is not None else ckpt.resume_candidates(ckpt_root)
+    candidates = [tag] if tag is not None else resume_candidates(ckpt_root)
     if not candidates:
         raise ExportError(f"no checkpoint in {ckpt_root}")
     try:
@@ -72,6 +74,7 @@ def _merge(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
         states = torch.load(path, map_location="cpu", weights_only=True)
         return {k: v.float() for k, v in states["module"].items()}
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # merging runs on the CPU in any case
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     # Merges the fp32 master partitions of every rank (ZeRO 1-3); prints progress (to stderr).
@@ -79,13 +82,13 @@ def _merge(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
 
 
 def load_trained_model(run_dir: str | Path, tag: str | None = None,
-                       ) -> tuple[nn.Module, ckpt.CheckpointMeta]:
+                       ) -> tuple[nn.Module, CheckpointMeta]:
     """The model of a run's checkpoint, on CPU in fp32, and the checkpoint's meta."""
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
     return _checkpoint_model(tag_dir, meta), meta
 
 
-def _checkpoint_model(tag_dir: Path, meta: ckpt.CheckpointMeta) -> nn.Module:
+def _checkpoint_model(tag_dir: Path, meta: CheckpointMeta) -> nn.Module:
     cfg = saved_model_config(meta.config["model"])
     model = build_model(cfg)
     state = _fp32_state_dict(tag_dir, meta.zero_stage)

@@ -15,6 +15,7 @@ weights (`fold_mup`); the output multiplier of a tied head is refused.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,7 +50,7 @@ def hf_family(cfg: ModelConfig) -> str:
         raise HFFormatError("model.position=sinusoidal: neither GPT2LMHeadModel (learned) nor "
                             "LlamaForCausalLM (rope) has sinusoidal positions")
     family = "gpt2" if cfg.position == "learned" else "llama"
-    problems = _gpt2_problems(cfg) if family == "gpt2" else _llama_problems(cfg)
+    problems = _class_problems(cfg, family)
     if cfg.norm_position != "pre":
         problems.append("model.norm_position=post: HF GPT-2 and Llama are pre-norm")
     if cfg.scale_embeddings:
@@ -68,25 +69,32 @@ def hf_family(cfg: ModelConfig) -> str:
     return family
 
 
-def _gpt2_problems(cfg: ModelConfig) -> list[str]:
-    out = []
-    if cfg.norm != "layernorm":
-        out.append(f"model.norm={cfg.norm}: GPT-2 uses LayerNorm")
-    if cfg.activation not in GPT2_ACT:
-        out.append(f"model.activation={cfg.activation}: GPT-2's MLP is not gated "
-                   f"(one of {', '.join(GPT2_ACT)})")
-    if cfg.kv_heads != cfg.n_heads:
-        out.append(f"model.n_kv_heads={cfg.n_kv_heads}: GPT-2 has no grouped-query attention")
-    return out
+@dataclass(frozen=True)
+class HFClass:
+    """What an HF class fixes that our config may set otherwise (named in refusals)."""
+    name: str  # in messages: "GPT-2", "Llama"
+    norm: str  # ours
+    norm_name: str
+    activations: dict[str, str]  # ours -> HF
+    mlp: str  # "is not gated" / "is gated"
+    grouped_query: bool
 
 
-def _llama_problems(cfg: ModelConfig) -> list[str]:
-    out = []
-    if cfg.norm != "rmsnorm":
-        out.append(f"model.norm={cfg.norm}: Llama uses RMSNorm")
-    if cfg.activation not in LLAMA_ACT:
-        out.append(f"model.activation={cfg.activation}: Llama's MLP is gated "
-                   f"(one of {', '.join(LLAMA_ACT)})")
+HF_CLASSES = {
+    "gpt2": HFClass("GPT-2", "layernorm", "LayerNorm", GPT2_ACT, "is not gated", False),
+    "llama": HFClass("Llama", "rmsnorm", "RMSNorm", LLAMA_ACT, "is gated", True),
+}
+
+
+def _class_problems(cfg: ModelConfig, family: str) -> list[str]:
+    c, out = HF_CLASSES[family], []
+    if cfg.norm != c.norm:
+        out.append(f"model.norm={cfg.norm}: {c.name} uses {c.norm_name}")
+    if cfg.activation not in c.activations:
+        out.append(f"model.activation={cfg.activation}: {c.name}'s MLP {c.mlp} "
+                   f"(one of {', '.join(c.activations)})")
+    if not c.grouped_query and cfg.kv_heads != cfg.n_heads:
+        out.append(f"model.n_kv_heads={cfg.n_kv_heads}: {c.name} has no grouped-query attention")
     return out
 
 

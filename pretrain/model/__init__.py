@@ -11,9 +11,9 @@ the models are imported on first use. Decoding is imported from its module: a pa
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
+from pretrain import lazy_attributes
 from pretrain.model.config import ModelConfig, padded_vocab_size, saved_model_config
 
 if TYPE_CHECKING:
@@ -29,13 +29,7 @@ __all__ = [
     "saved_model_config",
 ]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pretrain.model' has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -8,6 +8,8 @@ from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
+
 from pretrain.data.config import DataConfig
 
 if TYPE_CHECKING:
@@ -61,7 +63,10 @@ class DataSection(DataConfig):
     """The `data` section of a run config: the loader's DataConfig whose objective is a
     registered one, with the keys it needs (checked with the section, before any other)."""
 
-    objective: ObjectiveName = "clm"
+    objective: ObjectiveName = Field(
+        "clm", description="clm: next-token prediction on packed documents (decoder); "
+        "span_corruption: T5's objective on documents (encdec); seq2seq: source -> target "
+        "pairs of a pair folder (encdec), e.g. translation")
 
     def problems(self) -> list[str]:
         return get_objective(self.objective).required_problems(self) + super().problems()

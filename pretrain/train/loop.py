@@ -20,14 +20,17 @@ from tqdm import tqdm
 
 from pretrain.configlib import ConfigError, dump_yaml
 from pretrain.data import eval_batches, train_batches
-from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
+from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
 from pretrain.model import build_model
 from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
+from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
 from pretrain.train.config import RunConfig, config_to_dict
-from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
+from pretrain.train.distenv import DistEnv
+from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
+from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
@@ -35,8 +38,6 @@ from pretrain.train.runlock import acquire_collective
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
 log = logging.getLogger("pretrain.train")
-
-EXIT_DONE, EXIT_RESUME_ME = EXIT_OK, EXIT_RESUME
 
 
 class StopFlag:
@@ -133,8 +134,9 @@ class SyncClock:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
-                 stop: StopFlag | None = None):
+                 stop: StopFlag | None = None, measure_memory: bool = True):
         self.stop = stop or StopFlag()
+        self.measure_memory = measure_memory  # memory_peak_bytes (pretrain/train/memcheck.py)
         self.denv, self.device = denv, device
         self.rank0 = denv.rank == 0
         self.cfg = cfg
@@ -149,6 +151,8 @@ class Trainer:
         try:
             self._start()
         except BaseException:
+            if getattr(self, "memcheck", None) is not None:
+                self.memcheck.stop()
             self._release_lock()
             raise
 
@@ -169,6 +173,9 @@ class Trainer:
         found = ckpt.choose_resume(self.ckpt_dir) if cfg.resume == "auto" else None
         self.resume_tag, meta = found or (None, None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        # the plan's memory figure; the measured peak counts from here (model states included)
+        self.memcheck = Calibration(cfg, denv.world_size, denv.rank, self.device,
+                                    self.measure_memory)
         model = build_model(cfg.model)
         self.shapes = ckpt.param_shapes(model)
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -240,7 +247,7 @@ class Trainer:
         log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
                  "schedule)", path)
 
-    def _check_resume(self, meta: ckpt.CheckpointMeta) -> str:
+    def _check_resume(self, meta: CheckpointMeta) -> str:
         """Refuse an incompatible checkpoint (nothing changed); re-shard a ZeRO checkpoint for
         another number of ranks or stage. Returns the tag to load."""
         cfg, denv, tag_dir = self.cfg, self.denv, self.ckpt_dir / self.resume_tag
@@ -337,7 +344,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------
 
     def save(self) -> None:
-        meta = ckpt.CheckpointMeta(
+        meta = CheckpointMeta(
             step=self.step, consumed_samples=self.consumed_samples(),
             data_fingerprint=self.src.fingerprint, data_folders=data_folders(self.src),
             param_shapes=self.shapes, world_size=self.denv.world_size,
@@ -347,7 +354,7 @@ class Trainer:
         t0 = time.perf_counter()
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
                             self.ckpt_bytes)
-        self.ckpt_bytes = ckpt.read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
+        self.ckpt_bytes = read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
         log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
 
     # ---- the loop ----------------------------------------------------------------------
@@ -372,7 +379,8 @@ class Trainer:
                "data_wait_ms": interval.data_wait_s / interval.steps * 1000,
                "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
                "consumed_samples": self.consumed_samples(),
-               "restart_count": self.restart_count, "time": time.time()}
+               "restart_count": self.restart_count, "time": time.time(),
+               **self.memcheck.fields()}
         row.update(self.objective.log_fields(interval.counts))  # seq2seq: padding_fraction
         self.metrics.log(row)
         log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
@@ -432,11 +440,11 @@ class Trainer:
         if stop and self.step < self.cfg.train.max_steps:
             log.warning("stopped at step %d/%d on request; resume with the same command",
                         self.step, self.cfg.train.max_steps)
-            return EXIT_RESUME_ME
+            return EXIT_RESUME
         return None
 
     def run(self, until: int | None = None) -> int | None:
-        """Train to train.max_steps: EXIT_DONE, or EXIT_RESUME_ME when stopped on request.
+        """Train to train.max_steps: EXIT_OK, or EXIT_RESUME when stopped on request.
         `until` (benchmarks) ends the call after that step with a sync and returns None;
         a later call continues where this one left off."""
         cfg, max_steps = self.cfg, self.cfg.train.max_steps
@@ -448,10 +456,12 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.rank0 and cfg.logging.progress_bar), mininterval=2)
         interval, clock = Interval(), SyncClock()
+        self.memcheck.training_starts()
         while self.step < end:
             t0 = time.perf_counter()
             out = self.train_step(batches)
             self.step += 1
+            self.memcheck.step_done()
             self._collect_garbage()
             due, synced = self._due(), None
             if due.any() or self.step >= self.next_sync or self.step == end:
@@ -466,12 +476,13 @@ class Trainer:
                     bar.close()
                     return code
         bar.close()
-        return EXIT_DONE if self.step == max_steps else None
+        return EXIT_OK if self.step == max_steps else None
 
     def close(self, code: int | None = None, error: str | None = None) -> None:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
+            self.memcheck.stop()
             self.metrics.close()
         finally:
             try:

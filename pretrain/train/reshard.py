@@ -33,19 +33,16 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from data_tools.atomic import fsync_path, is_temp_name, temp_name
-from pretrain.train.checkpoint import (
+from data_tools.atomic import fsync_path, is_temp_name, temp_name, write_atomic
+from pretrain.train.checkpoint import CheckpointError, FileProblem, check_files, file_record
+from pretrain.train.checkpoint_meta import (
     META,
     META_FORMAT,
     UNIVERSAL_SUFFIX,
-    CheckpointError,
     CheckpointMeta,
-    FileProblem,
-    check_files,
-    file_record,
     meta_problem,
-    write_atomic,
 )
+from pretrain.train.distenv import import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger(__name__)
@@ -137,8 +134,9 @@ def _loadable_at_every_stage(folder: Path) -> None:
     tensors; ZeRO-1/2 reads `ds_version`, `{"param": tensor}` and a `step.pt` per parameter).
     Give the folder both: then it resumes at any stage 1-3. (A ZeRO-3 source's copy of rank 0's
     flat partitions in optimizer_state.pt is dropped: nothing loads it.)"""
-    import deepspeed
     import torch
+
+    deepspeed = import_deepspeed()
     from deepspeed.checkpoint import constants as c
 
     zero = folder / "zero"
@@ -164,6 +162,7 @@ def _loadable_at_every_stage(folder: Path) -> None:
 
 def _run_ds_to_universal(src: Path, out: Path) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the conversion runs on the CPU
+    import_deepspeed()
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(

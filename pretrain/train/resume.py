@@ -20,7 +20,8 @@ from typing import Any
 
 from pretrain.model.mup import GroupSpec, group_specs
 from pretrain.objectives import exactness_keys
-from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.checkpoint import CheckpointError
+from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.reshard import through_universal
 

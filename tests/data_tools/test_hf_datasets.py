@@ -5,15 +5,12 @@ import datasets  # the dev extra installs it (pyproject.toml)
 import pyarrow as pa
 import pytest
 
-from tests.data_tools.dt_util import cli
+from tests.data_tools.dt_util import shard_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, corpus, tokenizer):
-    out = tmp_path_factory.mktemp("hf") / "data"
-    assert cli("shard", corpus, "--tokenizer", tokenizer, "--out", out, "--workers", "1",
-               "--shard-size", "64KB", "--val-fraction", "0.1") == 0
-    return out
+    return shard_folder(tmp_path_factory.mktemp("hf"), corpus, tokenizer, "64KB")
 
 
 def pyarrow_rows(paths) -> list[list[int]]:

@@ -3,22 +3,12 @@ errors naming the file and key."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers.models import CONFIG_DIR, shipped_model
 
 from arrowtrain.commands.model import main
-from pretrain.configlib import load_yaml, validate_section
-from pretrain.model import ModelConfig, build_model, count_parameters
-
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
-
-
-def _load(name, vocab=32000):
-    data = load_yaml(CONFIG_DIR / f"{name}.yaml")
-    if data.get("vocab_size") is None:
-        data["vocab_size"] = vocab
-    return validate_section(ModelConfig, data, source=name)
+from pretrain.model import build_model, count_parameters
 
 
 def test_summary_command_prints_exact_lines():
@@ -39,7 +29,7 @@ def test_summary_of_a_run_config_with_overrides(tmp_path, capsys):
     assert main([str(run), "--vocab-size", "96", "d_model=128"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "layers: 3" in lines and "d_model: 128" in lines
-    tiny = _load("gpt-tiny", vocab=96).model_copy(update={"n_layers": 3, "d_model": 128})
+    tiny = shipped_model("gpt-tiny", vocab=96).model_copy(update={"n_layers": 3, "d_model": 128})
     assert f"parameters: {count_parameters(build_model(tiny))}" in lines
     assert main([str(CONFIG_DIR / "t5-tiny.yaml")]) == 0
     out = capsys.readouterr()

@@ -16,7 +16,7 @@ import yaml
 from helpers.dist import REPO
 from helpers.tinydata import make_tiny_data
 
-from arrowtrain.commands.sweep import main, plot_sweep
+from arrowtrain.commands.sweep import _panel, main, plot_sweep
 
 CONFIG = str(REPO / "configs" / "gpt-tiny.yaml")
 
@@ -145,3 +145,38 @@ def test_the_plot_uses_log_axes_where_the_values_span(tmp_path):
     assert plot_sweep(rows, ["optim.lr"], tmp_path / "w.png") is not None
     assert plot_sweep([{**r, "final_val_loss": None} for r in rows], ["optim.lr"],
                       tmp_path / "x.png") is None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_lr, by_width) = plt.subplots(1, 2)
+    _panel(by_lr, rows, "optim.lr", ["model.d_model"])  # 1e-3 .. 1.6e-2: a factor of 16
+    narrow = [r for r in rows if r["optim.lr"] != "1.6e-2"]
+    _panel(by_width, narrow, "model.d_model", ["optim.lr"])  # 64 and 256: a factor of 4
+    assert by_lr.get_xscale() == "log" and by_width.get_xscale() == "log"
+    assert [len(line.get_xdata()) for line in by_lr.get_lines()] == [3, 1, 3, 1]  # + stars
+    fig.clf()
+    _panel(fig.add_subplot(), [r for r in rows if r["model.d_model"] == "64"][:2], "optim.lr",
+           [])  # 1e-3 and 4e-3: a factor of 4 -> log; the loss spans less than 10 -> linear
+    assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "linear"
+    fig.clf()
+    _panel(fig.add_subplot(), [{"k": str(v), "final_val_loss": 1.0 + v} for v in (2, 3, 5)],
+           "k", [])  # 2 .. 5: under a factor of 4
+    assert fig.axes[0].get_xscale() == "linear"
+    plt.close(fig)
+
+
+@pytest.mark.slow  # two DeepSpeed runs (about 20 s on the 2-core box)
+def test_parallel_k_starts_k_runs_before_waiting_for_any(data, tmp_path, capsys):
+    out = tmp_path / "par"
+    assert main(["--config", CONFIG, "--grid", "seed=1,2,3", "--out", str(out), "--parallel",
+                 "2", "--omp-threads", "1", *small(data), "train.max_steps=2"]) == 0
+    said = [line.removeprefix("[sweep] ") for line in capsys.readouterr().err.splitlines()
+            if line.startswith("[sweep] ")]
+    order = [s.split(" (")[0] for s in said if s.startswith("started ") or ": exit" in s]
+    assert order[:2] == ["started seed=1", "started seed=2"], said  # two at once
+    assert order.index("started seed=3") > min(order.index("seed=1: exit 0"),
+                                               order.index("seed=2: exit 0")), said
+    with (out / "summary.csv").open() as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["finished"] * 3

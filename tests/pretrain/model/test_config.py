@@ -1,10 +1,10 @@
 """ModelConfig validation and the shipped configs (the `arrowtrain model` summary:
 tests/arrowtrain/commands/test_model.py)."""
 
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import CONFIG_DIR, shipped_model
 
 from pretrain.configlib import ConfigError, load_yaml, validate_section
 from pretrain.model import (
@@ -15,17 +15,10 @@ from pretrain.model import (
     saved_model_config,
 )
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 EXACT = {"gpt2-124m": 124_439_808, "llama-1.1b": 1_100_048_384}
 PAPER = {"transformer-base": 65e6, "transformer-big": 213e6}  # Vaswani et al. 2017, Table 3
 
-
-def _load(name, vocab=32000):
-    data = load_yaml(CONFIG_DIR / f"{name}.yaml")
-    if data.get("vocab_size") is None:
-        data["vocab_size"] = vocab
-    return validate_section(ModelConfig, data, source=name)
 
 
 def test_the_issue_sizes_are_shipped():
@@ -36,7 +29,7 @@ def test_the_issue_sizes_are_shipped():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_parses_and_builds(name):
-    cfg = _load(name)
+    cfg = shipped_model(name)
     big = cfg.d_model >= 512
     with torch.device("meta" if big else "cpu"):
         model = build_model(cfg)

@@ -87,8 +87,7 @@ def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--top-k", "0"], "argument --top-k: 0 is not ≥ 1 (leave it out to sample from every "
-                       "token)"),
+    (["--top-k", "-1"], "argument --top-k: -1 is not ≥ 0 (0: every token)"),
     (["--temperature", "-0.5"], "argument --temperature: -0.5 is not ≥ 0"),
     (["--temperature", "nan"], "argument --temperature: nan is not ≥ 0"),
     (["--max-new-tokens", "-3"], "argument --max-new-tokens: -3 is not ≥ 0"),

@@ -13,14 +13,10 @@ import pytest
 import torch
 from helpers.tamper import payload_is_live, write_payload
 
+from data_tools.atomic import write_atomic
 from pretrain.train import reshard
-from pretrain.train.checkpoint import (
-    META,
-    CheckpointError,
-    CheckpointMeta,
-    file_record,
-    write_atomic,
-)
+from pretrain.train.checkpoint import CheckpointError, file_record
+from pretrain.train.checkpoint_meta import META, CheckpointMeta
 
 
 def meta(world: int, stage: int) -> CheckpointMeta:

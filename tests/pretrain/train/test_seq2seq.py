@@ -64,6 +64,19 @@ def test_stop_then_resume_continues_exactly(straight, pair_data, tmp_path, runs)
     assert runs.train_losses(tmp_path / "run") == runs.train_losses(run_dir)
 
 
+def test_translate_prints_one_line_per_input_line_and_nothing_else(straight, tmp_path):
+    """`arrowtrain translate RUN --input F > out.txt`: out.txt holds exactly one translation per
+    input line (DeepSpeed's accelerator warning once made it 301 lines for 300)."""
+    from tests.pretrain.train.test_stdout import to_file
+
+    run_dir, _ = straight
+    source = tmp_path / "source.txt"
+    source.write_text("".join(f"{a} {b}\n" for a in ("the", "cat", "a") for b in ("dog", "sees")))
+    text, _ = to_file(tmp_path, "translate", str(run_dir), "--input", str(source), "--beam",
+                        "1", "--max-len", "8")
+    assert text.count("\n") == 6 and len(text.split("\n")) == 7 and "WARNING" not in text
+
+
 def test_preflight_matches_objective_and_folder_kind(pair_data, tiny_data):
     cfg = check_run(REPO / "configs" / "translate-tiny.yaml", [f"data.path={pair_data}"],
                     world_size=2)

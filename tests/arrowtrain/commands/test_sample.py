@@ -1,6 +1,8 @@
-"""`arrowtrain sample` on an exported `.safetensors`: the export carries the run's tokenizer (its
-metadata), so the file alone samples the same greedy text as the run folder; an export without
-one asks for --tokenizer, and --tokenizer makes it work; unreadable files get one line."""
+"""`arrowtrain sample`: it samples by default (temperature 0.8, top-k 40), seeded, so the same
+command prints the same text, and `--temperature 0` is greedy. On an exported `.safetensors`: the
+export carries the run's tokenizer (its metadata), so the file alone samples the same text as
+the run folder; an export without one asks for --tokenizer, and --tokenizer makes it work;
+unreadable files get one line."""
 
 from __future__ import annotations
 
@@ -76,3 +78,40 @@ def test_bad_files_get_one_line(exported, tmp_path):
     res = sample(str(exported), "--tokenizer", str(tmp_path / "nope.json"))
     assert res.returncode == 2 and f"tokenizer {tmp_path / 'nope.json'}: no such file" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_it_samples_by_default_seeded_and_greedy_at_temperature_0(straight_run):
+    """Greedy decoding of a small model soon repeats itself: the default samples (temperature
+    0.8, top-k 40) as nanoGPT does; a seed makes it repeatable; --temperature 0 is greedy."""
+    import torch
+
+    from arrowtrain.commands.sample import load_run, sample_text
+    from pretrain.model.generate import generate
+
+    run = straight_run(0)
+
+    def text(**kw):
+        return sample_text(run, "the red", max_new_tokens=12, **kw)
+
+    default = text()
+    assert default == text() == text(seed=0, temperature=0.8, top_k=40)  # repeatable
+    assert len({text(seed=s) for s in range(4)}) > 1  # the seed decides the draw
+    greedy = text(temperature=0.0)
+    assert default != greedy
+    model, tok = load_run(run, None)
+    ids = torch.tensor([tok.encode("the red").ids])  # (1, T)
+    out = generate(model, ids, 12, temperature=0.0)  # (1, T + 12): the most likely every time
+    assert greedy == tok.decode(out[0].tolist(), skip_special_tokens=False)
+
+
+def test_help_states_the_sampling_defaults(capsys):
+    from arrowtrain.commands.sample import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"], prog="arrowtrain sample")
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "temperature 0.8 among the 40 most likely tokens" in text
+    assert "--temperature 0 decodes greedily" in text
+    assert "(default: 0.8)" in text and "(default: 40)" in text
+    assert "the same seed gives the same text" in text
