@@ -300,15 +300,9 @@ def submit_array(plan: Plan, todo: list, args) -> int:
 # ---- summary ------------------------------------------------------------------------------
 
 def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
+    from pretrain.train.events import read_jsonl  # skips cut and non-object lines
+
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def summary_rows(plan: Plan, found: dict[str, str]) -> list[dict]:

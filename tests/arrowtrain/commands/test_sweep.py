@@ -70,6 +70,12 @@ def test_a_local_sweep_resumes_stopped_runs_and_skips_finished_ones(data, tmp_pa
     assert cfg["logging"]["wandb"]["name"] == "stop_at_step=2"
     assert cfg["run_dir"] == str(run)
     assert json.loads((out / "sweep.json").read_text())["runs"] == ["stop_at_step=2"]
+    last = losses(run)[-1]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('[1, 2]\n{"step": 5, "lo')  # damaged: a line not an object, a cut line
+    capsys.readouterr()
+    assert main([*args, "--summary"]) == 0 and starts(run) == 2
+    assert f"| {last:.4f} |" in capsys.readouterr().out
 
 
 def test_print_lists_the_runs_and_starts_nothing(data, tmp_path, capsys):

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from pretrain.model import build_model
-from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.checkpoint import CheckpointError
+from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import build_run_config, config_to_dict
 from pretrain.train.engine import build_optimizer, param_groups
 from pretrain.train.init_from import init_problems
