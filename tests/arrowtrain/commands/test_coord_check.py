@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from helpers.dist import REPO
-from helpers.tinydata import make_tiny_data
 
 from arrowtrain.commands.coord_check import main, run
 from pretrain.train.coord import verdicts
@@ -19,9 +18,9 @@ from pretrain.train.coord import verdicts
 CONFIG = str(REPO / "configs" / "gpt-tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("coord_data"))
+@pytest.fixture
+def data(tiny_data) -> Path:
+    return tiny_data  # tests/conftest.py's, built once per session
 
 
 def overrides(data: Path) -> list[str]:

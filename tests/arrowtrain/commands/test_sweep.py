@@ -14,16 +14,15 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.dist import REPO
-from helpers.tinydata import make_tiny_data
 
 from arrowtrain.commands.sweep import _panel, main, plot_sweep
 
 CONFIG = str(REPO / "configs" / "gpt-tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_tiny_data(tmp_path_factory.mktemp("sweep_data"))
+@pytest.fixture
+def data(tiny_data) -> Path:
+    return tiny_data  # tests/conftest.py's, built once per session
 
 
 def small(data: Path) -> list[str]:
