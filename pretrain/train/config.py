@@ -207,6 +207,9 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="W&B run name (null: W&B's own)")
     entity: str | None = Field(None, description="W&B team or user (null: your default)")
     tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    group: str | None = Field(
+        None, description="W&B group (null: none; `arrowtrain sweep` sets the sweep folder's "
+        "name)")
 
 
 class LoggingConfig(Section):

@@ -27,6 +27,14 @@ FUNCTION_KEYS = ("family", "norm", "norm_position", "norm_eps", "position", "rop
                  "relative_max_distance", "activation", "bias", "tie_embeddings",
                  "scale_embeddings")
 KEYS = ("init_from",)
+# muP's keys change what the tensors compute too (output and attention scales); mup_base_width
+# and mup_base_head_dim only where either side is muP (standard ignores them).
+MUP_KEYS = ("parametrization", "mup_base_width", "mup_base_head_dim")
+
+
+def function_keys(a: ModelConfig, b: ModelConfig) -> tuple[str, ...]:
+    mup = "mup" in (a.parametrization, b.parametrization)
+    return FUNCTION_KEYS + (MUP_KEYS if mup else ())
 
 
 class InitFileError(ValueError):
@@ -72,7 +80,7 @@ def init_problems(model: ModelConfig, path: Path) -> list[Problem]:
         theirs, got = read_init_file(path)
     except InitFileError as e:
         return [Problem(str(e), KEYS)]
-    differ = [k for k in FUNCTION_KEYS if getattr(model, k) != getattr(theirs, k)]
+    differ = [k for k in function_keys(model, theirs) if getattr(model, k) != getattr(theirs, k)]
     if differ:
         fits = " ".join(f"model.{k}={_yaml_value(getattr(theirs, k))}" for k in differ)
         return [Problem(f"model.{k} is {getattr(model, k)!r} but init_from {path} was trained "

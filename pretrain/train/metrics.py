@@ -156,8 +156,8 @@ class Metrics:
         # "allow", also online: "must" would turn a run missing on the server (deleted, or all
         # earlier segments offline) into a crash loop of the training job.
         run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name, tags=cfg.tags,
-                         id=wandb_run_id(run_dir), resume="allow", mode=cfg.mode,
-                         dir=str(run_dir), config=config)
+                         group=cfg.group, id=wandb_run_id(run_dir), resume="allow",
+                         mode=cfg.mode, dir=str(run_dir), config=config)
         run.define_metric("train/step")
         run.define_metric("*", step_metric="train/step")
         return run

@@ -3,7 +3,7 @@
 Refused (the message names each change): the model's parameter shapes, the data (another
 fingerprint: the changed folder paths, weights or folder contents are named), what decides which
 samples come in which order (seed, objective, lengths, noise, shuffle), the precision, the
-optimizer (offload or not), and a ZeRO stage change the universal checkpoint cannot carry
+optimizer (offload or not), the parametrization (muP's keys), and a ZeRO stage change the universal checkpoint cannot carry
 (reshard.through_universal; another number of ranks resumes at any stage). A change of
 global batch is kept when the samples consumed so far are a whole number of the new batches (the
 loader resumes at an exact step of the new batch), refused otherwise. Everything else (lr,
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.configlib import config_changes
+from pretrain.model.mup import GroupSpec, group_specs
 from pretrain.objectives import exactness_keys
 from pretrain.train.checkpoint import CheckpointError
 from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
@@ -89,6 +90,20 @@ def _batch_problem(meta: CheckpointMeta, gbs: int) -> list[str]:
     return []
 
 
+# What muP changes (pretrain/model/mup.py): the optimizer's param groups and what the weights
+# compute. Under standard on both sides mup_base_width is unused: a change there is harmless.
+MUP_KEYS = ("model.parametrization", "model.mup_base_width", "model.mup_base_head_dim")
+
+
+def _mup_problems(changes: list[tuple[str, Any, Any]], old_model: dict[str, Any],
+                  cfg: RunConfig) -> list[str]:
+    if "mup" not in (old_model.get("parametrization", "standard"), cfg.model.parametrization):
+        return []
+    return [f"{k}: {a!r} → {b!r} (muP: the optimizer's param groups, their lr and weight "
+            "decay, and what the weights compute depend on it)"
+            for k, a, b in changes if k in MUP_KEYS]
+
+
 def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[int]],
                  fingerprint: str, folders: list[DataFolderRecord],
                  tag_dir: Path) -> list[tuple[str, Any, Any]]:
@@ -100,6 +115,7 @@ def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[in
     problems = _partition_problems(meta, cfg.deepspeed.zero_stage)
     problems += _shape_problems(meta.param_shapes, shapes)
     problems += _data_problems(meta, fingerprint, folders)
+    problems += _mup_problems(changes, meta.config.get("model", {}), cfg)
     problems += [f"{k}: {a!r} → {b!r} (decides which samples come in which order)"
                  for k, a, b in changes if k in EXACTNESS_KEYS and k != "precision"]
     if "precision" in changed:
@@ -139,14 +155,31 @@ def apply_hyperparameters(scheduler, cfg: RunConfig) -> None:
     """After load: DeepSpeed restored the optimizer's param groups (lr, betas, eps, weight decay)
     and the scheduler's base lr and lr function from the checkpoint; set them to this run's
     config, so that a changed value takes effect from the next step. With an unchanged config
-    this writes back the same values (bit for bit)."""
+    this writes back the same values (bit for bit). Groups are keyed by name
+    (pretrain.model.mup.group_specs): each gets its spec's lr factor and weight decay."""
     from pretrain.train.schedule import retarget
 
     o = cfg.optim
     optimizer = scheduler.optimizer  # the optimizer that steps (inside ZeRO's wrapper too)
-    for i, g in enumerate(optimizer.param_groups):
+    specs = group_specs(cfg.model, o.weight_decay)
+    restore_group_names(optimizer.param_groups, specs)
+    by_name = {s.name: s for s in specs}
+    for g in optimizer.param_groups:
+        spec = by_name[g["name"]]
         g["betas"], g["eps"] = (o.beta1, o.beta2), o.eps
-        # engine.param_groups: matrices first, then biases and norm gains (never decayed) —
-        # set both: DeepSpeed's ZeRO-3 universal load gives every group the first one's values.
-        g["weight_decay"] = o.weight_decay if i == 0 else 0.0
+        g["weight_decay"], g["lr_scale"] = spec.weight_decay, spec.lr_scale
     retarget(scheduler, cfg.schedule, cfg.train.max_steps, o.lr)
+
+
+def restore_group_names(groups: list[dict], specs: list[GroupSpec]) -> None:
+    """Make every group carry its spec's name. The engine keeps the groups in the order it was
+    built with, but a load may leave names missing (a checkpoint from before groups were named)
+    or all alike (DeepSpeed's ZeRO-3 universal load gives every group the first one's
+    settings): then they are named by that order."""
+    names = [s.name for s in specs]
+    if len(groups) != len(specs):
+        raise CheckpointError(f"the optimizer has {len(groups)} param groups, this run's model "
+                              f"needs {len(specs)} ({', '.join(names)})")
+    if sorted(str(g.get("name")) for g in groups) != sorted(names):
+        for g, name in zip(groups, names):
+            g["name"] = name

@@ -95,13 +95,21 @@ def lr_jump(old: dict[str, Any], cfg: RunConfig, step: int) -> str | None:
 def retarget(scheduler: LambdaLR, cfg: ScheduleConfig, max_steps: int, peak_lr: float) -> None:
     """Point a restored scheduler at this config (LambdaLR.load_state_dict brings back the saved
     base lr and the saved multiplier's fields) and set the lr of the next step from it, the same
-    expression LambdaLR.step uses, so an unchanged config gives back the same bits."""
+    expression LambdaLR.step uses, so an unchanged config gives back the same bits. Each group's
+    peak is peak_lr × its `lr_scale` (muP's hidden matrices: 1/m; pretrain/model/mup.py)."""
     fresh, optimizer = _Multiplier(cfg, max_steps), scheduler.optimizer
-    scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
+    peaks = [group_peak(peak_lr, g) for g in optimizer.param_groups]
+    scheduler.base_lrs = peaks
     for fn in scheduler.lr_lambdas:
         fn.__dict__.update(fresh.__dict__)
     lrs = [base * fn(scheduler.last_epoch)
            for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for g, lr in zip(optimizer.param_groups, lrs):
-        g["lr"], g["initial_lr"] = lr, peak_lr
+    for g, lr, peak in zip(optimizer.param_groups, lrs, peaks):
+        g["lr"], g["initial_lr"] = lr, peak
     scheduler._last_lr = lrs
+
+
+def group_peak(peak_lr: float, group: dict) -> float:
+    """A param group's peak lr: optim.lr × the group's lr_scale (1 when it has none), computed
+    as build_optimizer does, so a resume gives back the same bits."""
+    return peak_lr * group.get("lr_scale", 1.0)
