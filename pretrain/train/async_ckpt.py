@@ -49,9 +49,11 @@ class Arena:
     """Host memory a checkpoint is staged in: a memfd the writer maps too, grown when a save
     needs more and reused by the next (one staged copy of this rank's share)."""
 
-    def __init__(self):
+    def __init__(self, reserve_bytes: int = 0):
         self.fd = os.memfd_create("arrowtrain-checkpoint")
         self.size, self.used, self.map = 0, 0, None
+        if reserve_bytes:  # the expected share, its pages touched now rather than at a save
+            self._grow(reserve_bytes)
 
     def reset(self) -> None:
         self.used = 0
@@ -71,7 +73,8 @@ class Arena:
     def _grow(self, need: int) -> None:
         size = -(-max(need, self.size + self.size // 4) // PAGE) * PAGE
         os.ftruncate(self.fd, size)
-        self.map, self.size = mmap.mmap(self.fd, size), size  # old views die with their tensors
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        self.map, self.size = mmap.mmap(self.fd, size, flags=flags), size  # old views die
 
     def close(self) -> None:
         os.close(self.fd)
@@ -201,10 +204,10 @@ class _Stager:
 class AsyncCheckpointer:
     """One rank's staging arena, writer process and commit thread (one save in flight)."""
 
-    def __init__(self, group, keep_last: int):
+    def __init__(self, group, keep_last: int, reserve_bytes: int = 0):
         self.group, self.keep_last = group, keep_last
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.arena = Arena()
+        self.arena = Arena(reserve_bytes)
         self.writer = WriterProcess(self.arena)
         self.inflight: _InFlight | None = None
 

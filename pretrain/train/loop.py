@@ -240,7 +240,9 @@ class Trainer:
             err.all_ranks = True
             raise err
         group = dist.new_group(backend="gloo")  # the commit threads' own collectives
-        return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last)
+        mine = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, [rank],
+                                           world, weights)
+        return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last, mine)
 
     def _warn_if_slow_on_cpu(self) -> None:
         from pretrain.train.cpu_check import cpu_step_warning
