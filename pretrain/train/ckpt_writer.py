@@ -175,10 +175,14 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
+    # answers go on a private copy of stdout; anything else printed (DeepSpeed's import
+    # banner, warnings) goes to stderr, the rank's log
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     torch.set_num_threads(1)
     _warm_up()
     arena = ArenaView(int(argv[0]))
-    jobs, answers = sys.stdin.buffer, sys.stdout
+    jobs = sys.stdin.buffer
     current = Checkpoint()
     while (msg := read_message(jobs)) is not None:
         if msg["op"] == "file":
