@@ -184,3 +184,26 @@ def test_disk_full_during_background_write_is_clear_and_removes_the_partial(
     assert cm.list_tags(ck) == ["step_00000003"] and _latest(run) == "step_00000003"
     assert not [p for p in ck.rglob("*") if p.name.endswith(".tmp")]
     assert ckpt.choose_checkpoint(ck, ["step_00000003"])[1].step == 3
+
+
+def test_sigterm_to_the_process_groups_mid_write_ends_committed_with_75(runs, tiny_data,
+                                                                       tmp_path):
+    """SIGTERM to each rank's whole process group (as SLURM sends it) reaches the writers too:
+    they ignore it, the stop waits for the write in flight and commits its own save."""
+    run = tmp_path / "run"
+    ranks = start_ranks(runs.small_run_args(run, tiny_data, 1, *ASYNC), tmp_path / "logs",
+                        env=SLOW_WRITER)
+    try:
+        _wait_for(lambda: _in_flight(run, "step_00000003", None), ranks,
+                  "the step-3 write in flight")
+        for p in ranks.procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        codes = ranks.wait(240)
+    finally:
+        ranks.kill()
+    logs = ranks.logs(10**6)
+    assert codes == [75, 75], logs
+    stopped = max(s for s, _ in runs.train_losses(run))
+    assert _latest(run) == cm.tag_for(stopped) and stopped >= 3
+    assert cm.is_complete(run / "checkpoints" / cm.tag_for(stopped))
+    assert cm.is_complete(run / "checkpoints" / "step_00000003")
