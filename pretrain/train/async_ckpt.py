@@ -52,8 +52,8 @@ class Arena:
     def __init__(self, reserve_bytes: int = 0):
         self.fd = os.memfd_create("arrowtrain-checkpoint")
         self.size, self.used, self.map = 0, 0, None
-        if reserve_bytes:  # the expected share, its pages touched now rather than at a save
-            self._grow(reserve_bytes)
+        if reserve_bytes:  # the expected share (+6%: the estimate is within 3%), its pages
+            self._grow(reserve_bytes + reserve_bytes // 16 + (16 << 20), populate=True)
 
     def reset(self) -> None:
         self.used = 0
@@ -70,10 +70,12 @@ class Arena:
             dst.copy_(src)
         return offset, nbytes
 
-    def _grow(self, need: int) -> None:
+    def _grow(self, need: int, populate: bool = False) -> None:
+        """Touched now (at start) or page by page as the staging copy writes them (a save
+        that outgrew the reserve: touching it all here would hold the loop longer)."""
         size = -(-max(need, self.size + self.size // 4) // PAGE) * PAGE
         os.ftruncate(self.fd, size)
-        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
         self.map, self.size = mmap.mmap(self.fd, size, flags=flags), size  # old views die
 
     def close(self) -> None:

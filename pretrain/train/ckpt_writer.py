@@ -11,9 +11,10 @@ end of each checkpoint answers with one JSON line on stdout: the files with size
 the first error (the failed file's temp is removed; the rest of that checkpoint is skipped).
 
 A separate process, not a thread: serialising and hashing gigabytes would hold the trainer's
-GIL. Signals that stop the trainer (SIGINT, SIGTERM, SIGUSR1) are ignored here, because the
-trainer waits for the write in flight before it stops and then says `quit`; a writer whose
-trainer dies goes with it (PR_SET_PDEATHSIG, and EOF on stdin)."""
+GIL. It runs at nice +10, so that where CPUs are short the training loop goes first. Signals
+that stop the trainer (SIGINT, SIGTERM, SIGUSR1) are ignored here, because the trainer waits
+for the write in flight before it stops and then says `quit`; a writer whose trainer dies goes
+with it (PR_SET_PDEATHSIG, and EOF on stdin)."""
 
 from __future__ import annotations
 
@@ -180,6 +181,7 @@ def main(argv: list[str]) -> int:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     torch.set_num_threads(1)
+    os.nice(10)  # background work: where CPUs are short, the training loop goes first
     _warm_up()
     arena = ArenaView(int(argv[0]))
     jobs = sys.stdin.buffer
