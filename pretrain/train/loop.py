@@ -403,6 +403,8 @@ class Trainer:
         if outcome.error is not None:
             raise ckpt.CheckpointSaveError(outcome.error)
         self.ckpt_bytes = outcome.total_bytes or self.ckpt_bytes
+        # checkpoint.remote (issue 21 item 3, not built yet): every committed checkpoint, sync
+        # or async, passes here on every rank — the upload of outcome.tag_dir starts here.
         self.metrics.log({"step": self.step, "checkpoint_step": outcome.step,
                           "checkpoint_blocking_ms": round(outcome.blocking_ms, 1),
                           "checkpoint_write_ms": round(outcome.write_ms, 1)})
