@@ -218,9 +218,11 @@ class AsyncCheckpointer:
         self.writer.send({"op": "file", "path": str(path), "rel": str(path.relative_to(tag_dir)),
                           "payload": payload, "zipfile": zipfile})
 
-    def start(self, engine, ckpt_dir: Path, meta: CheckpointMeta, estimate: int | None) -> None:
+    def start(self, engine, ckpt_dir: Path, meta: CheckpointMeta, estimate: int | None
+              ) -> Outcome:
         """Collective (training group, main thread): stage this rank's files and hand them to
-        the writer; returns once the state is copied. The caller has waited for the last."""
+        the writer; returns (the save's outcome, filled in by the commit thread) once the state
+        is copied. The caller has waited for the save before."""
         assert self.inflight is None, "wait() for the save in flight first"
         t0 = time.perf_counter()
         tag_dir = ckpt_dir / tag_for(meta.step)
@@ -246,6 +248,7 @@ class AsyncCheckpointer:
             target=self._commit, args=(self.inflight, estimate), daemon=True,
             name=f"checkpoint-commit-{meta.step}")
         self.inflight.thread.start()
+        return outcome
 
     def _commit(self, job: _InFlight, estimate: int | None) -> None:
         """Commit thread: this rank's writer done → all ranks' findings (own gloo group) →

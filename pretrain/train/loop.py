@@ -384,10 +384,10 @@ class Trainer:
         t0 = time.perf_counter()
         if self.saver is not None:  # checkpoint.async: the last save commits first
             self._settle(self.saver.wait())
-            self.saver.start(self.engine, self.ckpt_dir, meta, self.ckpt_bytes)
-            self.saver.inflight.outcome.blocking_ms = (time.perf_counter() - t0) * 1e3
+            outcome = self.saver.start(self.engine, self.ckpt_dir, meta, self.ckpt_bytes)
+            outcome.blocking_ms = (time.perf_counter() - t0) * 1e3  # with the wait before
             log.info("step %d: checkpoint staged in %.0f ms, writing in the background",
-                     self.step, self.saver.inflight.outcome.blocking_ms)
+                     self.step, outcome.blocking_ms)
             return
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
                             self.ckpt_bytes)
