@@ -5,11 +5,12 @@
     python benchmarks/checkpoint_stall.py --every 20 --saves 3 --model gpt2-350m
 
 Three trainers on one process (world size 1), each `python -m pretrain.train`'s Trainer on the
-same model and data: `none` (no saves), `sync` and `async` (a save every --every steps). Each
-is warmed up, then timed over --saves x --every steps. Per save: checkpoint_blocking_ms (the
+same model and data: `none` (no saves), `sync` and `async` (a save every --every steps), then
+`none` again (the baseline is their mean; how far apart they are is the noise floor). Each is
+warmed up, then timed over --saves x --every steps. Per save: checkpoint_blocking_ms (the
 time the loop was held, as the trainer logs it to metrics.jsonl) and checkpoint_write_ms (save
-step to committed). Slowdown = a mode's seconds for the timed steps / none's - 1. The async
-run's last write is waited for after the timed steps (printed as final_wait_ms). Targets on a
+step to committed). Slowdown = a mode's seconds for the timed steps / the baseline's - 1.
+The async run's last write is waited for after the timed steps (printed as final_wait_ms). Targets on a
 CPU with a >= 1 GB checkpoint: async blocked <= 0.2 x sync; async slowdown <= 3% at --every 20.
 The checkpoint folders go to --dir (default: a temp folder; the disk it is on matters).
 The last line is one JSON object.
@@ -45,6 +46,7 @@ from pretrain.train.distenv import resolve_dist_env  # noqa: E402
 from pretrain.train.engine import init_distributed  # noqa: E402
 
 MODES = {"none": [], "sync": ["checkpoint.async=false"], "async": ["checkpoint.async=true"]}
+ORDER = ("none", "sync", "async", "none_again")  # the baseline before and after: its spread
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,13 +68,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def measure(args, tmp: Path, mode: str, device, denv) -> dict:
+def measure(args, tmp: Path, label: str, device, denv) -> dict:
     """One trainer: warm up, time --saves x --every steps, collect its save rows."""
+    mode = label.removesuffix("_again")
     every = args.every if mode != "none" else 10**9
     overrides = [*MODES[mode], f"checkpoint.every_steps={every}", "checkpoint.keep_last=1",
                  "train.sync_every_steps=1000", f"deepspeed.zero_stage={args.zero_stage}",
                  f"precision={args.precision}"]
-    trainer = new_trainer(args, tmp, mode, overrides, device, denv)
+    trainer = new_trainer(args, tmp, label, overrides, device, denv)
     start = args.warmup  # < every: the timed steps hold --saves saves
     trainer.run(until=start)
     steps = args.saves * args.every
@@ -88,7 +91,7 @@ def measure(args, tmp: Path, mode: str, device, denv) -> dict:
     saves = [json.loads(r) for r in rows]
     size = trainer.ckpt_bytes
     release(trainer)
-    shutil.rmtree(tmp / f"run-{mode}", ignore_errors=True)
+    shutil.rmtree(tmp / f"run-{label}", ignore_errors=True)
     out = {"seconds": round(seconds, 2), "steps": steps, "checkpoint_bytes": size,
            "step_time_ms": round(seconds / steps * 1e3, 1),
            "blocking_ms": [s["checkpoint_blocking_ms"] for s in saves],
@@ -99,8 +102,9 @@ def measure(args, tmp: Path, mode: str, device, denv) -> dict:
 
 
 def summarise(results: dict) -> dict:
-    base = results["none"]["seconds"]
-    out = {}
+    base = statistics.mean([results["none"]["seconds"], results["none_again"]["seconds"]])
+    out = {"baseline_spread": round(results["none_again"]["seconds"]
+                                    / results["none"]["seconds"] - 1, 4)}
     for mode in ("sync", "async"):
         r = results[mode]
         out[mode] = {"blocking_ms_per_save": round(statistics.mean(r["blocking_ms"]), 1),
@@ -120,10 +124,10 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ckpt_stall_", dir=args.dir))
     make_data(tmp / "data", model_vocab(args), 400_000)
     results = {}
-    for mode in MODES:
-        results[mode] = measure(args, tmp, mode, device, denv)
+    for label in ORDER:
+        results[label] = measure(args, tmp, label, device, denv)
         free_memory()
-        print(f"{mode:5s}: {results[mode]}", flush=True)
+        print(f"{label:10s}: {results[label]}", flush=True)
     summary = summarise(results)
     print(f"\ndevice: {device_name(device)}; disk: {tmp}; torch {torch.__version__}")
     print(f"model {args.model}, {args.precision}, ZeRO-{args.zero_stage}, a save every "
@@ -132,7 +136,9 @@ def main(argv=None) -> int:
         s = summary[mode]
         print(f"{mode:5s}: blocked {s['blocking_ms_per_save']:9.1f} ms per save, "
               f"slowdown {s['slowdown']:+.1%}")
-    print(f"async blocked / sync blocked: {summary['blocked_ratio_async_vs_sync']:.3f}")
+    print(f"async blocked / sync blocked: {summary['blocked_ratio_async_vs_sync']:.3f}; "
+          f"baseline (no saves) measured before and after: {summary['baseline_spread']:+.1%} "
+          "apart (the noise floor of the slowdowns)")
     if device.type == "cpu":
         print("no GPU here: the GPU path (device-to-host copy, pinned staging) not measured")
     print(json.dumps({"benchmark": "checkpoint_stall", "device": device_name(device),
