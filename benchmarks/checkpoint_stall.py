@@ -4,14 +4,15 @@
     python benchmarks/checkpoint_stall.py                      # gpt2-124m fp32 ZeRO-1: ~2 GB
     python benchmarks/checkpoint_stall.py --every 20 --saves 3 --model gpt2-350m
 
-Three trainers on one process (world size 1), each `python -m pretrain.train`'s Trainer on the
+Four trainers on one process (world size 1), each `python -m pretrain.train`'s Trainer on the
 same model and data: `none` (no saves), `sync` and `async` (a save every --every steps), then
 `none` again (the baseline is their mean; how far apart they are is the noise floor). Each is
 warmed up, then timed over --saves x --every steps. Per save: checkpoint_blocking_ms (the
 time the loop was held, as the trainer logs it to metrics.jsonl) and checkpoint_write_ms (save
 step to committed). Slowdown = a mode's seconds for the timed steps / the baseline's - 1.
-The async run's last write is waited for after the timed steps (printed as final_wait_ms). Targets on a
-CPU with a >= 1 GB checkpoint: async blocked <= 0.2 x sync; async slowdown <= 3% at --every 20.
+The async run's last write is waited for after the timed steps (printed as final_wait_ms).
+Targets on a CPU with a >= 1 GB checkpoint: async blocked <= 0.2 x sync; async slowdown <= 3%
+at --every 20.
 The checkpoint folders go to --dir (default: a temp folder; the disk it is on matters).
 The last line is one JSON object.
 """
