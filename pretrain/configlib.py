@@ -262,7 +262,8 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> tuple[list[str], list[str
             path.append(str(part))
         if inner:
             candidates = inner
-    return path, sorted({name for c in candidates for name in c.model_fields})
+    return path, sorted({f.alias or name for c in candidates
+                         for name, f in c.model_fields.items()})  # `checkpoint.async`
 
 
 def unknown_key_hint(model: type[BaseModel] | None, loc: tuple, prefix: str = "") -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pretrain.configlib import (
     ConfigError,
@@ -194,9 +194,19 @@ class DeepSpeedSection(Section):
 
 
 class CheckpointConfig(Section):
+    # `async` is a Python keyword: the field is `async_`, the key in configs and files `async`
+    model_config = ConfigDict(**Section.model_config, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
     every_steps: int = Field(1000, gt=0, description="save a checkpoint every N steps")
     keep_last: int = Field(3, ge=1, description="complete checkpoints kept (older are deleted)")
     save_at_end: bool = Field(True, description="save at the last step")
+    async_: bool = Field(
+        False, alias="async", description="save in the background: training waits only while "
+        "the state is copied to host memory (one staged copy per node, checked at start), a "
+        "writer process per rank writes the files and the checkpoint is committed (meta.json, "
+        "latest) once every rank's writer is done; a stop, the last step and the next save wait "
+        "for it")
 
 
 class WandbConfig(Section):

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from pretrain.model import build_model
 from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
+from pretrain.train.async_ckpt import Outcome
 from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.distenv import DistEnv
@@ -144,6 +146,8 @@ class Trainer:
         except BaseException:
             if getattr(self, "memcheck", None) is not None:
                 self.memcheck.stop()
+            if getattr(self, "saver", None) is not None:
+                self.saver.close()
             self._release_lock()
             raise
 
@@ -207,7 +211,32 @@ class Trainer:
         self.flops_per_token = self._flops_per_token()
         if self.rank0 and not use_gpu():
             self._warn_if_slow_on_cpu()
+        self.saver = self._start_async() if cfg.checkpoint.async_ else None
         self._record_start()
+
+    def _start_async(self):
+        """checkpoint.async (collective): the host-RAM pre-flight for one staged copy of this
+        node's share, the commit threads' own gloo group, this rank's writer process."""
+        from pretrain.train import async_ckpt
+
+        cfg, rank, world = self.cfg, self.denv.rank, self.denv.world_size
+        hosts = [None] * world
+        dist.all_gather_object(hosts, socket.gethostname())
+        local = [r for r, h in enumerate(hosts) if h == hosts[rank]]
+        weights = self.n_params * (2 if cfg.precision in ("bf16", "fp16") else 4)
+        need = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, local,
+                                           world, weights)
+        problems = [None] * world
+        dist.all_gather_object(problems, async_ckpt.host_ram_problem(need)
+                               if rank == local[0] else None)
+        if found := [p for p in problems if p]:
+            err = ConfigError(found[:1])
+            err.all_ranks = True
+            raise err
+        group = dist.new_group(backend="gloo")  # the commit threads' own collectives
+        mine = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, [rank],
+                                           world, weights)
+        return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last, mine)
 
     def _warn_if_slow_on_cpu(self) -> None:
         from pretrain.train.cpu_check import cpu_step_warning
@@ -299,7 +328,8 @@ class Trainer:
 
     def sync(self, seconds_per_step: float) -> Synced:
         """Agree on loss, grad norm, stop flag and the non-finite watch (one collective)."""
-        synced = self.stats.sync(self.stop.requested, seconds_per_step)
+        failed = self.saver is not None and self.saver.failed()
+        synced = self.stats.sync(self.stop.requested, seconds_per_step, failed)
         t = self.cfg.train
         self.next_sync = self.step + next_interval(synced.seconds_per_step, t.sync_every_steps,
                                                    t.sync_every_seconds)
@@ -344,12 +374,42 @@ class Trainer:
             param_shapes=self.shapes, world_size=self.denv.world_size,
             config=config_to_dict(self.cfg), wandb_run_id=self.metrics.run_id)
         if self.cfg.deepspeed.python_gc_every_steps:
-            gc.collect()  # the full collection the periodic one leaves out; saves are slow anyway
+            gc.collect()  # the full collection the periodic one leaves out, at a quiet moment
         t0 = time.perf_counter()
+        if self.saver is not None:  # checkpoint.async: the last save commits first
+            self._settle(self.saver.wait())
+            outcome = self.saver.start(self.engine, self.ckpt_dir, meta, self.ckpt_bytes)
+            outcome.blocking_ms = (time.perf_counter() - t0) * 1e3  # with the wait before
+            log.info("step %d: checkpoint staged in %.0f ms, writing in the background",
+                     self.step, outcome.blocking_ms)
+            return
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
                             self.ckpt_bytes)
-        self.ckpt_bytes = read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
-        log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
+        ms = (time.perf_counter() - t0) * 1e3
+        total = read_meta(tag_dir).total_bytes if self.rank0 else None
+        self._settle(Outcome(self.step, tag_dir, ms, ms, total_bytes=total))
+
+    def _settle(self, outcome: Outcome | None) -> None:
+        """A save that ended: log it (metrics row on rank 0), or raise its failure (every rank
+        alike: the outcome of a background save is the same on every rank)."""
+        if outcome is None:
+            return
+        if outcome.error is not None:
+            raise ckpt.CheckpointSaveError(outcome.error)
+        self.ckpt_bytes = outcome.total_bytes or self.ckpt_bytes
+        # checkpoint.remote (issue 21 item 3, not built yet): every committed checkpoint, sync
+        # or async, passes here on every rank — the upload of outcome.tag_dir starts here.
+        self.metrics.log({"step": self.step, "checkpoint_step": outcome.step,
+                          "checkpoint_blocking_ms": round(outcome.blocking_ms, 1),
+                          "checkpoint_write_ms": round(outcome.write_ms, 1)})
+        log.info("saved checkpoint %s in %.1f s (training held %.0f ms)", outcome.tag_dir,
+                 outcome.write_ms / 1e3, outcome.blocking_ms)
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background save in flight (if any) is committed; raise if it
+        failed."""
+        if self.saver is not None:
+            self._settle(self.saver.wait())
 
     # ---- stop requests (pretrain/train/signals.py) -----------------------------------
 
@@ -455,12 +515,18 @@ class Trainer:
         if synced.problem:
             raise NonFiniteLoss(f"{synced.problem}; stopping without saving "
                                 f"(last checkpoint is kept)")
+        if synced.checkpoint_failed:  # every rank: wait for the outcome, raise its message
+            self.wait_for_checkpoint()
+        elif self.saver is not None:
+            self._settle(self.saver.finished())  # log a background save that committed
         if due.log:
             self._log(synced, out, interval)
             interval.reset()
         stop = synced.stop or due.stop
         if stop or due.save:
             self.save()  # before evaluating: a failing evaluation must not cost the checkpoint
+        if stop or self.step == self.cfg.train.max_steps:
+            self.wait_for_checkpoint()  # a stop or the end leaves its checkpoint committed
         if due.eval:
             self._eval()
         if stop and self.step < self.cfg.train.max_steps:
@@ -514,6 +580,7 @@ class Trainer:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
+            self._close_saver()
             self.memcheck.stop()
             self.metrics.close()
         finally:
@@ -523,6 +590,21 @@ class Trainer:
                                   error=error)
             finally:
                 self._release_lock()
+
+    def _close_saver(self) -> None:
+        """Wait for the background save in flight (also after an error), stop the writer."""
+        saver, self.saver = getattr(self, "saver", None), None
+        if saver is None:
+            return
+        try:
+            outcome = saver.close()
+            if outcome is not None and outcome.error is not None:
+                if self.rank0:
+                    log.error("%s", outcome.error)
+            elif outcome is not None:
+                self._settle(outcome)
+        except Exception:  # noqa: BLE001 - closing must go on
+            log.exception("closing the background checkpoint writer failed")
 
     def _release_lock(self) -> None:
         if self.lock is not None:
