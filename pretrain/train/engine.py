@@ -10,10 +10,11 @@ from torch import nn
 
 from pretrain.configlib import deep_merge
 from pretrain.data import layout
-from pretrain.train.config import RunConfig
+from pretrain.train.config import RunConfig, data_parallel_size
 from pretrain.train.distenv import DistEnv, import_deepspeed
 from pretrain.train.parallelize import compile_engine, parallelize
 from pretrain.train.schedule import build_scheduler
+from pretrain.train.sequence import SequenceParallel
 
 
 def use_gpu() -> bool:
@@ -37,8 +38,11 @@ def init_distributed(dist: DistEnv) -> torch.device:
 
 
 def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
+    """Micro-batches per rank per step: the global batch over the data-parallel ranks
+    (world / parallel.sequence_parallel_size)."""
     t = cfg.train
-    return layout.grad_accum_steps(t.global_batch_size, t.micro_batch_size, world_size)
+    dp_world = data_parallel_size(world_size, cfg.parallel.sequence_parallel_size)
+    return layout.grad_accum_steps(t.global_batch_size, t.micro_batch_size, dp_world)
 
 
 def _precision(cfg: RunConfig) -> dict[str, Any]:
@@ -73,7 +77,9 @@ def deepspeed_config(cfg: RunConfig, world_size: int,
     `load_universal`: the engine will load a universal checkpoint (pretrain/train/reshard.py)."""
     ds = cfg.deepspeed
     out: dict[str, Any] = {
-        "train_batch_size": cfg.train.global_batch_size,
+        # DeepSpeed sees every rank as data-parallel (pretrain/train/sequence.py): to it each
+        # of a row's P pieces is a sample.
+        "train_batch_size": cfg.train.global_batch_size * cfg.parallel.sequence_parallel_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps(cfg, world_size),
         "gradient_clipping": cfg.optim.grad_clip,
@@ -114,12 +120,12 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: RunConfig) -> torch.optim
 
 
 def initialize(model: nn.Module, cfg: RunConfig, world_size: int,
-               load_universal: bool = False):
-    """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule.
-    Returns (engine, lr_scheduler)."""
+               load_universal: bool = False, sp: SequenceParallel | None = None):
+    """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule; `sp`: this rank's
+    sequence group (parallel.sequence_parallel_size > 1). Returns (engine, lr_scheduler)."""
     deepspeed = import_deepspeed()
 
-    model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
+    model = parallelize(model, cfg, sp)  # sequence parallelism, checkpointing, compile
     groups = param_groups(model, cfg.optim.weight_decay)
     ds_config = deepspeed_config(cfg, world_size, load_universal)
     if cfg.deepspeed.offload_optimizer:

@@ -32,7 +32,7 @@ from pretrain.data.config import DataConfig
 from pretrain.data.layout import eval_batch_problem
 from pretrain.model.config import padded_vocab_size
 from pretrain.objectives import SplitCounts, objective_for
-from pretrain.train.config import RunConfig, check_run_config
+from pretrain.train.config import RunConfig, check_run_config, data_parallel_size
 from pretrain.train.init_from import init_problems, init_vocab
 
 SPLITS = ("train", "val")
@@ -212,7 +212,9 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
                        if split == "val" else ""), keys))
     if problems or "train" not in s or "eval" not in s or not s["eval"].enabled:
         return problems
-    micro, world = s["train"].micro_batch_size, world_size or 1
+    micro = s["train"].micro_batch_size
+    world = data_parallel_size(world_size, s["parallel"].sequence_parallel_size) \
+        if "parallel" in s else world_size or 1  # ranks that read different samples
     cap = s["eval"].max_samples
     problem = eval_batch_problem("data.path: the validation split's sample count", val_samples,
                                  micro, world)
