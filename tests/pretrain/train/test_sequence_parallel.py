@@ -149,3 +149,18 @@ def test_stop_at_two_resume_at_one_and_back(tiny_data, runs, tmp_path):
     worst = max(_relative(a, b) for (_, a), (_, b) in zip(got, want))
     print(f"stop/resume P=2 -> P=1 -> P=2: largest loss difference {worst:.2e}")
     assert worst <= REL, list(zip(got, want))
+
+
+def test_plan_counts_sequence_parallelism():
+    """P=2 on 8 GPUs: activations per GPU halve (the dense document mask excepted), model
+    states stay, and the global batch is spread over 4 data-parallel ranks."""
+    from pretrain.train.plan import grad_accum, memory_peak
+
+    path = REPO / "configs" / "long-context.yaml"
+    cfgs = {P: load_run_config(path, ["data.seq_len=8192", "model.max_seq_len=8192",
+                                      f"parallel.sequence_parallel_size={P}"], world_size=8)
+            for P in (1, 2)}
+    one, two = (memory_peak(cfgs[P], 8) for P in (1, 2))
+    assert two.activations / one.activations == pytest.approx(0.5, rel=0.01)
+    assert (two.parameters, two.optimizer_states) == (one.parameters, one.optimizer_states)
+    assert grad_accum(cfgs[1], 8, 1) == 2 and grad_accum(cfgs[2], 8, 1) == 4
