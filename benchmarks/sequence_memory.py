@@ -8,9 +8,9 @@ highest during forward + backward, parameter gradients included).
     python benchmarks/sequence_memory.py                          # llama-tiny, 1 x 2048, P=2
     python benchmarks/sequence_memory.py --config gpt2-124m --seq-len 2048 --doc-masking
 
-Losses must agree: the P ranks' mean loss equals the one rank's (checked). The device is named;
-the last line is one JSON object. On a GPU the same script measures the same bytes; no GPU
-figure is given here unless this script printed it.
+Losses must agree: the P ranks' mean loss equals the one rank's (checked). Runs on CPU gloo
+ranks only (tensor bytes do not depend on the device; speed is not measured here); the machine
+is named; the last line is one JSON object.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ DOCS = ("model.doc_masking=true",)
 SHORT = ("data.seq_len=32", "train.max_steps=3", "train.global_batch_size=4",
          "train.micro_batch_size=2", "model.dropout=0.0", "optim.lr=0.1", "optim.grad_clip=0",
          "optim.weight_decay=0", "schedule.name=constant", "schedule.warmup_steps=0",
-         "checkpoint.save_at_end=false", "checkpoint.every_steps=1000", "eval.at_end=false",
-         "eval.every_steps=0", "logging.wandb.mode=disabled",
+         "checkpoint.save_at_end=false", "checkpoint.every_steps=1000", "eval.at_end=true",
+         "eval.max_samples=8", "eval.every_steps=0", "logging.wandb.mode=disabled",
          "deepspeed.extra.zero_allow_untested_optimizer=true")  # SGD under ZeRO
 SETUPS = {0: (), 1: LLAMA + DOCS, 2: DOCS, 3: LLAMA}
 REL = 1e-6
@@ -36,7 +36,7 @@ def _sgd_run(runs, tiny_data, run_dir, world: int, P: int, stage: int, *extra: s
                            f"parallel.sequence_parallel_size={P}", *extra)
     ranks = run_ranks([SGD, *args[2:]], run_dir.parent / f"logs_{run_dir.name}",
                       world_size=world, timeout=400)
-    rows = [r for r in runs.read_metrics(run_dir) if "loss" in r]
+    rows = runs.read_metrics(run_dir)
     weights = {n: torch.load(run_dir / f"weights_{n}.pt", weights_only=True)
                for n in ("init", "step1")}
     return rows, weights, ranks
@@ -49,7 +49,11 @@ def _relative(a: float, b: float) -> float:
 def _compare(got, want, label: str) -> dict[str, float]:
     """Per-step losses and grad norms, the weights after one SGD step and that step's update:
     within REL of the reference. Returns the largest differences (printed for the record)."""
-    (rows, w, _), (ref_rows, ref_w, _) = got, want
+    (all_rows, w, _), (all_ref, ref_w, _) = got, want
+    val_rel = _relative(*(next(r["val_loss"] for r in x if "val_loss" in r)
+                          for x in (all_rows, all_ref)))
+    assert val_rel <= REL, "val_loss at the end"
+    rows, ref_rows = ([r for r in x if "loss" in r] for x in (all_rows, all_ref))
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows] == [1, 2, 3]
     loss_rel = max(_relative(a["loss"], b["loss"]) for a, b in zip(rows, ref_rows))
     assert loss_rel <= REL, [(a["loss"], b["loss"]) for a, b in zip(rows, ref_rows)]
@@ -66,7 +70,7 @@ def _compare(got, want, label: str) -> dict[str, float]:
     update_rel = float((update - ref_update).norm() / ref_update.norm())
     assert update_rel <= 1e-4, f"{label}: the SGD update differs by {update_rel:.2e} (x" \
         f"{float(update.norm() / ref_update.norm()):.3f})"
-    figures = {"loss_rel": loss_rel, "grad_norm_rel": norm_rel, "update_rel": update_rel}
+    figures = {"loss_rel": loss_rel, "val_loss_rel": val_rel, "grad_norm_rel": norm_rel, "update_rel": update_rel}
     print(f"{label}: " + " ".join(f"{k} {v:.2e}" for k, v in figures.items()))
     return figures
 
@@ -132,7 +136,7 @@ def test_stop_at_two_resume_at_one_and_back(tiny_data, runs, tmp_path):
     rank at P=1, 5-6 on 2 ranks at P=2 again, against 6 uninterrupted steps on 1 rank. The
     checkpoint is that of a 2- or 1-rank data-parallel run; the data position carries over."""
     common = (*SHORT[:1], *SHORT[2:], *LLAMA, *DOCS, "train.max_steps=6", "optim.lr=3e-3",
-              "deepspeed.zero_stage=0")
+              "deepspeed.zero_stage=0", "eval.at_end=false")
     ref_dir, run = tmp_path / "ref", tmp_path / "run"
     run_ranks(runs.train_args("gpt-tiny.yaml", ref_dir, tiny_data, *common), tmp_path / "l0",
               world_size=1, timeout=400)
