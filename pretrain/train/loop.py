@@ -36,6 +36,7 @@ from pretrain.train.preflight import vocab_problem
 from pretrain.train.progress import Progress
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
 from pretrain.train.runlock import acquire_collective
+from pretrain.train.sequence import SequenceParallel
 from pretrain.train.signals import StopFlag
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
@@ -138,6 +139,7 @@ class Trainer:
         self._check_vocab()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.gas = grad_accum_steps(cfg, denv.world_size)
+        self.sp: SequenceParallel | None = None  # made once the process group runs (_start)
         if self.rank0 and (line := self.objective.describe(self.src)):
             log.info("%s", line)
         self.lock = acquire_collective(cfg.run_dir, denv.rank)  # one run per run folder
@@ -184,7 +186,9 @@ class Trainer:
             (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
         universal = load_tag is not None and load_tag != self.resume_tag
-        self.engine, self.scheduler = initialize(model, cfg, denv.world_size, universal)
+        self.sp = SequenceParallel.create(denv.rank, denv.world_size,
+                                          cfg.parallel.sequence_parallel_size)
+        self.engine, self.scheduler = initialize(model, cfg, denv.world_size, universal, self.sp)
         self.step, self._base = 0, (0, 0)  # (step, consumed samples) this start began at
         if meta is not None:
             same_ranks = meta.world_size == denv.world_size
@@ -304,6 +308,13 @@ class Trainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _piece(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+        """This rank's piece of a host micro-batch and its loss weight (sequence parallelism,
+        pretrain/train/sequence.py); the batch itself and 1 otherwise."""
+        if self.sp.size == 1:
+            return batch, 1.0
+        return self.sp.piece(batch, self.cfg.model.doc_masking)
+
     def train_step(self, batches) -> dict[str, float]:
         """gas micro-batches forward+backward; DeepSpeed steps the optimizer on the last.
         Nothing is read back from the device: the step's loss and grad norm go to
@@ -315,10 +326,13 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             counts.update(self.objective.step_counts(batch))  # on the CPU batch: no device sync
+            batch, weight = self._piece(batch)
             batch = self._to_device(batch)
             wait_s += time.perf_counter() - t0
             tokens += batch_tokens(batch)
             loss = self.engine(**batch)["loss"]
+            if weight != 1.0:  # this rank's share of the row's mean, times P
+                loss = loss * weight
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().double()
@@ -341,14 +355,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Cross-entropy (no label smoothing) over the validation samples, all ranks."""
         cfg = self.cfg
-        batches = list(eval_batches(self.src, cfg.train.micro_batch_size, self.denv.rank,
-                                    self.denv.world_size, max_samples=cfg.eval.max_samples))
+        batches = list(eval_batches(self.src, cfg.train.micro_batch_size, self.sp.dp_rank,
+                                    self.sp.dp_world, max_samples=cfg.eval.max_samples))
         count = torch.tensor([len(batches)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)  # ZeRO-3 needs equal forward counts
         self.engine.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (nats, tokens)
         for batch in batches[: int(count)]:
-            batch = self._to_device(batch)
+            batch = self._to_device(self._piece(batch)[0])  # each token counted on one rank
             logits = self.engine(**batch)["logits"]  # (B, T, V)
             targets = batch["targets"]  # (B, T)
             nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
@@ -359,7 +373,7 @@ class Trainer:
         val_loss = (totals[0] / totals[1].clamp(min=1)).item()
         row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         ctx = EvalContext(self.engine.module, self.src, cfg.train.micro_batch_size,
-                          self.denv.rank, self.denv.world_size, self.device, cfg.eval,
+                          self.sp.dp_rank, self.sp.dp_world, self.device, cfg.eval,
                           zero3=cfg.deepspeed.zero_stage == 3)
         row.update(self.objective.eval_metrics(ctx, val_loss))  # still in eval mode
         self.engine.train()
@@ -503,9 +517,9 @@ class Trainer:
         """The training batch iterator, made once and kept across run() calls."""
         if getattr(self, "_batch_iter", None) is None:
             t, d = self.cfg.train, self.cfg.data
-            self._batch_iter = train_batches(
-                self.src, t.global_batch_size, t.micro_batch_size, self.denv.rank,
-                self.denv.world_size, consumed_samples=self.consumed_samples(),
+            self._batch_iter = train_batches(  # keyed on the data-parallel rank
+                self.src, t.global_batch_size, t.micro_batch_size, self.sp.dp_rank,
+                self.sp.dp_world, consumed_samples=self.consumed_samples(),
                 num_workers=d.num_workers, pin_memory=d.pin_memory)
         return self._batch_iter
 
