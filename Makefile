@@ -25,7 +25,7 @@ demo-translate: $(STAMP)
 	$(VPY) -m arrowtrain.demos.translate_demo
 
 test: $(STAMP)
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

@@ -60,11 +60,28 @@ def atomic_path(path: str | os.PathLike, umask_mode: bool = False) -> Iterator[P
     fsync_path(path.parent)
 
 
+def current_umask() -> int:
+    """This process's umask (Linux: read from /proc, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back
+    os.umask(mask)
+    return mask
+
+
+def with_umask(path: str | os.PathLike) -> None:
+    """Give a file written by a library that creates it 0600 (safetensors does) the mode every
+    other file gets: 0666 less the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def new_file_mode() -> int:
     """0666 less the process umask: the mode open() gives a new file."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~current_umask()
 
 
 # ---- outputs a user names (--out, --output): never a device, a FIFO or a folder -------------

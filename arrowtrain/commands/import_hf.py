@@ -34,7 +34,22 @@ log = logging.getLogger("arrowtrain.commands.import_hf")
 MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; /dev/zero never ends
 
 
+def download_hint(name: str) -> str:
+    """How to fetch a Hub model into a local folder first (import-hf never downloads)."""
+    folder = Path(name).name + "-hf"
+    return (f"import-hf reads a local folder and downloads nothing; if {name!r} is a Hugging "
+            "Face Hub model id, download its files first (pip install huggingface_hub): `hf "
+            f"download {name} config.json model.safetensors tokenizer.json --local-dir {folder}` "
+            f"(older versions: `huggingface-cli download ...`), then `arrowtrain import-hf "
+            f"{folder} --out {Path(name).name}.safetensors`")
+
+
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
+    if not hf_dir.exists():
+        raise HFFormatError(f"{hf_dir}: no such folder. {download_hint(str(hf_dir))}")
+    if not hf_dir.is_dir():
+        raise HFFormatError(f"{hf_dir}: not a folder (HF_DIR is a local transformers model "
+                            "folder: config.json + model.safetensors)")
     path = hf_dir / "config.json"
     kind = special_file_kind(path)
     if kind is not None:
@@ -172,7 +187,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("hf_dir", type=Path, help="local transformers folder (config.json + "
-                   "model.safetensors), e.g. one written by save_pretrained")
+                   "model.safetensors), e.g. one written by save_pretrained or `hf download "
+                   "MODEL_ID --local-dir DIR` (nothing is downloaded here)")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     args = p.parse_args(argv)
     setup_logging()

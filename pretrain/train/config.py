@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pretrain.configlib import (
     ConfigError,
@@ -193,10 +193,37 @@ class DeepSpeedSection(Section):
         return self
 
 
+class ParallelConfig(Section):
+    """How ranks share the work beyond data parallelism (docs/training.md#long-context)."""
+
+    sequence_parallel_size: int = Field(
+        1, ge=1, description="DeepSpeed-Ulysses sequence parallelism (decoders): each packed row "
+        "is cut into this many contiguous pieces, one per rank of a sequence group, and "
+        "attention swaps the sequence split for a head split (all-to-all); activations per rank "
+        "shrink by it. The world size, model.n_heads, model.n_kv_heads and data.seq_len must "
+        "divide by it; data-parallel ranks = world size / it")
+
+
+def data_parallel_size(world_size: int | None, sequence_parallel: int) -> int:
+    """Ranks that read different samples (the loader's `world`): world / P (1 when unknown;
+    a world that does not divide is the pre-flight's problem, not this function's)."""
+    return max(1, (world_size or 1) // max(1, sequence_parallel))
+
+
 class CheckpointConfig(Section):
+    # `async` is a Python keyword: the field is `async_`, the key in configs and files `async`
+    model_config = ConfigDict(**Section.model_config, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
     every_steps: int = Field(1000, gt=0, description="save a checkpoint every N steps")
     keep_last: int = Field(3, ge=1, description="complete checkpoints kept (older are deleted)")
     save_at_end: bool = Field(True, description="save at the last step")
+    async_: bool = Field(
+        False, alias="async", description="save in the background: training waits only while "
+        "the state is copied to host memory (one staged copy per node, checked at start), a "
+        "writer process per rank writes the files and the checkpoint is committed (meta.json, "
+        "latest) once every rank's writer is done; a stop, the last step and the next save wait "
+        "for it")
 
 
 class WandbConfig(Section):
@@ -207,6 +234,9 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="W&B run name (null: W&B's own)")
     entity: str | None = Field(None, description="W&B team or user (null: your default)")
     tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    group: str | None = Field(
+        None, description="W&B group (null: none; `arrowtrain sweep` sets the sweep folder's "
+        "name)")
 
 
 class LoggingConfig(Section):
@@ -214,7 +244,14 @@ class LoggingConfig(Section):
                              "steps")
     wandb: WandbConfig = Field(default_factory=WandbConfig,
                                description="Weights & Biases: the same rows as metrics.jsonl")
-    progress_bar: bool = Field(True, description="a progress bar on rank 0's terminal")
+    progress_bar: bool = Field(
+        True, description="rank 0 shows progress: a bar on a terminal (log lines above it), "
+        "else a plain `progress:` log line every progress_every_seconds")
+    progress_every_seconds: float = Field(
+        30.0, gt=0, description="without a terminal: seconds between `progress:` lines")
+    deepspeed_level: Literal["warning", "info", "debug"] = Field(
+        "warning", description="DeepSpeed's own log lines from this level on (its INFO "
+        "chatter is off by default; also the environment's ARROWTRAIN_DEEPSPEED_LOG)")
 
 
 class EvalConfig(Section):
@@ -251,7 +288,8 @@ class RunConfig(Section):
 
     run_dir: Path = Field(description="the run folder: checkpoints, metrics, logs; relative "
                           "paths resolve against the working directory")
-    seed: int = Field(1234, description="seeds the weights, the data order and dropout")
+    seed: int = Field(1234, ge=0, lt=2**63, description="seeds the weights, the data order and "
+                      "dropout; 0 <= seed < 2**63 (torch.manual_seed takes 64 bits)")
     precision: Precision = Field(
         "fp32", description="fp32; bf16: DeepSpeed's bf16 mode (bf16 weights and gradients, an "
         "fp32 master copy); bf16_autocast: fp32 weights, the forward under torch.autocast "
@@ -262,7 +300,9 @@ class RunConfig(Section):
     init_from: Path | None = Field(
         None, description="a .safetensors file (arrowtrain export or import-hf) to start from: "
         "its weights, a fresh optimizer and schedule; ignored once the run has a checkpoint")
-    model: ModelConfig = Field(description="the model (pretrain/model/config.py)")
+    model: ModelConfig = Field(description="the model (pretrain/model/config.py); with init_from, "
+                               "`model: {from_init: true}` (or no model section) takes the "
+                               "file's architecture, other keys in the section go over it")
     data: DataSection = Field(description="the shard folders and the objective "
                               "(pretrain/data/config.py, pretrain/objectives)")
     optim: OptimConfig = Field(default_factory=OptimConfig,
@@ -272,6 +312,8 @@ class RunConfig(Section):
     train: TrainConfig = Field(description="the step loop: steps, batch sizes, compile, stops")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection,
                                         description="the DeepSpeed engine's knobs")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig,
+                                     description="sequence parallelism (long context)")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
                                          description="when checkpoints are saved, how many kept")
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
@@ -296,9 +338,54 @@ def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     return []
 
 
+def _dp_world(s: dict[str, Any], world_size: int | None) -> int | None:
+    """The ranks that read different samples: world / parallel.sequence_parallel_size."""
+    if world_size is None or "parallel" not in s:
+        return world_size
+    return data_parallel_size(world_size, s["parallel"].sequence_parallel_size)
+
+
+def _sequence_parallel_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    """parallel.sequence_parallel_size P: ranks, heads and the sequence divide by P; decoders
+    only; no torch.compile (untested with the all-to-all inside attention)."""
+    P, m, d = s["parallel"].sequence_parallel_size, s["model"], s["data"]
+    if P == 1:
+        return []
+    key, out = "parallel.sequence_parallel_size", []
+
+    def need(ok: bool, text: str, *keys: str) -> None:
+        if not ok:
+            out.append(Problem(f"{key} ({P}): {text}", (key, *keys)))
+
+    if world_size is not None:
+        need(world_size % P == 0, f"the world size ({world_size} ranks) is not divisible by it")
+    need(m.family == "decoder" and objective_for(d).family == "decoder",
+         f"sequence parallelism is for decoders (data.objective clm); not model.family "
+         f"{m.family} / data.objective {d.objective}", "model.family", "data.objective")
+    need(m.n_heads % P == 0, f"model.n_heads ({m.n_heads}) is not divisible by it",
+         "model.n_heads")
+    need(m.kv_heads % P == 0, f"model.n_kv_heads ({m.kv_heads}) is not divisible by it",
+         "model.n_kv_heads")
+    seq_len = getattr(d, "seq_len", None)
+    need(seq_len is None or seq_len % P == 0,
+         f"data.seq_len ({seq_len}) is not divisible by it", "data.seq_len")
+    return out
+
+
+def _sequence_parallel_no_compile(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    P = s["parallel"].sequence_parallel_size
+    if P > 1 and s["train"].compile:
+        return [Problem(f"train.compile with parallel.sequence_parallel_size {P}: not supported "
+                        "yet (the all-to-all inside attention is untested under "
+                        "torch.compile); set train.compile=false",
+                        ("train.compile", "parallel.sequence_parallel_size"))]
+    return []
+
+
 def _batch_layout(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     t = s["train"]
-    problem = batch_layout_problem(t.global_batch_size, t.micro_batch_size, world_size or 1)
+    problem = batch_layout_problem(t.global_batch_size, t.micro_batch_size,
+                                   _dp_world(s, world_size) or 1)
     return [Problem(problem, ("train.global_batch_size", "train.micro_batch_size"))] \
         if problem else []
 
@@ -320,7 +407,7 @@ def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Proble
 
 
 def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
-    e, t, world = s["eval"], s["train"], world_size or 1
+    e, t, world = s["eval"], s["train"], _dp_world(s, world_size) or 1
     if not e.enabled or e.max_samples is None:
         return []
     problem = eval_batch_problem("eval.max_samples", e.max_samples, t.micro_batch_size, world)
@@ -332,7 +419,7 @@ def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]
 def _objective_eval_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     """The objective's own evaluation settings (seq2seq: eval.bleu_samples)."""
     return objective_for(s["data"]).eval_problems(s["eval"], s["train"].micro_batch_size,
-                                                  world_size or 1)
+                                                  _dp_world(s, world_size) or 1)
 
 
 def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -349,7 +436,9 @@ CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_lay
                 (("eval", "train"), _eval_batch_fits),
                 (("eval", "train", "data"), _objective_eval_fits),
                 (("deepspeed", "precision"), _overflow_check_needs_bf16),
-                (("init_from",), _init_from_suffix)]
+                (("init_from",), _init_from_suffix),
+                (("parallel", "model", "data"), _sequence_parallel_fits),
+                (("parallel", "train"), _sequence_parallel_no_compile)]
 
 
 def _valid_sections(data: dict[str, Any], bad: set[str]) -> dict[str, Any]:
@@ -384,8 +473,57 @@ class Checked:
         return ConfigError(attribute(self.problems, self.overrides, self.file_data), source)
 
 
-def validate_run_data(data: dict[str, Any], world_size: int | None = None) -> Checked:
+FROM_INIT = "from_init"
+
+
+def model_from_init(data: dict[str, Any], implied: bool = False,
+                    ) -> tuple[dict[str, Any], list[Problem]]:
+    """`model: {from_init: true}` — or no model section in the YAML at all (`implied`) while
+    init_from is set — takes the architecture from the init_from file (the model config that
+    `arrowtrain export` and `arrowtrain import-hf` record in its metadata); other keys in the
+    section go over it (dropout and the like may differ; the pre-flight refuses a key that
+    changes the file's shapes or what they compute). Returns the mapping with the model filled
+    in, and the problems."""
+    model = data.get("model")
+    section = model if isinstance(model, dict) else {}
+    flag = section.get(FROM_INIT, None if "model" in data and not implied else True)
+    over = {k: v for k, v in section.items() if k != FROM_INIT}
+    plain = {**data, "model": over} if FROM_INIT in section else data
+    if flag is None or flag is False:
+        return plain, []
+    if flag is not True:
+        return plain, [Problem(f"model.from_init: expected true or false, got {flag!r}",
+                               ("model.from_init",))]
+    init = data.get("init_from")
+    if init is None:
+        if FROM_INIT not in section:
+            return data, []  # no model section and no init_from: "model: required key"
+        return plain, [Problem("model.from_init: true needs init_from: FILE.safetensors (the "
+                               "file whose architecture the run takes)", ("model.from_init",))]
+    from pretrain.train.init_from import InitFileError, read_init_file
+
+    try:
+        theirs, _ = read_init_file(Path(str(init)))
+    except InitFileError as e:
+        return {**data, "model": FROM_INIT}, [Problem(
+            f"{e} (the run takes its model section from this file)", ("init_from",))]
+    return {**data, "model": {**theirs.model_dump(mode="json"), **over}}, []
+
+
+def validate_run_data(data: dict[str, Any], world_size: int | None = None,
+                      implied_from_init: bool = False) -> Checked:
     """Validate a resolved mapping: every section's problems and the cross checks."""
+    data, init_problems = model_from_init(data, implied_from_init)
+    checked = _validate(data, world_size)
+    if data.get("model") == FROM_INIT:  # the file was unreadable: say that, not "model: ..."
+        checked.problems = [p for p in checked.problems if p.keys[:1] != ("model",)]
+    checked.problems = init_problems + checked.problems
+    if checked.problems:
+        checked.cfg = None
+    return checked
+
+
+def _validate(data: dict[str, Any], world_size: int | None = None) -> Checked:
     try:
         cfg, problems = RunConfig.model_validate(data), []
     except ValidationError as err:
@@ -409,7 +547,8 @@ def check_run_config(path: str | Path, overrides: Iterable[str] = (),
         where = "" if err.source in (None, str(Path(path).resolve())) else f"{err.source}: "
         problems = [Problem(where + p) for p in err.problems] + bad_overrides
         return Checked(None, {}, problems, parsed)
-    checked = validate_run_data(apply_overrides(file_data, parsed), world_size)
+    checked = validate_run_data(apply_overrides(file_data, parsed), world_size,
+                                implied_from_init="model" not in file_data)
     checked.problems = bad_overrides + checked.problems
     checked.overrides, checked.file_data = parsed, file_data
     if bad_overrides:
