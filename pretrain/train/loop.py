@@ -29,7 +29,7 @@ from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.distenv import DistEnv
 from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
-from pretrain.train.init_from import load_init_weights
+from pretrain.train.init_from import InitFileError, load_init_weights
 from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
@@ -267,8 +267,9 @@ class Trainer:
             return
         try:
             load_init_weights(model, path)
-        except (OSError, RuntimeError) as e:  # the pre-flight checked it: changed since?
-            err = ConfigError([f"init_from {path}: cannot load it into the model: {e}"])
+        except (OSError, RuntimeError, InitFileError) as e:  # pre-flight checked it: changed?
+            err = ConfigError([str(e) if isinstance(e, InitFileError) else
+                               f"init_from {path}: cannot load it into the model: {e}"])
             err.all_ranks = True
             raise err from None
         log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
