@@ -46,7 +46,10 @@ def download_hint(name: str) -> str:
 
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
     if not hf_dir.exists():
-        raise HFFormatError(f"{hf_dir}: no such folder. {download_hint(str(hf_dir))}")
+        name = str(hf_dir)
+        hub_like = not hf_dir.is_absolute() and not name.startswith(".") and name.count("/") <= 1
+        raise HFFormatError(f"{hf_dir}: no such folder" + (f". {download_hint(name)}"
+                                                          if hub_like else ""))
     if not hf_dir.is_dir():
         raise HFFormatError(f"{hf_dir}: not a folder (HF_DIR is a local transformers model "
                             "folder: config.json + model.safetensors)")

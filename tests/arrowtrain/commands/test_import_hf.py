@@ -107,7 +107,10 @@ def test_other_model_types_and_missing_configs_are_refused(tmp_path, caplog):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     assert "model_type='bert'" in _refused(tmp_path, caplog, tmp_path / "bert")
-    assert "config.json: no such file" in _refused(tmp_path, caplog, tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    assert "config.json: no such file" in _refused(tmp_path, caplog, tmp_path / "empty")
+    missing = _refused(tmp_path, caplog, tmp_path / "nothing")
+    assert "nothing: no such folder" in missing and "hf download" not in missing  # not a Hub id
 
 
 def test_a_pickle_only_folder_is_refused_unread(tmp_path, caplog):

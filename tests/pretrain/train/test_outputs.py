@@ -86,7 +86,8 @@ def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
         [sys.executable, "-m", "arrowtrain.commands.sample", str(straight_run(1)), "--prompt",
          "the red",
          "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "ARROWTRAIN_DEEPSPEED_LOG": "info"})  # DeepSpeed's chatter asked for
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("the red"), proc.stdout
