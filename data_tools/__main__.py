@@ -6,13 +6,15 @@ import argparse
 import logging
 import sys
 
-from data_tools.errors import DataToolsError
+from data_tools import remote
+from data_tools.errors import EXIT_INTERRUPTED, EXIT_USAGE, DataToolsError
 
 COMMANDS = {
     "train-tokenizer": ("data_tools.tokenizer", "train a byte-level BPE tokenizer on raw text"),
     "shard": ("data_tools.shard", "tokenize raw text into Arrow IPC shards with a manifest"),
     "validate": ("data_tools.validate", "check a shard folder: schema, checksums, token range"),
     "inspect": ("data_tools.inspect_cmd", "counts, lengths and decoded samples of a shard folder"),
+    "copy": ("data_tools.copy", "copy a shard folder to or from object storage (s3://), verified"),
 }
 
 
@@ -52,14 +54,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         result = args.run(args)
     except DataToolsError as e:
         print(f"data_tools {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except BrokenPipeError:  # e.g. `inspect ... | head`
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        hint = "; run the same command again to resume" if args.command == "shard" else ""
+        hint = "; run the same command again to resume" if args.command in ("shard", "copy") \
+            else ""
         print(f"data_tools {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    finally:
+        remote.finalize()   # S3 shut down before exit (pyarrow can hang at exit otherwise)
     return result if isinstance(result, int) else 0
 
 

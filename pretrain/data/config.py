@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from data_tools.errors import DataToolsError
+from data_tools.inputs import parse_size
 from pretrain.configlib import Section
 
 
@@ -43,6 +45,27 @@ class DataConfig(Section):
     num_workers: int = Field(default=1, ge=0)
     prefetch_factor: int = Field(default=2, ge=1)
     pin_memory: bool = False
+    # ---- shard folders in object storage (path s3://BUCKET/PREFIX; docs/object-storage.md) ---
+    # Node-local folder for whole shards, shared by the ranks of a node; default
+    # $TMPDIR/arrowtrain-cache (/tmp/arrowtrain-cache without TMPDIR).
+    cache_dir: str | None = None
+    # Most bytes the cache may hold: bytes or "20GB"; default half of the space free on
+    # cache_dir's disk. A limit too small for one step is refused before any rank starts.
+    cache_limit: int | None = Field(default=None, gt=0)
+    # Shards downloaded ahead of use (in use order), beyond those the next micro-batch needs.
+    prefetch_shards: int = Field(default=2, ge=0)
+    # Seconds of failing requests before training saves a checkpoint and exits 75 (resume me).
+    remote_timeout: float = Field(default=600.0, gt=0)
+
+    @field_validator("cache_limit", mode="before")
+    @classmethod
+    def _size(cls, value):
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except DataToolsError as e:
+                raise ValueError(str(e)) from None
+        return value
 
     @model_validator(mode="after")
     def _lengths_for_objective(self) -> DataConfig:
@@ -59,9 +82,14 @@ class DataConfig(Section):
                          if getattr(self, key) is None]
         if isinstance(self.path, list) and not self.path:
             problems.append("data.path: the list of folders is empty")
+
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def remote(self) -> bool:
+        """Whether any folder is in object storage (s3://)."""
+        return any(p.startswith("s3://") for p, _ in self.folders())
 
     def folders(self) -> list[tuple[str, float]]:
         """[(path, weight)] with weights normalised to sum to 1."""

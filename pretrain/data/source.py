@@ -16,6 +16,7 @@ import numpy as np
 
 from pretrain.data.config import DataConfig
 from pretrain.data.order import Mixture, Permutation, derive_keys
+from pretrain.data.remote_plan import open_cache, size_cache
 from pretrain.data.shards import SPLITS, DataError, ShardFolder
 from pretrain.data.span import SpanLengths, corrupt, noise_mask, span_lengths
 
@@ -33,8 +34,11 @@ class DataSource:
         self.config, self.seed = cfg, int(seed)
         paths_weights = cfg.folders()
         self.weights = [w for _, w in paths_weights]
-        self.folders = [ShardFolder(p, cfg.tokenizer if _verify else None)
+        self.cache = open_cache(cfg) if cfg.remote() else None   # s3:// folders: node cache
+        self.folders = [ShardFolder(p, cfg.tokenizer if _verify else None, self.cache)
                         for p, _ in paths_weights]
+        if self.cache is not None:
+            size_cache(self.cache, cfg, [f.manifest for f in self.folders if f.remote])
         self._check_same_tokenizer()
         first = self.folders[0]
         self.vocab_size, self.eos_id, self.pad_id = first.vocab_size, first.eos_id, first.pad_id
@@ -305,6 +309,14 @@ class DataSource:
             return indices
         src, tgt = self.pair_lengths("val", indices)
         return indices[np.lexsort((indices, src + tgt, np.maximum(src, tgt)))]
+
+    def order_view(self) -> DataSource:
+        """A copy sharing the opened folders with memo tables of its own, to compute the
+        order in another thread (the read-ahead over object storage) beside this one."""
+        view = object.__new__(type(self))      # not copy.copy: __setstate__ would reopen
+        view.__dict__.update(self.__dict__)
+        view._perms, view._order_blocks, view._pools = {}, {}, {}
+        return view
 
     # ---- pickling for DataLoader workers: reopen by memory map, checks already done -------
     def __getstate__(self) -> dict:

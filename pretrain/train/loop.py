@@ -28,6 +28,7 @@ from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import fill_vocab
+from pretrain.train.remote_data import RemoteData, eval_indices
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
 from pretrain.train.runlock import acquire_collective
 from pretrain.train.sync import DeviceStats, Synced, next_interval
@@ -201,6 +202,7 @@ class Trainer:
         self.metrics = Metrics(cfg.run_dir, self.rank0, cfg.logging.wandb, config_to_dict(cfg),
                                self.step)
         self.stats = DeviceStats(self.device, denv.world_size)
+        self.remote = RemoteData(self.src, cfg.data.remote_timeout) if self.src.cache else None
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
         if self.rank0 and not use_gpu():
@@ -390,6 +392,8 @@ class Trainer:
                "restart_count": self.restart_count, "time": time.time()}
         if self.seq2seq:  # padded share of rank 0's source + target positions since the last row
             row["padding_fraction"] = interval.padded / max(interval.positions, 1)
+        if self.remote is not None:  # s3:// data: cache_hit_rate, remote_bytes (all ranks)
+            row.update(self.remote.metrics())
         self.metrics.log(row)
         log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
                  self.cfg.train.max_steps, row["loss"], row["lr"], row["tokens_per_sec"],
@@ -429,6 +433,7 @@ class Trainer:
                 self.src, t.global_batch_size, t.micro_batch_size, self.denv.rank,
                 self.denv.world_size, consumed_samples=self.consumed_samples(),
                 num_workers=d.num_workers, pin_memory=d.pin_memory)
+            self._first_step = self.step
         return self._batch_iter
 
     def _after_sync(self, synced: Synced, out: dict[str, Any], due: Due,
@@ -443,6 +448,10 @@ class Trainer:
         stop = synced.stop or due.stop
         if stop or due.save:
             self.save()  # before evaluating: a failing evaluation must not cost the checkpoint
+        if due.eval and self.remote is not None and not self._eval_data_ready():
+            if not (stop or due.save):
+                self.save()
+            return EXIT_RESUME_ME
         if due.eval:
             self._eval()
         if stop and self.step < self.cfg.train.max_steps:
@@ -466,7 +475,15 @@ class Trainer:
         interval, clock = Interval(), SyncClock()
         while self.step < end:
             t0 = time.perf_counter()
+            data_wait_s = 0.0
+            if self.remote is not None:  # s3:// data: every rank has its step's shards?
+                agreed = self.remote.before_step(batches, self.step, self._first_step, self.gas)
+                if agreed.outage:
+                    bar.close()
+                    return self._stop_on_outage(agreed, clock, interval)
+                data_wait_s = agreed.wait_s
             out = self.train_step(batches)
+            out["data_wait_s"] += data_wait_s
             self.step += 1
             self._collect_garbage()
             due, synced = self._due(), None
@@ -484,10 +501,41 @@ class Trainer:
         bar.close()
         return EXIT_DONE if self.step == max_steps else None
 
+    def _stop_on_outage(self, agreed, clock: SyncClock, interval: Interval) -> int:
+        """Object storage failed longer than data.remote_timeout on some rank: every rank
+        saves at this step boundary and the run exits 75 (a requeue resumes it exactly)."""
+        log.warning("object storage unavailable for data.remote_timeout (%.0f s) on some rank"
+                    "%s; saving a checkpoint at step %d and exiting %d to be resumed",
+                    self.cfg.data.remote_timeout,
+                    f" (this rank: {agreed.error})" if agreed.error else "", self.step,
+                    EXIT_RESUME_ME)
+        synced = self.sync(clock.seconds_per_step())
+        code = self._after_sync(synced, {}, Due(log=False, eval=False, save=False, stop=True),
+                                interval)
+        return EXIT_RESUME_ME if code is None else code
+
+    def _eval_data_ready(self) -> bool:
+        """s3:// data: every rank has its validation shards (else: outage, logged)."""
+        cfg = self.cfg
+        indices = eval_indices(self.src, cfg.train.micro_batch_size, self.denv.rank,
+                               self.denv.world_size, cfg.eval.max_samples)
+        agreed = self.remote.before_eval(indices)
+        if agreed.outage:
+            log.warning("object storage unavailable for data.remote_timeout during evaluation"
+                        "%s; stopping at step %d with exit %d to be resumed",
+                        f" (this rank: {agreed.error})" if agreed.error else "", self.step,
+                        EXIT_RESUME_ME)
+        return not agreed.outage
+
     def close(self, code: int | None = None, error: str | None = None) -> None:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
+            batches = getattr(self, "_batch_iter", None)
+            if hasattr(batches, "close"):
+                batches.close()  # the read-ahead thread of s3:// data
+            if self.src.cache is not None:
+                self.src.cache.close()
             self.metrics.close()
         finally:
             try:

@@ -116,6 +116,7 @@ X11Forwarding no
 PrintMotd no
 MaxStartups 100:30:200
 MaxSessions 50
+AcceptEnv AWS_*
 """)
     host_pub = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{s.port} {host_pub[0]} {host_pub[1]}\n")

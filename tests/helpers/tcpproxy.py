@@ -8,6 +8,7 @@ Threads only, in the test process; `close()` ends the listener and every open co
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -30,10 +31,8 @@ class Request:
 
 def _reset(sock: socket.socket) -> None:
     """Close with a TCP RST (SO_LINGER 0), as a crashing peer or middlebox would."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     sock.close()
 
 
@@ -180,10 +179,8 @@ class TcpProxy:
             _reset(src)
             return
         for s in (dst,):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
 
     def close(self) -> None:
         self._closed = True

@@ -1,0 +1,115 @@
+"""data_tools.remote against a real Ceph RGW (and a TCP proxy for faults)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from data_tools.remote import (
+    SERVER_COMPAT_ENV,
+    Remote,
+    RemoteError,
+    RemoteUnavailable,
+    S3Path,
+    configure_env,
+    endpoint_from_env,
+    is_remote,
+)
+
+
+def test_parse_and_join():
+    p = S3Path.parse("s3://bkt/some/prefix/")
+    assert (p.bucket, p.key, str(p)) == ("bkt", "some/prefix", "s3://bkt/some/prefix")
+    assert str(p.join("train", "00000.arrow")) == "s3://bkt/some/prefix/train/00000.arrow"
+    assert S3Path.parse("s3://bkt").fs_path == "bkt"
+    assert is_remote("s3://b/x") and not is_remote("/data/x") and not is_remote(None)
+    for bad in ("s3://", "s3:///key", "s3://b//k", "http://b/k"):
+        with pytest.raises(RemoteError) as e:
+            S3Path.parse(bad)
+        assert e.value.kind == "url"
+
+
+def test_configure_env_only_with_an_endpoint_and_keeps_user_values():
+    env = {}
+    configure_env(env)
+    assert env == {}
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_REQUEST_CHECKSUM_CALCULATION":
+           "WHEN_SUPPORTED"}
+    configure_env(env)
+    assert env["AWS_REQUEST_CHECKSUM_CALCULATION"] == "WHEN_SUPPORTED"
+    assert env["AWS_RESPONSE_CHECKSUM_VALIDATION"] == "WHEN_REQUIRED"
+    assert env["AWS_EC2_METADATA_DISABLED"] == "true"
+    ep = endpoint_from_env({"AWS_ENDPOINT_URL": "http://a:1", "AWS_ENDPOINT_URL_S3": "https://b:2",
+                            "AWS_DEFAULT_REGION": "eu-west-1"})
+    assert (ep.scheme, ep.host_port, ep.region) == ("https", "b:2", "eu-west-1")
+    with pytest.raises(RemoteError, match="AWS_ENDPOINT_URL="):
+        endpoint_from_env({"AWS_ENDPOINT_URL": "127.0.0.1:7480"})
+
+
+def test_round_trip_list_download_and_checksum(s3, tmp_path):
+    r = s3.remote
+    data = os.urandom(3_000_000)
+    sha = hashlib.sha256(data).hexdigest()
+    path = S3Path.parse(s3.url("pre/a.bin"))
+    r.put_bytes(path, data)
+    assert r.size(path) == len(data)
+    assert r.size(S3Path.parse(s3.url("pre/none.bin"))) is None
+    assert r.list(S3Path.parse(s3.url("pre"))) == {"a.bin": len(data)}
+    assert r.download(path, tmp_path / "a", len(data), sha) == sha
+    assert (tmp_path / "a").read_bytes() == data
+    with pytest.raises(RemoteError) as e:
+        r.download(path, tmp_path / "b", len(data), "0" * 64)
+    assert e.value.kind == "checksum" and "a.bin" in str(e.value)
+
+
+def test_errors_name_what_is_wrong(s3, monkeypatch, tmp_path):
+    r = Remote(deadline_s=5)
+    with pytest.raises(RemoteError) as e:
+        r.read_bytes(S3Path.parse(s3.url("missing.json")))
+    assert e.value.kind == "key" and "missing.json" in str(e.value)
+    with pytest.raises(RemoteError) as e:
+        r.read_bytes(S3Path("no-such-bucket-arrowtrain", "x.json"))
+    assert e.value.kind == "bucket" and "no such bucket" in str(e.value)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-123")
+    with pytest.raises(RemoteError) as e:
+        Remote(deadline_s=5).check_access(S3Path.parse(s3.url()))
+    assert e.value.kind == "credentials" and "access denied" in str(e.value)
+    assert "wrong-secret-123" not in str(e.value)
+
+
+def test_unreachable_endpoint_is_an_outage(s3, monkeypatch):
+    from pretrain.train.distenv import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RemoteUnavailable) as e:
+        Remote(deadline_s=1.5).check_access(S3Path.parse(s3.url()))
+    assert e.value.kind == "endpoint" and "unreachable" in str(e.value)
+
+
+def test_resets_are_retried_and_the_download_resumes(s3, s3_proxy, tmp_path):
+    data = os.urandom(2_500_000)
+    path = S3Path.parse(s3.url("r.bin"))
+    s3.remote.put_bytes(path, data)
+    s3_proxy.clear()
+    s3_proxy.reset_connections(3, after_bytes=200_000)   # three resets in the middle of a body
+    got = Remote(deadline_s=30).download(path, tmp_path / "r", len(data),
+                                         hashlib.sha256(data).hexdigest())
+    assert got == hashlib.sha256(data).hexdigest()
+    gets = s3_proxy.gets(f"{s3.name}/r.bin")[f"{s3.name}/r.bin"]
+    assert 2 <= gets <= 1 + 3 * 3, gets   # resets cost extra GETs, a bounded number
+
+
+def test_outage_longer_than_the_deadline(s3, s3_proxy):
+    path = S3Path.parse(s3.url("o.bin"))
+    s3.remote.put_bytes(path, b"x" * 10)
+    s3_proxy.set_down(True)
+    with pytest.raises(RemoteUnavailable, match="failed for 2 s"):
+        Remote(deadline_s=2).read_bytes(path)
+    s3_proxy.set_down(False)
+    assert Remote(deadline_s=10).read_bytes(path) == b"x" * 10
+
+
+def test_server_compat_env_is_what_the_fixture_uses(s3):
+    assert all(s3.env[k] == v for k, v in SERVER_COMPAT_ENV.items())
