@@ -172,8 +172,8 @@ def data_wait_share(cfg: DataConfig, steps: int, micro: int) -> tuple[float, flo
     from pretrain.model.config import ModelConfig
 
     src = open_data(cfg, seed=0)
-    model = build_model(ModelConfig(family="decoder", d_model=128, n_layers=2, n_heads=4,
-                                    d_ff=512, vocab_size=VOCAB, max_seq_len=cfg.seq_len))
+    model = build_model(ModelConfig(family="decoder", d_model=64, n_layers=2, n_heads=4,
+                                    d_ff=256, vocab_size=VOCAB, max_seq_len=cfg.seq_len))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batches = train_batches(src, micro, micro, 0, 1, num_workers=0)
     wait = total = 0.0
@@ -228,7 +228,7 @@ def measure(args, work: Path) -> dict:
     need = plan_cache(s3cfg, [read_manifest(url)], 1).need
     bounded = DataConfig(path=url, cache_dir=str(work / "small"), cache_limit=need, **base)
     rate_bounded, bsrc = tokens_per_sec(bounded, args.seconds, args.micro_batch)
-    share, step_ms = data_wait_share(s3cfg, args.train_steps, args.micro_batch // 2)
+    share, step_ms = data_wait_share(s3cfg, args.train_steps, max(1, args.micro_batch // 8))
     out.update(tokens_per_sec_local=rate_local, tokens_per_sec_s3_warm=rate_warm,
                tokens_per_sec_s3_cold=rate_cold, tokens_per_sec_s3_bounded=rate_bounded,
                bounded_limit_mb=need / 2**20, bounded_downloaded_mb=bsrc.cache.stats.remote_bytes

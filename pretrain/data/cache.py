@@ -4,7 +4,7 @@ process of the node (ranks, their DataLoader workers), never larger than `data.c
 Layout of `data.cache_dir` (content-addressed, so any number of runs and folders share it):
 ```
 CACHE/shards/<sha256>                     a complete shard, verified against the manifest
-CACHE/shards/.<sha256>.<bytes>.tmp<pid>   a download in progress (counted at its full size)
+CACHE/shards/.<sha256>.<bytes>.tmp<pid>_<thread>   a download in progress (at its full size)
 CACHE/meta/...                            manifests and tokenizers (small; counted too)
 CACHE/procs/<pid>.json                    each process's pins and the next use of shards
 CACHE/.lock                               lockf: every change of the folder happens under it
@@ -34,6 +34,7 @@ import os
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ log = logging.getLogger("pretrain.data")
 SHARDS_DIR, META_DIR, PROCS_DIR, LOCK_FILE = "shards", "meta", "procs", ".lock"
 NEVER = 1 << 62            # the next use of a shard nobody has announced
 POLL_S = (0.02, 0.5)       # waits for another process's download or for room
+GATHER_TIMEOUT_S = 120.0   # the least a gather waits for its shard
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,18 @@ class NodeCache:
                  timeout_s: float):
         self.root = Path(root)
         self.limit, self.budget, self.timeout_s = int(limit_bytes), int(budget), float(timeout_s)
+        # a gather inside a step waits longer: the step-boundary check (pretrain.train.
+        # remote_data) has already seen the store answer; here it is the cache's contention
+        self.gather_timeout_s = max(GATHER_TIMEOUT_S, 2 * self.timeout_s)
         for d in (SHARDS_DIR, META_DIR, PROCS_DIR):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.owner_pid = os.getpid()          # the only process that downloads
         self.stats = CacheStats()
         self._pins: dict[str, int] = {}       # sha -> pin count (this process)
         self._future: dict[str, int] = {}     # sha -> next use (global step), this process
+        # every shard this process has mapped, least recently used first: (holder, file) ->
+        # the holder (its let_go(file) unmaps and unpins it); at most `budget` entries
+        self._mapped: OrderedDict[tuple[int, int], object] = OrderedDict()
         self._tlock = threading.RLock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (c := ref()) and c._after_fork())
@@ -112,6 +120,30 @@ class NodeCache:
         """In a forked child (a DataLoader worker): its own pins, a fresh thread lock."""
         self._tlock = threading.RLock()
         self._pins, self._future, self.stats = {}, {}, CacheStats()
+        self._mapped = OrderedDict()
+
+    # ---- this process's share: at most `budget` shards mapped, across all its splits -------
+    def mapped(self, holder: object, ids) -> None:
+        """`holder` mapped (or used again) its files `ids`; holder.let_go(i) unmaps and unpins
+        one."""
+        for i in ids:
+            key = (id(holder), int(i))
+            self._mapped[key] = holder
+            self._mapped.move_to_end(key)
+
+    def unmapped(self, holder: object, i: int) -> None:
+        self._mapped.pop((id(holder), i), None)
+
+    def room_for(self, holder: object, ids) -> None:
+        """Before `holder` maps files `ids`: let go of this process's least recently used
+        mapped shards (of any split, never one of `ids`) so that all fit in the budget."""
+        keep = {(id(holder), int(i)) for i in ids}
+        excess = len(self._mapped.keys() | keep) - self.budget
+        for key in [k for k in self._mapped if k not in keep]:
+            if excess <= 0:
+                break
+            self._mapped.pop(key).let_go(key[1])
+            excess -= 1
 
     @property
     def can_download(self) -> bool:
@@ -224,7 +256,7 @@ class NodeCache:
         room or for another process's download until `deadline` (monotonic; default now +
         timeout), then RemoteUnavailable. Not urgent (read-ahead): None when there is no room
         without deleting a shard needed sooner, or when it is being downloaded elsewhere."""
-        deadline = deadline or time.monotonic() + self.timeout_s
+        deadline = deadline or time.monotonic() + self.gather_timeout_s
         t0, wait, first = time.monotonic(), POLL_S[0], True
         while True:
             with self._locked():
@@ -238,15 +270,18 @@ class NodeCache:
             if tmp is not None:
                 self._download(ref, tmp, deadline)
                 with self._locked():
-                    os.replace(tmp, self.path(ref.sha256))
+                    try:
+                        os.replace(tmp, self.path(ref.sha256))
+                    except FileNotFoundError:   # removed meanwhile: look again
+                        continue
                     return self._take(ref, pin, False if urgent else None, t0)
             if not urgent:
                 return None
             first = False
             if time.monotonic() + wait > deadline:
                 raise RemoteUnavailable(f"{ref.url}: not in the node cache {self.root} after "
-                                        f"{self.timeout_s:.0f} s (download failing, or no room "
-                                        "freed)", str(ref.url))
+                                        f"{time.monotonic() - t0:.0f} s (download failing, or "
+                                        "no room freed)", str(ref.url))
             time.sleep(wait)
             wait = min(wait * 2, POLL_S[1])
 
@@ -267,7 +302,8 @@ class NodeCache:
         return path
 
     def _reserve(self, ref: ShardRef) -> Path:
-        tmp = self.root / SHARDS_DIR / f".{ref.sha256}.{ref.size}.tmp{os.getpid()}"
+        tmp = self.root / SHARDS_DIR / \
+            f".{ref.sha256}.{ref.size}.tmp{os.getpid()}_{threading.get_ident()}"
         tmp.touch()
         return tmp
 
@@ -323,9 +359,10 @@ class NodeCache:
 
 
 def _parse_temp(name: str) -> tuple[str | None, int, int]:
-    """'.<sha>.<bytes>.tmp<pid>' -> (sha, bytes, pid); (None, 0, 0) for anything else."""
+    """'.<sha>.<bytes>.tmp<pid>_<thread>' -> (sha, bytes, pid); (None, 0, 0) otherwise."""
     parts = name[1:].split(".")
+    pid = parts[2][3:].split("_")[0] if len(parts) == 3 else ""
     if len(parts) != 3 or not parts[1].isdigit() or not parts[2].startswith("tmp") or \
-            not parts[2][3:].isdigit():
+            not pid.isdigit():
         return None, 0, 0
-    return parts[0], int(parts[1]), int(parts[2][3:])
+    return parts[0], int(parts[1]), int(pid)

@@ -55,6 +55,7 @@ class PairSplit:
         self.words = self.files.view(np.int64)
         self.tokens = self.files.view(value_type.to_pandas_dtype())
         self.lazy = shards.lazy
+        shards.bind(self.files.unmap)
         per_file = [self._read_file(i) for i in range(len(self.paths))]
         self.file_chunks = np.cumsum([0] + [len(f[0][0]) for f in per_file])   # chunks per file
         self.columns = [_Column(*(np.concatenate([f[k][j] for f in per_file]) if per_file
@@ -106,16 +107,16 @@ class PairSplit:
         return cols[0], cols[1], raw[0][:, 2], lengths, top
 
     def _hold(self, ids: np.ndarray) -> None:
-        """Map files `ids` (lazy shards: through the cache, within this process's share)."""
+        """Map files `ids` (lazy shards: through the cache, within this process's share; the
+        tables made at open stay valid, a file's layout in its slot does not change)."""
         missing = [int(i) for i in ids if not self.files.mapped[i]]
         if not missing:
+            self.shards.touch(ids)
             return
-        drop = self.shards.make_room(ids, np.flatnonzero(self.files.mapped))
-        for i in drop:
-            self.files.unmap(int(i))
-        self.shards.release(drop)
+        self.shards.make_room(ids, None)
         for i, path in zip(missing, self.shards.acquire(missing)):
             self.files.map(i, path)
+        self.shards.mapped(ids)
 
     # ---- open-time reading and checks ------------------------------------------------------
     def _lengths(self, i: int, k: int, col: _Column, ndocs: np.ndarray) -> np.ndarray:

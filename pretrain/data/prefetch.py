@@ -31,6 +31,8 @@ log = logging.getLogger("pretrain.data")
 
 HORIZON_MICRO_BATCHES = 2048   # how far ahead next uses are announced (at most)
 ANNOUNCE_EVERY = 16            # micro-batches between two announcements of next uses
+WARM_SCAN = 64                 # micro-batches checked ahead when nothing is missing
+BLOCK = 64                     # micro-batches whose shards are computed together
 FETCH_THREADS = 4              # concurrent downloads of one rank's read-ahead
 IDLE_WAKE_S = 1.0
 
@@ -87,6 +89,7 @@ class Feeder:
         self.depth, self.total_shards = depth, total_shards   # shards the split has in all
         self.horizon = horizon or HORIZON_MICRO_BATCHES
         self.next_k = 0                      # the next micro-batch to be consumed
+        self._wake_at = 0                    # consumed() notifies once next_k reaches it
         self._announced_at = self._horizon_at = -ANNOUNCE_EVERY
         self._horizon: dict[str, int] = {}
         self._memo: dict[int, list[ShardRef]] = {}
@@ -99,10 +102,12 @@ class Feeder:
 
     # ---- the consumer's side ---------------------------------------------------------------
     def consumed(self, k: int) -> None:
-        """Micro-batch k was handed to the trainer."""
-        with self._cond:
-            self.next_k = max(self.next_k, k + 1)
-            self._cond.notify_all()
+        """Micro-batch k was handed to the trainer (the thread is woken only when it waits for
+        this point: a warm cache costs the loader a comparison per micro-batch)."""
+        self.next_k = max(self.next_k, k + 1)
+        if self.next_k >= self._wake_at:
+            with self._cond:
+                self._cond.notify_all()
 
     def ensure(self, ks: range, timeout_s: float) -> StepData:
         """Every shard of micro-batches `ks` in the node cache (downloaded here if the read-ahead
@@ -153,36 +158,53 @@ class Feeder:
                 if self._closed:
                     return
                 k = self.next_k
+            until = k + 1
             try:
-                self._round(k)
+                until = k + max(1, self._round(k) // 2)
             except RemoteError as e:    # the consumer meets it too, with its own deadline
                 log.warning("read-ahead: %s", e)
             except Exception:           # noqa: BLE001 - never kill the thread; log it
                 log.exception("read-ahead failed")
-            with self._cond:
-                if self.next_k == k and not self._closed:
-                    self._cond.wait(IDLE_WAKE_S)
+            with self._cond:            # a warm cache: wake again only halfway through it
+                self._wake_at = until
+                if self.next_k < until and not self._closed:
+                    self._cond.wait_for(lambda u=until: self.next_k >= u or self._closed,
+                                        IDLE_WAKE_S)
 
-    def _round(self, k: int) -> None:
+    def _covered(self, k: int) -> int:
+        """How many micro-batches from k on have every shard in the cache (at most
+        WARM_SCAN); 0 when micro-batch k itself lacks one. Each shard is looked up once."""
+        known: dict[str, bool] = {}
+        for j in range(k, k + WARM_SCAN):
+            for r in self._micro_batch(j):
+                if r.sha256 not in known:
+                    known[r.sha256] = self.cache.present(r.sha256)
+                if not known[r.sha256]:
+                    return j - k
+        return WARM_SCAN
+
+    def _round(self, k: int) -> int:
         """Announce next uses (when something must be fetched, else every ANNOUNCE_EVERY
         micro-batches: a warm cache costs the loader nothing); fetch the shards of micro-batch k
-        (all at once), then `depth` more in use order."""
+        (all at once), then `depth` more in use order. Returns how many micro-batches ahead
+        are covered by the cache (the thread sleeps through half of them)."""
         now = self._micro_batch(k)
         ahead = self._ahead(k, {r.sha256 for r in now})
         missing = [r for r in (*now, *(a for a, _ in ahead)) if not self.cache.present(r.sha256)]
         if missing or not self._announced_at <= k < self._announced_at + ANNOUNCE_EVERY:
             self.cache.announce(self._uses(k, now, ahead))
         if not missing:
-            return
+            return self._covered(k)
         jobs = [self._pool.submit(self._fetch, ref, True) for ref in now
                 if not self.cache.present(ref.sha256)]
         for job in jobs:
             job.result()
         for ref, _ in ahead:
             if self.next_k != k or self._closed:
-                return
+                return 1
             if not self.cache.present(ref.sha256) and not self._fetch(ref, False):
-                return                     # no room for read-ahead now: try again later
+                return 1                   # no room for read-ahead now: try again later
+        return 1
 
     def _uses(self, k: int, now: list[ShardRef], ahead: list[tuple[ShardRef, int]]
               ) -> dict[str, int]:
@@ -249,13 +271,33 @@ def train_feeder(src, dataset, horizon: int | None = None) -> Feeder | None:
     per_step = ds.per_rank // ds.micro
 
     def shards(k: int) -> list[ShardRef]:
-        indices, _ = ds.bucketed(k) if view.seq2seq else view.order(ds.positions(k))
-        return shards_of_samples(view, "train", indices)
+        if view.seq2seq:
+            return shards_of_samples(view, "train", ds.bucketed(k)[0])
+        return block_shards(view, ds, k)
 
     total = sum(len(f.streams["train"].shards.refs) if not f.is_pairs else
                 len(f.pairs["train"].shards.refs) for f in src.folders if f.remote)
     return Feeder(src.cache, shards, lambda k: ds.first_step + k // per_step,
                   src.config.prefetch_shards, total, horizon)
+
+
+_BLOCKS: dict[int, dict[int, list[ShardRef]]] = {}
+
+
+def block_shards(view, ds, k: int) -> list[ShardRef]:
+    """The shards of micro-batch k, computed for its whole block of BLOCK micro-batches at
+    once (one vectorised order and file lookup; memoised per view, the last two blocks)."""
+    memo = _BLOCKS.setdefault(id(view), {})
+    b = k // BLOCK
+    if b not in memo:
+        if len(memo) >= 2:
+            memo.pop(min(memo))
+        ks = range(b * BLOCK, (b + 1) * BLOCK)
+        positions = np.concatenate([ds.positions(j) for j in ks])           # (BLOCK*micro,)
+        indices, _ = view.order(positions)
+        rows = indices.reshape(BLOCK, -1)
+        memo[b] = [shards_of_samples(view, "train", row) for row in rows]
+    return memo[b][k - b * BLOCK]
 
 
 class FedBatches:

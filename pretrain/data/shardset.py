@@ -10,9 +10,8 @@ which mapped files to let go of so this process stays within `budget` mapped fil
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 from data_tools.remote import RemoteError, RemoteUnavailable
 from pretrain.data.cache import NodeCache, ShardRef
@@ -40,10 +39,17 @@ class LocalShards:
     def make_room(self, needed, mapped) -> list[int]:
         return []
 
+    def bind(self, drop) -> None:
+        pass
+
+    def mapped(self, ids) -> None:
+        pass
+
 
 class CachedShards:
-    """Object-storage shards through the node cache: at most `cache.budget` mapped at once
-    (the least recently used ones are let go of first)."""
+    """Object-storage shards through the node cache: this process maps at most
+    `cache.budget` of them at once, over all its splits (the least recently used are let go
+    of first)."""
 
     lazy = True
 
@@ -51,16 +57,15 @@ class CachedShards:
         self.folder, self.refs, self.cache = folder, list(refs), cache
         self.names = [str(r.url) for r in refs]
         self.sizes = [r.size for r in refs]
-        self._used = np.zeros(len(refs), np.int64)     # last use (a counter), per file
-        self._clock = 0
+        self._drop: Callable[[int], None] = lambda i: None
 
     @property
     def budget(self) -> int:
         return self.cache.budget
 
     def acquire(self, ids: list[int]) -> list[Path]:
-        """Local paths of files `ids`, each pinned (all or none: a failure unpins the rest)."""
-        self.touch(ids)
+        """Local paths of files `ids`, each pinned (all or none: a failure unpins the rest);
+        the caller maps them, then calls `mapped`."""
         got: list[Path] = []
         try:
             for i in ids:
@@ -72,23 +77,31 @@ class CachedShards:
             raise
         return got
 
+    def touch(self, ids) -> None:
+        self.mapped(ids)
+
     def release(self, ids) -> None:
+        for i in ids:
+            self.cache.unmapped(self, int(i))
         self.cache.unpin([self.refs[int(i)].sha256 for i in ids])
 
-    def touch(self, ids) -> None:
-        self._clock += 1
-        self._used[np.asarray(ids, np.int64)] = self._clock
+    def bind(self, drop: Callable[[int], None]) -> None:
+        """The reader's callback that unmaps its file i (then released here)."""
+        self._drop = drop
 
     def make_room(self, needed, mapped) -> list[int]:
-        """Mapped files to let go of (least recently used first, never one in `needed`) so
-        that the mapped and the needed ones fit in the budget together."""
-        needed = set(int(i) for i in needed)
-        keep = [int(i) for i in mapped if int(i) not in needed]
-        excess = len(keep) + len(needed) - self.budget
-        if excess <= 0:
-            return []
-        keep.sort(key=lambda i: self._used[i])
-        return keep[:excess]
+        """Let go of this process's least recently used mapped shards — of this split or any
+        other (train, val, other folders) — so that `needed` fit in the process's budget."""
+        self.cache.room_for(self, needed)
+        return []
+
+    def mapped(self, ids) -> None:
+        self.cache.mapped(self, ids)
+
+    def let_go(self, i: int) -> None:
+        """The cache asks: unmap file i (the reader's callback) and unpin it."""
+        self._drop(i)
+        self.release([i])
 
     def refs_of(self, ids) -> list[ShardRef]:
         return [self.refs[int(i)] for i in ids]

@@ -118,6 +118,7 @@ class SplitStream:
         self.lazy = shards.lazy
         self._tables: list[np.ndarray] = [self._placeholder(i) for i in range(len(self.paths))]
         self._rebuild()
+        shards.bind(self._drop)
         if not self.lazy:
             for i, path in enumerate(shards.acquire(list(range(len(self.paths))))):
                 self._map(i, path)
@@ -186,6 +187,7 @@ class SplitStream:
         self._safe_index = int(self.vbase[readable[0]] + self.off0[readable[0]]) \
             if len(readable) else 0
         self._search_steps = int(max(1, self.ndocs.max(initial=1)) - 1).bit_length()
+        self._dirty = False
 
     def _unmap(self, i: int) -> None:
         self.files.unmap(i)
@@ -203,22 +205,27 @@ class SplitStream:
         return expand_ranges(*self.file_ranges(starts, length))
 
     def _hold(self, ids: np.ndarray) -> None:
-        """Map files `ids` (all of them; others may be unmapped to stay in this process's
-        share of the node cache)."""
-        missing = [int(i) for i in ids if not self.files.mapped[i]]
-        if not missing:
+        """Map files `ids` (all of them), first letting go of this process's least recently
+        used mapped shards if the process's share of the node cache asks for it."""
+        if self.files.mapped[ids].all():
             self.shards.touch(ids)
+            if self._dirty:
+                self._rebuild()
             return
-        drop = self.shards.make_room(ids, np.flatnonzero(self.files.mapped))
-        for i in drop:
-            self._unmap(int(i))
-        self.shards.release(drop)
+        missing = [int(i) for i in ids if not self.files.mapped[i]]
+        self.shards.make_room(ids, None)
         try:
             paths = self.shards.acquire(missing)
             for i, path in zip(missing, paths):
                 self._map(i, path)
+            self.shards.mapped(ids)
         finally:
             self._rebuild()
+
+    def _drop(self, i: int) -> None:
+        """The cache's callback: unmap file i (arrays rebuilt before the next gather)."""
+        self._unmap(i)
+        self._dirty = True
 
     def file_counts(self, i: int) -> tuple[int, int]:
         """(documents, tokens) of file i."""
