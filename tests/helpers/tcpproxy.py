@@ -157,6 +157,9 @@ class TcpProxy:
             self.requests.append(req)
 
     def _pump(self, src: socket.socket, dst: socket.socket, observe, reset_after) -> None:
+        """Copy src -> dst until either side ends; then both sockets are shut, so a peer
+        never waits on a connection whose other half is gone (a server closing an idle
+        keep-alive connection is seen by the client at once, as without the proxy)."""
         sent = 0
         try:
             while True:
@@ -178,9 +181,9 @@ class TcpProxy:
             _reset(dst)
             _reset(src)
             return
-        for s in (dst,):
+        for sock in (dst, src):
             with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_WR)
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self._closed = True
