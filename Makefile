@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VPY) -m launch.demo
+	$(VPY) -m arrowtrain.demos.demo
 
 demo-translate: $(STAMP)
-	$(VPY) -m launch.translate_demo
+	$(VPY) -m arrowtrain.demos.translate_demo
 
 test: $(STAMP) sysdeps
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

@@ -1,7 +1,9 @@
 """arrowtrain: the one command over the whole toolkit (`arrowtrain --help`).
 
 This package sits at the top of the one-way street (data_tools -> pretrain -> launch ->
-arrowtrain): it imports the others only to dispatch to them, and nothing imports it."""
+arrowtrain): cli.py dispatches, commands/ holds one module per user command (its parser and
+what only it uses; code that others use too lives in pretrain/ and data_tools/), demos/ the
+end-to-end demos. Nothing below imports it."""
 
 from pretrain import __version__
 

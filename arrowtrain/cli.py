@@ -1,10 +1,13 @@
 """`arrowtrain COMMAND ...`: one entry point for data_tools, pretrain and launch.
 
 Table-driven: each row names the words of a command, the module whose `main(argv, prog=...)`
-runs it and a one-line summary. `data` and `launch` are groups: their rows dispatch to the
-group's own `python -m` entry (`data_tools`, `launch`) with the subcommand word kept, so
-`arrowtrain data shard X` is `python -m data_tools shard X`. A row marked `optional` is shown
-and accepted only when its module exists (e.g. a command still on another branch).
+runs it and a one-line summary. `data`, `launch`, `config` and `runs` are groups: their rows
+dispatch to the group's own `python -m` entry (`data_tools`, `launch`, `arrowtrain.commands.
+config`, `arrowtrain.commands.runs`) with the subcommand word kept, so `arrowtrain data shard X`
+is `python -m data_tools shard X`; a group row with a module of its
+own runs that module (`arrowtrain launch demo` is arrowtrain.demos.demo). A row marked
+`optional` is shown and accepted only when its module exists (e.g. a command still on another
+branch).
 
 `arrowtrain --help` and `--version` import nothing but this table: no torch, no pyarrow."""
 
@@ -18,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from arrowtrain import __version__
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 PROG = "arrowtrain"
 
@@ -37,7 +41,9 @@ class Command:
 
 # Groups dispatch to their package's own subcommand parser.
 GROUPS = {"data": ("data_tools.__main__", "raw text -> tokenizer -> Arrow shards"),
-          "launch": ("launch.__main__", "start, submit and watch runs")}
+          "launch": ("launch.__main__", "start, submit and watch runs"),
+          "config": ("arrowtrain.commands.config", "the shipped configs and every config key"),
+          "runs": ("arrowtrain.commands.runs", "look at runs side by side")}
 
 COMMANDS: tuple[Command, ...] = (
     Command("data train-tokenizer", "data_tools.__main__",
@@ -56,21 +62,31 @@ COMMANDS: tuple[Command, ...] = (
             "multi-node without SLURM (DeepSpeed's launcher, pdsh/ssh)"),
     Command("launch status", "launch.__main__",
             "running / stopped / finished / failed, progress, ETA, checkpoint"),
-    Command("launch demo", "launch.__main__",
+    Command("launch demo", "arrowtrain.demos.demo",
             "the whole pipeline on this machine (what `make demo` runs)"),
     Command("train", "pretrain.train.__main__",
             "one rank of a training run (the launchers start it)"),
-    Command("export", "pretrain.export",
+    Command("export", "arrowtrain.commands.export",
             "a run's checkpoint -> one .safetensors file (with its tokenizer) or an HF folder"),
-    Command("sample", "pretrain.sample", "text from a run or an exported .safetensors"),
-    Command("plot", "pretrain.plot", "loss, grad norm, lr, tokens/s of one or more runs -> PNG"),
-    Command("model", "pretrain.model.__main__",
+    Command("sample", "arrowtrain.commands.sample", "text from a run or an exported .safetensors"),
+    Command("plot", "arrowtrain.commands.plot",
+            "loss, grad norm, lr, tokens/s of one or more runs -> PNG"),
+    Command("model", "arrowtrain.commands.model",
             "a model config's shape, parameters and FLOPs per token"),
-    Command("translate", "pretrain.translate",
+    Command("translate", "arrowtrain.commands.translate",
             "source lines -> target lines, beam search (encoder-decoder runs)"),
-    Command("attention", "pretrain.attention", "attention maps of a run: .npz + PNG grids"),
-    Command("import-hf", "pretrain.import_hf",
+    Command("attention", "arrowtrain.commands.attention",
+            "attention maps of a run: .npz + PNG grids"),
+    Command("import-hf", "arrowtrain.commands.import_hf",
             "a local Hugging Face GPT-2/Llama folder -> an export .safetensors"),
+    Command("plan", "arrowtrain.commands.plan",
+            "will it fit, how long, what cost: memory per GPU and time, before the job starts"),
+    Command("config list", "arrowtrain.commands.config",
+            "the shipped run and model configs, one line of purpose each"),
+    Command("config explain", "arrowtrain.commands.config",
+            "type, default, allowed values and meaning of a config section or key"),
+    Command("runs compare", "arrowtrain.commands.runs",
+            "final losses, tokens, time, speed and differing config keys of runs"),
 )
 
 
@@ -99,7 +115,7 @@ def help_text(commands: list[Command]) -> str:
         out.append(f"  {c.words.ljust(width)}{c.summary}")
     out += ["", "options:", "  -h, --help   this list", "  --version    print the version", "",
             "The `python -m` forms work too: `python -m data_tools shard`, `python -m launch",
-            "local`, `python -m pretrain.train`, `python -m pretrain.export`, ..."]
+            "local`, `python -m pretrain.train`, `python -m arrowtrain.commands.export`, ..."]
     return "\n".join(out) + "\n"
 
 
@@ -119,7 +135,7 @@ def resolve(argv: list[str], commands: list[Command]) -> tuple[Command | None, l
 
 def _call(cmd: Command, args: list[str]) -> int:
     mod = importlib.import_module(cmd.module)
-    if cmd.group:  # the group's parser sees the subcommand word
+    if cmd.group and cmd.module == GROUPS[cmd.group][0]:  # the group's parser sees the word
         prog, argv = f"{PROG} {cmd.group}", cmd.words.split()[1:] + args
     else:
         prog, argv = f"{PROG} {cmd.words}", args
@@ -137,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = available()
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(help_text(commands))
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_CONFIG
     if argv[0] == "--version":
         print(f"{PROG} {__version__}")
-        return 0
+        return EXIT_OK
     cmd, rest = resolve(argv, commands)
     if cmd is None:
         names = sorted({c.words.split()[0] for c in commands})
@@ -148,5 +164,5 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (did you mean `{PROG} {close[0]}`?)" if close else ""
         print(f"{PROG}: unknown command {argv[0]!r}{hint}; commands: {', '.join(names)} "
               f"(`{PROG} --help` lists them)", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     return _call(cmd, rest)

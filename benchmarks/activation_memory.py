@@ -30,6 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import device_name  # noqa: E402
 from pretrain.configlib import load_yaml, validate_section  # noqa: E402
 from pretrain.memory import TensorMemory  # noqa: E402
 from pretrain.model import ModelConfig, build_model  # noqa: E402
@@ -42,13 +43,6 @@ POLICIES = {"none": "none", "full": "full", "every-2": {"every_n": 2}, "selectiv
             "selective-every-second-mm": {"mode": "selective", "selective_mm": "every_second"}}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} (CPU, {torch.get_num_threads()} threads)"
-    return "unknown CPU"
 
 
 def load_cfg(args) -> ModelConfig:

@@ -22,15 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import cpu_flags, cpu_model  # noqa: E402
+from pretrain.exit_codes import EXIT_OK  # noqa: E402
 from pretrain.train.checkpoint import file_hash  # noqa: E402
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            flags = Path("/proc/cpuinfo").read_text()
-            return line.split(":", 1)[1].strip() + (" (sha_ni)" if " sha_ni" in flags else "")
-    return "unknown CPU"
 
 
 def best_of(repeat: int, fn) -> float:
@@ -63,18 +57,19 @@ def main() -> int:
                  for algo in ("sha256", "blake2b")}
         both_s = best_of(args.repeat, lambda: (torch.save(state, path), file_hash(path)))
         os.sync()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; file {gb:.2f} GB, best of {args.repeat}")
+    cpu = cpu_model() + (" (sha_ni)" if "sha_ni" in cpu_flags() else "")
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; file {gb:.2f} GB, best of {args.repeat}")
     for algo, s_per_gb in rates.items():
         print(f"  {algo:8s} {s_per_gb:.2f} s/GB ({1 / s_per_gb:.2f} GB/s)")
     print(f"  blake2b / sha256 time: {rates['blake2b'] / rates['sha256']:.2f}x")
     print(f"  torch.save {save_s / gb:.2f} s/GB; save + sha256 {both_s / gb:.2f} s/GB "
           f"(hashing adds {both_s / save_s - 1:.0%})")
-    print(json.dumps({"cpu": cpu_model(), "gb": round(gb, 3),
+    print(json.dumps({"cpu": cpu, "gb": round(gb, 3),
                       "sha256_s_per_gb": round(rates["sha256"], 3),
                       "blake2b_s_per_gb": round(rates["blake2b"], 3),
                       "save_s_per_gb": round(save_s / gb, 3),
                       "save_plus_hash_s_per_gb": round(both_s / gb, 3)}))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 # >= 200 MB corpus) on the host's CPUs. Prints one summary table; writes 2 files under $OUT
 # (gpu_check.log: every step's output; gpu_check.json: the summary).
 #
-#   bash benchmarks/gpu_check.sh            # on the lent GPU; run(carry=[".whl"]) — see README
+#   bash benchmarks/gpu_check.sh            # on the lent GPU; run(carry=[".whl"]) — see docs/performance.md
 #   DRY=1 bash benchmarks/gpu_check.sh      # every step on CPU with tiny sizes (a few minutes)
 #
 # Environment: OUT (default ./gpu_check_out), PYTHON (default python3), BUDGET_S (seconds for
@@ -41,7 +41,7 @@ if ! "$PYTHON" -c "import deepspeed, pydantic, hjson, yaml, tqdm" 2>/dev/null; t
       --target /tmp/site .whl/*.whl >>"$LOG" 2>&1 || { log "FATAL: wheel install failed"; exit 1; }
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
   else
-    log "FATAL: deepspeed is not importable and there is no .whl/ (see README, Performance)"
+    log "FATAL: deepspeed is not importable and there is no .whl/ (see docs/performance.md)"
     exit 1
   fi
 fi

@@ -14,6 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK  # noqa: E402
+
 
 def pct(x) -> str:
     return "-" if x is None else f"{x:.1%}"
@@ -87,7 +91,7 @@ def table(rows: list[list[str]]) -> str:
 def main() -> int:
     if len(sys.argv) != 4 or sys.argv[1] in ("-h", "--help"):  # gpu_check.sh calls it
         print(__doc__, file=sys.stdout if len(sys.argv) > 1 else sys.stderr)
-        return 0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2
+        return EXIT_OK if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else EXIT_CONFIG
     results, out, dry = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "1"
     steps = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     device = next((s["result"].get("device") for s in steps
@@ -99,7 +103,7 @@ def main() -> int:
     print(f"\n== gpu_check summary ({'DRY RUN on CPU: tiny sizes, not figures' if dry else ''}"
           f"{'' if dry else 'device: ' + str(device)}, {summary['date']})")
     print(table(rows))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

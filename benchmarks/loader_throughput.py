@@ -33,19 +33,16 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretrain.data import DataConfig, open_data, train_batches  # noqa: E402
+from benchmarks.common import cpu_model  # noqa: E402
+from pretrain.data import DataConfig, train_batches  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
+from pretrain.objectives import open_data  # noqa: E402
 
 VOCAB = 32_000
 MEAN_DOC_TOKENS = 400
 SHARD_TOKENS = 128 * 2**20          # 256 MB of uint16 per shard, as `data_tools shard`'s default
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def write_corpus(folder: Path, num_samples: int, seq_len: int, seed: int,

@@ -38,6 +38,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import device_name  # noqa: E402
 from pretrain.configlib import load_yaml, validate_section  # noqa: E402
 from pretrain.data.span import span_lengths  # noqa: E402
 from pretrain.model import ModelConfig, build_model, flops_per_token, mfu, peak_flops  # noqa: E402
@@ -50,13 +51,6 @@ from pretrain.train.parallelize import (  # noqa: E402
 AC_MODES = ("none", "full", "every-n", "selective", "selective-every-second-mm")
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} (CPU, {torch.get_num_threads()} threads)"
-    return "unknown CPU"
 
 
 def load_cfg(name: str, args, **update) -> ModelConfig:

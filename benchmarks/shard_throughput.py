@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's data_tools (not an installed one) and benchmarks
+
+from benchmarks.common import cpu_model  # noqa: E402
+
 BASELINE = """
 import json, sys, time
 from tokenizers import Tokenizer
@@ -43,11 +47,6 @@ print(json.dumps({"tokens": sum(len(e) for e in encs), "seconds": dt, "cpu_s": c
 """
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def one_core_env() -> dict:
@@ -321,7 +320,6 @@ def profile_main(size_mb: float, vocab: int, workers: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--_profile-child":
-        sys.path.insert(0, str(REPO))  # this checkout's data_tools, not an installed one
         print(json.dumps(serial_profile(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))))
     else:
         main()

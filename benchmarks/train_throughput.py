@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 if not torch.cuda.is_available():
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from benchmarks.common import device_name  # noqa: E402
 from pretrain.configlib import ConfigError, apply_overrides, load_yaml  # noqa: E402
 from pretrain.data import train_batches  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
@@ -52,7 +53,8 @@ from pretrain.exit_codes import EXIT_OK  # noqa: E402
 from pretrain.logs import setup_logging  # noqa: E402
 from pretrain.model import build_model, mfu, padded_vocab_size, peak_flops  # noqa: E402
 from pretrain.train.config import build_run_config  # noqa: E402
-from pretrain.train.engine import init_distributed, param_groups, resolve_dist_env  # noqa: E402
+from pretrain.train.distenv import resolve_dist_env  # noqa: E402
+from pretrain.train.engine import init_distributed, param_groups  # noqa: E402
 from pretrain.train.loop import Trainer  # noqa: E402
 from pretrain.train.preflight import resolve_paths  # noqa: E402
 
@@ -80,13 +82,6 @@ LEVERS = {
 }
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} (CPU, {torch.get_num_threads()} threads)"
-    return "unknown CPU"
 
 
 def sync(device: torch.device) -> None:
@@ -230,13 +225,13 @@ def figures(seconds_per_step: float, tokens: int, fpt: int, device) -> dict:
 
 def new_trainer(args, tmp: Path, label: str, lever: list[str], device, denv) -> Trainer:
     cfg = build_config(args, tmp / "data", tmp / f"run-{label}", lever)
-    return Trainer(resolve_paths(cfg), denv, device)
+    # no memory_peak_bytes: on CPU its dispatch mode would slow the first steps it times
+    return Trainer(resolve_paths(cfg), denv, device, measure_memory=False)
 
 
 def tokens_per_step(trainer: Trainer) -> int:
-    d = trainer.cfg.data
-    return trainer.gas * trainer.cfg.train.micro_batch_size * (
-        d.seq_len if d.objective == "clm" else d.input_length)
+    return (trainer.gas * trainer.cfg.train.micro_batch_size
+            * trainer.objective.tokens_per_sample)
 
 
 def alternate(args, trainer: Trainer, plain: Plain | None) -> tuple[float, float | None]:
@@ -424,7 +419,7 @@ def main(argv=None) -> int:
         levers = measure_levers(args, tmp, device, denv, plain, emit)
     del plain
     report(args, device, pair, levers)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

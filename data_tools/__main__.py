@@ -7,7 +7,8 @@ import logging
 import sys
 
 from data_tools import remote
-from data_tools.errors import EXIT_INTERRUPTED, EXIT_USAGE, DataToolsError
+from data_tools.errors import DataToolsError
+from data_tools.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 
 COMMANDS = {
     "train-tokenizer": ("data_tools.tokenizer", "train a byte-level BPE tokenizer on raw text"),
@@ -43,29 +44,33 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="data_tools: %(message)s")
+def setup_logging(name: str) -> None:
+    """Progress and notes on stderr, each line starting with the command as the user typed it
+    (`arrowtrain data shard: ...`, or `python -m data_tools shard: ...`)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"{name}: %(message)s")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    prog = prog or "python -m data_tools"
     args = build_parser(prog).parse_args(argv)
-    setup_logging()
+    name = f"{prog} {args.command}"
+    setup_logging(name)
     try:
         result = args.run(args)
     except DataToolsError as e:
-        print(f"data_tools {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     except BrokenPipeError:  # e.g. `inspect ... | head`
         sys.stderr.close()
-        return 0
+        return EXIT_OK
     except KeyboardInterrupt:
         hint = "; run the same command again to resume" if args.command in ("shard", "copy") \
             else ""
-        print(f"data_tools {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"{name}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         remote.finalize()   # S3 shut down before exit (pyarrow can hang at exit otherwise)
-    return result if isinstance(result, int) else 0
+    return result if isinstance(result, int) else EXIT_OK
 
 
 if __name__ == "__main__":

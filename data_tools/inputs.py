@@ -22,9 +22,9 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from data_tools.errors import DataToolsError
 
@@ -164,7 +164,7 @@ def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES,
     """Resolve INPUT... (each optionally INPUT:FORMAT) into a deterministic, de-duplicated file
     list with a reader per file. Raises before any work if a path does not exist, an explicit
     file has an unknown format, or nothing is left."""
-    seen, files, problems = set(), [], []
+    seen, files, problems, unread = set(), [], [], []
     for item in items:
         path, own_fmt = split_format_suffix(item)
         try:
@@ -182,15 +182,28 @@ def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES,
                     problems.append(f"input {p!r}: cannot tell its format from the extension; "
                                     f"pass --format FORMAT or write it as {p}:FORMAT "
                                     f"(FORMAT: {', '.join(FORMATS[1:])})")
+                else:
+                    unread.append(p)
                 continue
             seen.add(real)
             files.append(InputFile(p, os.path.getsize(p), kind))
     if problems:
         raise DataToolsError("; ".join(problems))
     if not files:
-        raise DataToolsError(f"no input files found in {' '.join(items)} (format {fmt}); "
-                             "nothing to do")
+        raise DataToolsError(nothing_found(items, fmt, unread))
     return files
+
+
+def nothing_found(items: list[str], fmt: str, unread: list[str]) -> str:
+    """Why no input was read; with files whose format the extension does not tell (a folder of
+    .py files), how to name the format: the INPUT:FORMAT suffix, e.g. `corpus/:file`."""
+    text = f"no input files found in {' '.join(items)} (format {fmt})"
+    if not unread:
+        return text + "; nothing to do"
+    example = split_format_suffix(items[0])[0] + ":file"
+    return (f"{text}: {len(unread)} file(s) with an extension it does not read, e.g. "
+            f"{unread[0]}; give the format after the input as INPUT:FORMAT, e.g. {example} "
+            f"(each file one document; FORMAT: {', '.join(FORMATS[1:])}), or pass --format")
 
 
 def open_binary(path: str):
@@ -282,8 +295,8 @@ def _is_read_error(e: Exception) -> bool:
     return isinstance(e, (OSError, EOFError, zlib.error)) or type(e).__name__ == "ZstdError"
 
 
-def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str | Skip]]:
-    """line: one document per non-blank line; jsonl: one object per non-blank line. A read
+def _iter_nonblank(path: str, parse: Callable[[bytes, str], Any]) -> Iterator[tuple[int, Any]]:
+    """(line index, parse(line without its end, "path:line")) for each non-blank line. A read
     error (truncated or corrupt compression, I/O error) ends the file with one Skip."""
     lines_read = 0
     try:
@@ -291,15 +304,19 @@ def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str |
             for line in f:
                 lines_read += 1
                 body = line.rstrip(b"\r\n")
-                if not body.strip():
-                    continue
-                where = f"{path}:{lines_read}"
-                yield lines_read - 1, (_json_text(body, where, field) if jsonl
-                                       else _decode(body, where))
+                if body.strip():
+                    yield lines_read - 1, parse(body, f"{path}:{lines_read}")
     except Exception as e:
         if not _is_read_error(e):
             raise
         yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
+
+
+def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str | Skip]]:
+    """line: one document per non-blank line; jsonl: one object per non-blank line."""
+    if jsonl:
+        return _iter_nonblank(path, lambda body, where: _json_text(body, where, field))
+    return _iter_nonblank(path, _decode)
 
 
 def _paragraph(parts: list[bytes], size: int, where: str, max_doc_bytes: int) -> str | Skip:
@@ -474,18 +491,7 @@ def _json_pair(line: bytes, where: str, fields: PairFields) -> tuple[str, str] |
 
 
 def _iter_json_pairs(path: str, fields: PairFields) -> Iterator[tuple[int, tuple | Skip]]:
-    lines_read = 0
-    try:
-        with open_binary(path) as f:
-            for line in f:
-                lines_read += 1
-                body = line.rstrip(b"\r\n")
-                if body.strip():
-                    yield lines_read - 1, _json_pair(body, f"{path}:{lines_read}", fields)
-    except Exception as e:
-        if not _is_read_error(e):
-            raise
-        yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
+    return _iter_nonblank(path, lambda body, where: _json_pair(body, where, fields))
 
 
 def _iter_aligned(inp: InputFile) -> Iterator[tuple[int, tuple | Skip]]:
@@ -597,6 +603,23 @@ def iter_records(inp: InputFile, text_field: str, max_doc_bytes: int
 
 # ---- command-line options shared by train-tokenizer and shard -----------------------------
 
+def add_input_arguments(p) -> None:
+    """What to read and how to cut it into documents: the same options for train-tokenizer and
+    shard (INPUT..., --format, --txt-mode, --text-field, --max-doc-bytes, --exclude)."""
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
+    g = p.add_argument_group("input")
+    g.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
+    g.add_argument("--txt-mode", default="line", choices=TXT_MODES, help=TXT_MODE_HELP)
+    g.add_argument("--text-field", default="text", metavar="NAME",
+                   help="JSON key / parquet column with the text")
+    g.add_argument("--max-doc-bytes", default="64MB", metavar="SIZE",
+                   help="skip documents larger than this")
+    g.add_argument("--exclude", action="append", default=None, metavar="GLOB",
+                   help=f"file/folder names to skip when walking folders; repeatable; replaces "
+                        f"the default ({' '.join(DEFAULT_EXCLUDES)})")
+
+
 def add_pair_arguments(p) -> None:
     g = p.add_argument_group("pairs (source -> target, for translation / data.objective seq2seq)")
     g.add_argument("--source-field", metavar="NAME",
@@ -619,9 +642,15 @@ class Inputs:
     pair_mode: bool  # records are pairs (the folder is a pair folder)
 
 
-def resolve_inputs(args, excludes: tuple[str, ...]) -> Inputs:
-    """The input files of train-tokenizer / shard, documents or pairs, checked before any
-    work; every problem in one DataToolsError."""
+def excludes_of(args) -> tuple[str, ...]:
+    """--exclude as given, else DEFAULT_EXCLUDES."""
+    return tuple(args.exclude or DEFAULT_EXCLUDES)
+
+
+def resolve_inputs(args) -> Inputs:
+    """The input files of train-tokenizer / shard (add_input_arguments, add_pair_arguments),
+    documents or pairs, checked before any work; every problem in one DataToolsError."""
+    excludes = excludes_of(args)
     fields = (args.source_field, args.target_field)
     sources, targets = args.source_file or [], args.target_file or []
     pair_mode = any(fields) or bool(sources or targets)

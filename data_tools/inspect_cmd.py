@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from data_tools.exit_codes import EXIT_OK
 from data_tools.inputs import PAIR_READER_TEXT, READER_TEXT
 from data_tools.manifest import Manifest, SplitInfo, read_manifest
 from data_tools.split import USEFUL_VAL_TOKENS, USEFUL_VAL_WINDOWS, describe_choice, too_small
@@ -163,7 +164,7 @@ def main(args) -> int:
         print_report(report)
     for i, row in enumerate(decoded(datadir, m, args.decode) if args.decode > 0 else []):
         print_decoded(i, row, args.max_chars)
-    return 0
+    return EXIT_OK
 
 
 def _cut(text: str, max_chars: int) -> str:

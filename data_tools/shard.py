@@ -32,16 +32,14 @@ from tqdm import tqdm
 from data_tools.atomic import atomic_path, is_temp_name
 from data_tools.encode import Encoder, encode_in_worker, init_worker
 from data_tools.errors import DataToolsError
+from data_tools.exit_codes import EXIT_OK
 from data_tools.inputs import (
-    DEFAULT_EXCLUDES,
-    FORMAT_HELP,
-    FORMATS,
-    TXT_MODE_HELP,
-    TXT_MODES,
     InputFile,
     PairFields,
     Skip,
+    add_input_arguments,
     add_pair_arguments,
+    excludes_of,
     iter_units,
     parse_size,
     resolve_inputs,
@@ -94,15 +92,9 @@ def usable_cores() -> int:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
     p.add_argument("--tokenizer", required=True, metavar="FILE",
                    help="tokenizer.json (or the folder holding it)")
     p.add_argument("--out", required=True, metavar="DIR", help="output shard folder")
-    p.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
-    p.add_argument("--txt-mode", default="line", choices=TXT_MODES, help=TXT_MODE_HELP)
-    p.add_argument("--text-field", default="text", metavar="NAME",
-                   help="JSON key / parquet column with the text")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="tokenizer processes (1: tokenize in this process); default: the "
                         f"cores this process may use ({usable_cores()} here)")
@@ -116,11 +108,6 @@ def add_arguments(p) -> None:
                         f"{TYPICAL_SEQ_LEN} is a useful minimum)")
     p.add_argument("--shard-size", default="256MB", metavar="SIZE",
                    help="target size of one shard file")
-    p.add_argument("--max-doc-bytes", default="64MB", metavar="SIZE",
-                   help="skip documents larger than this")
-    p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
-                   help=f"file/folder names to skip when walking folders; repeatable; replaces "
-                        f"the default ({' '.join(DEFAULT_EXCLUDES)})")
     p.add_argument("--strict", action="store_true",
                    help="stop at the first bad record instead of skipping and counting it")
     p.add_argument("--overwrite", action="store_true",
@@ -129,6 +116,7 @@ def add_arguments(p) -> None:
                    help="--out s3://...: the local folder the shards are written to before "
                         "they are uploaded (default: one per destination under $TMPDIR; kept "
                         "until the upload finished, so an interrupted run resumes)")
+    add_input_arguments(p)
     add_pair_arguments(p)
 
 
@@ -176,9 +164,8 @@ def plan(args) -> Run:
         except DataToolsError as e:
             problems.append(f"--{opt.replace('_', '-')}: {e}")
     inputs = tok_info = None
-    excludes = tuple(args.exclude or DEFAULT_EXCLUDES)
     try:
-        inputs = resolve_inputs(args, excludes)
+        inputs = resolve_inputs(args)
     except DataToolsError as e:
         problems.append(str(e))
     try:
@@ -193,7 +180,7 @@ def plan(args) -> Run:
                 "text_field": args.text_field, "tokenizer": str(args.tokenizer),
                 "val_fraction": val_fraction, "val_tokens": args.val_tokens,
                 "shard_size_bytes": sizes["shard_size"], "max_doc_bytes": sizes["max_doc_bytes"],
-                "exclude": list(excludes), "strict": args.strict}
+                "exclude": list(excludes_of(args)), "strict": args.strict}
     if inputs.pair_mode:  # only for pairs: a document folder's recorded arguments stay as they were
         cli_args.update(source_field=args.source_field, target_field=args.target_field,
                         source_file=list(args.source_file or []),
@@ -421,7 +408,7 @@ def main(args) -> int:
     if state == "done":
         log.info("%s already holds these shards (same arguments, inputs and tokenizer); "
                  "nothing to do", out)
-        return 0
+        return EXIT_OK
     for split in SPLITS:
         (out / split).mkdir(exist_ok=True)
     (out / RESUME_DIR).mkdir(exist_ok=True)
@@ -541,4 +528,4 @@ def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float
              sum(len(v.shards) for v in sp.values()), skipped, wall_s, tokens / wall_s,
              " (resumed)" if resumed else "")
     _warn_small_val(run, sp["val"], tokens)
-    return 0
+    return EXIT_OK

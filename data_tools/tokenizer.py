@@ -18,13 +18,9 @@ from tqdm import tqdm
 from data_tools.atomic import atomic_path
 from data_tools.errors import DataToolsError
 from data_tools.inputs import (
-    DEFAULT_EXCLUDES,
-    FORMAT_HELP,
-    FORMATS,
-    TXT_MODE_HELP,
-    TXT_MODES,
     Inputs,
     Skip,
+    add_input_arguments,
     add_pair_arguments,
     iter_units,
     parse_size,
@@ -43,26 +39,16 @@ def sentinel(i: int) -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="files, folders and globs, mixed; INPUT:FORMAT sets that input's format")
     p.add_argument("--vocab-size", type=int, required=True, metavar="N",
                    help="total vocabulary including special and sentinel tokens")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for tokenizer.json (created)")
-    p.add_argument("--format", default="auto", choices=FORMATS, help=FORMAT_HELP)
-    p.add_argument("--txt-mode", default="line", choices=TXT_MODES, help=TXT_MODE_HELP)
-    p.add_argument("--text-field", default="text", metavar="NAME",
-                   help="JSON key / parquet column with the text")
     p.add_argument("--sentinels", type=int, default=0, metavar="N",
                    help="add N T5 sentinel tokens <extra_id_0>.. (for encoder-decoder runs)")
     p.add_argument("--max-bytes", default="1GB", metavar="SIZE",
                    help="train on at most this much text, sampled evenly over the whole input")
-    p.add_argument("--max-doc-bytes", default="64MB", metavar="SIZE",
-                   help="skip documents larger than this")
-    p.add_argument("--exclude", action="append", default=None, metavar="GLOB",
-                   help=f"file/folder names to skip when walking folders; repeatable; replaces "
-                        f"the default ({' '.join(DEFAULT_EXCLUDES)})")
     p.add_argument("--min-frequency", type=int, default=2, metavar="N",
                    help="minimum pair count for a merge")
+    add_input_arguments(p)
     add_pair_arguments(p)
 
 
@@ -115,7 +101,7 @@ def train(args) -> Path:
     if args.vocab_size - args.sentinels < 256 + 2:
         raise DataToolsError(f"--vocab-size {args.vocab_size} is too small: byte-level BPE needs "
                              f"256 byte tokens + 2 special + {args.sentinels} sentinels")
-    inputs = resolve_inputs(args, tuple(args.exclude or DEFAULT_EXCLUDES))
+    inputs = resolve_inputs(args)
     files = inputs.files
     what = "pairs" if inputs.pair_mode else "documents"
     start = time.perf_counter()
@@ -158,7 +144,7 @@ def load_tokenizer(path: str | os.PathLike):
     p = resolve_tokenizer_path(str(path))
     if not p.is_file():
         raise DataToolsError(f"tokenizer file {p} does not exist (train one with "
-                             "`python -m data_tools train-tokenizer`)")
+                             "`arrowtrain data train-tokenizer`)")
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a plain Exception on bad JSON

@@ -13,6 +13,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from data_tools.errors import DataToolsError
+from data_tools.exit_codes import EXIT_OK
 from data_tools.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file
 from data_tools.writer import tokens_schema
 
@@ -140,4 +141,4 @@ def main(args) -> int:
     log.info("%s is valid: %d shards%s, checksums, schema (%s) and token ids < %d all hold",
              args.datadir, len(list(m.shards())), " of pairs (source, target)" if m.is_pairs
              else "", m.dtype, m.tokenizer.vocab_size)
-    return 0
+    return EXIT_OK

@@ -1,4 +1,4 @@
-"""python -m launch {local,slurm,hostfile,status,demo} — start, submit and watch training runs.
+"""python -m launch {local,slurm,hostfile,status} — start, submit and watch training runs.
 
 Exit codes: 0 finished, 75 stopped after saving a checkpoint (resume me), 2 bad input or config,
 anything else the first failing rank's code.
@@ -10,10 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from launch.common import EXIT_USAGE, LaunchError
+from launch.common import LaunchError
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 OVERRIDES_HELP = "dotted config overrides, e.g. train.max_steps=100 optim.lr=1e-3"
-DEMO_HELP = "the whole pipeline on this machine: tokenizer, shards, a small GPT (make demo)"
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -27,26 +27,33 @@ def _add_config(p: argparse.ArgumentParser) -> None:
                    "paths, vocabulary from the data) and exit 0 without starting a rank")
 
 
-def _local_parser(sub) -> None:
-    p = sub.add_parser("local", help="N ranks on this machine",
-                       description="Start N trainer ranks on this machine (gloo on CPU, NCCL "
-                       "on GPU). SIGTERM/SIGUSR1 are forwarded to every rank (they save and "
-                       "exit 75); the first Ctrl-C does the same, a second one kills.")
+def _launcher(sub, name: str, summary: str, description: str | None, dry_run: str):
+    """A launcher's subcommand with what every launcher takes: the config options and --dry-run
+    (`dry_run`: what it prints instead of starting). `description`: the docstring of the
+    function that adds the launcher's own options."""
+    p = sub.add_parser(name, help=summary, description=" ".join((description or "").split()))
     _add_config(p)
+    p.add_argument("--dry-run", action="store_true", help=f"check everything, {dry_run}")
+    return p
+
+
+def _local_parser(sub) -> None:
+    """Start N trainer ranks on this machine (gloo on CPU, NCCL on GPU). SIGTERM/SIGUSR1 are
+    forwarded to every rank (they save and exit 75); the first Ctrl-C does the same, a second
+    one kills."""
+    p = _launcher(sub, "local", "N ranks on this machine", _local_parser.__doc__,
+                  dry_run="print each rank's command and environment, start nothing")
     p.add_argument("--nproc", type=int, default=None,
                    help="ranks to start (default: number of GPUs, else 1)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check everything, print each rank's command and environment, start "
-                   "nothing")
 
 
 def _slurm_parser(sub) -> None:
-    p = sub.add_parser("slurm", help="render and submit a self-requeueing sbatch job",
-                       description="Render RUNDIR/slurm/job.sbatch and submit it with sbatch. "
-                       "The job asks for SIGUSR1 before its time limit, saves, exits 75 and "
-                       "requeues itself (up to --max-requeues times); it resumes from the last "
-                       "checkpoint on every restart.")
-    _add_config(p)
+    """Render RUNDIR/slurm/job.sbatch and submit it with sbatch. The job asks for SIGUSR1
+    before its time limit, saves, exits 75 and requeues itself (up to --max-requeues times); it
+    resumes from the last checkpoint on every restart. Prints the job id (the only line on
+    stdout)."""
+    p = _launcher(sub, "slurm", "render and submit a self-requeueing sbatch job",
+                  _slurm_parser.__doc__, dry_run="print the batch script, submit nothing")
     p.add_argument("--nodes", type=int, default=1, help="nodes to allocate (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=None,
                    help="GPUs per node; one task per GPU (default: no GPUs)")
@@ -68,16 +75,15 @@ def _slurm_parser(sub) -> None:
                    help="interpreter on the compute nodes (default: this one)")
     p.add_argument("--hold", action="store_true",
                    help="submit held; start it with `scontrol release JOBID`")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check everything, print the batch script, submit nothing")
 
 
 def _hostfile_parser(sub) -> None:
-    p = sub.add_parser("hostfile", help="multi-node via DeepSpeed's launcher (pdsh/ssh)",
-                       description="Multi-node without SLURM through DeepSpeed's launcher. "
-                       "Default: pdsh/ssh from this node to every host in the hostfile. "
-                       "--no-ssh: run this command once on every node with its --node-rank.")
-    _add_config(p)
+    """Multi-node without SLURM through DeepSpeed's launcher. Default: pdsh/ssh from this node
+    to every host in the hostfile. --no-ssh: run this command once on every node with its
+    --node-rank."""
+    p = _launcher(sub, "hostfile", "multi-node via DeepSpeed's launcher (pdsh/ssh)",
+                  _hostfile_parser.__doc__,
+                  dry_run="print DeepSpeed's launcher command, start nothing")
     p.add_argument("--hostfile", required=True,
                    help="DeepSpeed hostfile: one `HOST slots=N` line per node")
     p.add_argument("--master-addr", default=None,
@@ -90,8 +96,6 @@ def _hostfile_parser(sub) -> None:
     p.add_argument("--node-rank", type=int, default=None,
                    help="with --no-ssh: this node's line in the hostfile, counting from 0")
     p.add_argument("--ssh-port", type=int, default=None, help="ssh port (default: ssh's own)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check everything, print DeepSpeed's launcher command, start nothing")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -107,8 +111,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "checkpoint, the last metrics line and an ETA.")
     st.add_argument("run_dir", metavar="RUNDIR", help="the run folder (run_dir of the config)")
     st.add_argument("--json", action="store_true", help="print one JSON object instead")
-    # `demo` is launch.demo's own parser (see `demo --help`); listed here so help shows it.
-    sub.add_parser("demo", add_help=False, help=DEMO_HELP)
     return parser
 
 
@@ -133,23 +135,19 @@ def _run_slurm(args) -> int:
         return print_config(cfg)
     if args.dry_run:
         sys.stdout.write(render_script(job))
-        return 0
+        return EXIT_OK
     script = write_script(job)
     job_id = submit(script, hold=args.hold)
     print(f"Submitted batch job {job_id}: {job.world_size} rank(s) on {job.nodes} node(s); "
-          f"script {script}; log {script.parent}/job-{job_id}.out")
-    print(job_id)
-    return 0
+          f"script {script}; log {script.parent}/job-{job_id}.out", file=sys.stderr)
+    print(job_id)  # the result alone on stdout: `JOB=$(arrowtrain launch slurm ...)`
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pretrain.logs import setup_logging
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:
-        from launch.demo import main as demo
-
-        return demo(argv[1:], prog=f"{prog or 'python -m launch'} demo")
     args = build_parser(prog).parse_args(argv)
     setup_logging()
     try:
@@ -174,7 +172,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         return run_status(args.run_dir, as_json=args.json)
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -9,11 +9,9 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME, describe_exit  # noqa: F401
-from pretrain.train.distenv import free_port  # noqa: F401 - the one free_port, re-exported
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME
 
 REPO = Path(__file__).resolve().parents[1]
-EXIT_USAGE = EXIT_CONFIG  # bad launcher input and bad config share exit code 2
 TRAIN_MODULE = "pretrain.train"
 
 
@@ -57,12 +55,12 @@ def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | No
     check_all("override", overrides)
     if not Path(config).is_file():
         print(f"error: --config {config}: no such file", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
+        raise SystemExit(EXIT_CONFIG)
     try:
         return load_config(config, overrides, world_size, ranks_per_node)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+        raise SystemExit(EXIT_CONFIG) from None
 
 
 def print_config(cfg) -> int:

@@ -31,20 +31,19 @@ from pathlib import Path
 
 from data_tools.remote import remote_env
 from launch.common import (
-    EXIT_OK,
     REPO,
     TRAIN_MODULE,
     LaunchError,
     check_text,
     combine_exit_codes,
     default_omp_threads,
-    describe_exit,
     normalize_code,
     print_config,
     train_env,
     validate_or_exit,
 )
 from launch.signal_trainers import LAUNCH_ID_VAR, signal_trainers
+from pretrain.exit_codes import EXIT_OK, describe_exit
 
 _SAFE_WORD = re.compile(r"^[\w@%+=:,./-]*$")  # needs no quoting in a shell
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.\-]*)\s+slots=(?P<slots>\d+)\s*$")

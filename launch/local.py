@@ -15,16 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.common import (
-    EXIT_OK,
-    TRAIN_MODULE,
-    combine_exit_codes,
-    default_omp_threads,
-    describe_exit,
-    free_port,
-    train_env,
-)
+from launch.common import TRAIN_MODULE, combine_exit_codes, default_omp_threads, train_env
 from launch.common import print_config as _print_config
+from pretrain.exit_codes import EXIT_OK, describe_exit
+from pretrain.train.distenv import free_port
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 FAILED_RANK_GRACE_S = 30.0  # after one rank fails, the others get this long to notice

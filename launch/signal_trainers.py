@@ -19,6 +19,8 @@ import socket
 import sys
 from pathlib import Path
 
+from pretrain.exit_codes import EXIT_OK
+
 LAUNCH_ID_VAR = "ARROWTRAIN_LAUNCH_ID"
 TRAIN_MODULE = b"pretrain.train"
 
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sent = signal_trainers(args.launch_id, signal.Signals[args.signal])
     print(f"signalled {socket.gethostname()} {' '.join(map(str, sent)) or '(none)'}", flush=True)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ The state comes from facts in the run folder, in this order:
 - with no events (a folder from before they existed): **finished** when the last complete
   checkpoint is at train.max_steps, **stopped** when there is one, else **not started**.
 
-Also: the last step of max_steps, the last training and validation metrics, an ETA in human units
-from the median recent step time, the last complete checkpoint (RUNDIR/checkpoints/latest) and
-the rank count and ZeRO stage it was written with (and whether a re-sharded universal
-copy is beside it), the lock holder. For SLURM runs also the job id from
+Also: the last step of max_steps, the last training and validation metrics, the measured memory
+peak per rank next to `arrowtrain plan`'s figure, an ETA in human units from the median recent
+step time, the checkpoint the same command resumes from (the trainer's own choice:
+`pretrain.train.checkpoint_meta.find_resume_tag`, meta.json read as the trainer's
+`CheckpointMeta`) and the rank count and ZeRO stage it was written with (and whether a
+re-sharded universal copy is beside it), the lock holder. For SLURM runs also the job id from
 RUNDIR/slurm/jobs, its state from `squeue` or the job-completion record (`sacct -c`), the batch
 script's events (start / requeue / finished / failed with exit code). Torch-free.
 """
@@ -32,12 +34,19 @@ from typing import Any
 
 import yaml
 
-from launch.common import describe_exit
 from launch.slurm import EVENTS_FILE, JOBS_FILE
 from pretrain.data.remote_plan import human_bytes
-from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
-from pretrain.logs import human_duration  # noqa: F401 - launch.status.human_duration
+from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME, describe_exit
+from pretrain.logs import human_duration
 from pretrain.train import runlock
+from pretrain.train.checkpoint_meta import (
+    META,
+    UNIVERSAL_SUFFIX,
+    CheckpointMeta,
+    find_resume_tag,
+    read_meta,
+    resume_order,
+)
 from pretrain.train.events import read_events
 
 RECENT_STEPS = 20  # ETA from the median step time of the last rows
@@ -100,17 +109,12 @@ def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
     return hits[-lines:]
 
 
-def checkpoint_layout(tag_dir: Path) -> dict[str, Any]:
-    """How the checkpoint was written (its meta.json): ranks, ZeRO stage, and whether a
-    re-sharded universal copy (`TAG_universal`, pretrain/train/reshard.py) is beside it."""
-    try:
-        meta = json.loads((tag_dir / "meta.json").read_text())
-        out = {"ranks": int(meta["world_size"]),
-               "zero_stage": int(meta["config"]["deepspeed"]["zero_stage"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    out["universal_copy"] = (tag_dir.parent / f"{tag_dir.name}_universal" / "meta.json").is_file()
-    return out
+def checkpoint_layout(tag_dir: Path, meta: CheckpointMeta) -> dict[str, Any]:
+    """How the checkpoint was written: ranks, ZeRO stage, and whether a re-sharded universal
+    copy (`TAG_universal`, pretrain/train/reshard.py) is beside it."""
+    universal = tag_dir.parent / (tag_dir.name + UNIVERSAL_SUFFIX) / META
+    return {"ranks": meta.world_size, "zero_stage": meta.zero_stage,
+            "universal_copy": universal.is_file()}
 
 
 def max_steps_of(run_dir: Path) -> int | None:
@@ -148,19 +152,17 @@ def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
 
 
 def checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
-    """The last complete checkpoint: its tag, step and the rank count it was written with
-    (its meta.json, read as JSON: no torch)."""
-    latest = run_dir / "checkpoints" / "latest"
-    if not latest.is_file():
+    """The checkpoint the same command would resume from (the trainer's own choice,
+    checkpoint_meta.find_resume_tag: `latest`, or the newest complete one when `latest` is not
+    to be trusted), with its step, rank count and layout; None when there is none."""
+    ckpt_dir = run_dir / "checkpoints"
+    tag = find_resume_tag(ckpt_dir)
+    meta = read_meta(ckpt_dir / tag) if tag else None
+    if meta is None:
         return None
-    tag = latest.read_text().strip()
-    info: dict[str, Any] = {"tag": tag, "step": None, "world_size": None}
-    try:
-        meta = json.loads((run_dir / "checkpoints" / tag / "meta.json").read_text())
-        info.update(step=int(meta["step"]), world_size=int(meta["world_size"]))
-    except (OSError, KeyError, TypeError, ValueError):
-        pass
-    return info
+    return {"tag": tag, "step": meta.step, "world_size": meta.world_size,
+            "layout": checkpoint_layout(ckpt_dir / tag, meta),
+            "latest_not_followed": resume_order(ckpt_dir)[1]}
 
 
 def lock_info(run_dir: Path) -> dict[str, Any] | None:
@@ -225,17 +227,19 @@ def collect(run_dir: Path) -> dict[str, Any]:
     info["checkpoint"] = ckpt["tag"] if ckpt else None
     info["checkpoint_world_size"] = ckpt["world_size"] if ckpt else None
     if ckpt:
-        info["checkpoint_layout"] = checkpoint_layout(run_dir / "checkpoints" / ckpt["tag"])
+        info["checkpoint_layout"] = ckpt["layout"]
+        info["checkpoint_note"] = ckpt["latest_not_followed"]
     rows = _read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in rows if "loss" in r and "step" in r]
     val = [r for r in rows if "val_loss" in r]
     info["last_metrics"] = rows[-1] if rows else None
     info["last_train"] = train[-1] if train else None
     info["last_val"] = val[-1] if val else None
+    info["memory"] = memory_info(rows)
     info["max_steps"] = max_steps_of(run_dir)
     info["data"] = data_location(run_dir)
     known = [int(train[-1]["step"])] if train else []
-    known += [ckpt["step"]] if ckpt and ckpt["step"] is not None else []
+    known += [ckpt["step"]] if ckpt else []
     info["step"] = max(known, default=None)
     info["lock"] = lock_info(run_dir)
     events = read_events(run_dir)
@@ -248,6 +252,24 @@ def collect(run_dir: Path) -> dict[str, Any]:
 
 SHOWN = ("loss", "lr", "grad_norm", "tokens_per_sec", "step_time_ms", "data_wait_ms",
          "cache_hit_rate")
+
+
+def memory_info(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's measured peak per rank next to `arrowtrain plan`'s figure (the trainer logs
+    both in metrics.jsonl: pretrain/train/memcheck.py), from the last row that has them."""
+    for row in reversed(rows):
+        planned, peak = row.get("memory_planned_bytes"), row.get("memory_peak_bytes")
+        if planned is not None or peak is not None:
+            return {"planned_bytes": planned, "peak_bytes": peak}
+    return None
+
+
+def _memory_text(mem: dict[str, Any]) -> str:
+    gib = lambda n: f"{n / 2**30:.3f} GiB" if n is not None else "not measured yet"  # noqa: E731
+    text = f"memory per rank: peak {gib(mem['peak_bytes'])}, planned {gib(mem['planned_bytes'])}"
+    if mem["peak_bytes"] and mem["planned_bytes"]:
+        text += f" (measured/planned {mem['peak_bytes'] / mem['planned_bytes']:.2f})"
+    return text
 
 
 def _number(value: Any) -> str:
@@ -309,12 +331,17 @@ def _format(info: dict[str, Any]) -> str:
     ckpt = info["checkpoint"]
     out.append(f"last complete checkpoint: {ckpt or 'none'}"
                f"{_layout_text(info.get('checkpoint_layout'))}")
+    if info.get("checkpoint_note"):
+        out.append(f"note: {info['checkpoint_note']}; the trainer resumes from the newest "
+                   "complete checkpoint")
     if info["last_train"]:
         out.append(f"last metrics: {_metrics_line(info['last_train'], SHOWN)}")
     if info["last_val"]:
         out.append(f"last validation: {_metrics_line(info['last_val'], ('val_loss', 'val_ppl'))}")
     if not info["last_train"] and not info["last_val"]:
         out.append("last metrics: none")
+    if info.get("memory"):
+        out.append(_memory_text(info["memory"]))
     eta = info["eta_s"]
     if info["state"] == "finished":
         out.append("ETA: done")
@@ -328,7 +355,7 @@ def run_status(run_dir: str, as_json: bool = False) -> int:
     path = Path(run_dir)
     if not path.is_dir():
         print(f"error: RUNDIR {run_dir}: no such folder", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     info = collect(path.resolve())
     print(json.dumps(info) if as_json else _format(info))
-    return 0
+    return EXIT_OK

@@ -1,13 +1,18 @@
-"""Exit codes shared by `pretrain.train` and the launchers (docs/design.md §5).
+"""Exit codes of `pretrain.train`, the launchers and every command above data_tools
+(docs/design.md §5): import them from here.
 
-Torch-free and dependency-free: the launchers import it before any rank starts, and
-`pretrain` never imports `launch`, so this is the one place the numbers live."""
+The codes every command shares (0, 1, 2, 130) are written once, in `data_tools.exit_codes` (the
+bottom layer, whose CLI exits with them too); this module adds the trainer's own (75) and
+`describe_exit`. Torch-free and dependency-free: the launchers import it before any rank starts,
+and `pretrain` never imports `launch`."""
 
 from __future__ import annotations
 
-EXIT_OK = 0  # the run reached its last step
-EXIT_FAILED = 1  # anything else (a traceback, a non-finite loss, ...)
-EXIT_CONFIG = 2  # bad input: config, command line, data or checkpoint; one message, nothing started
+from data_tools.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RESUME", "MEANING",
+           "describe_exit"]
+
 EXIT_RESUME = 75  # stopped after saving a checkpoint: run the same command again to resume
 
 MEANING = {
@@ -15,6 +20,7 @@ MEANING = {
     EXIT_FAILED: "failed",
     EXIT_CONFIG: "config or data error",
     EXIT_RESUME: "stopped after saving a checkpoint (resume me)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
 

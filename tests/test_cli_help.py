@@ -1,5 +1,5 @@
-"""Every `--help` of pretrain and launch: each option explains itself, states its default at most
-once, and a required option or a None default never prints "(default: None)"."""
+"""Every `--help` of pretrain, launch and arrowtrain: each option explains itself, states its
+default at most once, and a required option or a None default never prints "(default: None)"."""
 
 from __future__ import annotations
 
@@ -29,34 +29,43 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 
 
 def _mains():
+    from arrowtrain.commands.attention import main as attention
+    from arrowtrain.commands.config import main as config
+    from arrowtrain.commands.export import main as export
+    from arrowtrain.commands.import_hf import main as import_hf
+    from arrowtrain.commands.model import main as model
+    from arrowtrain.commands.plan import main as plan
+    from arrowtrain.commands.plot import main as plot
+    from arrowtrain.commands.runs import main as runs
+    from arrowtrain.commands.sample import main as sample
+    from arrowtrain.commands.translate import main as translate
+    from arrowtrain.demos.demo import main as demo
+    from arrowtrain.demos.translate_demo import main as translate_demo
+    from arrowtrain.demos.translate_task import main as translate_task
     from launch.__main__ import main as launch
-    from launch.demo import main as demo
     from launch.signal_trainers import main as signal_trainers
-    from launch.translate_demo import main as translate_demo
-    from launch.translate_task import main as translate_task
-    from pretrain.attention import main as attention
-    from pretrain.export import main as export
-    from pretrain.import_hf import main as import_hf
-    from pretrain.model.__main__ import main as model
-    from pretrain.plot import main as plot
-    from pretrain.sample import main as sample
     from pretrain.train.__main__ import main as train
-    from pretrain.translate import main as translate
 
-    return {"pretrain.train": train, "pretrain.export": export, "pretrain.import_hf": import_hf,
-            "pretrain.sample": sample,
-            "pretrain.plot": plot, "pretrain.model": model, "launch": launch,
-            "launch.demo": demo, "launch.signal_trainers": signal_trainers,
-            "pretrain.translate": translate, "pretrain.attention": attention,
-            "launch.translate_demo": translate_demo, "launch.translate_task": translate_task}
+    return {"pretrain.train": train, "launch": launch, "launch.signal_trainers": signal_trainers,
+            "arrowtrain.commands.export": export, "arrowtrain.commands.import_hf": import_hf,
+            "arrowtrain.commands.sample": sample, "arrowtrain.commands.plot": plot,
+            "arrowtrain.commands.model": model, "arrowtrain.commands.translate": translate,
+            "arrowtrain.commands.plan": plan,
+            "arrowtrain.commands.attention": attention, "arrowtrain.commands.config": config,
+            "arrowtrain.commands.runs": runs, "arrowtrain.demos.demo": demo,
+            "arrowtrain.demos.translate_demo": translate_demo,
+            "arrowtrain.demos.translate_task": translate_task}
 
 
-@pytest.mark.parametrize("name", ["pretrain.train", "pretrain.export", "pretrain.import_hf",
-                                  "pretrain.sample",
-                                  "pretrain.plot", "pretrain.model", "launch", "launch.demo",
-                                  "launch.signal_trainers",
-                                  "pretrain.translate", "pretrain.attention",
-                                  "launch.translate_demo", "launch.translate_task"])
+@pytest.mark.parametrize("name", ["pretrain.train", "launch", "launch.signal_trainers",
+                                  "arrowtrain.commands.export", "arrowtrain.commands.import_hf",
+                                  "arrowtrain.commands.sample", "arrowtrain.commands.plot",
+                                  "arrowtrain.commands.model", "arrowtrain.commands.translate",
+                                  "arrowtrain.commands.plan",
+                                  "arrowtrain.commands.attention", "arrowtrain.commands.config",
+                                  "arrowtrain.commands.runs", "arrowtrain.demos.demo",
+                                  "arrowtrain.demos.translate_demo",
+                                  "arrowtrain.demos.translate_task"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):
     parsers = _capture(monkeypatch, _mains()[name], [])
     assert parsers

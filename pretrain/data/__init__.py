@@ -1,24 +1,17 @@
-"""Streaming loader over Arrow token shards: packing, T5 span corruption, computed global
-shuffle, rank slices and exact resume from `consumed_samples` (docs/design.md §3, §9).
+"""Streaming loader over Arrow token shards: computed global shuffle, mixtures, rank slices and
+exact resume from `consumed_samples` (docs/design.md §3, §9). What a sample is (packed windows,
+T5 span corruption, padded pairs) is the objective's: `pretrain.objectives.open_data` opens a
+DataSource for one.
 
 `DataConfig` imports without torch (the launchers validate configs before any rank starts);
 the loader itself is imported on first use."""
 
-from importlib import import_module
-
+from pretrain import lazy_attributes
 from pretrain.data.config import DataConfig, MixEntry
 
 _LAZY = {"eval_batches": "pretrain.data.batches", "train_batches": "pretrain.data.batches",
-         "DataError": "pretrain.data.stream", "DataSource": "pretrain.data.source",
-         "open_data": "pretrain.data.source"}
+         "DataError": "pretrain.data.stream", "DataSource": "pretrain.data.source"}
 
-__all__ = ["DataConfig", "DataError", "DataSource", "MixEntry", "eval_batches", "open_data",
-           "train_batches"]
+__all__ = ["DataConfig", "DataError", "DataSource", "MixEntry", "eval_batches", "train_batches"]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pretrain.data' has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pretrain.data.layout import batch_layout_problem
+from pretrain.data.layout import RankSlice, batch_layout_problem, eval_batch_problem
 from pretrain.data.prefetch import FedBatches, train_feeder
 from pretrain.data.source import DataSource
 from pretrain.data.stream import DataError
@@ -22,15 +22,10 @@ def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 class TrainMicroBatches(Dataset):
-    """Micro-batch k of rank `rank`, counting from the step at `consumed_samples`.
-
-    Global step s covers order positions [s*B, (s+1)*B); rank r takes [s*B + r*B/W, ... + B/W)
-    and splits it into B/(W*micro) micro-batches in order.
-
-    seq2seq: step s's B samples come sorted by length (DataSource.step_samples) and are cut
-    into B/micro micro-batches g = 0, 1, ...; rank r takes g = r, r + W, r + 2W, ... (dealt
-    round-robin, so every rank gets short and long ones alike). A micro-batch depends on
-    (s, g, micro) only: the global batch is the same for any W."""
+    """Micro-batch k of rank `rank`, counting from the step at `consumed_samples`: micro-batch
+    k mod (B/(W*micro)) of step first_step + k div (B/(W*micro)), as the objective deals a
+    step's samples to the ranks (Objective.train_samples: by default rank r takes the
+    contiguous slice [s*B + r*B/W, ... + B/W) of the training order, in order)."""
 
     def __init__(self, src: DataSource, global_batch: int, micro_batch: int, rank: int,
                  world: int, consumed_samples: int):
@@ -38,28 +33,13 @@ class TrainMicroBatches(Dataset):
         if consumed_samples < 0 or consumed_samples % global_batch:
             raise ValueError(f"consumed_samples={consumed_samples} is not a multiple of the "
                              f"global batch {global_batch}")
-        self.src, self.micro = src, micro_batch
-        self.global_batch, self.per_rank = global_batch, global_batch // world
-        self.first_step, self.rank, self.world = consumed_samples // global_batch, rank, world
-
-    def positions(self, k: int) -> np.ndarray:
-        step, m = divmod(k, self.per_rank // self.micro)
-        start = (self.first_step + step) * self.global_batch + self.rank * self.per_rank
-        return start + m * self.micro + np.arange(self.micro)
-
-    def bucketed(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """seq2seq: (indices, epochs) of this rank's k-th micro-batch (see the class doc)."""
-        step, m = divmod(k, self.per_rank // self.micro)
-        g = m * self.world + self.rank
-        index, epoch = self.src.step_samples(self.first_step + step, self.global_batch)
-        mine = slice(g * self.micro, (g + 1) * self.micro)
-        return index[mine], epoch[mine]
+        self.src, self.part = src, RankSlice(global_batch, micro_batch, rank, world)
+        self.first_step = consumed_samples // global_batch
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        if self.src.seq2seq:
-            indices, epochs = self.bucketed(k)
-        else:
-            indices, epochs = self.src.order(self.positions(k))
+        step, m = divmod(k, self.part.micro_per_step)
+        indices, epochs = self.src.objective.train_samples(self.src, self.first_step + step, m,
+                                                           self.part)
         return _to_torch(self.src.batch("train", indices, epochs))
 
     def __len__(self) -> int:  # unused: the sampler is infinite
@@ -67,18 +47,21 @@ class TrainMicroBatches(Dataset):
 
 
 class EvalMicroBatches(Dataset):
-    """Micro-batches of the val split in index order (seq2seq: the same samples sorted by
-    length); rank r takes every W-th one."""
+    """Micro-batches of the val split in the objective's evaluation order (index order, or the
+    same samples sorted by length); rank r takes every W-th one."""
 
     def __init__(self, src: DataSource, micro_batch: int, rank: int, world: int,
                  max_samples: int | None):
-        n = src.num_samples("val") if max_samples is None else min(max_samples,
-                                                                    src.num_samples("val"))
+        val = src.num_samples("val")
+        capped = max_samples is not None and max_samples < val
+        n = max_samples if capped else val
         self.src, self.micro, self.rank, self.world = src, micro_batch, rank, world
         self.num_batches = n // (micro_batch * world)   # equal on every rank (ZeRO-3 safe)
-        if self.num_batches == 0:
-            raise DataError(f"the val split gives {n} samples, fewer than micro_batch "
-                             f"{micro_batch} x world {world}: shard more validation data")
+        problem = eval_batch_problem("eval.max_samples" if capped else
+                                     "the val split's sample count", n, micro_batch, world)
+        if problem:
+            raise DataError(f"{problem}: " + ("raise it" if capped else
+                                              "shard more validation data"))
         self.order = src.val_order(self.num_batches * micro_batch * world)
 
     def __len__(self) -> int:

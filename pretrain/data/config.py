@@ -1,8 +1,7 @@
-"""The `data` section of a run config: which shard folders, which objective, which lengths."""
+"""The `data` section of a run config: which shard folders, which objective, which lengths.
+The keys each objective needs are its own to check (pretrain.objectives: DataSection)."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -14,48 +13,61 @@ from pretrain.configlib import Section
 class MixEntry(Section):
     """One shard folder of a weighted mixture."""
 
-    path: str
-    weight: float = Field(gt=0)
+    path: str = Field(description="a shard folder")
+    weight: float = Field(gt=0, description="its share of the mixture (weights are normalised "
+                          "to sum to 1)")
 
 
 class DataConfig(Section):
-    # A shard folder, or several with weights (`[{path: a, weight: 0.7}, {path: b, weight: 0.3}]`).
-    # Relative paths are resolved by the trainer.
-    path: str | list[MixEntry]
-    # clm: packed documents (decoder); span_corruption: T5's objective on documents (encdec);
-    # seq2seq: source -> target pairs of a pair folder (encdec), e.g. translation
-    objective: Literal["clm", "span_corruption", "seq2seq"] = "clm"
-    # clm: decoder window T; a sample is T + 1 packed tokens (inputs and shifted targets).
-    seq_len: int | None = Field(default=None, gt=0)
-    # span_corruption: encoder length S and decoder length (fixed; targets padded with -100).
-    # target_length None means "exactly what S needs" (T5's random_spans_helper).
-    # seq2seq: the longest source and target, EOS included (the decoder's length); a pair with
-    # a longer side is skipped (counted at start), each batch is padded to its longest pair.
-    input_length: int | None = Field(default=None, gt=1)
-    target_length: int | None = Field(default=None, gt=1)
-    # seq2seq: this many global batches of the shuffled order are sorted by length together
-    # and cut into batches (served in a shuffled order), so a batch holds pairs of similar
-    # length and padding stays low; 1 sorts within each global batch only.
-    bucket_pool_batches: int = Field(default=32, ge=1)
-    noise_density: float = Field(default=0.15, gt=0, lt=1)
-    mean_span_length: float = Field(default=3.0, ge=1)
-    # tokenizer.json of the run; its sha256 must equal the one in every manifest.
-    tokenizer: str | None = None
-    shuffle: bool = True            # False: identity order (debugging only)
-    num_workers: int = Field(default=1, ge=0)
-    prefetch_factor: int = Field(default=2, ge=1)
-    pin_memory: bool = False
-    # ---- shard folders in object storage (path s3://BUCKET/PREFIX; docs/object-storage.md) ---
-    # Node-local folder for whole shards, shared by the ranks of a node; default
-    # $TMPDIR/arrowtrain-cache (/tmp/arrowtrain-cache without TMPDIR).
-    cache_dir: str | None = None
-    # Most bytes the cache may hold: bytes or "20GB"; default half of the space free on
-    # cache_dir's disk. A limit too small for one step is refused before any rank starts.
-    cache_limit: int | None = Field(default=None, gt=0)
-    # Shards downloaded ahead of use (in use order), beyond those the next micro-batch needs.
-    prefetch_shards: int = Field(default=2, ge=0)
-    # Seconds of failing requests before training saves a checkpoint and exits 75 (resume me).
-    remote_timeout: float = Field(default=600.0, gt=0)
+    """Which shard folders, which objective, which lengths. Every field's meaning is its
+    `description` (`arrowtrain config explain data`, docs/config.md)."""
+
+    path: str | list[MixEntry] = Field(
+        description="a shard folder, or several with weights ([{path: a, weight: 0.7}, {path: "
+        "b, weight: 0.3}]); relative paths resolve against the working directory")
+    objective: str = Field(
+        "clm", description="the training objective, a name in pretrain.objectives.REGISTRY")
+    seq_len: int | None = Field(
+        default=None, gt=0, description="clm (required there): the decoder window T; a sample "
+        "is T + 1 packed tokens (inputs and targets shifted by one)")
+    input_length: int | None = Field(
+        default=None, gt=1, description="span_corruption (required there): the encoder length "
+        "S; seq2seq (required there): the longest source, EOS included (a longer pair is "
+        "skipped, counted at start)")
+    target_length: int | None = Field(
+        default=None, gt=1, description="span_corruption: the decoder length (targets padded "
+        "with -100), null: exactly what input_length needs (T5's random_spans_helper); "
+        "seq2seq (required there): the longest target, EOS included (the decoder's length)")
+    bucket_pool_batches: int = Field(
+        default=32, ge=1, description="seq2seq: this many global batches of the shuffled order "
+        "are sorted by length together and cut into batches (served in a shuffled order), so "
+        "a batch holds pairs of similar length; 1: sort within each global batch only")
+    noise_density: float = Field(default=0.15, gt=0, lt=1,
+                                 description="span_corruption: share of tokens masked")
+    mean_span_length: float = Field(default=3.0, ge=1,
+                                    description="span_corruption: mean masked span, in tokens")
+    tokenizer: str | None = Field(
+        None, description="tokenizer.json of the run, checked against the shards: its sha256 "
+        "must equal the one in every manifest (null: no check, the folder's own is used)")
+    shuffle: bool = Field(True, description="false: identity order (debugging only)")
+    num_workers: int = Field(default=1, ge=0,
+                             description="loader worker processes per rank (0: in the rank)")
+    prefetch_factor: int = Field(default=2, ge=1, description="batches each worker loads ahead")
+    pin_memory: bool = Field(False, description="pinned host memory for faster copies to a GPU")
+    # ---- shard folders in object storage (path s3://BUCKET/PREFIX; docs/object-storage.md) ----
+    cache_dir: str | None = Field(
+        None, description="s3:// folders: the node-local folder of whole shards, shared by the "
+        "ranks of a node (null: $TMPDIR/arrowtrain-cache, /tmp/arrowtrain-cache without TMPDIR)")
+    cache_limit: int | None = Field(
+        default=None, gt=0, description="s3:// folders: the most bytes the cache may hold, bytes "
+        "or a size such as \"20GB\" (null: half of the space free on cache_dir's disk); a limit "
+        "too small for one step is refused before any rank starts, naming the smallest one")
+    prefetch_shards: int = Field(
+        default=2, ge=0, description="s3:// folders: shards downloaded ahead of use, in use "
+        "order, beyond those the next micro-batch needs")
+    remote_timeout: float = Field(
+        default=600.0, gt=0, description="s3:// folders: seconds of failing requests before "
+        "training saves a checkpoint and exits 75 (resume me)")
 
     @field_validator("cache_limit", mode="before")
     @classmethod
@@ -68,24 +80,17 @@ class DataConfig(Section):
         return value
 
     @model_validator(mode="after")
-    def _lengths_for_objective(self) -> DataConfig:
-        problems = []
-        if self.objective == "clm" and self.seq_len is None:
-            problems.append("data.seq_len is required when data.objective is clm")
-        if self.objective == "span_corruption" and self.input_length is None:
-            problems.append("data.input_length is required when data.objective is span_corruption")
-        if self.objective == "seq2seq":
-            problems += [f"data.{key} is required when data.objective is seq2seq (the longest "
-                         f"{side}, EOS included; longer pairs are skipped)"
-                         for key, side in (("input_length", "source"),
-                                           ("target_length", "target"))
-                         if getattr(self, key) is None]
-        if isinstance(self.path, list) and not self.path:
-            problems.append("data.path: the list of folders is empty")
-
-        if problems:
+    def _consistent(self) -> DataConfig:
+        if problems := self.problems():
             raise ValueError("; ".join(problems))
         return self
+
+    def problems(self) -> list[str]:
+        """What makes this section inconsistent (a run config's DataSection adds the keys its
+        objective needs: pretrain.objectives)."""
+        if isinstance(self.path, list) and not self.path:
+            return ["data.path: the list of folders is empty"]
+        return []
 
     def remote(self) -> bool:
         """Whether any folder is in object storage (s3://)."""

@@ -39,28 +39,18 @@ IDLE_WAKE_S = 1.0
 
 def shards_of_samples(src, split: str, indices: np.ndarray) -> list[ShardRef]:
     """The object-storage shards that samples `indices` of `split` read, in first-use order
-    (local folders contribute none). Reads DataSource's layout: folder bases, window/stride
-    (packed documents) or the selected pair rows (seq2seq)."""
+    (local folders contribute none; which files a sample reads is the objective's
+    `file_spans`)."""
     indices = np.asarray(indices, np.int64)
-    bases = src._bases[split]
-    folder = np.searchsorted(bases, indices, "right") - 1
-    within = indices - bases[folder]
+    folder, within = src.locate(split, indices)
     found: list[tuple[int, ShardRef]] = []                 # (first sample position, ref)
     for k in np.unique(folder).tolist():
-        f = src.folders[k]
-        if not f.remote:
+        if not src.folders[k].remote:
             continue
         sel = np.flatnonzero(folder == k)
-        if src.seq2seq:
-            part = f.pairs[split]
-            rows = src._pair_rows[k, split][within[sel]]
-            c = np.searchsorted(part.doc_base, rows, "right") - 1
-            first = last = np.searchsorted(part.file_chunks, c, "right") - 1
-        else:
-            part = f.streams[split]
-            first, last = part.file_ranges(within[sel] * src.stride, src.window)
+        shards, first, last = src.objective.file_spans(src, split, k, within[sel])
         for pos, a, b in zip(sel.tolist(), first.tolist(), last.tolist()):
-            found += [(pos, part.shards.refs[i]) for i in range(a, b + 1)]
+            found += [(pos, shards.refs[i]) for i in range(a, b + 1)]
     found.sort(key=lambda x: x[0])
     return list(OrderedDict((ref.sha256, ref) for _, ref in found).values())
 
@@ -268,36 +258,35 @@ def train_feeder(src, dataset, horizon: int | None = None) -> Feeder | None:
     view = src.order_view()
     ds = copy.copy(dataset)
     ds.src = view
-    per_step = ds.per_rank // ds.micro
+    per_step = ds.part.micro_per_step
 
-    def shards(k: int) -> list[ShardRef]:
-        if view.seq2seq:
-            return shards_of_samples(view, "train", ds.bucketed(k)[0])
-        return block_shards(view, ds, k)
+    def samples(k: int) -> np.ndarray:
+        step, m = divmod(k, per_step)
+        return view.objective.train_samples(view, ds.first_step + step, m, ds.part)[0]
 
     total = sum(len(f.streams["train"].shards.refs) if not f.is_pairs else
                 len(f.pairs["train"].shards.refs) for f in src.folders if f.remote)
-    return Feeder(src.cache, shards, lambda k: ds.first_step + k // per_step,
+    blocks = BlockShards(view, samples)
+    return Feeder(src.cache, blocks, lambda k: ds.first_step + k // per_step,
                   src.config.prefetch_shards, total, horizon)
 
 
-_BLOCKS: dict[int, dict[int, list[ShardRef]]] = {}
-
-
-def block_shards(view, ds, k: int) -> list[ShardRef]:
+class BlockShards:
     """The shards of micro-batch k, computed for its whole block of BLOCK micro-batches at
-    once (one vectorised order and file lookup; memoised per view, the last two blocks)."""
-    memo = _BLOCKS.setdefault(id(view), {})
-    b = k // BLOCK
-    if b not in memo:
-        if len(memo) >= 2:
-            memo.pop(min(memo))
-        ks = range(b * BLOCK, (b + 1) * BLOCK)
-        positions = np.concatenate([ds.positions(j) for j in ks])           # (BLOCK*micro,)
-        indices, _ = view.order(positions)
-        rows = indices.reshape(BLOCK, -1)
-        memo[b] = [shards_of_samples(view, "train", row) for row in rows]
-    return memo[b][k - b * BLOCK]
+    once (the last two blocks memoised)."""
+
+    def __init__(self, view, samples: Callable[[int], np.ndarray]):
+        self.view, self.samples = view, samples
+        self.memo: dict[int, list[list[ShardRef]]] = {}
+
+    def __call__(self, k: int) -> list[ShardRef]:
+        b = k // BLOCK
+        if b not in self.memo:
+            if len(self.memo) >= 2:
+                self.memo.pop(min(self.memo))
+            self.memo[b] = [shards_of_samples(self.view, "train", self.samples(j))
+                            for j in range(b * BLOCK, (b + 1) * BLOCK)]
+        return self.memo[b][k - b * BLOCK]
 
 
 class FedBatches:

@@ -71,17 +71,6 @@ def ranks_per_node(world_size: int, env: dict[str, str] | None = None) -> int:
     return int(tasks) if tasks.isdigit() and int(tasks) > 0 else max(1, world_size)
 
 
-def window_tokens(cfg: DataConfig) -> int | None:
-    """Tokens one sample reads from the packed stream (None: pairs, one row each)."""
-    if cfg.objective == "clm":
-        return cfg.seq_len + 1
-    if cfg.objective == "span_corruption":
-        from pretrain.data.span import span_lengths
-
-        return span_lengths(cfg.input_length, cfg.noise_density, cfg.mean_span_length).raw_length
-    return None
-
-
 def sample_span(manifest: Manifest, window: int | None) -> int:
     """The most shard files one sample of `window` packed tokens can touch."""
     if window is None:
@@ -120,12 +109,12 @@ def default_limit(cache_dir: Path) -> int:
     return int((free + (cache_usage(cache_dir) if cache_dir.exists() else 0)) * DEFAULT_FREE_SHARE)
 
 
-def plan_cache(cfg: DataConfig, manifests: list[Manifest], ranks: int,
+def plan_cache(cfg: DataConfig, manifests: list[Manifest], ranks: int, window: int | None,
                limit: int | None = None) -> CachePlan:
-    """The cache of the s3:// folders' `manifests` for `ranks` ranks per node (`limit`: the
-    one already chosen, else data.cache_limit or the default)."""
+    """The cache of the s3:// folders' `manifests` for `ranks` ranks per node, samples of
+    `window` packed tokens (None: pairs; the objective's sample_window); `limit`: the one
+    already chosen, else data.cache_limit or the default."""
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    window = window_tokens(cfg)
     largest = max((s.file_bytes for m in manifests for _, s in m.shards()), default=1)
     span = max((sample_span(m, window) for m in manifests), default=1)
     processes = max(1, ranks) * (1 + cfg.num_workers)
@@ -147,13 +136,14 @@ def open_cache(cfg: DataConfig):
     return NodeCache(cache_dir, limit, 1, cfg.remote_timeout)
 
 
-def size_cache(cache, cfg: DataConfig, manifests: list[Manifest]) -> CachePlan:
+def size_cache(cache, cfg: DataConfig, manifests: list[Manifest],
+               window: int | None) -> CachePlan:
     """Check the limit against what one step needs (DataError naming the number to use) and
     give this process its share (budget)."""
     from pretrain.data.stream import DataError
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    plan = plan_cache(cfg, manifests, ranks_per_node(world), cache.limit)
+    plan = plan_cache(cfg, manifests, ranks_per_node(world), window, cache.limit)
     if problem := plan.problem():
         raise DataError(problem)
     cache.budget = plan.budget

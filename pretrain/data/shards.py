@@ -19,8 +19,6 @@ from pretrain.data.stream import DataError, SplitStream
 
 VALUE_TYPES = {"uint16": pa.uint16(), "uint32": pa.uint32()}
 
-__all__ = ["SPLITS", "DataError", "ShardFolder"]
-
 
 class ShardFolder:
     """A checked, memory-mapped shard folder. Raises DataError naming the folder or file.

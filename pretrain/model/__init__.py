@@ -1,17 +1,19 @@
 """Plain-PyTorch Transformers: a decoder-only LM (GPT-2 / Llama styles) and an encoder-decoder
 (2017 Transformer / T5 styles), both configured by one `ModelConfig`.
 
-    from pretrain.model import ModelConfig, build_model, flops_per_token, mfu, generate
+    from pretrain.model import ModelConfig, build_model, flops_per_token, mfu
+    from pretrain.model.generate import generate, greedy, beam_search   # decoding
 
 `ModelConfig` imports without torch (the launchers validate configs before any rank starts);
-the models are imported on first use.
+the models are imported on first use. Decoding is imported from its module: a package attribute
+`generate` would be the function or the submodule depending on what was imported first.
 """
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING
 
+from pretrain import lazy_attributes
 from pretrain.model.config import ModelConfig, padded_vocab_size, saved_model_config
 
 if TYPE_CHECKING:
@@ -19,24 +21,15 @@ if TYPE_CHECKING:
 
 _LAZY = {"DecoderLM": "pretrain.model.decoder", "EncoderDecoder": "pretrain.model.encdec",
          "PEAK_BF16_FLOPS": "pretrain.model.flops", "flops_per_token": "pretrain.model.flops",
-         "mfu": "pretrain.model.flops", "peak_flops": "pretrain.model.flops",
-         "generate": "pretrain.model.generate"}
+         "mfu": "pretrain.model.flops", "peak_flops": "pretrain.model.flops"}
 
 __all__ = [
     "PEAK_BF16_FLOPS", "DecoderLM", "EncoderDecoder", "ModelConfig", "build_model",
-    "count_parameters", "flops_per_token", "generate", "mfu", "padded_vocab_size", "peak_flops",
+    "count_parameters", "flops_per_token", "mfu", "padded_vocab_size", "peak_flops",
     "saved_model_config",
 ]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pretrain.model' has no attribute {name!r}")
-    # Set after the import: importing the submodule `generate` binds the *module* to this
-    # package's attribute `generate`; the function must win.
-    value = getattr(import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -41,43 +41,79 @@ MOVED_KEYS = {
 
 
 class ModelConfig(Section):
-    family: Literal["decoder", "encdec"]
-    vocab_size: int | None = Field(default=None, ge=2)  # None: from the data's tokenizer
-    max_seq_len: int = Field(ge=1)  # decoder context; encdec: longest source and target
-    d_model: int = Field(ge=1)
-    n_heads: int = Field(ge=1)
-    n_kv_heads: int | None = Field(default=None, ge=1, validate_default=True)  # None: n_heads
-    d_ff: int | None = Field(default=None, ge=1)  # None: 4 * d_model
-    n_layers: int | None = Field(default=None, ge=1, validate_default=True)  # decoder
-    n_encoder_layers: int | None = Field(default=None, ge=1, validate_default=True)
-    n_decoder_layers: int | None = Field(default=None, ge=1, validate_default=True)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
-    loss: Literal["plain", "chunked"] = "plain"  # see pretrain/model/loss.py
-    loss_chunk_rows: int = Field(default=4096, ge=1)  # chunked: rows of logits at a time
-    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
-    norm_position: Literal["pre", "post"] = "pre"
-    norm_eps: float = Field(default=1e-5, gt=0.0)
-    # t5_relative (encoder-decoders): no position embedding; T5's bucketed relative position
-    # bias, one table (buckets x heads) per stack shared by its layers' self-attention (T5 v1.1)
+    family: Literal["decoder", "encdec"] = Field(
+        description="decoder: a GPT/Llama-style causal LM; encdec: an encoder-decoder (T5, the "
+        "2017 Transformer)")
+    vocab_size: int | None = Field(
+        default=None, ge=2, description="output classes; null: the data's tokenizer, rounded "
+        "up to a multiple of 64")
+    max_seq_len: int = Field(ge=1, description="positions: the decoder's context; encdec: the "
+                             "longest source and target")
+    d_model: int = Field(ge=1, description="width of the residual stream")
+    n_heads: int = Field(ge=1, description="attention heads; must divide d_model")
+    n_kv_heads: int | None = Field(
+        default=None, ge=1, validate_default=True, description="key/value heads (grouped-query "
+        "attention); must divide n_heads; null: n_heads")
+    d_ff: int | None = Field(default=None, ge=1,
+                             description="hidden width of the feed-forward; null: 4 * d_model")
+    n_layers: int | None = Field(default=None, ge=1, validate_default=True,
+                                 description="decoder blocks (family decoder only, required)")
+    n_encoder_layers: int | None = Field(
+        default=None, ge=1, validate_default=True,
+        description="encoder blocks (family encdec only, required)")
+    n_decoder_layers: int | None = Field(
+        default=None, ge=1, validate_default=True,
+        description="decoder blocks (family encdec only, required)")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0,
+                           description="dropout on attention, residual branches and embeddings")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0,
+                                   description="label smoothing of the training loss")
+    loss: Literal["plain", "chunked"] = Field(
+        "plain", description="plain: full logits, then cross-entropy on an fp32 copy; chunked: "
+        "loss_chunk_rows rows at a time, no (B·T, V) tensor ever exists (same result; "
+        "pretrain/model/loss.py)")
+    loss_chunk_rows: int = Field(default=4096, ge=1,
+                                 description="loss chunked: rows of logits at a time")
+    norm: Literal["layernorm", "rmsnorm"] = Field("layernorm", description="normalisation layer")
+    norm_position: Literal["pre", "post"] = Field(
+        "pre", description="pre: norm before each sublayer (GPT-2, Llama, T5); post: after the "
+        "residual add (the 2017 Transformer)")
+    norm_eps: float = Field(default=1e-5, gt=0.0, description="epsilon of the norm layers")
     position: Literal["learned", "sinusoidal", "rope", "t5_relative"] = Field(
-        default="learned", validate_default=True)
-    rope_theta: float = Field(default=10000.0, gt=0.0)
-    # t5_relative: buckets per stack (the encoder's split between the two directions); offsets
-    # below half the buckets (of a direction) each get one, the rest are log-spaced up to
-    # relative_max_distance, farther ones share the last bucket (T5: 32 and 128)
-    relative_buckets: int = Field(default=32, ge=4)
-    relative_max_distance: int = Field(default=128, ge=2)
-    # gelu: exact (erf); gelu_tanh: its tanh approximation (OpenAI's GPT-2, HF "gelu_new")
-    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = "gelu"
-    bias: bool = True
-    tie_embeddings: bool = True
-    scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model) (2017 paper)
-    init: Literal["scaled_normal", "xavier"] = "scaled_normal"
-    init_std: float = Field(default=0.02, gt=0.0)
-    doc_masking: bool = Field(default=False, validate_default=True)
-    # Kernel for document masking: auto = flex on a GPU (dropout 0), dense elsewhere.
-    doc_mask_kernel: Literal["auto", "flex", "dense"] = "auto"
+        default="learned", validate_default=True, description="learned | sinusoidal (needs an "
+        "even d_model) | rope (an even head dimension) position embeddings; t5_relative "
+        "(encoder-decoders): T5's bucketed relative position bias, one table per stack shared "
+        "by its layers' self-attention (T5 v1.1)")
+    rope_theta: float = Field(default=10000.0, gt=0.0, description="rope: the base of the "
+                              "rotation frequencies")
+    relative_buckets: int = Field(
+        default=32, ge=4, description="t5_relative: buckets per stack (the encoder's split "
+        "between the two directions); offsets below half the buckets of a direction get one "
+        "each, the rest are log-spaced up to relative_max_distance (T5: 32)")
+    relative_max_distance: int = Field(
+        default=128, ge=2, description="t5_relative: farther offsets share the last bucket "
+        "(T5: 128)")
+    activation: Literal["gelu", "gelu_tanh", "relu", "swiglu", "geglu"] = Field(
+        "gelu", description="feed-forward activation; gelu: exact (erf); gelu_tanh: its tanh "
+        "approximation (OpenAI's GPT-2, HF \"gelu_new\"); swiglu, geglu: gated (Llama, T5 v1.1)")
+    bias: bool = Field(True, description="biases in linear layers and LayerNorm")
+    tie_embeddings: bool = Field(
+        True, description="the output projection shares the token embedding (encdec: source "
+        "and target share one embedding too)")
+    scale_embeddings: bool = Field(
+        False, description="multiply token embeddings by sqrt(d_model) (the 2017 paper)")
+    init: Literal["scaled_normal", "xavier"] = Field(
+        "scaled_normal", description="scaled_normal: N(0, init_std), residual projections / "
+        "sqrt(2 * layers) (GPT-2, Llama); xavier: the 2017 Transformer")
+    init_std: float = Field(default=0.02, gt=0.0, description="scaled_normal: the standard "
+                            "deviation")
+    doc_masking: bool = Field(
+        default=False, validate_default=True, description="decoders: attention stays within "
+        "each packed document (documents do not see each other)")
+    doc_mask_kernel: Literal["auto", "flex", "dense"] = Field(
+        "auto", description="document masking: flex (a flex_attention BlockMask, no dropout) | "
+        "dense (a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on a GPU with "
+        "dropout 0, dense elsewhere)")
     # Moved away (see MOVED_KEYS); never set, never dumped: only here to name its new place.
     activation_checkpointing: Any = Field(default=None, exclude=True, repr=False)
 

@@ -7,7 +7,7 @@ this code.
 With `position: t5_relative` each stack adds T5's bucketed relative position bias (one table per
 stack, shared by its layers) to its self-attention scores: SDPA then gets an additive float
 mask (bias, -inf where a key is padding or in the future) instead of the boolean mask or the
-is_causal path. Decoding (pretrain.translate) goes one token at a time: `decoding_state` holds
+is_causal path. Decoding (pretrain.model.generate) goes one token at a time: `decoding_state` holds
 the memory and the per-layer caches, `decode_step` feeds the next tokens."""
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ class EncoderDecoder(nn.Module):
                          memory_mask=memory_mask)
         return self.dec_norm(x)  # (B, T, C)
 
-    # ---- decoding one token at a time (pretrain.translate) ------------------------------
+    # ---- decoding one token at a time (pretrain.model.generate) ------------------------
 
     def decoding_state(self, memory: torch.Tensor, attention_mask: torch.Tensor | None,
                        max_len: int) -> DecodingState:

@@ -15,13 +15,18 @@ Encoder-decoder, source length S, target length T (default T = S), FLOPs of one 
   N_enc / N_dec = encoder / decoder stack parameters (N_dec without the cross K/V projections,
   N_xkv), N_out = the output projection V·d (counted even when tied). flops_per_token is that
   divided by S: FLOPs per *source* token, the tokens a span-corruption batch holds in input_ids.
+
+Torch-free: the parameter counts come from `pretrain.model.shapes.parameter_shapes` (what
+build_model makes, name -> shape; tests/pretrain/model/test_shapes.py keeps the two equal), so
+`arrowtrain plan` answers without importing torch. Only `peak_flops()` without a name asks torch.
 """
 
 from __future__ import annotations
 
-import torch
+import math
 
 from pretrain.model.config import ModelConfig
+from pretrain.model.shapes import parameter_shapes
 
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
@@ -31,6 +36,8 @@ def peak_flops(device_name: str | None = None) -> float | None:
     """Peak bf16 FLOP/s for a GPU name (default: torch.cuda.get_device_name()); None if unknown
     or when there is no GPU."""
     if device_name is None:
+        import torch
+
         if not torch.cuda.is_available():
             return None
         device_name = torch.cuda.get_device_name()
@@ -48,32 +55,27 @@ def mfu(tokens_per_sec: float, flops_per_token: int, n_gpus: int = 1,
     return tokens_per_sec * flops_per_token / (n_gpus * peak)
 
 
-def _count(params) -> int:
-    return sum(p.numel() for p in {id(p): p for p in params}.values())
+def _count(shapes: dict[str, tuple[int, ...]], names) -> int:
+    return sum(math.prod(shapes[n]) for n in names)
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int, target_len: int | None = None) -> int:
     """Training FLOPs (forward + backward) per token; see the module docstring for the formula.
-    The parameter counts come from the real model built on the meta device (no memory used)."""
-    from pretrain.model import build_model
-
+    The parameter counts are those of the real model (tied weights once), without torch."""
     if cfg.vocab_size is None:
         raise ValueError("flops_per_token needs model.vocab_size to be set")
-    with torch.device("meta"):
-        model = build_model(cfg)
+    shapes = parameter_shapes(cfg)
     d = cfg.d_model
     if cfg.family == "decoder":
-        skip = {id(p) for p in model.positions.parameters()}
-        n = _count(p for p in model.parameters() if id(p) not in skip)
+        n = _count(shapes, (k for k in shapes if not k.startswith("positions.")))
         return 6 * n + 12 * cfg.n_layers * d * seq_len
     S, T = seq_len, target_len or seq_len
-    n_enc = _count([*model.encoder.parameters(), *model.enc_norm.parameters()])
-    xkv = [p for b in model.decoder.blocks for p in b.cross_attn.kv_proj.parameters()]
-    skip = {id(p) for p in xkv}
-    n_dec = _count(p for p in [*model.decoder.parameters(), *model.dec_norm.parameters()]
-                   if id(p) not in skip)
-    n_out = model.lm_head.weight.numel()
+    n_enc = _count(shapes, (k for k in shapes if k.startswith(("encoder.", "enc_norm."))))
+    xkv = [k for k in shapes if k.startswith("decoder.") and ".cross_attn.kv_proj." in k]
+    n_dec = _count(shapes, (k for k in shapes if k.startswith(("decoder.", "dec_norm."))
+                            and k not in xkv))
+    n_out = cfg.vocab_size * d
     per_example = (S * (6 * n_enc + 12 * cfg.n_encoder_layers * d * S)
-                   + S * 6 * _count(xkv)
+                   + S * 6 * _count(shapes, xkv)
                    + T * (6 * (n_dec + n_out) + 12 * cfg.n_decoder_layers * d * (T + S)))
     return round(per_example / S)

@@ -5,17 +5,11 @@ Public API: `RunConfig`, `load_run_config` (validate a run config before startin
 a trained model's loss must beat). Names are imported on first use: importing a submodule (the
 launchers' `distenv`, `preflight`) costs no more than that submodule, and never torch."""
 
-from importlib import import_module
+from pretrain import lazy_attributes
 
 _LAZY = {"RunConfig": "pretrain.train.config", "load_run_config": "pretrain.train.config",
          "UnigramEntropy": "pretrain.train.stats", "unigram_entropy": "pretrain.train.stats"}
 
 __all__ = ["RunConfig", "UnigramEntropy", "load_run_config", "unigram_entropy"]
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'pretrain.train' has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, _LAZY)

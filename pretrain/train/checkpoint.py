@@ -29,19 +29,29 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel
 
+from data_tools.atomic import write_atomic
+from pretrain.train.checkpoint_meta import (
+    LATEST,
+    META,
+    META_FORMAT,
+    UNIVERSAL_SUFFIX,
+    CheckpointMeta,
+    FileRecord,
+    is_complete,
+    list_tags,
+    meta_problem,
+    resume_candidates,
+    tag_for,
+    tag_step,
+)
 from pretrain.train.safeload import UnsafeCheckpointFile, probe, weights_only_loading
 
 log = logging.getLogger(__name__)
 
-LATEST = "latest"
-META = "meta.json"
 CLIENT_KEY = "arrowtrain"
-TAG_RE = re.compile(r"^step_(\d{8,})$")
-UNIVERSAL_SUFFIX = "_universal"  # step_N_universal: step_N re-sharded (pretrain/train/reshard.py)
 HASH = "sha256"  # with SHA-NI (x86 since ~2017, ARMv8 crypto) ~2x faster than blake2b
-META_FORMAT = 2  # 1: files as {name: size}; 2: {name: {bytes, sha256}}
 
 
 class CheckpointError(RuntimeError):
@@ -56,105 +66,6 @@ class CheckpointSaveError(RuntimeError):
     still names the previous checkpoint. Raised on every rank."""
 
     all_ranks = True
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def tag_step(tag: str) -> int | None:
-    m = TAG_RE.match(tag)
-    return int(m.group(1)) if m else None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    from data_tools.atomic import write_atomic as one_helper  # temp + fsync + rename
-    one_helper(path, text)
-
-
-# ---- meta.json ---------------------------------------------------------------------------
-
-class FileRecord(BaseModel):
-    bytes: int = Field(ge=0)
-    sha256: str | None = None  # None only in checkpoints written before hashes were recorded
-
-
-class DataFolderRecord(BaseModel):
-    path: str
-    weight: float
-    fingerprint: str
-
-
-class CheckpointMeta(BaseModel):
-    """The typed contract of `step_N/meta.json` (design §4), built in `Trainer.save`, read by
-    the resume check, export and sample. Unknown keys are ignored (newer writers)."""
-
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
-
-    format_version: int = 1
-    step: int = Field(ge=0)
-    consumed_samples: int = Field(ge=0)
-    data_fingerprint: str
-    data_folders: list[DataFolderRecord] = Field(default_factory=list)
-    param_shapes: dict[str, list[int]]
-    world_size: int = Field(ge=1)
-    config: dict[str, Any]  # the resolved run config (config.yaml's content)
-    wandb_run_id: str | None = None
-    files: dict[str, FileRecord] = Field(default_factory=dict)
-    # A universal checkpoint (pretrain/train/reshard.py): the tag it was converted from.
-    converted_from: str | None = None
-
-    @field_validator("files", mode="before")
-    @classmethod
-    def _sizes_only(cls, v: Any) -> Any:  # format 1: {name: size}
-        if isinstance(v, dict):
-            return {k: {"bytes": x} if isinstance(x, int) else x for k, x in v.items()}
-        return v
-
-    @property
-    def zero_stage(self) -> int:
-        return int(self.config["deepspeed"]["zero_stage"])
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.bytes for f in self.files.values())
-
-    def client_state(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"files", "converted_from"})
-
-
-def meta_problem(tag_dir: Path) -> tuple[CheckpointMeta | None, str | None]:
-    """(meta, None), or (None, why meta.json cannot be used)."""
-    path = tag_dir / META
-    try:
-        return CheckpointMeta.model_validate_json(path.read_bytes()), None
-    except FileNotFoundError:
-        return None, f"{path} is missing (the save did not finish)"
-    except OSError as e:
-        return None, f"{path} cannot be read ({e.strerror})"
-    except ValidationError as e:
-        return None, f"{path} is not a valid checkpoint record ({e.error_count()} problems)"
-
-
-def read_meta(tag_dir: Path) -> CheckpointMeta | None:
-    return meta_problem(tag_dir)[0]
-
-
-def is_complete(tag_dir: Path) -> bool:
-    """meta.json is there and every file it lists has its recorded size (cheap: no hashing)."""
-    meta = read_meta(tag_dir)
-    return meta is not None and not size_problems(tag_dir, meta)
-
-
-def size_problems(tag_dir: Path, meta: CheckpointMeta) -> list[tuple[str, str]]:
-    out = []
-    for rel, rec in meta.files.items():
-        f = tag_dir / rel
-        if not f.is_file():
-            out.append((rel, "missing"))
-        elif f.stat().st_size != rec.bytes:
-            out.append((rel, f"{f.stat().st_size} bytes, meta.json says {rec.bytes}"))
-    return out
 
 
 # ---- RNG state, per rank -----------------------------------------------------------------
@@ -197,44 +108,6 @@ def reseed(seed: int, step: int, rank: int) -> None:
 
 
 # ---- finding a checkpoint ----------------------------------------------------------------
-
-def list_tags(ckpt_dir: Path) -> list[str]:
-    """Checkpoint tags in the folder, oldest first (by step number, not by string)."""
-    if not ckpt_dir.is_dir():
-        return []
-    tags = [p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name)]
-    return sorted(tags, key=tag_step)
-
-
-def resume_candidates(ckpt_dir: Path) -> list[str]:
-    """Tags to try, best first: the one `latest` names, then the older ones newest first.
-    A `latest` that is missing, empty or names no folder is not trusted: every step_* folder is
-    a candidate, newest (by step number) first; a warning says so when there are any."""
-    tags = list_tags(ckpt_dir)
-    latest = ckpt_dir / LATEST
-    try:
-        named = latest.read_text().strip()
-    except FileNotFoundError:
-        named, why = None, f"{latest} is missing"
-    except (OSError, UnicodeDecodeError) as e:
-        named, why = None, f"{latest} cannot be read ({e})"
-    else:
-        why = f"{latest} is empty" if not named else f"{latest} names {named!r}, which is not there"
-    if named in tags:
-        return [named] + [t for t in reversed(tags) if tag_step(t) < tag_step(named)]
-    if tags:
-        log.warning("%s; looking for the newest complete checkpoint among %s … %s",
-                    why, tags[0], tags[-1])
-    return list(reversed(tags))
-
-
-def find_resume_tag(ckpt_dir: Path) -> str | None:
-    """The first candidate whose files are all there with their sizes (no hashing)."""
-    for tag in resume_candidates(ckpt_dir):
-        if is_complete(ckpt_dir / tag):
-            return tag
-    return None
-
 
 def choose_resume(ckpt_dir: Path) -> tuple[str, CheckpointMeta] | None:
     """Collective: the checkpoint every rank resumes from (rank 0 lists the candidates, all ranks

@@ -1,7 +1,8 @@
 """The run config: one YAML file per run, sections per docs/design.md §6.
 
 `RunConfig` composes the model's `ModelConfig` and the loader's `DataConfig` (each kept next to
-the code that uses it) with the trainer's own sections below. `load_run_config` reads the YAML
+the code that uses it; the data section is checked against its objective, pretrain.objectives)
+with the trainer's own sections below. `load_run_config` reads the YAML
 (`base:` inheritance), applies dotted overrides and reports every problem in one ConfigError:
 malformed overrides, every section's own problems, and the checks across sections (which run on
 every section that is valid by itself, so one bad section hides nothing). The checks against the
@@ -28,28 +29,31 @@ from pretrain.configlib import (
     parse_overrides,
     validation_problems,
 )
-from pretrain.data.config import DataConfig
-from pretrain.data.layout import batch_layout_problem
-from pretrain.data.span import span_lengths
+from pretrain.data.layout import batch_layout_problem, eval_batch_problem
 from pretrain.model.config import ModelConfig
+from pretrain.objectives import DataSection, all_objectives, objective_for
 
 
 class OptimConfig(Section):
     """AdamW; weight decay applies to matrices only (not biases or norm gains)."""
 
     lr: float = Field(3e-4, gt=0, description="peak learning rate")
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.95, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
+    beta1: float = Field(0.9, ge=0, lt=1, description="Adam's first-moment decay")
+    beta2: float = Field(0.95, ge=0, lt=1, description="Adam's second-moment decay")
+    eps: float = Field(1e-8, gt=0, description="Adam's epsilon")
     grad_clip: float = Field(1.0, ge=0, description="global grad-norm clip; 0 disables")
 
 
 class ScheduleConfig(Section):
     """Learning-rate multiplier over steps; see pretrain/train/schedule.py."""
 
-    name: Literal["constant", "cosine", "linear", "wsd", "inverse_sqrt"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
+    name: Literal["constant", "cosine", "linear", "wsd", "inverse_sqrt"] = Field(
+        "cosine", description="after the warmup: constant; cosine or linear decay to "
+        "min_lr_ratio at max_steps; wsd: constant, then a linear decay to min_lr_ratio over "
+        "the last decay_fraction of the steps; inverse_sqrt: optim.lr * sqrt(warmup_steps / "
+        "step) after the warmup (the 2017 paper's; needs warmup_steps > 0)")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup from 0 to optim.lr")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="final lr / peak lr")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of steps spent decaying")
 
@@ -78,7 +82,11 @@ class ActivationCheckpointing(Section):
     from outside by pretrain/train/parallelize.py.
     """
 
-    mode: Literal["none", "full", "every_n", "selective"] = "none"
+    mode: Literal["none", "full", "every_n", "selective"] = Field(
+        "none", description="none: keep every activation; full: every block recomputes its "
+        "forward; every_n: blocks 0, n, 2n, ... do; selective: every block keeps its matmul and "
+        "attention outputs and recomputes the pointwise ops (a plain string, `full`, is short "
+        "for {mode: full})")
     every_n: int | None = Field(None, ge=1, description="mode every_n: checkpoint 1 block in n")
     selective_mm: Literal["all", "every_second"] = Field(
         "all", description="mode selective: which matmul outputs are kept")
@@ -116,15 +124,19 @@ class TrainConfig(Section):
     `sync_every_steps` steps — fewer when steps are slow, so that a stop request (SIGUSR1 /
     SIGTERM) waits at most about `sync_every_seconds` (plus one step) before the save starts."""
 
-    max_steps: int = Field(..., gt=0)
+    max_steps: int = Field(..., gt=0, description="optimizer steps of the whole run")
     global_batch_size: int = Field(..., gt=0, description="samples per optimizer step, all ranks")
     micro_batch_size: int = Field(..., gt=0, description="samples per forward, per rank")
     # Applied to the model from outside (pretrain/train/parallelize.py), never changing a result:
     activation_checkpointing: ActivationCheckpointing = Field(
-        default_factory=ActivationCheckpointing)
-    compile: bool = False
-    compile_scope: CompileScope = "engine"
-    compile_mode: CompileMode = "default"
+        default_factory=ActivationCheckpointing,
+        description="which blocks recompute their forward during backward (less memory, more "
+        "time)")
+    compile: bool = Field(False, description="torch.compile (GPUs; slow to start)")
+    compile_scope: CompileScope = Field(
+        "engine", description="what is compiled: the DeepSpeed engine, the model, or each "
+        "block apart")
+    compile_mode: CompileMode = Field("default", description="torch.compile's mode")
     stop_at_step: int | None = Field(
         None, gt=0, description="save and exit 75 (resume me) on reaching this step")
     sync_every_steps: int = Field(
@@ -140,7 +152,7 @@ class DeepSpeedSection(Section):
     """The DeepSpeed engine's knobs (the JSON is generated from these, plus `extra`).
 
     Defaults are chosen for speed on one GPU, after reading DeepSpeed 0.19.8's source
-    (README "Performance" has the measured figures):
+    (docs/performance.md has the measured figures):
     - throughput_timer: DeepSpeed's samples/s timer calls a device synchronize twice per
       step; we log our own tokens/s, so it is off.
     - check_grad_overflow (precision bf16 only): DeepSpeed's bf16 overflow check reduces every
@@ -157,7 +169,9 @@ class DeepSpeedSection(Section):
       Python's automatic GC alone.
     """
 
-    zero_stage: Literal[0, 1, 2, 3] = 0
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        0, description="ZeRO: 0 none; 1 optimizer state sharded across ranks; 2 and gradients; "
+        "3 and parameters")
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state on CPU")
     throughput_timer: bool = Field(False, description="DeepSpeed's samples/s timer (2 syncs/step)")
     check_grad_overflow: bool = Field(
@@ -180,32 +194,38 @@ class DeepSpeedSection(Section):
 
 
 class CheckpointConfig(Section):
-    every_steps: int = Field(1000, gt=0)
-    keep_last: int = Field(3, ge=1)
-    save_at_end: bool = True
+    every_steps: int = Field(1000, gt=0, description="save a checkpoint every N steps")
+    keep_last: int = Field(3, ge=1, description="complete checkpoints kept (older are deleted)")
+    save_at_end: bool = Field(True, description="save at the last step")
 
 
 class WandbConfig(Section):
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "arrowtrain"
-    name: str | None = None
-    entity: str | None = None
-    tags: list[str] = Field(default_factory=list)
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: files in RUNDIR/wandb for `wandb sync`; online; "
+        "disabled: metrics.jsonl only")
+    project: str = Field("arrowtrain", description="W&B project")
+    name: str | None = Field(None, description="W&B run name (null: W&B's own)")
+    entity: str | None = Field(None, description="W&B team or user (null: your default)")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags")
 
 
 class LoggingConfig(Section):
-    every_steps: int = Field(10, gt=0)
-    wandb: WandbConfig = Field(default_factory=WandbConfig)
-    progress_bar: bool = True
+    every_steps: int = Field(10, gt=0, description="a metrics row (and a log line) every N "
+                             "steps")
+    wandb: WandbConfig = Field(default_factory=WandbConfig,
+                               description="Weights & Biases: the same rows as metrics.jsonl")
+    progress_bar: bool = Field(True, description="a progress bar on rank 0's terminal")
 
 
 class EvalConfig(Section):
-    every_steps: int = Field(0, ge=0, description="0: evaluate only at the end")
-    max_samples: int | None = Field(256, gt=0, description="validation samples per evaluation")
-    at_end: bool = True
-    # seq2seq only: val_bleu = sacreBLEU of the first bleu_samples val pairs, translated with
-    # beam bleu_beam (1: greedy) next to val_loss; 0 turns it off
-    bleu_samples: int = Field(256, ge=0, description="val pairs translated for val_bleu")
+    every_steps: int = Field(0, ge=0, description="evaluate every N steps; 0: only at the end "
+                             "(at_end)")
+    max_samples: int | None = Field(256, gt=0, description="validation samples per evaluation "
+                                    "(null: the whole val split)")
+    at_end: bool = Field(True, description="evaluate after the last step")
+    bleu_samples: int = Field(
+        256, ge=0, description="seq2seq: val_bleu = sacreBLEU of this many val pairs, "
+        "translated with beam bleu_beam, next to val_loss; 0: no val_bleu")
     bleu_beam: int = Field(1, ge=1, description="beam size for val_bleu (1: greedy)")
 
     @property
@@ -226,22 +246,38 @@ Precision = Literal["fp32", "bf16", "bf16_autocast", "fp16"]
 
 
 class RunConfig(Section):
-    run_dir: Path
-    seed: int = 1234
-    precision: Precision = "fp32"
-    resume: Literal["auto", "never"] = "auto"
-    # Start from these weights (pretrain.export / pretrain.import_hf output), fresh optimizer
-    # and schedule; ignored once the run has a checkpoint. See pretrain/train/init_from.py.
-    init_from: Path | None = None
-    model: ModelConfig
-    data: DataConfig
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    train: TrainConfig
-    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
+    """A run config: one YAML file. Every key's meaning is its `description` here and in the
+    sections (`arrowtrain config explain`, docs/config.md)."""
+
+    run_dir: Path = Field(description="the run folder: checkpoints, metrics, logs; relative "
+                          "paths resolve against the working directory")
+    seed: int = Field(1234, description="seeds the weights, the data order and dropout")
+    precision: Precision = Field(
+        "fp32", description="fp32; bf16: DeepSpeed's bf16 mode (bf16 weights and gradients, an "
+        "fp32 master copy); bf16_autocast: fp32 weights, the forward under torch.autocast "
+        "(nanoGPT's numerics); fp16: dynamic loss scaling (docs/performance.md)")
+    resume: Literal["auto", "never"] = Field(
+        "auto", description="auto: continue from the run folder's last complete checkpoint if "
+        "there is one; never: start at step 0 whatever the folder holds")
+    init_from: Path | None = Field(
+        None, description="a .safetensors file (arrowtrain export or import-hf) to start from: "
+        "its weights, a fresh optimizer and schedule; ignored once the run has a checkpoint")
+    model: ModelConfig = Field(description="the model (pretrain/model/config.py)")
+    data: DataSection = Field(description="the shard folders and the objective "
+                              "(pretrain/data/config.py, pretrain/objectives)")
+    optim: OptimConfig = Field(default_factory=OptimConfig,
+                               description="AdamW (weight decay on matrices only)")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig,
+                                     description="the learning rate over the steps")
+    train: TrainConfig = Field(description="the step loop: steps, batch sizes, compile, stops")
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection,
+                                        description="the DeepSpeed engine's knobs")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
+                                         description="when checkpoints are saved, how many kept")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig,
+                                   description="metrics rows, W&B, the progress bar")
+    eval: EvalConfig = Field(default_factory=EvalConfig,
+                             description="validation: val_loss (and val_bpb or val_bleu)")
 
 
 def _init_from_suffix(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -249,10 +285,7 @@ def _init_from_suffix(s: dict[str, Any], world_size: int | None) -> list[Problem
     if path is None or str(path).endswith(".safetensors"):
         return []
     return [Problem(f"init_from {path}: expected a .safetensors file written by "
-                    "pretrain.export or pretrain.import_hf", ("init_from",))]
-
-
-FAMILY_FOR = {"clm": "decoder", "span_corruption": "encdec", "seq2seq": "encdec"}
+                    "arrowtrain export or arrowtrain import-hf", ("init_from",))]
 
 
 def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -272,10 +305,10 @@ def _batch_layout(s: dict[str, Any], world_size: int | None) -> list[Problem]:
 
 def _objective_fits_family(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     d, m = s["data"], s["model"]
-    want = FAMILY_FOR[d.objective]
+    want = objective_for(d).family
     if m.family == want:
         return []
-    other = next(o for o, f in FAMILY_FOR.items() if f == m.family)
+    other = next(o.name for o in all_objectives() if o.family == m.family)
     return [Problem(f"data.objective {d.objective} needs model.family {want}, not {m.family}: "
                     f"set data.objective={other} or use a {want} model",
                     ("data.objective", "model.family"))]
@@ -283,47 +316,23 @@ def _objective_fits_family(s: dict[str, Any], world_size: int | None) -> list[Pr
 
 def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     """Every sequence the loader makes fits the model's positions (model.max_seq_len)."""
-    d, longest = s["data"], s["model"].max_seq_len
-    if d.objective == "clm":
-        lengths = {"data.seq_len": d.seq_len}
-    elif d.objective == "seq2seq":
-        lengths = {"data.input_length": d.input_length, "data.target_length": d.target_length}
-    else:
-        needed = span_lengths(d.input_length, d.noise_density, d.mean_span_length).targets_length
-        if d.target_length is not None and d.target_length < needed:
-            return [Problem(f"data.target_length ({d.target_length}) is too short: input_length "
-                            f"{d.input_length} at noise_density {d.noise_density} needs "
-                            f"{needed}", ("data.target_length",))]
-        lengths = {"data.input_length": d.input_length,
-                   "data.target_length": d.target_length or needed}
-    derived = {"data.target_length"} - {f"data.{k}" for k in d.model_fields_set}
-    return [Problem(f"{key} ({n}{', derived from input_length' if key in derived else ''}) "
-                    f"exceeds model.max_seq_len ({longest}): shorten it or raise "
-                    "model.max_seq_len", (key, "model.max_seq_len"))
-            for key, n in lengths.items() if n > longest]
+    return objective_for(s["data"]).model_problems(s["model"].max_seq_len)
 
 
 def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
-    e, t = s["eval"], s["train"]
-    need = t.micro_batch_size * (world_size or 1)
-    if not e.enabled or e.max_samples is None or e.max_samples >= need:
+    e, t, world = s["eval"], s["train"], world_size or 1
+    if not e.enabled or e.max_samples is None:
         return []
-    return [Problem(f"eval.max_samples ({e.max_samples}) is less than one evaluation batch, "
-                    f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size or 1}): "
-                    f"raise it to at least {need}, or turn evaluation off with "
-                    "eval.every_steps=0 eval.at_end=false",
-                    ("eval.max_samples", "train.micro_batch_size"))]
+    problem = eval_batch_problem("eval.max_samples", e.max_samples, t.micro_batch_size, world)
+    return [Problem(f"{problem}: raise it to at least {t.micro_batch_size * world}, or turn "
+                    "evaluation off with eval.every_steps=0 eval.at_end=false",
+                    ("eval.max_samples", "train.micro_batch_size"))] if problem else []
 
 
-def _bleu_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
-    e, t, d = s["eval"], s["train"], s["data"]
-    need = t.micro_batch_size * (world_size or 1)
-    if d.objective != "seq2seq" or not e.enabled or not 0 < e.bleu_samples < need:
-        return []
-    return [Problem(f"eval.bleu_samples ({e.bleu_samples}) is less than one evaluation batch, "
-                    f"micro_batch_size × ranks ({t.micro_batch_size} × {world_size or 1}): "
-                    f"raise it to at least {need}, or set it to 0 to turn val_bleu off",
-                    ("eval.bleu_samples", "train.micro_batch_size"))]
+def _objective_eval_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    """The objective's own evaluation settings (seq2seq: eval.bleu_samples)."""
+    return objective_for(s["data"]).eval_problems(s["eval"], s["train"].micro_batch_size,
+                                                  world_size or 1)
 
 
 def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -338,7 +347,7 @@ def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> lis
 CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_layout),
                 (("data", "model"), _objective_fits_family), (("data", "model"), _lengths_fit_model),
                 (("eval", "train"), _eval_batch_fits),
-                (("eval", "train", "data"), _bleu_batch_fits),
+                (("eval", "train", "data"), _objective_eval_fits),
                 (("deepspeed", "precision"), _overflow_check_needs_bf16),
                 (("init_from",), _init_from_suffix)]
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 
 from pretrain.logs import human_duration
+from pretrain.objectives import objective_for
 from pretrain.train.config import RunConfig
 
 CPU_CONFIG = "configs/own-corpus-cpu.yaml"
 # Rough, optimistic: `make demo` trains ~4,100 tokens/s x ~12 MFLOP/token = ~5e10 FLOP/s on 2
-# ranks of a 2-core AMD EPYC (README, Launching); one rank on a fast laptop core set does more.
+# ranks of a 2-core AMD EPYC (docs/launching.md, make demo); one rank on a fast laptop core set does more.
 CPU_FLOPS_PER_RANK = 1e11
 SLOW_STEP_S = 60.0
 
@@ -32,8 +33,8 @@ def cpu_flop_rate() -> float:
 def cpu_step_warning(cfg: RunConfig, world_size: int, flops_per_token: int,
                      flop_rate: float | None = None) -> str | None:
     """A warning when one step will obviously take longer than SLOW_STEP_S on CPU, else None."""
-    d, t = cfg.data, cfg.train
-    seq = d.seq_len if d.objective == "clm" else d.input_length
+    t = cfg.train
+    seq = objective_for(cfg.data).tokens_per_sample
     tokens = t.global_batch_size * seq / world_size  # per rank per step
     flops = flops_per_token * tokens
     rate = flop_rate or cpu_flop_rate()

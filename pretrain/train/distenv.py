@@ -1,11 +1,15 @@
-"""Rank variables and a free port, without torch: the trainer, the launchers and the tests use
-the same functions (the launchers must start fast, before any rank imports torch)."""
+"""Rank variables, a free port and the one way to import DeepSpeed. Importing this module costs
+no torch: the trainer, the launchers and the tests use the same functions (the launchers must
+start fast, before any rank imports torch)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 
 
 @dataclass(frozen=True)
@@ -39,3 +43,22 @@ def resolve_dist_env(environ: dict[str, str] | None = None) -> DistEnv:
             raise RuntimeError("MASTER_PORT is not set for a multi-process run")
         env["MASTER_PORT"] = str(free_port())
     return DistEnv(int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"]))
+
+
+def import_deepspeed() -> ModuleType:
+    """`import deepspeed`, with DeepSpeed's log lines on stderr. Its logger writes to whatever
+    stdout is when DeepSpeed is first imported, and a command's result on stdout (translate,
+    sample, export, ...) must be the result alone. Without a CUDA GPU the accelerator is named
+    up front (DS_ACCELERATOR=cpu, unless set), so DeepSpeed does not guess it and warn
+    "Setting accelerator to CPU" at all. Every module that uses DeepSpeed imports it here
+    first; `from deepspeed... import` after that call is the same, quiet module."""
+    if "deepspeed" not in sys.modules:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        with contextlib.redirect_stdout(sys.stderr):
+            import deepspeed
+    import deepspeed
+
+    return deepspeed

@@ -3,7 +3,6 @@ the optimizer and the single `deepspeed.initialize` call."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from pretrain.configlib import deep_merge
 from pretrain.data import layout
 from pretrain.train.config import RunConfig
-from pretrain.train.distenv import DistEnv, resolve_dist_env  # noqa: F401 - re-exported
+from pretrain.train.distenv import DistEnv, import_deepspeed
 from pretrain.train.parallelize import compile_engine, parallelize
 from pretrain.train.schedule import build_scheduler
 
@@ -23,18 +22,15 @@ def use_gpu() -> bool:
 
 def init_distributed(dist: DistEnv) -> torch.device:
     """Start the process group (gloo on CPU, nccl on GPU) and pick this rank's device."""
-    if not use_gpu():
-        # Tell DeepSpeed up front instead of letting it warn on every rank that it guessed.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-    import deepspeed.ops
+    deepspeed = import_deepspeed()  # names the accelerator on CPU: no warning on every rank
+    from deepspeed import ops as ds_ops
 
     if use_gpu():
         torch.cuda.set_device(dist.local_rank)
         device, backend = torch.device("cuda", dist.local_rank), "nccl"
     else:
         # Only inference_all_reduce uses this op; building it costs ~35 s per start on CPU.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        ds_ops.__compatible_ops__["deepspeed_shm_comm"] = False
         device, backend = torch.device("cpu"), "gloo"
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     return device
@@ -121,7 +117,7 @@ def initialize(model: nn.Module, cfg: RunConfig, world_size: int,
                load_universal: bool = False):
     """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule.
     Returns (engine, lr_scheduler)."""
-    import deepspeed
+    deepspeed = import_deepspeed()
 
     model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
     groups = param_groups(model, cfg.optim.weight_decay)

@@ -5,7 +5,7 @@ resume or a busy folder leaves no trace); `exit` on the way out with the exit co
 and the step reached. A run killed hard (kill -9, out of memory, a lost node) writes no `exit`:
 `launch status` then finds its `start` without one and the lock it left behind. Lines are
 appended whole with one write and fsync'd; a line cut short by a crash is skipped on reading.
-Torch-free: `launch status` and `pretrain.plot` read it."""
+Torch-free: `launch status` and `arrowtrain plot` read it."""
 
 from __future__ import annotations
 

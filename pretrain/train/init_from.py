@@ -1,6 +1,6 @@
 """`init_from: FILE.safetensors`: start a run from exported weights.
 
-FILE is what `python -m pretrain.export` or `python -m pretrain.import_hf` writes (the model
+FILE is what `arrowtrain export` or `arrowtrain import-hf` writes (the model
 config in its metadata). The run starts from its weights with a fresh optimizer and schedule at
 step 0; once the run has a checkpoint, a restart resumes from that and init_from is ignored
 (logged). The pre-flight (`init_problems`, torch-free: safetensors' numpy reader) refuses,
@@ -45,7 +45,7 @@ def read_init_file(path: Path) -> tuple[ModelConfig, Shapes]:
         raise InitFileError(f"init_from {path}: not a readable safetensors file ({e})") from None
     if "model_config" not in meta:
         raise InitFileError(f"init_from {path}: no model_config in its metadata (write it "
-                            "with `python -m pretrain.export` or `python -m pretrain.import_hf`)")
+                            "with `arrowtrain export` or `arrowtrain import-hf`)")
     try:
         cfg = saved_model_config(json.loads(meta["model_config"]))
     except ValueError as e:

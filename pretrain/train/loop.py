@@ -9,7 +9,8 @@ import os
 import resource
 import signal
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,24 +19,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pretrain.configlib import ConfigError, dump_yaml
-from pretrain.data import eval_batches, open_data, train_batches
-from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_RESUME  # noqa: F401
+from pretrain.data import eval_batches, train_batches
+from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
 from pretrain.model import build_model
+from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
+from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
 from pretrain.train.config import RunConfig, config_to_dict
-from pretrain.train.engine import DistEnv, grad_accum_steps, initialize, use_gpu
+from pretrain.train.distenv import DistEnv
+from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
 from pretrain.train.init_from import load_init_weights
+from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
-from pretrain.train.preflight import fill_vocab
+from pretrain.train.preflight import vocab_problem
 from pretrain.train.remote_data import RemoteData, eval_indices
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
 from pretrain.train.runlock import acquire_collective
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
 log = logging.getLogger("pretrain.train")
-
-EXIT_DONE, EXIT_RESUME_ME = EXIT_OK, EXIT_RESUME
 
 
 class StopFlag:
@@ -71,14 +74,6 @@ def batch_tokens(batch: dict[str, torch.Tensor]) -> int:
     return batch["input_ids"].numel()
 
 
-def padding_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
-    """seq2seq: (padded positions, all positions) of a CPU batch, source and target together
-    (counted on the host before the copy to the device: no device sync)."""
-    mask, targets = batch["attention_mask"], batch["targets"]
-    pad = int((~mask).sum()) + int((targets == -100).sum())
-    return pad, mask.numel() + targets.numel()
-
-
 @dataclass
 class Due:
     """What a step must do (log / eval / save / stop_at_step); each needs a sync first."""
@@ -94,26 +89,25 @@ class Due:
 
 @dataclass
 class Interval:
-    """Host seconds (sync waits included), tokens and data waits since the last log row."""
+    """Host seconds (sync waits included), tokens, data waits and the objective's step counts
+    (Objective.step_counts, this rank's) since the last log row."""
 
     seconds: float = 0.0
     tokens: int = 0
     steps: int = 0
     data_wait_s: float = 0.0
-    padded: int = 0      # seq2seq: this rank's padded / all source + target positions
-    positions: int = 0
+    counts: Counter = field(default_factory=Counter)
 
     def add(self, seconds: float, out: dict[str, Any]) -> None:
         self.seconds += seconds
         self.tokens += out["tokens"]
         self.steps += 1
         self.data_wait_s += out["data_wait_s"]
-        self.padded += out["padding"][0]
-        self.positions += out["padding"][1]
+        self.counts.update(out["counts"])
 
     def reset(self) -> None:
         self.seconds, self.tokens, self.steps, self.data_wait_s = 0.0, 0, 0, 0.0
-        self.padded, self.positions = 0, 0
+        self.counts = Counter()
 
 
 class SyncClock:
@@ -141,27 +135,38 @@ class SyncClock:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
-                 stop: StopFlag | None = None):
+                 stop: StopFlag | None = None, measure_memory: bool = True):
         self.stop = stop or StopFlag()
+        self.measure_memory = measure_memory  # memory_peak_bytes (pretrain/train/memcheck.py)
         self.denv, self.device = denv, device
         self.rank0 = denv.rank == 0
+        self.cfg = cfg
         self.src = open_data(cfg.data, cfg.seed)
-        self.cfg = cfg = fill_vocab(cfg, self.src.vocab_size)
+        self.objective = self.src.objective
+        self._check_vocab()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.gas = grad_accum_steps(cfg, denv.world_size)
-        self.seq2seq = cfg.data.objective == "seq2seq"
-        if self.seq2seq and self.rank0:
-            log.info("seq2seq: %s; longer pairs are skipped (data.input_length %d, "
-                     "data.target_length %d, EOS included)",
-                     ", ".join(f"{split} {self.src.num_samples(split):,} pairs used, "
-                               f"{n:,} skipped" for split, n in self.src.skipped_pairs.items()),
-                     cfg.data.input_length, cfg.data.target_length)
+        if self.rank0 and (line := self.objective.describe(self.src)):
+            log.info("%s", line)
         self.lock = acquire_collective(cfg.run_dir, denv.rank)  # one run per run folder
         try:
             self._start()
         except BaseException:
+            if getattr(self, "memcheck", None) is not None:
+                self.memcheck.stop()
             self._release_lock()
             raise
+
+    def _check_vocab(self) -> None:
+        """The pre-flight filled model.vocab_size (check_run); the data it opened must still
+        fit it."""
+        vocab = self.cfg.model.vocab_size
+        problem = vocab_problem(vocab, self.src.vocab_size, self.src.folders[0].folder)
+        if vocab is None or problem:
+            err = ConfigError([problem or "model.vocab_size is not set: pass the config through "
+                               "pretrain.train.preflight.check_run, which fills it in"])
+            err.all_ranks = True
+            raise err
 
     def _start(self) -> None:
         """Resume or start; nothing in the run folder changes before the checkpoint passed."""
@@ -169,6 +174,9 @@ class Trainer:
         found = ckpt.choose_resume(self.ckpt_dir) if cfg.resume == "auto" else None
         self.resume_tag, meta = found or (None, None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        # the plan's memory figure; the measured peak counts from here (model states included)
+        self.memcheck = Calibration(cfg, denv.world_size, denv.rank, self.device,
+                                    self.measure_memory)
         model = build_model(cfg.model)
         self.shapes = ckpt.param_shapes(model)
         self.n_params = sum(p.numel() for p in model.parameters())
@@ -218,7 +226,7 @@ class Trainer:
 
     def _record_start(self) -> None:
         """run_events.jsonl (rank 0): this start passed its checks and holds the run folder
-        (`launch status` and `pretrain.plot` read it; a matching `exit` is written by close)."""
+        (`launch status` and `arrowtrain plot` read it; a matching `exit` is written by close)."""
         self.started = True
         if self.rank0:
             events.record(self.cfg.run_dir, "start", step=self.step,
@@ -241,7 +249,7 @@ class Trainer:
         log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
                  "schedule)", path)
 
-    def _check_resume(self, meta: ckpt.CheckpointMeta) -> str:
+    def _check_resume(self, meta: CheckpointMeta) -> str:
         """Refuse an incompatible checkpoint (nothing changed); re-shard a ZeRO checkpoint for
         another number of ranks or stage. Returns the tag to load."""
         cfg, denv, tag_dir = self.cfg, self.denv, self.ckpt_dir / self.resume_tag
@@ -281,12 +289,11 @@ class Trainer:
         self.stats (read at the next sync step). Returns host-side figures only."""
         lr = self.scheduler.get_last_lr()[0]  # the lr this step uses (a Python float)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        wait_s, tokens, pad, positions = 0.0, 0, 0, 0
+        wait_s, tokens, counts = 0.0, 0, Counter()
         for _ in range(self.gas):
             t0 = time.perf_counter()
             batch = next(batches)
-            if self.seq2seq:
-                pad, positions = (a + b for a, b in zip((pad, positions), padding_counts(batch)))
+            counts.update(self.objective.step_counts(batch))  # on the CPU batch: no device sync
             batch = self._to_device(batch)
             wait_s += time.perf_counter() - t0
             tokens += batch_tokens(batch)
@@ -296,7 +303,7 @@ class Trainer:
             loss_sum += loss.detach().double()
         self.stats.record(self.step + 1, loss_sum / self.gas, self.engine.get_global_grad_norm())
         return {"data_wait_s": wait_s, "tokens": tokens * self.denv.world_size, "lr": lr,
-                "padding": (pad, positions)}
+                "counts": counts}
 
     def sync(self, seconds_per_step: float) -> Synced:
         """Agree on loss, grad norm, stop flag and the non-finite watch (one collective)."""
@@ -325,32 +332,21 @@ class Trainer:
             nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
                                    ignore_index=-100, reduction="sum")
             totals += torch.stack([nats.double(), (targets != -100).sum().double()])
-        bleu = self._val_bleu() if self.seq2seq and cfg.eval.bleu_samples else None
-        self.engine.train()
         dist.all_reduce(totals)
         totals = totals.cpu()
         val_loss = (totals[0] / totals[1].clamp(min=1)).item()
         row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
-        if cfg.data.objective == "clm":
-            row["val_bpb"] = val_loss / math.log(2) / self.src.bytes_per_token("val")
-        if bleu is not None:
-            row["val_bleu"] = bleu
+        ctx = EvalContext(self.engine.module, self.src, cfg.train.micro_batch_size,
+                          self.denv.rank, self.denv.world_size, self.device, cfg.eval,
+                          zero3=cfg.deepspeed.zero_stage == 3)
+        row.update(self.objective.eval_metrics(ctx, val_loss))  # still in eval mode
+        self.engine.train()
         return row
-
-    def _val_bleu(self) -> float | None:
-        """sacreBLEU of the first eval.bleu_samples val pairs (rank 0; None elsewhere)."""
-        from pretrain.train.bleu import val_bleu
-
-        cfg = self.cfg
-        return val_bleu(self.engine.module, self.src, cfg.train.micro_batch_size,
-                        self.denv.rank, self.denv.world_size, self.device,
-                        cfg.eval.bleu_samples, cfg.eval.bleu_beam, cfg.data.target_length,
-                        zero3=cfg.deepspeed.zero_stage == 3)
 
     # ---- checkpoints -------------------------------------------------------------------
 
     def save(self) -> None:
-        meta = ckpt.CheckpointMeta(
+        meta = CheckpointMeta(
             step=self.step, consumed_samples=self.consumed_samples(),
             data_fingerprint=self.src.fingerprint, data_folders=data_folders(self.src),
             param_shapes=self.shapes, world_size=self.denv.world_size,
@@ -360,18 +356,14 @@ class Trainer:
         t0 = time.perf_counter()
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
                             self.ckpt_bytes)
-        self.ckpt_bytes = ckpt.read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
+        self.ckpt_bytes = read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
         log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
 
     # ---- the loop ----------------------------------------------------------------------
 
     def _flops_per_token(self) -> int:
         """Training FLOPs per token, once per run (it builds the model on the meta device)."""
-        from pretrain.model import flops_per_token
-
-        d = self.cfg.data
-        seq = d.seq_len if d.objective == "clm" else d.input_length
-        return flops_per_token(self.cfg.model, seq, d.target_length)
+        return self.objective.flops_per_token(self.cfg.model)
 
     def _mfu(self, tokens_per_sec: float) -> float | None:
         if not use_gpu():
@@ -389,9 +381,9 @@ class Trainer:
                "data_wait_ms": interval.data_wait_s / interval.steps * 1000,
                "memory_mb": memory_mb(), "mfu": self._mfu(tokens_per_sec),
                "consumed_samples": self.consumed_samples(),
-               "restart_count": self.restart_count, "time": time.time()}
-        if self.seq2seq:  # padded share of rank 0's source + target positions since the last row
-            row["padding_fraction"] = interval.padded / max(interval.positions, 1)
+               "restart_count": self.restart_count, "time": time.time(),
+               **self.memcheck.fields()}
+        row.update(self.objective.log_fields(interval.counts))  # seq2seq: padding_fraction
         if self.remote is not None:  # s3:// data: cache_hit_rate, remote_bytes (all ranks)
             row.update(self.remote.metrics())
         self.metrics.log(row)
@@ -451,17 +443,17 @@ class Trainer:
         if due.eval and self.remote is not None and not self._eval_data_ready():
             if not (stop or due.save):
                 self.save()
-            return EXIT_RESUME_ME
+            return EXIT_RESUME
         if due.eval:
             self._eval()
         if stop and self.step < self.cfg.train.max_steps:
             log.warning("stopped at step %d/%d on request; resume with the same command",
                         self.step, self.cfg.train.max_steps)
-            return EXIT_RESUME_ME
+            return EXIT_RESUME
         return None
 
     def run(self, until: int | None = None) -> int | None:
-        """Train to train.max_steps: EXIT_DONE, or EXIT_RESUME_ME when stopped on request.
+        """Train to train.max_steps: EXIT_OK, or EXIT_RESUME when stopped on request.
         `until` (benchmarks) ends the call after that step with a sync and returns None;
         a later call continues where this one left off."""
         cfg, max_steps = self.cfg, self.cfg.train.max_steps
@@ -473,6 +465,7 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step",
                    disable=not (self.rank0 and cfg.logging.progress_bar), mininterval=2)
         interval, clock = Interval(), SyncClock()
+        self.memcheck.training_starts()
         while self.step < end:
             t0 = time.perf_counter()
             data_wait_s = 0.0
@@ -485,6 +478,7 @@ class Trainer:
             out = self.train_step(batches)
             out["data_wait_s"] += data_wait_s
             self.step += 1
+            self.memcheck.step_done()
             self._collect_garbage()
             due, synced = self._due(), None
             if due.any() or self.step >= self.next_sync or self.step == end:
@@ -499,7 +493,7 @@ class Trainer:
                     bar.close()
                     return code
         bar.close()
-        return EXIT_DONE if self.step == max_steps else None
+        return EXIT_OK if self.step == max_steps else None
 
     def _stop_on_outage(self, agreed, clock: SyncClock, interval: Interval) -> int:
         """Object storage failed longer than data.remote_timeout on some rank: every rank
@@ -508,11 +502,11 @@ class Trainer:
                     "%s; saving a checkpoint at step %d and exiting %d to be resumed",
                     self.cfg.data.remote_timeout,
                     f" (this rank: {agreed.error})" if agreed.error else "", self.step,
-                    EXIT_RESUME_ME)
+                    EXIT_RESUME)
         synced = self.sync(clock.seconds_per_step())
         code = self._after_sync(synced, {}, Due(log=False, eval=False, save=False, stop=True),
                                 interval)
-        return EXIT_RESUME_ME if code is None else code
+        return EXIT_RESUME if code is None else code
 
     def _eval_data_ready(self) -> bool:
         """s3:// data: every rank has its validation shards (else: outage, logged)."""
@@ -524,13 +518,14 @@ class Trainer:
             log.warning("object storage unavailable for data.remote_timeout during evaluation"
                         "%s; stopping at step %d with exit %d to be resumed",
                         f" (this rank: {agreed.error})" if agreed.error else "", self.step,
-                        EXIT_RESUME_ME)
+                        EXIT_RESUME)
         return not agreed.outage
 
     def close(self, code: int | None = None, error: str | None = None) -> None:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
+            self.memcheck.stop()
             batches = getattr(self, "_batch_iter", None)
             if hasattr(batches, "close"):
                 batches.close()  # the read-ahead thread of s3:// data

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,33 @@ def last_step(path: Path) -> int:
         except (ValueError, TypeError, AttributeError):
             continue
     return max(steps)
+
+
+@dataclass(frozen=True)
+class MetricRows:
+    """What a metrics.jsonl holds: its rows, and the lines that are none (1-based numbers: a
+    line cut short by a kill, or damage)."""
+
+    rows: list[dict[str, Any]]
+    bad_lines: list[int]
+
+
+def read_rows(path: Path) -> MetricRows:
+    """Every row of a metrics.jsonl (torch-free: `arrowtrain plot` and `runs compare` read it).
+    Raises OSError when the file cannot be read."""
+    rows, bad = [], []
+    for number, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad.append(number)
+    return MetricRows(rows, bad)
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:

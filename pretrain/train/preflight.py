@@ -4,9 +4,10 @@
 overrides, every section, the checks across sections: `pretrain.train.config`) and then checks
 it against the data folders' manifests: the folder exists and is a finished shard folder, the
 folders of a mixture share one tokenizer, `data.tokenizer` is the one the shards were written
-with, the model's vocabulary holds the tokenizer's, span corruption has its sentinels, each
-split holds at least one sample and the validation split fills one evaluation batch
-(micro-batch × ranks), and an `init_from` file fits the model (its shapes and the keys that
+with, the model's vocabulary holds the tokenizer's, the folders are of the kind the objective
+reads and pass its own checks (span corruption: its sentinels), each split holds at least one
+sample (the objective's count, the loader's function) and the validation split fills one
+evaluation batch (micro-batch × ranks), and an `init_from` file fits the model (its shapes and the keys that
 change what they compute: pretrain/train/init_from.py). Every problem comes out in one
 ConfigError that says which came from the command line. It returns the config as the ranks will
 run it: paths resolved against the working directory and `model.vocab_size` filled in from the
@@ -29,9 +30,9 @@ from data_tools.manifest import Manifest, ManifestError, read_manifest, sha256_f
 from data_tools.remote import RemoteError, is_remote
 from pretrain.configlib import ConfigError, Problem
 from pretrain.data.config import DataConfig
-from pretrain.data.layout import samples_in_stream
-from pretrain.data.span import span_lengths
+from pretrain.data.layout import eval_batch_problem
 from pretrain.model.config import padded_vocab_size
+from pretrain.objectives import SplitCounts, objective_for
 from pretrain.train.config import RunConfig, check_run_config
 from pretrain.train.init_from import init_problems, init_vocab
 
@@ -52,6 +53,14 @@ class FolderFacts:
     pairs: bool = False  # a pair folder (source -> target)
     rows: dict[str, int] | None = None  # per split: documents, or pairs
     manifest: Manifest | None = None    # s3:// folders: for the cache size check
+
+    @property
+    def kind(self) -> str:
+        return "pairs" if self.pairs else "documents"
+
+    def counts(self, split: str) -> SplitCounts:
+        """The split as the objective's sample count sees it (the loader's come from the files)."""
+        return SplitCounts(stream_tokens=self.stream_tokens[split], rows=self.rows[split])
 
 
 def read_folder(folder: Path | str, remote_timeout: float | None = None) -> FolderFacts:
@@ -200,74 +209,39 @@ def _tokenizer_problems(data: DataConfig, facts: list[FolderFacts]) -> list[Prob
     return problems
 
 
-def _window(data: DataConfig) -> tuple[int, int, str]:
-    """(tokens per sample, stride, what sets it) — as the loader packs them."""
-    if data.objective == "clm":
-        return data.seq_len + 1, data.seq_len, "data.seq_len + 1"
-    raw = span_lengths(data.input_length, data.noise_density, data.mean_span_length).raw_length
-    return raw, raw, "for data.input_length"
-
-
 def split_samples(data: DataConfig, facts: FolderFacts, split: str) -> int:
-    """Samples the loader makes of one folder's split (as DataSource counts them; seq2seq: the
-    pairs, of which the loader skips those longer than the configured lengths)."""
-    if data.objective == "seq2seq":
-        return facts.rows[split]
-    window, stride, _ = _window(data)
-    return samples_in_stream(facts.stream_tokens[split], window, stride)
-
-
-def _too_few(data: DataConfig, f: FolderFacts, split: str) -> str:
-    if data.objective == "seq2seq":
-        return f"data.path: the {split} split of {f.folder} holds no pairs"
-    window, _, why = _window(data)
-    return (f"data.path: the {split} split of {f.folder} holds {f.stream_tokens[split]} tokens "
-            f"(EOS included), fewer than one sample of {window} ({why})")
+    """Samples the loader makes of one folder's split: the objective's count (the loader's
+    function; seq2seq: all pairs, of which the loader skips those longer than the lengths)."""
+    return objective_for(data).samples(facts.counts(split))
 
 
 def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
                      world_size: int | None) -> list[Problem]:
-    data = s["data"]
-    if data.objective == "seq2seq":
-        window = "a pair"
-    else:
-        window = f"{_window(data)[0]} tokens"
-    keys = ("data.path", "data.seq_len" if data.objective == "clm" else "data.input_length")
+    objective = objective_for(s["data"])
+    keys = ("data.path", objective.sample_key)
     problems, val_samples = [], 0
     for f in facts:
         for split in SPLITS:
-            n = split_samples(data, f, split)
+            n = objective.samples(f.counts(split))
             if split == "val":
                 val_samples += n
             if n < 1:
                 problems.append(Problem(
-                    _too_few(data, f, split)
+                    "data.path: " + objective.too_few(f.folder, split, f.counts(split))
                     + ("; shard more validation data (data_tools shard --val-fraction)"
                        if split == "val" else ""), keys))
     if problems or "train" not in s or "eval" not in s or not s["eval"].enabled:
         return problems
     micro, world = s["train"].micro_batch_size, world_size or 1
     cap = s["eval"].max_samples
-    if val_samples < micro * world and (cap is None or cap >= micro * world):  # else: config
+    problem = eval_batch_problem("data.path: the validation split's sample count", val_samples,
+                                 micro, world)
+    if problem and (cap is None or cap >= micro * world):  # else: the config's problem
         problems.append(Problem(
-            f"data.path: the validation split gives {val_samples} sample(s) of {window}, "
-            f"fewer than one evaluation batch, micro_batch_size × ranks ({micro} × {world}): "
-            "shard more validation data (data_tools shard --val-fraction), lower "
+            f"{problem}: shard more validation data (data_tools shard --val-fraction), lower "
             "train.micro_batch_size, or turn evaluation off with eval.every_steps=0 "
             "eval.at_end=false", (*keys, "train.micro_batch_size")))
     return problems
-
-
-def _kind_problems(data: DataConfig, facts: list[FolderFacts]) -> list[Problem]:
-    """seq2seq reads pair folders; the other objectives read documents."""
-    pairs = data.objective == "seq2seq"
-    return [Problem(f"data.path: {f.folder} is a pair folder (source -> target): data.objective "
-                    f"{data.objective} needs documents; pairs train with data.objective "
-                    "seq2seq" if f.pairs else
-                    f"data.path: {f.folder} is a document folder: data.objective seq2seq needs "
-                    "a pair folder (data_tools shard --source-field/--target-field or "
-                    "--source-file/--target-file)", ("data.path", "data.objective"))
-            for f in facts if f.pairs != pairs]
 
 
 def data_problems(s: dict[str, Any], world_size: int | None,
@@ -281,19 +255,16 @@ def data_problems(s: dict[str, Any], world_size: int | None,
     if not facts or problems:
         return facts, problems
     problems += _tokenizer_problems(data, facts)
-    if kind := _kind_problems(data, facts):  # the sample counts below depend on the kind
-        return facts, problems + kind
+    objective = objective_for(data)
+    kinds = [Problem(f"data.path: {p}", ("data.path", "data.objective"))
+             for f in facts if (p := objective.kind_problem(f.folder, f.kind))]
+    if kinds:  # the sample counts below depend on the kind
+        return facts, problems + kinds
     if "model" in s:
         problem = vocab_problem(s["model"].vocab_size, facts[0].vocab_size, facts[0].folder)
         problems += [problem] if problem else []
-    if data.objective == "span_corruption":
-        spans = span_lengths(data.input_length, data.noise_density,
-                             data.mean_span_length).num_spans
-        problems += [Problem(f"data.path: span corruption with input_length "
-                             f"{data.input_length} needs {spans} sentinel ids, the tokenizer of "
-                             f"{f.folder} has {f.sentinels} (train it with --sentinels)",
-                             ("data.path", "data.input_length"))
-                     for f in facts[:1] if f.sentinels < spans]
+    problems += [Problem(f"data.path: {p}", ("data.path", objective.sample_key))  # sentinels
+                 for p in objective.folder_problems(facts[0].folder, facts[0].sentinels)]
     return facts, (problems + _sample_problems({**s, "data": data}, facts, world_size)
                    + _cache_problems(data, facts, world_size, ranks_per_node))
 
@@ -309,7 +280,8 @@ def _cache_problems(data: DataConfig, facts: list[FolderFacts], world_size: int 
     manifests = [f.manifest for f in facts if f.manifest is not None]
     if not manifests:
         return []
-    plan = plan_cache(data, manifests, ranks or local_ranks(world_size or 1))
+    plan = plan_cache(data, manifests, ranks or local_ranks(world_size or 1),
+                      objective_for(data).sample_window)
     problem = plan.problem()
     return [Problem(problem, ("data.cache_limit", "data.prefetch_shards"))] if problem else []
 

@@ -11,7 +11,7 @@ folder is completed so that it loads at any ZeRO stage 1-3 (_loadable_at_every_s
     checkpoints/step_00000400_universal/   the same state, per parameter, + its own meta.json
 
 The conversion runs once per checkpoint, in one process (rank 0 of the resuming run, or
-`python -m pretrain.export RUNDIR --format universal` offline), into a temp folder
+`arrowtrain export RUNDIR --format universal` offline), into a temp folder
 `.step_00000400_universal.tmpPID/` that is renamed into place only once every file is written
 and hashed into its `meta.json` — a kill during the conversion leaves the run folder as it was
 (the leftover temp folder is removed by the next conversion). Every `torch.load` of the
@@ -33,19 +33,16 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from data_tools.atomic import fsync_path, is_temp_name, temp_name
-from pretrain.train.checkpoint import (
+from data_tools.atomic import fsync_path, is_temp_name, temp_name, write_atomic
+from pretrain.train.checkpoint import CheckpointError, FileProblem, check_files, file_record
+from pretrain.train.checkpoint_meta import (
     META,
     META_FORMAT,
     UNIVERSAL_SUFFIX,
-    CheckpointError,
     CheckpointMeta,
-    FileProblem,
-    check_files,
-    file_record,
     meta_problem,
-    write_atomic,
 )
+from pretrain.train.distenv import import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger(__name__)
@@ -69,10 +66,18 @@ def describe(meta: CheckpointMeta, world_size: int, zero_stage: int) -> str:
     return text
 
 
+def through_universal(saved_stage: int, zero_stage: int) -> bool:
+    """The ZeRO stage rule, in one place: a checkpoint saved at ZeRO >= 1 can be resumed at any
+    ZeRO >= 1 stage, on any number of ranks, through the universal checkpoint. ZeRO-0 keeps the
+    whole optimizer state on every rank, unpartitioned in the model-states file: it loads on any
+    rank count as it is, and the universal checkpoint neither reads nor loads that layout (so
+    a stage change to or from 0 is refused: resume.py)."""
+    return min(saved_stage, zero_stage) >= 1
+
+
 def needs_universal(meta: CheckpointMeta, world_size: int, zero_stage: int) -> bool:
-    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage. (ZeRO-0
-    keeps the whole optimizer state on every rank: it loads on any rank count as it is.)"""
-    return min(meta.zero_stage, zero_stage) >= 1 and (
+    """A ZeRO >= 1 checkpoint resumed on other ranks or at another ZeRO >= 1 stage."""
+    return through_universal(meta.zero_stage, zero_stage) and (
         meta.world_size != world_size or meta.zero_stage != zero_stage)
 
 
@@ -129,8 +134,9 @@ def _loadable_at_every_stage(folder: Path) -> None:
     tensors; ZeRO-1/2 reads `ds_version`, `{"param": tensor}` and a `step.pt` per parameter).
     Give the folder both: then it resumes at any stage 1-3. (A ZeRO-3 source's copy of rank 0's
     flat partitions in optimizer_state.pt is dropped: nothing loads it.)"""
-    import deepspeed
     import torch
+
+    deepspeed = import_deepspeed()
     from deepspeed.checkpoint import constants as c
 
     zero = folder / "zero"
@@ -156,6 +162,7 @@ def _loadable_at_every_stage(folder: Path) -> None:
 
 def _run_ds_to_universal(src: Path, out: Path) -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")  # the conversion runs on the CPU
+    import_deepspeed()
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(

@@ -4,7 +4,7 @@ Refused (the message names each change): the model's parameter shapes, the data 
 fingerprint: the changed folder paths, weights or folder contents are named), what decides which
 samples come in which order (seed, objective, lengths, noise, shuffle), the precision, the
 optimizer (offload or not), and a ZeRO stage change the universal checkpoint cannot carry
-(see _partition_problems; another number of ranks resumes at any stage). A change of
+(reshard.through_universal; another number of ranks resumes at any stage). A change of
 global batch is kept when the samples consumed so far are a whole number of the new batches (the
 loader resumes at an exact step of the new batch), refused otherwise. Everything else (lr,
 schedule, max_steps, betas, clipping, eval, logging, ...) is kept and logged as a warning, key
@@ -18,18 +18,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.objectives import exactness_keys
+from pretrain.train.checkpoint import CheckpointError
+from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import RunConfig, config_to_dict
+from pretrain.train.reshard import through_universal
 
 log = logging.getLogger(__name__)
 
-# Keys that decide which sample comes at which position, or the saved optimizer layout.
-EXACTNESS_KEYS = ("seed", "precision", "data.objective", "data.seq_len", "data.input_length",
-                  "data.target_length", "data.noise_density", "data.mean_span_length",
-                  "data.shuffle")
-# (saved stage, resumed stage) pairs that re-shard through the universal checkpoint
-# (reshard.py writes it in a layout that every stage 1-3 loads).
-UNIVERSAL_STAGE_CHANGES = {(1, 2), (2, 1), (1, 3), (3, 1), (2, 3), (3, 2)}
+# Keys that decide which sample comes at which position (the objectives' own: each names them,
+# pretrain/objectives), or the saved optimizer layout.
+EXACTNESS_KEYS = ("seed", "precision", "data.objective", *exactness_keys(), "data.shuffle")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,10 +80,9 @@ def _data_problems(meta: CheckpointMeta, fingerprint: str,
 
 def _partition_problems(meta: CheckpointMeta, zero_stage: int) -> list[str]:
     """Another number of ranks is fine at any stage (ZeRO-0 as saved, ZeRO >= 1 through the
-    universal checkpoint, reshard.py); a stage change only among ZeRO 1-3
-    (UNIVERSAL_STAGE_CHANGES)."""
+    universal checkpoint); a stage change only as reshard.through_universal allows."""
     old = meta.zero_stage
-    if old == zero_stage or (old, zero_stage) in UNIVERSAL_STAGE_CHANGES:
+    if old == zero_stage or through_universal(old, zero_stage):
         return []
     return [f"deepspeed.zero_stage: checkpoint {old}, config {zero_stage} (ZeRO-0 keeps the "
             "optimizer state unpartitioned in the model-states file, and DeepSpeed's universal "

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from pretrain.train.distenv import import_deepspeed
+
 FORCE_VAR, NO_FORCE_VAR = "TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
@@ -39,6 +41,7 @@ def deepspeed_globals() -> list[type]:
     the static/dynamic loss scaler (state only: scale, counters), the ZeRO stage enum and the
     (numel, start) dataclass of a parameter fragment. DynamicLossScaler is fp16's, which needs a
     GPU; it is the same plain-state class as LossScaler."""
+    import_deepspeed()
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address

@@ -79,7 +79,7 @@ def test_every_command_reaches_its_module_with_its_own_name(cmd, capsys):
 
 
 def test_python_m_forms_still_work():
-    for module in ("data_tools", "launch", "pretrain.plot", "arrowtrain"):
+    for module in ("data_tools", "launch", "arrowtrain.commands.plot", "arrowtrain"):
         res = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 0 and "usage:" in res.stdout, (module, res.stderr)
@@ -88,8 +88,9 @@ def test_python_m_forms_still_work():
 def test_optional_commands_appear_only_when_their_module_exists(monkeypatch, capsys):
     """How translate / attention / import-hf join: one row each; shown once merged."""
     rows = (*cli.COMMANDS,
-            cli.Command("later", "pretrain.no_such_module", "not merged yet", optional=True),
-            cli.Command("now", "pretrain.plot", "merged", optional=True))
+            cli.Command("later", "arrowtrain.commands.no_such_module", "not merged yet",
+                        optional=True),
+            cli.Command("now", "arrowtrain.commands.plot", "merged", optional=True))
     monkeypatch.setattr(cli, "COMMANDS", rows)
     names = [c.words for c in cli.available(rows)]
     assert "now" in names and "later" not in names

@@ -1,7 +1,7 @@
 """benchmarks/gpu_check.sh without a GPU: its control flow (budget skips, the summary, at most
 5 files under $OUT) in seconds, and the summary table from every kind of step result. The
 full dry run (`DRY=1 bash benchmarks/gpu_check.sh`, every step on CPU, ~6 min on 2 busy
-cores) is run by hand; README, Performance."""
+cores) is run by hand; docs/performance.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """benchmarks/train_throughput.py runs end to end on a tiny setting (not a timing test: it checks
 that the real trainer path and the plain loop both run and that the JSON line carries what
-benchmarks/gpu_check.sh and the README read). A merge once left the script importing a function
-that had moved; this test is what catches that."""
+benchmarks/gpu_check.sh and docs/performance.md read). A merge once left the script importing a
+function that had moved; this test is what catches that."""
 
 import json
 import subprocess

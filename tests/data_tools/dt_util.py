@@ -51,6 +51,14 @@ def cli(*args) -> int:
     return cli_main([str(a) for a in args])
 
 
+def shard_folder(root: Path, corpus, tokenizer, shard_size: str) -> Path:
+    """ROOT/data: `corpus` sharded by the real CLI (one worker, a tenth in val)."""
+    out = root / "data"
+    assert cli("shard", corpus, "--tokenizer", tokenizer, "--out", out, "--workers", "1",
+               "--shard-size", shard_size, "--val-fraction", "0.1") == 0
+    return out
+
+
 def cli_subprocess(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "data_tools", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=120, **kw)

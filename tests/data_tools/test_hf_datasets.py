@@ -1,19 +1,16 @@
-"""The shards (Arrow IPC *file* format) in Hugging Face `datasets`: the README's one-liners work
+"""The shards (Arrow IPC *file* format) in Hugging Face `datasets`: docs/interop.md's one-liners work
 and give the same rows as pyarrow; `Dataset.from_file` expects the IPC *stream* format."""
 
 import datasets  # the dev extra installs it (pyproject.toml)
 import pyarrow as pa
 import pytest
 
-from tests.data_tools.dt_util import cli
+from tests.data_tools.dt_util import shard_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory, corpus, tokenizer):
-    out = tmp_path_factory.mktemp("hf") / "data"
-    assert cli("shard", corpus, "--tokenizer", tokenizer, "--out", out, "--workers", "1",
-               "--shard-size", "64KB", "--val-fraction", "0.1") == 0
-    return out
+    return shard_folder(tmp_path_factory.mktemp("hf"), corpus, tokenizer, "64KB")
 
 
 def pyarrow_rows(paths) -> list[list[int]]:
@@ -25,7 +22,7 @@ def pyarrow_rows(paths) -> list[list[int]]:
 
 def test_one_shard_memory_mapped(folder):
     path = str(folder / "train" / "00000.arrow")
-    # the README's one-liner: zero copy, the file stays memory-mapped
+    # docs/interop.md's one-liner: zero copy, the file stays memory-mapped
     ds = datasets.Dataset(pa.ipc.open_file(pa.memory_map(path)).read_all())
     assert ds.column_names == ["tokens"] and ds.num_rows > 0
     assert ds[:]["tokens"] == pyarrow_rows([path])
@@ -41,7 +38,7 @@ def test_a_whole_split_with_load_dataset(folder, tmp_path):
 
 
 def test_from_file_wants_the_stream_format(folder):
-    """Why the README does not show Dataset.from_file: it reads the IPC stream format only. If a
-    future `datasets` reads the file format too, this fails and the README can say so."""
+    """Why docs/interop.md does not show Dataset.from_file: it reads the IPC stream format only. If a
+    future `datasets` reads the file format too, this fails and docs/interop.md can say so."""
     with pytest.raises(pa.ArrowInvalid):
         datasets.Dataset.from_file(str(folder / "train" / "00000.arrow"))

@@ -137,6 +137,27 @@ def test_refused_before_any_work(tmp_path, tokenizer, corpus, case, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_errors_name_the_command_as_typed_and_a_folder_of_code_gets_the_format_suffix(
+        tmp_path, tokenizer, capsys):
+    from arrowtrain.cli import main as arrowtrain
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "a.py").write_text("print(1)\n")
+    (code / "b.py").write_text("print(2)\n")
+    assert arrowtrain(["data", "shard", str(code), "--tokenizer", str(tokenizer), "--out",
+                       str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("arrowtrain data shard: error: no input files found in ") and \
+        err.count("\n") == 1
+    assert f"2 file(s) with an extension it does not read, e.g. {code / 'a.py'}" in err
+    assert f"give the format after the input as INPUT:FORMAT, e.g. {code}:file " in err
+    assert shard(tokenizer, tmp_path / "o", f"{code}:file") == 0  # what the error suggests
+    assert read_manifest(tmp_path / "o").splits["train"].documents == 2
+    assert cli("validate", tmp_path / "nope") == 2
+    assert capsys.readouterr().err.startswith("python -m data_tools validate: error: ")
+
+
 def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
     tok = json.loads(tokenizer.read_text())
     tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<|endoftext|>"]

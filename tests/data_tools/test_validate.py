@@ -9,15 +9,12 @@ import pytest
 from data_tools.manifest import read_manifest, sha256_file, write_manifest
 from data_tools.validate import validate
 from data_tools.writer import write_arrow
-from tests.data_tools.dt_util import cli, cli_subprocess
+from tests.data_tools.dt_util import cli, cli_subprocess, shard_folder
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory, corpus, tokenizer):
-    out = tmp_path_factory.mktemp("validate") / "data"
-    assert cli("shard", corpus, "--tokenizer", tokenizer, "--out", out, "--workers", "1",
-               "--shard-size", "96KB", "--val-fraction", "0.1") == 0
-    return out
+    return shard_folder(tmp_path_factory.mktemp("validate"), corpus, tokenizer, "96KB")
 
 
 def copy(src, dst):

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.train.distenv import free_port  # noqa: F401 - the one free_port, re-exported
+from pretrain.train.distenv import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

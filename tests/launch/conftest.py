@@ -272,20 +272,27 @@ def start_cluster() -> SlurmCluster:
     return cluster
 
 
-@pytest.fixture(scope="session")
-def slurm():
-    """A running two-node cluster (n1, n2). Skips only where it cannot be set up at all (not
-    root); missing packages fail naming `make sysdeps`; daemons that do not start fail the tests (after one retry,
-    since a port picked as free can be taken by someone else before slurmd binds it)."""
+def _started(start, unavailable: type[Exception], failed: type[Exception],
+             missing: type[Exception]):
+    """start(), once more if it fails (a port picked as free can be taken by someone else before
+    the daemon binds it); a skip with the reason where it cannot be set up at all (not root), a
+    test failure where it does not start or a package is missing (naming `make sysdeps`: tests
+    never run apt)."""
     try:
         try:
-            cluster = start_cluster()
-        except StartFailed:
-            cluster = start_cluster()
-    except Unavailable as e:
+            return start()
+        except failed:
+            return start()
+    except unavailable as e:
         pytest.skip(str(e))
-    except (Missing, StartFailed) as e:
+    except (failed, missing) as e:
         pytest.fail(str(e))
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A running two-node cluster (n1, n2), or a skip/failure as _started says."""
+    cluster = _started(start_cluster, Unavailable, StartFailed, Missing)
     try:
         yield cluster
     finally:
@@ -295,22 +302,10 @@ def slurm():
 @pytest.fixture(scope="session")
 def sshd():
     """A private sshd on 127.0.0.1 (free port, throwaway keys, two host names of its own) and
-    pdsh. Skips only where it cannot be set up at all (not root); missing packages fail naming
-    `make sysdeps`; an sshd that does
-    not start fails the tests (after one retry: the free port may be taken meanwhile)."""
-    from helpers.sshd import Missing as SshMissing
-    from helpers.sshd import StartFailed, start_sshd
-    from helpers.sshd import Unavailable as SshUnavailable
+    pdsh, or a skip/failure as _started says."""
+    from helpers import sshd
 
-    try:
-        try:
-            server = start_sshd()
-        except StartFailed:
-            server = start_sshd()
-    except SshUnavailable as e:
-        pytest.skip(str(e))
-    except (SshMissing, StartFailed) as e:
-        pytest.fail(str(e))
+    server = _started(sshd.start_sshd, sshd.Unavailable, sshd.StartFailed, sshd.Missing)
     try:
         yield server
     finally:

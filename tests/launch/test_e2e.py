@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from launch.common import REPO, free_port
+from launch.common import REPO
+from pretrain.train.distenv import free_port
 
 CONFIG = str(REPO / "configs" / "gpt-tiny.yaml")
 STEPS = 40

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from launch.common import REPO, combine_exit_codes, describe_exit
+from launch.common import REPO, combine_exit_codes
 
 
 @pytest.mark.parametrize("codes,expected", [
@@ -19,10 +19,6 @@ from launch.common import REPO, combine_exit_codes, describe_exit
 ])
 def test_combine_exit_codes(codes, expected):
     assert combine_exit_codes(codes) == expected
-
-
-def test_describe_exit():
-    assert "resume" in describe_exit(75) and "signal 9" in describe_exit(137)
 
 
 # Runs the launcher's main in a fresh interpreter and reports which heavy modules it imported.

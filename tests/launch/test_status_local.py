@@ -10,10 +10,8 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from launch.common import REPO
-from launch.status import collect, human_duration
+from launch.status import collect
 
 
 def launch_local(run_dir, data, *extra: str, expect: int, env: dict | None = None) -> str:
@@ -91,10 +89,3 @@ def test_status_follows_a_local_run_through_its_states(tiny_data, tmp_path):
     out = status(run)
     assert "state: failed (exited 1 (failed) at step" in out and "non-finite" in out.lower()
     assert "the same command resumes from step_00000008" in out
-
-
-@pytest.mark.parametrize("seconds, text", [
-    (0, "< 1 min"), (10, "< 1 min"), (29, "< 1 min"), (31, "1 min"), (12 * 60, "12 min"),
-    (3 * 3600 + 5 * 60, "3 h 5 min"), (2 * 3600, "2 h"), (3 * 86400 + 4 * 3600, "3 d 4 h")])
-def test_eta_is_said_in_human_units(seconds, text):
-    assert human_duration(seconds) == text

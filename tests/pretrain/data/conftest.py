@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.data import DataConfig, open_data
+from pretrain.data import DataConfig
 from pretrain.data.synthetic import random_docs, write_folder
+from pretrain.objectives import open_data
 
 VOCAB = 512
 SENTINELS = list(range(400, 512))   # corpus ids stay below 400, so sentinels are recognisable

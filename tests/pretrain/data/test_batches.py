@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.data import DataConfig, eval_batches, open_data, train_batches
+from pretrain.data import DataConfig, eval_batches, train_batches
+from pretrain.objectives import open_data
 
 
 def take(it, n):
@@ -129,7 +130,8 @@ def test_eval_batches_fixed_order_split_over_ranks(clm, world):
 
 
 def test_eval_refuses_too_small_val(clm):
-    with pytest.raises(ValueError, match="fewer than micro_batch"):
+    with pytest.raises(ValueError, match=r"eval.max_samples \(7\) is less than one evaluation "
+                                         r"batch, micro_batch_size × ranks \(4 × 2\)"):
         eval_batches(clm, 4, 0, 2, max_samples=7)
 
 

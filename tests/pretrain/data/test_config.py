@@ -20,16 +20,10 @@ def test_valid_configs_and_normalised_weights():
 
 
 def test_all_problems_reported_together():
+    # the objective's name and the keys it needs: tests/pretrain/objectives/test_registry.py
     with pytest.raises(ConfigError) as e:
         validate_section(DataConfig, {"path": [{"path": "a", "weight": -1}], "seq_len": 0,
-                                      "objective": "mlm", "shuffel": False}, "data")
+                                      "shuffel": False}, "data")
     text = str(e.value)
-    for expected in ("data.path", "data.seq_len", "data.objective", "data.shuffel: unknown key"):
+    for expected in ("data.path", "data.seq_len", "data.shuffel: unknown key"):
         assert expected in text, text
-
-
-def test_objective_needs_its_lengths():
-    with pytest.raises(ConfigError, match="data.seq_len is required"):
-        validate_section(DataConfig, {"path": "d"}, "data")
-    with pytest.raises(ConfigError, match="data.input_length is required"):
-        validate_section(DataConfig, {"path": "d", "objective": "span_corruption"}, "data")

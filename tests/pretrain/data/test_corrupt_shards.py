@@ -17,8 +17,9 @@ import pytest
 
 from data_tools.manifest import Manifest, sha256_file
 from data_tools.validate import validate
-from pretrain.data import DataConfig, DataError, open_data, train_batches
+from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.data.stream import RANGE_CHECK_BLOCK
+from pretrain.objectives import open_data
 
 REPO = Path(__file__).resolve().parents[3]
 WORDS = ["alpha", "beta", "gamma", "delta", "arrow", "shard", "token", "window", "stream", "x"]

@@ -14,7 +14,8 @@ from pretrain.data import train_batches
 
 RANK_SCRIPT = """
 import sys, itertools, numpy as np, torch, torch.distributed as dist
-from pretrain.data import DataConfig, open_data, train_batches
+from pretrain.data import DataConfig, train_batches
+from pretrain.objectives import open_data
 folder, out, consumed, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()

@@ -14,7 +14,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from pretrain.data import DataConfig, DataError, open_data, train_batches
+from pretrain.data import DataConfig, DataError, train_batches
+from pretrain.objectives import open_data
 
 REPO = Path(__file__).resolve().parents[3]
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "arrow", "shards", "stream", "packed", "tokens"]
@@ -69,7 +70,7 @@ def test_real_shards_span_corruption(real):
     s = src.sample("train", 1)
     sentinels = set(src.sentinel_ids)
     assert [t for t in s["input_ids"].tolist() if t in sentinels] == \
-        src.sentinel_ids[: src.span.num_spans]
+        src.sentinel_ids[: src.objective.span.num_spans]
     assert torch.is_tensor(next(train_batches(src, 2, 2, 0, 1, 0, num_workers=0))["targets"])
 
 

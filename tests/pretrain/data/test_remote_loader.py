@@ -20,9 +20,10 @@ import pytest
 from data_tools.copy import copy_folder
 from data_tools.manifest import read_manifest
 from data_tools.remote import S3Path
-from pretrain.data import DataConfig, DataError, open_data, train_batches
+from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.data.cache import NodeCache, ShardRef
 from pretrain.data.remote_plan import plan_cache
+from pretrain.objectives import open_data
 
 REPO = Path(__file__).resolve().parents[3]
 SEQ = 8
@@ -75,7 +76,7 @@ class CachePoll:
 
 def _need(url: str, **kw) -> int:
     cfg = DataConfig(path=url, seq_len=SEQ, **kw)
-    return plan_cache(cfg, [read_manifest(url)], 1).need
+    return plan_cache(cfg, [read_manifest(url)], 1, cfg.seq_len + 1).need
 
 
 @pytest.mark.parametrize("limit,prefetch,workers", [("need", 0, 0), ("need", 2, 1),
@@ -111,7 +112,7 @@ def test_ranks_of_a_node_download_each_shard_once(uploaded, s3, s3_proxy, tmp_pa
     """Two rank processes read every train shard through one node cache: one GET per shard
     (the shards are smaller than one ranged GET)."""
     code = ("import sys, numpy as np\n"
-            "from pretrain.data import DataConfig, open_data\n"
+            "from pretrain.data import DataConfig\nfrom pretrain.objectives import open_data\n"
             f"src = open_data(DataConfig(path={uploaded!r}, seq_len={SEQ}, num_workers=0, "
             f"cache_dir={str(tmp_path / 'cache')!r}), seed=1)\n"
             "rank = int(sys.argv[1]); n = src.num_samples('train')\n"

@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pretrain.data import DataConfig, DataError, open_data
+from pretrain.data import DataConfig, DataError
 from pretrain.data.synthetic import docs_from_lists, write_folder
+from pretrain.objectives import open_data
 
 VOCAB = 512  # as in conftest
 

@@ -1,11 +1,10 @@
-"""ModelConfig validation, the shipped configs, and the `python -m pretrain.model` summary."""
+"""ModelConfig validation and the shipped configs (the `arrowtrain model` summary:
+tests/arrowtrain/commands/test_model.py)."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import CONFIG_DIR, shipped_model
 
 from pretrain.configlib import ConfigError, load_yaml, validate_section
 from pretrain.model import (
@@ -15,19 +14,11 @@ from pretrain.model import (
     padded_vocab_size,
     saved_model_config,
 )
-from pretrain.model.__main__ import main
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 SHIPPED = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 EXACT = {"gpt2-124m": 124_439_808, "llama-1.1b": 1_100_048_384}
 PAPER = {"transformer-base": 65e6, "transformer-big": 213e6}  # Vaswani et al. 2017, Table 3
 
-
-def _load(name, vocab=32000):
-    data = load_yaml(CONFIG_DIR / f"{name}.yaml")
-    if data.get("vocab_size") is None:
-        data["vocab_size"] = vocab
-    return validate_section(ModelConfig, data, source=name)
 
 
 def test_the_issue_sizes_are_shipped():
@@ -38,7 +29,7 @@ def test_the_issue_sizes_are_shipped():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_parses_and_builds(name):
-    cfg = _load(name)
+    cfg = shipped_model(name)
     big = cfg.d_model >= 512
     with torch.device("meta" if big else "cpu"):
         model = build_model(cfg)
@@ -89,38 +80,3 @@ def test_moved_key_is_dropped_from_saved_configs_and_vocab_padding():
     assert padded_vocab_size(8192) == 8192 and padded_vocab_size(50257) == 50304
     with pytest.raises(ValueError, match="vocab_size is not set"):
         build_model(ModelConfig(**base))
-
-
-def test_summary_command_prints_exact_lines():
-    """The real command in a subprocess (the other summary tests call main() in-process)."""
-    out = subprocess.run([sys.executable, "-m", "pretrain.model", str(CONFIG_DIR / "gpt2-124m.yaml")],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert "parameters: 124439808" in lines
-    assert f"flops_per_token: {6 * (124439808 - 1024 * 768) + 12 * 12 * 768 * 1024}" in lines
-
-
-def test_summary_of_a_run_config_with_overrides(tmp_path, capsys):
-    run = tmp_path / "run.yaml"  # a run config whose model section names a base file
-    run.write_text(f"model:\n  base: {CONFIG_DIR / 'gpt-tiny.yaml'}\n  n_layers: 3\n"
-                   "optim: {lr: 1.0e-3}\n")
-    assert main([str(run), "--vocab-size", "96", "d_model=128"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "layers: 3" in lines and "d_model: 128" in lines
-    tiny = _load("gpt-tiny", vocab=96).model_copy(update={"n_layers": 3, "d_model": 128})
-    assert f"parameters: {count_parameters(build_model(tiny))}" in lines
-    assert main([str(CONFIG_DIR / "t5-tiny.yaml")]) == 0
-    out = capsys.readouterr()
-    assert "vocab_size: 32000" in out.out and "--vocab-size" in out.err
-
-
-def test_summary_command_errors_and_help(tmp_path, capsys):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("family: decoder\nmax_seq_len: 8\nd_model: 64\nn_heads: 5\nn_layers: 1\n")
-    assert main([str(bad), "n_head=4"]) == 2
-    err = capsys.readouterr().err
-    assert "bad.yaml" in err and "n_heads" in err and "n_head: unknown key" in err
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0 and "flops_per_token" in capsys.readouterr().out

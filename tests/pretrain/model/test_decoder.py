@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from pretrain.model import build_model, generate
+from pretrain.model import build_model
+from pretrain.model.generate import generate
 
 STYLES = ["gpt-tiny", "llama-tiny"]
 # flex_attention without torch.compile (CPU): the reference path, expected here

@@ -53,3 +53,52 @@ def test_mfu_on_cpu_is_nan_not_a_made_up_number():
     if peak_flops() is not None:
         pytest.skip("a known GPU is present")
     assert math.isnan(mfu(1000.0, 10**9, 1))
+
+
+def _meta_count(params) -> int:
+    return sum(p.numel() for p in {id(p): p for p in params}.values())
+
+
+def _flops_from_the_built_model(cfg: ModelConfig, S: int, T: int) -> int:
+    """The counts taken from the model built on the meta device (what flops_per_token did before
+    it read pretrain.model.shapes): the torch-free counter must give the same number."""
+    import torch
+
+    from pretrain.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    d = cfg.d_model
+    if cfg.family == "decoder":
+        skip = {id(p) for p in model.positions.parameters()}
+        n = _meta_count(p for p in model.parameters() if id(p) not in skip)
+        return 6 * n + 12 * cfg.n_layers * d * S
+    n_enc = _meta_count([*model.encoder.parameters(), *model.enc_norm.parameters()])
+    xkv = [p for b in model.decoder.blocks for p in b.cross_attn.kv_proj.parameters()]
+    skip = {id(p) for p in xkv}
+    n_dec = _meta_count(p for p in [*model.decoder.parameters(), *model.dec_norm.parameters()]
+                        if id(p) not in skip)
+    per_example = (S * (6 * n_enc + 12 * cfg.n_encoder_layers * d * S) + S * 6 * _meta_count(xkv)
+                   + T * (6 * (n_dec + model.lm_head.weight.numel())
+                          + 12 * cfg.n_decoder_layers * d * (T + S)))
+    return round(per_example / S)
+
+
+@pytest.mark.parametrize("update", [{}, {"tie_embeddings": False}, {"norm_position": "post"},
+                                    {"activation": "geglu"}, {"position": "sinusoidal"}],
+                         ids=lambda u: ",".join(f"{k}={v}" for k, v in u.items()) or "shipped")
+@pytest.mark.parametrize("name", ["gpt-tiny", "llama-tiny", "t5-tiny", "transformer-tiny"])
+def test_torch_free_count_equals_the_built_model(name, update, tiny_cfg):
+    cfg = tiny_cfg(name, **update)
+    assert flops_per_token(cfg, 32, 16) == _flops_from_the_built_model(cfg, 32, 16)
+
+
+def test_counter_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pretrain.model import ModelConfig, flops_per_token; "
+            "flops_per_token(ModelConfig(family='decoder', vocab_size=64, max_seq_len=8, "
+            "d_model=8, n_heads=2, n_layers=1), 8); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -48,9 +48,9 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pair_data(tmp_path_factory) -> Path:
-    """A pair folder of the synthetic translation task (launch/translate_task.py): 1200 pairs,
-    tokenizer learnt from both sides, made with the real data_tools CLI."""
-    from launch.translate_task import make_task
+    """A pair folder of the synthetic translation task (arrowtrain/demos/translate_task.py):
+    1200 pairs, tokenizer learnt from both sides, made with the real data_tools CLI."""
+    from arrowtrain.demos.translate_task import make_task
 
     root = tmp_path_factory.mktemp("pair_data")
     paths = make_task(root / "task", train=1200, test=50)

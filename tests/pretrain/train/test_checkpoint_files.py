@@ -13,42 +13,44 @@ import numpy as np
 import pytest
 import torch
 
+from data_tools.atomic import write_atomic
 from pretrain.data.synthetic import docs_from_lists, write_folder
 from pretrain.train import checkpoint as ckpt
+from pretrain.train import checkpoint_meta as cm
 from pretrain.train.metrics import truncate_metrics
 from pretrain.train.stats import unigram_entropy
 
 
-def fake_meta(step: int, files: dict[str, ckpt.FileRecord] | None = None, **extra):
-    return ckpt.CheckpointMeta(
-        format_version=ckpt.META_FORMAT, step=step, consumed_samples=8 * step,
+def fake_meta(step: int, files: dict[str, cm.FileRecord] | None = None, **extra):
+    return cm.CheckpointMeta(
+        format_version=cm.META_FORMAT, step=step, consumed_samples=8 * step,
         data_fingerprint="a" * 64, param_shapes={"w": [4]}, world_size=1,
         config={"deepspeed": {"zero_stage": 0}}, files=files or {}, **extra)
 
 
 def fake_checkpoint(root, step, complete=True):
     """A checkpoint folder with two real torch.save files (tensors only) and a valid meta."""
-    tag_dir = root / ckpt.tag_for(step)
+    tag_dir = root / cm.tag_for(step)
     tag_dir.mkdir(parents=True)
     torch.save({"module": {"w": torch.full((4,), float(step))}}, tag_dir / "model.pt")
     torch.save(ckpt.rng_state(), tag_dir / "rng_rank0.pt")
     if complete:
         files = {p.name: ckpt.file_record(p) for p in sorted(tag_dir.iterdir())}
-        (tag_dir / ckpt.META).write_text(fake_meta(step, files).model_dump_json())
+        (tag_dir / cm.META).write_text(fake_meta(step, files).model_dump_json())
     return tag_dir
 
 
 def test_latest_incomplete_falls_back_and_missing_part_is_never_loaded(tmp_path):
     fake_checkpoint(tmp_path, 2)
     fake_checkpoint(tmp_path, 4)
-    ckpt.write_atomic(tmp_path / ckpt.LATEST, "step_00000004\n")
-    assert ckpt.find_resume_tag(tmp_path) == "step_00000004"
+    write_atomic(tmp_path / cm.LATEST, "step_00000004\n")
+    assert cm.find_resume_tag(tmp_path) == "step_00000004"
     (tmp_path / "step_00000004" / "rng_rank0.pt").unlink()  # a part went missing
-    assert not ckpt.is_complete(tmp_path / "step_00000004")
-    assert ckpt.find_resume_tag(tmp_path) == "step_00000002"
+    assert not cm.is_complete(tmp_path / "step_00000004")
+    assert cm.find_resume_tag(tmp_path) == "step_00000002"
     model = tmp_path / "step_00000002" / "model.pt"
     model.write_bytes(model.read_bytes()[:-1])  # truncated file
-    assert ckpt.find_resume_tag(tmp_path) is None
+    assert cm.find_resume_tag(tmp_path) is None
 
 
 @pytest.mark.parametrize("latest", [None, "", "step_00000077\n"])
@@ -58,14 +60,16 @@ def test_latest_missing_empty_or_dangling_resumes_from_the_newest_by_step_number
         fake_checkpoint(tmp_path, step)
     fake_checkpoint(tmp_path, 100_000_001, complete=False)  # newest folder, but partial
     if latest is not None:
-        (tmp_path / ckpt.LATEST).write_text(latest)
-    assert ckpt.list_tags(tmp_path)[-2:] == ["step_100000000", "step_100000001"]
-    with caplog.at_level(logging.WARNING):
-        assert ckpt.find_resume_tag(tmp_path) == "step_100000000"
+        (tmp_path / cm.LATEST).write_text(latest)
+    assert cm.list_tags(tmp_path)[-2:] == ["step_100000000", "step_100000001"]
+    assert cm.find_resume_tag(tmp_path) == "step_100000000"
     why = {None: "is missing", "": "is empty", "step_00000077\n": "names 'step_00000077', "
            "which is not there"}[latest]
-    assert f"{tmp_path / ckpt.LATEST} {why}" in caplog.text
-    assert ckpt.find_resume_tag(tmp_path / "nothing") is None  # no folder: a fresh start
+    assert cm.resume_order(tmp_path)[1] == f"{tmp_path / cm.LATEST} {why}"
+    with caplog.at_level(logging.WARNING):  # the trainer says why it does not follow `latest`
+        assert cm.resume_candidates(tmp_path)[:2] == ["step_100000001", "step_100000000"]
+    assert f"{tmp_path / cm.LATEST} {why}" in caplog.text
+    assert cm.find_resume_tag(tmp_path / "nothing") is None  # no folder: a fresh start
 
 
 def _verify(root, tag):
@@ -76,9 +80,9 @@ def _verify(root, tag):
 def test_same_size_damage_is_found_by_the_hash_and_falls_back(tmp_path, caplog, damage):
     fake_checkpoint(tmp_path, 2)
     tag_dir = fake_checkpoint(tmp_path, 4)
-    ckpt.write_atomic(tmp_path / ckpt.LATEST, "step_00000004\n")
+    write_atomic(tmp_path / cm.LATEST, "step_00000004\n")
     name = {"garbage_model": "model.pt", "garbage_rng": "rng_rank0.pt",
-            "flipped_byte": "model.pt", "meta": ckpt.META}[damage]
+            "flipped_byte": "model.pt", "meta": cm.META}[damage]
     path = tag_dir / name
     data = bytearray(path.read_bytes())
     if damage.startswith("garbage"):
@@ -88,9 +92,9 @@ def test_same_size_damage_is_found_by_the_hash_and_falls_back(tmp_path, caplog, 
     else:
         data = data[:-20]  # meta.json cut short
     path.write_bytes(bytes(data))
-    assert ckpt.is_complete(tag_dir) == (damage != "meta")  # sizes alone do not see it
+    assert cm.is_complete(tag_dir) == (damage != "meta")  # sizes alone do not see it
     with caplog.at_level(logging.WARNING):
-        found = ckpt.choose_checkpoint(tmp_path, ckpt.resume_candidates(tmp_path))
+        found = ckpt.choose_checkpoint(tmp_path, cm.resume_candidates(tmp_path))
     assert found[0] == "step_00000002" and found[1].step == 2
     assert (f"checkpoint {tag_dir} is incomplete or damaged, falling back to step_00000002"
             in caplog.text)
@@ -100,11 +104,11 @@ def test_same_size_damage_is_found_by_the_hash_and_falls_back(tmp_path, caplog, 
 
 def test_a_format_1_meta_without_hashes_is_still_read(tmp_path):
     tag_dir = fake_checkpoint(tmp_path, 3)
-    old = json.loads((tag_dir / ckpt.META).read_text())
+    old = json.loads((tag_dir / cm.META).read_text())
     old["files"] = {k: v["bytes"] for k, v in old["files"].items()}
     del old["format_version"], old["data_folders"]
-    (tag_dir / ckpt.META).write_text(json.dumps(old))
-    meta = ckpt.read_meta(tag_dir)
+    (tag_dir / cm.META).write_text(json.dumps(old))
+    meta = cm.read_meta(tag_dir)
     assert meta.format_version == 1 and meta.files["model.pt"].sha256 is None
     assert _verify(tmp_path, "step_00000003")[1].step == 3  # sizes + weights-only probe
 
@@ -114,7 +118,7 @@ def test_prune_keeps_the_newest_complete(tmp_path):
         fake_checkpoint(tmp_path, s)
     fake_checkpoint(tmp_path, 5, complete=False)  # a newer partial save is left alone
     ckpt.prune(tmp_path, keep_last=2, keep="step_00000004")
-    assert ckpt.list_tags(tmp_path) == ["step_00000003", "step_00000004", "step_00000005"]
+    assert cm.list_tags(tmp_path) == ["step_00000003", "step_00000004", "step_00000005"]
 
 
 def test_owner_rank_of_deepspeed_files():

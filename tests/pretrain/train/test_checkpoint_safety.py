@@ -23,13 +23,14 @@ from helpers.dist import REPO, run_ranks, start_ranks
 from helpers.tamper import payload_is_live, snapshot, write_payload
 
 from pretrain.train import checkpoint as ckpt
+from pretrain.train import checkpoint_meta as cm
 
 
 def rerecord(tag_dir: Path, name: str) -> None:
     """Make meta.json vouch for the file as it is now (size and hash), as an attacker would."""
-    meta = ckpt.read_meta(tag_dir)
+    meta = cm.read_meta(tag_dir)
     meta.files[name] = ckpt.file_record(tag_dir / name)
-    (tag_dir / ckpt.META).write_text(meta.model_dump_json(indent=1))
+    (tag_dir / cm.META).write_text(meta.model_dump_json(indent=1))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -55,8 +56,9 @@ def test_tampered_file_never_runs_code_on_resume_export_or_sample(straight_run, 
     assert logs.count(str(victim)) == 1  # one message (rank 0 speaks for both)
     assert "Traceback" not in logs and not marker.exists()
 
-    export = cli("-m", "pretrain.export", str(run), "--out", str(tmp_path / "m.safetensors"))
-    sample = cli("-m", "pretrain.sample", str(run), "--prompt", "the")
+    export = cli("-m", "arrowtrain.commands.export", str(run), "--out",
+                 str(tmp_path / "m.safetensors"))
+    sample = cli("-m", "arrowtrain.commands.sample", str(run), "--prompt", "the")
     for proc in (export, sample):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.count(str(victim)) == 1 and "posix.system" in proc.stderr
@@ -71,8 +73,8 @@ def test_damaged_checkpoints_and_missing_latest_fall_back_and_resume_exactly(
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     ck = run / "checkpoints"
-    assert ckpt.list_tags(ck) == ["step_00000003", "step_00000006", "step_00000008"]
-    (ck / ckpt.LATEST).unlink()
+    assert cm.list_tags(ck) == ["step_00000003", "step_00000006", "step_00000008"]
+    (ck / cm.LATEST).unlink()
     rng = ck / "step_00000008" / "rng_rank1.pt"  # same-size garbage
     rng.write_bytes(random.Random(1).randbytes(rng.stat().st_size))
     optim = ck / "step_00000006" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
@@ -82,7 +84,7 @@ def test_damaged_checkpoints_and_missing_latest_fall_back_and_resume_exactly(
 
     ranks = run_ranks(runs.small_run_args(run, tiny_data, 1), tmp_path / "logs")
     logs = ranks.logs(10**6)
-    assert f"{ck / ckpt.LATEST} is missing" in logs
+    assert f"{ck / cm.LATEST} is missing" in logs
     fallback = "checkpoint {} is incomplete or damaged, falling back to {}:\n"
     assert fallback.format(ck / "step_00000008", "step_00000006") in logs
     assert "rng_rank1.pt: its sha256 differs from meta.json's" in logs
@@ -92,7 +94,7 @@ def test_damaged_checkpoints_and_missing_latest_fall_back_and_resume_exactly(
     assert runs.train_losses(run) == runs.train_losses(reference)
     val = [r["val_loss"] for r in runs.read_metrics(run) if "val_loss" in r]
     assert val == [r["val_loss"] for r in runs.read_metrics(reference) if "val_loss" in r]
-    for tag in ckpt.list_tags(ck):  # the damaged ones were rewritten whole on the way
+    for tag in cm.list_tags(ck):  # the damaged ones were rewritten whole on the way
         assert ckpt.choose_checkpoint(ck, [tag]) is not None
 
 
@@ -116,7 +118,7 @@ def test_evaluation_failure_keeps_the_checkpoint_due_at_the_same_step(runs, tiny
     ranks = run_ranks(["-c", EVAL_FAILS, *args], tmp_path / "logs", world_size=1, expect=1)
     assert "evaluation failed at step 4" in ranks.logs(10**6)
     ck = run / "checkpoints"
-    assert (ck / ckpt.LATEST).read_text().strip() == "step_00000004"  # saved before evaluating
+    assert (ck / cm.LATEST).read_text().strip() == "step_00000004"  # saved before evaluating
     assert ckpt.choose_checkpoint(ck, ["step_00000004"])[1].step == 4
 
 
@@ -139,7 +141,7 @@ def test_changed_hyperparameters_are_named_and_take_effect(straight_run, runs, t
     sched = states["lr_scheduler"]
     assert sched["base_lrs"] == [1e-3, 1e-3]  # the restored 3e-3 was replaced
     assert {fn["max_steps"] for fn in sched["lr_lambdas"]} == {12}
-    assert ckpt.read_meta(run / "checkpoints" / "step_00000012").config["optim"]["lr"] == 1e-3
+    assert cm.read_meta(run / "checkpoints" / "step_00000012").config["optim"]["lr"] == 1e-3
 
 
 def test_second_run_in_the_same_folder_exits_2_naming_the_first(runs, tiny_data, tmp_path):
@@ -194,8 +196,8 @@ def test_disk_full_while_saving_ends_cleanly_with_latest_intact(small_disk, runs
     m = re.search(r"no space left on device while saving step 6 to (\S+) \(a checkpoint is ≈ "
                   r"2\.\d MB, [\d.]+ [kMG]?B free\)\. The partial folder was removed; (\S+) still "
                   r"names step_00000003", logs)
-    assert m and m.groups() == (str(ck / "step_00000006"), str(ck / ckpt.LATEST)), logs
+    assert m and m.groups() == (str(ck / "step_00000006"), str(ck / cm.LATEST)), logs
     assert logs.count("no space left on device") == 1 and "Traceback" not in logs
-    assert ckpt.list_tags(ck) == ["step_00000003"]
-    assert (ck / ckpt.LATEST).read_text().strip() == "step_00000003"
+    assert cm.list_tags(ck) == ["step_00000003"]
+    assert (ck / cm.LATEST).read_text().strip() == "step_00000003"
     assert ckpt.choose_checkpoint(ck, ["step_00000003"])[1].step == 3

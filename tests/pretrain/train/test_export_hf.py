@@ -1,7 +1,7 @@
-"""`python -m pretrain.export RUNDIR --format hf --out DIR` on a real 2-rank run: transformers'
+"""`arrowtrain export RUNDIR --format hf --out DIR` on a real 2-rank run: transformers'
 Auto classes load the folder with no custom code, give the run's fp32 logits within 1e-4, and
 the tokenizer encodes as the shards were encoded and decodes what it encodes; the folder
-imports back (pretrain.import_hf) to the same weights."""
+imports back (arrowtrain import-hf) to the same weights."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import json
 import pytest
 import torch
 
+from arrowtrain.commands.export import main
+from arrowtrain.commands.import_hf import main as import_main
 from data_tools.tokenizer import load_tokenizer
-from pretrain.export import load_exported, load_trained_model, main
-from pretrain.import_hf import main as import_main
+from pretrain.interop.export import load_exported, load_trained_model
 
 transformers = pytest.importorskip("transformers")  # a dev dependency: always there in CI
 

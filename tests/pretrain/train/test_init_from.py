@@ -17,9 +17,10 @@ from helpers.dist import REPO, run_ranks
 from safetensors.torch import save_model
 
 from pretrain.configlib import ConfigError
-from pretrain.data import open_data, train_batches
-from pretrain.export import export, load_exported
+from pretrain.data import train_batches
+from pretrain.interop.export import export, load_exported
 from pretrain.model import build_model
+from pretrain.objectives import open_data
 from pretrain.train.config import load_run_config
 from pretrain.train.preflight import check_run, read_folder
 

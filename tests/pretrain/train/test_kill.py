@@ -19,7 +19,7 @@ from pathlib import Path
 
 from helpers.dist import run_ranks, start_ranks
 
-from pretrain.train.checkpoint import META, find_resume_tag, is_complete, read_meta
+from pretrain.train.checkpoint_meta import META, find_resume_tag, is_complete, read_meta
 
 STAGE = 1
 STEPS_PER_START = 4  # the most steps one start can take before its kill (see above)

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from helpers.dist import REPO, run_ranks
 
-from pretrain.data import DataConfig, eval_batches, open_data
-from pretrain.export import export, load_exported
-from pretrain.plot import plot
+from arrowtrain.commands.plot import plot
+from pretrain.data import DataConfig, eval_batches
+from pretrain.interop.export import export, load_exported
+from pretrain.objectives import open_data
 
 
 def test_decoder_loss_falls(straight_run, runs):
@@ -64,7 +65,8 @@ def test_export_from_zero3_loads_into_build_model_and_reproduces_val_loss(
 
 def test_sample_prints_a_continuation(straight_run):
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.sample", str(straight_run(0)), "--prompt", "the red",
+        [sys.executable, "-m", "arrowtrain.commands.sample", str(straight_run(0)), "--prompt",
+         "the red",
          "--max-new-tokens", "8"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout.strip()
@@ -74,7 +76,8 @@ def test_sample_prints_a_continuation(straight_run):
 def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
     """zero_to_fp32 prints its progress: that goes to stderr, never into the sampled text."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.sample", str(straight_run(1)), "--prompt", "the red",
+        [sys.executable, "-m", "arrowtrain.commands.sample", str(straight_run(1)), "--prompt",
+         "the red",
          "--max-new-tokens", "8", "--temperature", "0.8", "--top-k", "5"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -84,15 +87,14 @@ def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--top-k", "0"], "argument --top-k: 0 is not ≥ 1 (leave it out to sample from every "
-                       "token)"),
+    (["--top-k", "-1"], "argument --top-k: -1 is not ≥ 0 (0: every token)"),
     (["--temperature", "-0.5"], "argument --temperature: -0.5 is not ≥ 0"),
     (["--temperature", "nan"], "argument --temperature: nan is not ≥ 0"),
     (["--max-new-tokens", "-3"], "argument --max-new-tokens: -3 is not ≥ 0"),
     (["--max-new-tokens", "x"], "argument --max-new-tokens: 'x' is not an integer"),
 ])
 def test_sample_rejects_bad_options_with_one_line(args, message, capsys, tmp_path):
-    from pretrain.sample import main
+    from arrowtrain.commands.sample import main
 
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path), *args])
@@ -102,7 +104,7 @@ def test_sample_rejects_bad_options_with_one_line(args, message, capsys, tmp_pat
 
 def test_sample_rejects_a_prompt_that_is_not_utf8(tmp_path):
     proc = subprocess.run(  # argv bytes: "café" in latin-1
-        [sys.executable, "-m", "pretrain.sample", str(tmp_path), "--prompt", b"caf\xe9"],
+        [sys.executable, "-m", "arrowtrain.commands.sample", str(tmp_path), "--prompt", b"caf\xe9"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "--prompt is not valid UTF-8 text (byte 0xe9 at character 3)" in proc.stderr

@@ -13,8 +13,9 @@ from helpers.dist import run_ranks
 
 from pretrain.configlib import ConfigError
 from pretrain.memory import TensorMemory
-from pretrain.model import build_model, generate
+from pretrain.model import build_model
 from pretrain.model.blocks import Block
+from pretrain.model.generate import generate
 from pretrain.train.config import ActivationCheckpointing, build_run_config
 from pretrain.train.parallelize import (
     _matmul_and_attention_ops,

@@ -15,8 +15,8 @@ import yaml
 from helpers.dist import REPO
 
 from pretrain.configlib import COMMAND_LINE, ConfigError
-from pretrain.data import open_data
 from pretrain.data.span import span_lengths
+from pretrain.objectives import open_data
 from pretrain.train.config import load_run_config
 from pretrain.train.preflight import check_run, read_folder, split_samples
 
@@ -53,7 +53,7 @@ def test_every_data_problem_in_one_error_with_its_origin(tiny_data, tmp_path):
     assert "model.vocab_size (100) is smaller than the vocabulary of the tokenizer of " \
            f"{tiny_data} ({vocab})" in problems["model.vocab_size"].text
     val = problems["data.path:"].text
-    assert "fewer than one evaluation batch, micro_batch_size × ranks (128 × 2)" in val
+    assert "is less than one evaluation batch, micro_batch_size × ranks (128 × 2)" in val
     assert "eval.at_end=false" in val  # says what to change
 
     # turning evaluation off is one of the fixes it names

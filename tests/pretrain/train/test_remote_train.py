@@ -89,7 +89,7 @@ def test_outage_saves_and_exits_75_then_a_cold_resume_is_exact(
     _data_tools("copy", str(small_shards), url, "--workers", "4", env=env)
     cache, run = tmp_path / "cache", tmp_path / "run"
     cfg = DataConfig(path=url, seq_len=32, num_workers=0)
-    limit = plan_cache(cfg, [read_manifest(url)], 2).need     # the smallest allowed
+    limit = plan_cache(cfg, [read_manifest(url)], 2, cfg.seq_len + 1).need     # the smallest allowed
     args = runs.small_run_args(run, url, 2, f"data.cache_dir={cache}",
                                f"data.cache_limit={limit}", "data.remote_timeout=4")
     peak = [0]

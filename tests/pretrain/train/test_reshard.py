@@ -13,14 +13,10 @@ import pytest
 import torch
 from helpers.tamper import payload_is_live, write_payload
 
+from data_tools.atomic import write_atomic
 from pretrain.train import reshard
-from pretrain.train.checkpoint import (
-    META,
-    CheckpointError,
-    CheckpointMeta,
-    file_record,
-    write_atomic,
-)
+from pretrain.train.checkpoint import CheckpointError, file_record
+from pretrain.train.checkpoint_meta import META, CheckpointMeta
 
 
 def meta(world: int, stage: int) -> CheckpointMeta:
@@ -36,6 +32,17 @@ def test_universal_only_for_zero_1_to_3_on_other_ranks_or_stage():
     assert reshard.needs_universal(meta(1, 3), 2, 3)
     assert reshard.needs_universal(meta(2, 1), 2, 3)
     assert reshard.describe(meta(2, 1), 4, 3) == "re-shard from 2 to 4 ranks, ZeRO-1 to ZeRO-3"
+
+
+def test_the_stage_rule_is_the_one_resume_applies():
+    """A stage changes only among ZeRO 1-3 (the universal checkpoint); resume.py refuses the
+    rest with reshard's rule, not a copy of it."""
+    from pretrain.train.resume import _partition_problems
+    for old in range(4):
+        for new in range(4):
+            carried = reshard.through_universal(old, new)
+            assert carried == (old != 0 and new != 0)
+            assert (not _partition_problems(meta(2, old), new)) == (old == new or carried)
 
 
 def test_shared_adam_step_counters_are_untied():

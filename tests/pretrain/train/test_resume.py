@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.dist import start_ranks
 
-from pretrain.train.checkpoint import LATEST, read_meta
+from pretrain.train.checkpoint_meta import LATEST, read_meta
 
 
 def wait_for_metrics_rows(run_dir: Path, ranks, n: int, timeout: float = 240) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.train.checkpoint import CheckpointError, CheckpointMeta, DataFolderRecord
+from pretrain.train.checkpoint import CheckpointError
+from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import build_run_config, config_to_dict
 from pretrain.train.resume import check_resume, config_changes
 

@@ -1,7 +1,7 @@
 """seq2seq through the real trainer: translate-tiny on 2 gloo ranks over a pair folder made by
 the data_tools CLI — padding fraction and val_bleu in metrics.jsonl and W&B (offline, read
 back), the skipped-pairs report, and a stop then resume that continues bit for bit; pre-flight
-checks of objective against folder kind; pretrain.attention / pretrain.translate on a decoder
+checks of objective against folder kind; arrowtrain attention / translate on a decoder
 run."""
 
 from __future__ import annotations
@@ -64,6 +64,19 @@ def test_stop_then_resume_continues_exactly(straight, pair_data, tmp_path, runs)
     assert runs.train_losses(tmp_path / "run") == runs.train_losses(run_dir)
 
 
+def test_translate_prints_one_line_per_input_line_and_nothing_else(straight, tmp_path):
+    """`arrowtrain translate RUN --input F > out.txt`: out.txt holds exactly one translation per
+    input line (DeepSpeed's accelerator warning once made it 301 lines for 300)."""
+    from tests.pretrain.train.test_stdout import to_file
+
+    run_dir, _ = straight
+    source = tmp_path / "source.txt"
+    source.write_text("".join(f"{a} {b}\n" for a in ("the", "cat", "a") for b in ("dog", "sees")))
+    text, _ = to_file(tmp_path, "translate", str(run_dir), "--input", str(source), "--beam",
+                        "1", "--max-len", "8")
+    assert text.count("\n") == 6 and len(text.split("\n")) == 7 and "WARNING" not in text
+
+
 def test_preflight_matches_objective_and_folder_kind(pair_data, tiny_data):
     cfg = check_run(REPO / "configs" / "translate-tiny.yaml", [f"data.path={pair_data}"],
                     world_size=2)
@@ -89,8 +102,8 @@ def test_preflight_matches_objective_and_folder_kind(pair_data, tiny_data):
 
 def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, tmp_path):
     run = straight_run(0)
-    proc = subprocess.run([sys.executable, "-m", "pretrain.attention", str(run), "--text",
-                           "the red cat sees the dog", "--out", str(tmp_path / "att")],
+    proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.attention", str(run),
+                           "--text", "the red cat sees the dog", "--out", str(tmp_path / "att")],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     maps = np.load(tmp_path / "att" / "attention.npz")
@@ -100,7 +113,7 @@ def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, 
     assert np.allclose(w.sum(-1), 1.0, atol=1e-5) and (np.triu(w, 1) == 0).all()
     assert sorted(p.name for p in (tmp_path / "att").glob("*.png")) == \
         ["decoder.self.0.png", "decoder.self.1.png"]
-    proc = subprocess.run([sys.executable, "-m", "pretrain.translate", str(run)], input="a b\n",
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.translate", str(run)],
+                          input="a b\n", cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "needs an encoder-decoder run" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,0 +1,1 @@
+"""User commands: one module per `arrowtrain` command (`main(argv, prog=...)`)."""

@@ -1,0 +1,108 @@
+"""arrowtrain import-hf: a tiny random transformers GPT-2 / Llama, saved with
+save_pretrained, becomes our export format (load_exported rebuilds it, logits within 1e-4);
+sharded checkpoints work; configs we cannot reproduce and pickle-only folders are refused with
+the field or file named, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from arrowtrain.commands.import_hf import main
+from pretrain.interop.export import load_exported
+
+transformers = pytest.importorskip("transformers")  # a dev dependency: always there in CI
+
+V, T = 100, 32
+GPT2 = dict(vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=4,
+            activation_function="gelu", layer_norm_epsilon=1e-6)
+LLAMA = dict(vocab_size=V, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T,
+             rope_theta=1234.0, rms_norm_eps=1e-5)
+
+
+def hf_model(kind: str, **update):
+    """A random transformers model whose every parameter is off its init."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(**{**GPT2, **update}) if kind == "gpt2" else \
+        transformers.LlamaConfig(**{**LLAMA, **update})
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("kind, update", [
+    ("gpt2", {}), ("gpt2", dict(tie_word_embeddings=False, activation_function="relu")),
+    ("gpt2", dict(activation_function="gelu_new")),  # OpenAI's GPT-2 -> our gelu_tanh
+    ("gpt2", dict(activation_function="gelu_pytorch_tanh")),
+    ("llama", {}), ("llama", dict(tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
+                                  num_key_value_heads=1, hidden_act="gelu")),
+])
+def test_imported_model_gives_the_hf_logits(kind, update, tmp_path):
+    hf = hf_model(kind, **update)
+    hf.save_pretrained(tmp_path / "hf")
+    out = tmp_path / "ours.safetensors"
+    assert main([str(tmp_path / "hf"), "--out", str(out)]) == 0
+    ours = load_exported(out)  # the config from the metadata; strict load
+    expected_position = "learned" if kind == "gpt2" else "rope"
+    assert ours.cfg.position == expected_position
+    assert ours.cfg.tie_embeddings == hf.config.tie_word_embeddings
+    if "gelu_" in update.get("activation_function", ""):
+        assert ours.cfg.activation == "gelu_tanh"
+    x = torch.randint(0, V, (2, T))
+    with torch.no_grad():
+        assert (ours(x)["logits"] - hf(x).logits).abs().max() < 1e-4
+
+
+def test_a_sharded_checkpoint_is_read_through_its_index(tmp_path):
+    hf = hf_model("llama")
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
+    assert main([str(tmp_path / "hf"), "--out", str(tmp_path / "o.safetensors")]) == 0
+    x = torch.randint(0, V, (1, T))
+    with torch.no_grad():
+        got = load_exported(tmp_path / "o.safetensors")(x)["logits"]
+        assert (got - hf(x).logits).abs().max() < 1e-4
+
+
+def _refused(tmp_path, caplog, hf_dir) -> str:
+    out = tmp_path / "never.safetensors"
+    assert main([str(hf_dir), "--out", str(out)]) == 2
+    assert not out.exists()
+    return caplog.text
+
+
+@pytest.mark.parametrize("kind, update, named", [
+    ("gpt2", dict(activation_function="quick_gelu"), "activation_function='quick_gelu'"),
+    ("gpt2", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx"),
+    ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_type"),
+    ("llama", dict(hidden_act="relu"), "hidden_act='relu'"),
+])
+def test_configs_we_cannot_reproduce_are_refused_by_name(kind, update, named, tmp_path, caplog):
+    hf_model(kind).save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    config = json.loads(path.read_text())
+    config.update(update)
+    if "rope_scaling" in update:  # transformers >= 5 writes it as rope_parameters
+        config["rope_parameters"] = {**config.get("rope_parameters", {}), **update["rope_scaling"]}
+    path.write_text(json.dumps(config))
+    assert named in _refused(tmp_path, caplog, tmp_path / "hf")
+
+
+def test_other_model_types_and_missing_configs_are_refused(tmp_path, caplog):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert "model_type='bert'" in _refused(tmp_path, caplog, tmp_path / "bert")
+    assert "config.json: no such file" in _refused(tmp_path, caplog, tmp_path / "nothing")
+
+
+def test_a_pickle_only_folder_is_refused_unread(tmp_path, caplog):
+    hf_model("gpt2").save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.rename(tmp_path / "hf" / "pytorch_model.bin")  # never opened: the name decides
+    text = _refused(tmp_path, caplog, tmp_path / "hf")
+    assert "pytorch_model.bin" in text and "never loaded" in text
