@@ -40,7 +40,7 @@ from data_tools.copy import copy_folder  # noqa: E402
 from data_tools.manifest import read_manifest  # noqa: E402
 from data_tools.remote import SERVER_COMPAT_ENV, S3Path, shared_remote  # noqa: E402
 from pretrain.data import DataConfig, train_batches  # noqa: E402
-from pretrain.data.remote_plan import plan_cache  # noqa: E402
+from pretrain.data.remote_plan import plan_folders  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
 from pretrain.objectives import open_data  # noqa: E402
 
@@ -226,7 +226,7 @@ def measure(args, work: Path) -> dict:
     warm = alternating_rates({"local": DataConfig(path=str(local), **base), "warm": s3cfg},
                              2 * args.seconds, args.micro_batch)
     rate_local, rate_warm = warm["local"], warm["warm"]
-    need = plan_cache(s3cfg, [read_manifest(url)], 1, s3cfg.seq_len + 1).need
+    need = plan_folders(s3cfg, 1, s3cfg.seq_len + 1).need
     bounded = DataConfig(path=url, cache_dir=str(work / "small"), cache_limit=need, **base)
     rate_bounded, bsrc = tokens_per_sec(bounded, args.seconds, args.micro_batch)
     share, step_ms = data_wait_share(s3cfg, args.train_steps, max(1, args.micro_batch // 8))

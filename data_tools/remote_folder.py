@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
-from data_tools.atomic import atomic_path
 from data_tools.manifest import MANIFEST_NAME, Manifest, ManifestError
 from data_tools.remote import Remote, RemoteError, S3Path, describe_endpoint, shared_remote
 
@@ -77,22 +75,3 @@ def open_remote_folder(url: str | S3Path, remote: Remote | None = None,
                                                        if len(problems) > 5 else ""), "key",
                           str(prefix))
     return RemoteFolder(prefix, manifest, objects)
-
-
-def fetch_small(folder: RemoteFolder, file: str, dest: Path, sha256: str | None = None,
-                remote: Remote | None = None) -> Path:
-    """A small file of the folder (the tokenizer) to `dest` (atomically; kept when it is
-    already there with the right sha256)."""
-    from data_tools.manifest import sha256_file
-
-    if dest.is_file() and (sha256 is None or sha256_file(dest) == sha256):
-        return dest
-    remote = remote or shared_remote()
-    url = folder.shard_url(file)
-    size = folder.objects.get(file)
-    if size is None:
-        raise RemoteError(f"{url}: missing (no such key)", "key", str(url))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(dest) as tmp:
-        remote.download(url, tmp, size, sha256)
-    return dest

@@ -3,9 +3,10 @@ process of the node (ranks, their DataLoader workers), never larger than `data.c
 
 Layout of `data.cache_dir` (content-addressed, so any number of runs and folders share it):
 ```
-CACHE/shards/<sha256>                     a complete shard, verified against the manifest
+CACHE/shards/<sha256>                     a complete shard (or a folder's tokenizer.json, held
+                                          the same way), verified against the manifest
 CACHE/shards/.<sha256>.<bytes>.tmp<pid>_<thread>   a download in progress (at its full size)
-CACHE/meta/...                            manifests and tokenizers (small; counted too)
+CACHE/meta/...                            other small files (counted too)
 CACHE/procs/<pid>.json                    each process's pins and the next use of shards
 CACHE/.lock                               lockf: every change of the folder happens under it
 ```

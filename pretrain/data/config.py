@@ -3,11 +3,15 @@ The keys each objective needs are its own to check (pretrain.objectives: DataSec
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from data_tools.errors import DataToolsError
 from data_tools.inputs import parse_size
 from pretrain.configlib import Section
+
+AUTO_BLOCK_SHARDS = 8   # data.shuffle_block_shards "auto" with a folder in object storage
 
 
 class MixEntry(Section):
@@ -50,6 +54,12 @@ class DataConfig(Section):
         None, description="tokenizer.json of the run, checked against the shards: its sha256 "
         "must equal the one in every manifest (null: no check, the folder's own is used)")
     shuffle: bool = Field(True, description="false: identity order (debugging only)")
+    shuffle_block_shards: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto", description="the training order's shuffle: 0 one global shuffle; N > 0 "
+        "within blocks of the samples of about N consecutive shard files, the blocks in a "
+        "shuffled order (each epoch anew), so a few shards are read at a time; auto: 0 when "
+        f"every folder is local, {AUTO_BLOCK_SHARDS} when one is in object storage (s3://), "
+        "resolved before the ranks start; a resume refuses a change (it decides the order)")
     num_workers: int = Field(default=1, ge=0,
                              description="loader worker processes per rank (0: in the rank)")
     prefetch_factor: int = Field(default=2, ge=1, description="batches each worker loads ahead")
@@ -91,6 +101,12 @@ class DataConfig(Section):
         if isinstance(self.path, list) and not self.path:
             return ["data.path: the list of folders is empty"]
         return []
+
+    def block_shards(self) -> int:
+        """data.shuffle_block_shards resolved: shard files per shuffle block (0: global)."""
+        if self.shuffle_block_shards == "auto":
+            return AUTO_BLOCK_SHARDS if self.remote() else 0
+        return int(self.shuffle_block_shards)
 
     def remote(self) -> bool:
         """Whether any folder is in object storage (s3://)."""

@@ -4,10 +4,12 @@ runs it before any rank starts, the ranks again at open).
 A process (a rank, or one of its DataLoader workers) maps at most `budget` shards at once;
 every process of the node together must fit, plus the read-ahead:
 
-    need = largest shard x (processes per node x span + data.prefetch_shards)
+    need = largest shard x (processes per node x span + data.prefetch_shards) + tokenizer
 
 where `span` is the most shard files one sample can touch (a packed window crossing shard
-boundaries; 1 for pairs) and processes per node = ranks per node x (1 + data.num_workers).
+boundaries; 1 for pairs), processes per node = ranks per node x (1 + data.num_workers), and
+`tokenizer` the bytes of the folders' tokenizer.json, which the cache holds too (pinned while a
+process reads the folder).
 A smaller `data.cache_limit` is refused naming the number to use.
 """
 
@@ -36,6 +38,7 @@ class CachePlan:
     span: int
     processes: int           # per node
     default_limit: bool
+    meta_bytes: int = 0      # the tokenizer copy the cache holds beside the shards
 
     def problem(self) -> str | None:
         if self.limit >= self.need:
@@ -44,7 +47,8 @@ class CachePlan:
         return (f"data.cache_limit {human_bytes(self.limit)}{how} is smaller than one step "
                 f"needs: largest shard {human_bytes(self.largest)} x ({self.processes} "
                 f"process(es) per node x {self.span} shard(s) per sample + data.prefetch_shards"
-                f") = {human_bytes(self.need)}; set data.cache_limit={self.need} (or more), or "
+                f") + tokenizer {human_bytes(self.meta_bytes)} = {human_bytes(self.need)}; "
+                f"set data.cache_limit={self.need} (or more), or "
                 "lower data.prefetch_shards / data.num_workers"
                 + (f", or free space under {self.cache_dir}" if self.default_limit else ""))
 
@@ -110,20 +114,33 @@ def default_limit(cache_dir: Path) -> int:
 
 
 def plan_cache(cfg: DataConfig, manifests: list[Manifest], ranks: int, window: int | None,
-               limit: int | None = None) -> CachePlan:
+               limit: int | None = None, meta_bytes: int = 0) -> CachePlan:
     """The cache of the s3:// folders' `manifests` for `ranks` ranks per node, samples of
     `window` packed tokens (None: pairs; the objective's sample_window); `limit`: the one
-    already chosen, else data.cache_limit or the default."""
+    already chosen, else data.cache_limit or the default; `meta_bytes`: the tokenizer.json
+    the cache holds beside the shards (the folders share one)."""
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     largest = max((s.file_bytes for m in manifests for _, s in m.shards()), default=1)
     span = max((sample_span(m, window) for m in manifests), default=1)
     processes = max(1, ranks) * (1 + cfg.num_workers)
-    need = largest * (processes * span + cfg.prefetch_shards)
+    need = largest * (processes * span + cfg.prefetch_shards) + meta_bytes
     if limit is None:
         limit = cfg.cache_limit if cfg.cache_limit is not None else default_limit(cache_dir)
-    budget = max(span, (limit - cfg.prefetch_shards * largest) // (processes * largest))
+    budget = max(span, (limit - meta_bytes - cfg.prefetch_shards * largest)
+                 // (processes * largest))
     return CachePlan(cache_dir, int(limit), int(budget), int(need), int(largest), span,
-                     processes, cfg.cache_limit is None)
+                     processes, cfg.cache_limit is None, int(meta_bytes))
+
+
+def plan_folders(cfg: DataConfig, ranks: int, window: int | None,
+                 limit: int | None = None) -> CachePlan:
+    """plan_cache for the s3:// folders of `cfg`, read from object storage (manifests and
+    tokenizer sizes; benchmarks and tests pick the smallest limit with it)."""
+    from data_tools.remote_folder import open_remote_folder
+
+    opened = [open_remote_folder(p) for p, _ in cfg.folders() if p.startswith("s3://")]
+    meta = max((f.objects[f.manifest.tokenizer.file] for f in opened), default=0)
+    return plan_cache(cfg, [f.manifest for f in opened], ranks, window, limit, meta)
 
 
 def open_cache(cfg: DataConfig):
@@ -137,13 +154,13 @@ def open_cache(cfg: DataConfig):
 
 
 def size_cache(cache, cfg: DataConfig, manifests: list[Manifest],
-               window: int | None) -> CachePlan:
+               window: int | None, meta_bytes: int = 0) -> CachePlan:
     """Check the limit against what one step needs (DataError naming the number to use) and
     give this process its share (budget)."""
     from pretrain.data.stream import DataError
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    plan = plan_cache(cfg, manifests, ranks_per_node(world), window, cache.limit)
+    plan = plan_cache(cfg, manifests, ranks_per_node(world), window, cache.limit, meta_bytes)
     if problem := plan.problem():
         raise DataError(problem)
     cache.budget = plan.budget

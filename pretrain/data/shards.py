@@ -6,6 +6,7 @@ again as it is read (stream.py)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ class ShardFolder:
                  cache: NodeCache | None = None):
         self.remote = is_remote(str(folder))
         self.cache = cache
+        self.tokenizer_bytes = 0      # s3://: the tokenizer's copy in the node cache
         if self.remote:
             self._open_remote(str(folder))
         else:
@@ -66,19 +68,22 @@ class ShardFolder:
     def _open_remote(self, url: str) -> None:
         """Manifest, shard list and tokenizer from object storage; every failure a DataError
         naming what is wrong (credentials, bucket, key, endpoint)."""
-        from data_tools.remote_folder import START_DEADLINE_S, fetch_small, open_remote_folder
+        from data_tools.remote_folder import START_DEADLINE_S, open_remote_folder
 
         self.folder = url.rstrip("/")
         if self.cache is None:
             raise DataError(f"{url}: an s3:// folder needs the node cache (data.cache_dir)")
         try:
-            self.source = open_remote_folder(url, deadline_s=min(START_DEADLINE_S,
-                                                                 self.cache.timeout_s))
+            deadline_s = min(START_DEADLINE_S, self.cache.timeout_s)
+            self.source = open_remote_folder(url, deadline_s=deadline_s)
             self.manifest = self.source.manifest
             tok = self.manifest.tokenizer
-            self.tokenizer_path = fetch_small(
-                self.source, tok.file, self.cache.root / "meta" / f"tokenizer-{tok.sha256}.json",
-                tok.sha256)
+            # through the cache like a shard (one download per node, counted in the limit:
+            # remote_plan's tokenizer term), pinned while this process runs
+            self.tokenizer_bytes = self.source.objects[tok.file]
+            ref = ShardRef(self.source.shard_url(tok.file), self.tokenizer_bytes, tok.sha256)
+            self.tokenizer_path = self.cache.get(ref, pin=True,
+                                                 deadline=time.monotonic() + deadline_s)
         except (RemoteError, ManifestError) as e:
             raise DataError(str(e)) from None
 

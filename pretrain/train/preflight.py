@@ -53,6 +53,7 @@ class FolderFacts:
     pairs: bool = False  # a pair folder (source -> target)
     rows: dict[str, int] | None = None  # per split: documents, or pairs
     manifest: Manifest | None = None    # s3:// folders: for the cache size check
+    tokenizer_bytes: int = 0            # s3:// folders: its tokenizer.json (held in the cache)
 
     @property
     def kind(self) -> str:
@@ -72,14 +73,15 @@ def read_folder(folder: Path | str, remote_timeout: float | None = None) -> Fold
         from data_tools.remote_folder import START_DEADLINE_S, open_remote_folder
 
         deadline = min(START_DEADLINE_S, remote_timeout or START_DEADLINE_S)
-        m = open_remote_folder(str(folder), deadline_s=deadline).manifest  # + every shard
+        opened = open_remote_folder(str(folder), deadline_s=deadline)  # + every shard
+        m, tok_bytes = opened.manifest, opened.objects[opened.manifest.tokenizer.file]
     else:
-        m = read_manifest(folder)
+        m, tok_bytes = read_manifest(folder), 0
     tok = m.tokenizer
     return FolderFacts(
         folder=folder, vocab_size=tok.vocab_size, tokenizer_sha256=tok.sha256,
         tokenizer_file=None if remote else folder / (tok.file or "tokenizer.json"),
-        dtype=m.dtype, manifest=m if remote else None,
+        dtype=m.dtype, manifest=m if remote else None, tokenizer_bytes=tok_bytes,
         sentinels=len(tok.sentinel_ids), stream_tokens={s: m.splits[s].tokens + m.splits[s].documents if s in m.splits else 0
                        for s in SPLITS},
         pairs=m.is_pairs, rows={s: m.splits[s].documents for s in SPLITS})
@@ -107,6 +109,7 @@ def _resolve_data(data: DataConfig) -> DataConfig:
         data.tokenizer = absolute(data.tokenizer)
     if data.cache_dir:
         data.cache_dir = absolute(data.cache_dir)
+    data.shuffle_block_shards = data.block_shards()   # "auto" resolved: recorded, resumed
     return data
 
 
@@ -281,7 +284,8 @@ def _cache_problems(data: DataConfig, facts: list[FolderFacts], world_size: int 
     if not manifests:
         return []
     plan = plan_cache(data, manifests, ranks or local_ranks(world_size or 1),
-                      objective_for(data).sample_window)
+                      objective_for(data).sample_window,
+                      meta_bytes=max(f.tokenizer_bytes for f in facts))
     problem = plan.problem()
     return [Problem(problem, ("data.cache_limit", "data.prefetch_shards"))] if problem else []
 

@@ -116,3 +116,39 @@ def test_outage_longer_than_the_deadline(s3, s3_proxy):
 
 def test_server_compat_env_is_what_the_fixture_uses(s3):
     assert all(s3.env[k] == v for k, v in SERVER_COMPAT_ENV.items())
+
+
+def test_server_daemons_die_with_the_test_process(rgw, tmp_path):
+    """The fixture's daemons are tied to the test process (tests/helpers/ceph.py spawn_tied):
+    a process killed with SIGKILL leaves none behind. Shown on a stand-in daemon, started the
+    same way by a process that is then killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1])\n"
+            "from helpers.ceph import spawn_tied\n"
+            "p = spawn_tied(['sleep', '300'], __import__('pathlib').Path(sys.argv[2]))\n"
+            "print(p.pid, flush=True); time.sleep(300)\n")
+    tests = str(Path(__file__).resolve().parents[1])
+    owner = subprocess.Popen([sys.executable, "-c", code, tests, str(tmp_path / "d.log")],
+                             stdout=subprocess.PIPE, text=True)
+    daemon = int(owner.stdout.readline())
+    assert Path(f"/proc/{daemon}").exists()
+    owner.send_signal(signal.SIGKILL)
+    owner.wait(timeout=30)
+    def running(pid: int) -> bool:          # a zombie (nobody reaped it yet) has ended
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    deadline = time.monotonic() + 30
+    while running(daemon) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(daemon)
+    for pid in rgw.pids:                               # the session's own: children, tied
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"PPid:\t{os.getpid()}" in status

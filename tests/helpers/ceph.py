@@ -3,7 +3,10 @@
 One monitor, one memstore OSD (objects in memory, nothing on disk but the monitor's store) and
 radosgw, all with `auth none`, on free ports, in one temp folder. `start_rgw()` returns a running
 `Rgw` with a user (access key / secret key) that can create buckets; `Rgw.stop()` ends only the
-three processes it started, by their PIDs, and removes the folder.
+three processes it started, by their PIDs, and removes the folder. The daemons run in the
+foreground as children of the test process with a parent-death signal (prctl PR_SET_PDEATHSIG):
+if the test process dies — SIGKILL, a CI timeout — the kernel kills them too, so no daemon
+outlives the session (only the temp folder under /tmp stays).
 
 The packages (ceph-mon, ceph-osd, radosgw) are installed by `make sysdeps`, never by a test:
 `Unavailable` says which binaries are missing and names that target.
@@ -62,6 +65,7 @@ class Rgw:
     port: int
     mon_ports: tuple[int, int]
     pids: list[int] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -96,7 +100,11 @@ class Rgw:
                 time.sleep(0.05)
             if _alive(pid):
                 _signal(pid, signal.SIGKILL)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)                     # reaped: no zombie left
         self.pids.clear()
+        self.procs.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -163,14 +171,34 @@ def _run(d: Path, *cmd: str, timeout: float = 60) -> None:
                           f"{(res.stderr or res.stdout).strip()[-800:]}")
 
 
-def _read_pid(path: Path, timeout_s: float = 20) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = path.read_text().strip() if path.exists() else ""
-        if text.isdigit():
-            return int(text)
-        time.sleep(0.05)
-    raise StartFailed(f"{path} did not appear")
+PR_SET_PDEATHSIG = 1      # prctl(2): a signal the kernel sends when the parent ends
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the process that started it ends, however
+    that ends (a test process killed by SIGKILL or a timeout leaves no daemon behind)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(127)
+    if os.getppid() == 1:      # the parent is already gone
+        os._exit(127)
+
+
+def spawn_tied(cmd: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start `cmd` in the foreground as our child, killed by the kernel when we end."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads yet
+
+
+def _daemon(r: Rgw, name: str, *cmd: str) -> None:
+    """A Ceph daemon in the foreground (-f), tied to this process (spawn_tied)."""
+    proc = spawn_tied([*cmd, "-f"], r.dir / "log" / f"{name}.out", cwd=r.dir)
+    r.procs.append(proc)
+    r.pids.append(proc.pid)
 
 
 def _wait_http(r: Rgw, timeout_s: float) -> None:
@@ -194,14 +222,11 @@ def _start_daemons(r: Rgw, fsid: str) -> None:
     _run(d, "monmaptool", "--create", "--addv", "a",
          f"[v2:127.0.0.1:{v2},v1:127.0.0.1:{v1}]", "--fsid", fsid, str(d / "monmap"))
     _run(d, "ceph-mon", "-c", conf, "--mkfs", "-i", "a", "--monmap", str(d / "monmap"))
-    _run(d, "ceph-mon", "-c", conf, "-i", "a")
-    r.pids.append(_read_pid(d / "run" / "mon.a.pid"))
+    _daemon(r, "mon", "ceph-mon", "-c", conf, "-i", "a")
     _run(d, "ceph", "-c", conf, "--connect-timeout", "30", "osd", "create")
     _run(d, "ceph-osd", "-c", conf, "-i", "0", "--mkfs")
-    _run(d, "ceph-osd", "-c", conf, "-i", "0")
-    r.pids.append(_read_pid(d / "run" / "osd.0.pid"))
-    _run(d, "radosgw", "-c", conf, "-n", "client.rgw.a")
-    r.pids.append(_read_pid(d / "run" / "client.rgw.a.pid"))
+    _daemon(r, "osd", "ceph-osd", "-c", conf, "-i", "0")
+    _daemon(r, "rgw", "radosgw", "-c", conf, "-n", "client.rgw.a")
 
 
 def start_rgw() -> Rgw:

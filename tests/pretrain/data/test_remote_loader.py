@@ -22,7 +22,7 @@ from data_tools.manifest import read_manifest
 from data_tools.remote import S3Path
 from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.data.cache import NodeCache, ShardRef
-from pretrain.data.remote_plan import plan_cache
+from pretrain.data.remote_plan import plan_folders
 from pretrain.objectives import open_data
 
 REPO = Path(__file__).resolve().parents[3]
@@ -76,16 +76,20 @@ class CachePoll:
 
 def _need(url: str, **kw) -> int:
     cfg = DataConfig(path=url, seq_len=SEQ, **kw)
-    return plan_cache(cfg, [read_manifest(url)], 1, cfg.seq_len + 1).need
+    return plan_folders(cfg, 1, cfg.seq_len + 1).need
 
 
-@pytest.mark.parametrize("limit,prefetch,workers", [("need", 0, 0), ("need", 2, 1),
-                                                    (None, 3, 0)])
+@pytest.mark.parametrize("limit,prefetch,workers,blocks", [
+    ("need", 0, 0, "auto"), ("need", 2, 1, 0), (None, 3, 0, 3)])
 def test_batches_are_bitwise_the_local_ones(uploaded, many_shards, tmp_path, limit, prefetch,
-                                            workers):
-    kw = {"prefetch_shards": prefetch, "num_workers": workers}
+                                            workers, blocks):
+    """... with the same shuffle (auto: 8 shards per block over s3://, given to the local
+    folder as a number; 0: a global shuffle; 3)."""
+    kw = {"prefetch_shards": prefetch, "num_workers": workers, "shuffle_block_shards": blocks}
     cache_limit = _need(uploaded, **kw) if limit == "need" else None
-    local = open_data(DataConfig(path=str(many_shards), seq_len=SEQ, num_workers=0), seed=1)
+    same = DataConfig(path=uploaded, shuffle_block_shards=blocks).block_shards()
+    local = open_data(DataConfig(path=str(many_shards), seq_len=SEQ, num_workers=0,
+                                 shuffle_block_shards=same), seed=1)
     poll = CachePoll(tmp_path / "cache")
     for world in (1, 2):
         for rank in range(world):
