@@ -40,6 +40,7 @@ from data_tools.copy import copy_folder  # noqa: E402
 from data_tools.manifest import read_manifest  # noqa: E402
 from data_tools.remote import SERVER_COMPAT_ENV, S3Path, shared_remote  # noqa: E402
 from pretrain.data import DataConfig, train_batches  # noqa: E402
+from pretrain.data.config import AUTO_BLOCK_SHARDS  # noqa: E402
 from pretrain.data.remote_plan import plan_folders  # noqa: E402
 from pretrain.data.synthetic import random_docs, write_folder  # noqa: E402
 from pretrain.objectives import open_data  # noqa: E402
@@ -63,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
     p.add_argument("--train-steps", type=int, default=30, help="steps of the tiny model")
+    p.add_argument("--block-shards", type=int, default=AUTO_BLOCK_SHARDS,
+                   help="data.shuffle_block_shards of every loader, local and s3 alike "
+                   "(default: what auto gives over s3://; 0: a global shuffle)")
     p.add_argument("--bucket", default="arrowtrain-bench", help="bucket to write the corpus to")
     return p.parse_args()
 
@@ -210,8 +214,10 @@ def measure(args, work: Path) -> dict:
     t0 = time.perf_counter()
     copy_folder(str(local), url, workers=4)
     upload_s = time.perf_counter() - t0
-    base = {"seq_len": args.seq_len, "num_workers": 0, "prefetch_shards": 4}
+    base = {"seq_len": args.seq_len, "num_workers": 0, "prefetch_shards": 4,
+            "shuffle_block_shards": args.block_shards}
     out = {"cpu": cpu_model(), "shards": args.shards, "shard_mb": args.shard_mb,
+           "block_shards": args.block_shards,
            "upload_mb_per_s": args.shards * args.shard_mb / upload_s}
     cache = work / "cache"
     s3cfg = DataConfig(path=url, cache_dir=str(cache), cache_limit=10 * 2**30, **base)
@@ -246,7 +252,8 @@ def measure(args, work: Path) -> dict:
 def report(r: dict) -> None:
     print(f"machine: {r['cpu']} ({os.cpu_count()} cores), no GPU used")
     print(f"corpus: {r['shards']} train shards x {r['shard_mb']} MB; upload "
-          f"{r['upload_mb_per_s']:.0f} MB/s")
+          f"{r['upload_mb_per_s']:.0f} MB/s; every loader shuffles within blocks of "
+          f"{r['block_shards']} shards (0: globally)")
     print(f"loader tokens/s: local {r['tokens_per_sec_local']:,.0f}; s3 warm "
           f"{r['tokens_per_sec_s3_warm']:,.0f} ({r['warm_over_local']:.3f}x local in alternating "
           f"rounds, target >= 0.95); s3 cold {r['tokens_per_sec_s3_cold']:,.0f} ({r['cold_over_local']:.3f}x); "
@@ -255,7 +262,7 @@ def report(r: dict) -> None:
     print(f"time to first batch (cold cache): {r['first_batch_s']:.2f} s; manifest + one shard "
           f"by hand {r['manifest_plus_one_shard_s']:.2f} s ({r['first_batch_over_floor']:.2f}x,"
           f" target <= 1.2); manifest + the {r['first_batch_shards']} shards the first "
-          f"(shuffled) micro-batch reads, 4 at a time by hand "
+          f"micro-batch reads, 4 at a time by hand "
           f"{r['manifest_plus_its_shards_s']:.2f} s ({r['first_batch_over_its_shards']:.2f}x)")
     print(f"data wait, tiny model on CPU (warm): {100 * r['data_wait_share']:.2f}% of "
           f"{r['tiny_model_step_ms']:.0f} ms steps (target < 1%)")

@@ -113,6 +113,7 @@ class NodeCache:
         # every shard this process has mapped, least recently used first: (holder, file) ->
         # the holder (its let_go(file) unmaps and unpins it); at most `budget` entries
         self._mapped: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self.files_registered = 0             # shard files of the splits read through it
         self._tlock = threading.RLock()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (c := ref()) and c._after_fork())

@@ -35,6 +35,7 @@ WARM_SCAN = 64                 # micro-batches checked ahead when nothing is mis
 BLOCK = 64                     # micro-batches whose shards are computed together
 FETCH_THREADS = 4              # concurrent downloads of one rank's read-ahead
 IDLE_WAKE_S = 1.0
+RESIDENT_WAKE_S = 10.0         # everything cached and it all fits: look again this seldom
 
 
 def shards_of_samples(src, split: str, indices: np.ndarray) -> list[ShardRef]:
@@ -74,8 +75,12 @@ class Feeder:
 
     def __init__(self, cache: NodeCache, micro_batch_shards: Callable[[int], list[ShardRef]],
                  step_of: Callable[[int], int], depth: int, total_shards: int,
-                 horizon: int | None = None):
+                 horizon: int | None = None, every_ref: list[ShardRef] | None = None):
         self.cache, self.shards_of, self.step_of = cache, micro_batch_shards, step_of
+        # every shard the run reads: when the limit holds them all and all are in the cache,
+        # there is nothing to fetch or to announce (a warm cache costs the loader nothing)
+        self.every_ref = list(every_ref or [])
+        self._fits = bool(every_ref) and cache.limit >= sum(r.size for r in self.every_ref)
         self.depth, self.total_shards = depth, total_shards   # shards the split has in all
         self.horizon = horizon or HORIZON_MICRO_BATCHES
         self.next_k = 0                      # the next micro-batch to be consumed
@@ -142,12 +147,22 @@ class Feeder:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- the read-ahead thread ---------------------------------------------------------------
+    def resident(self) -> bool:
+        """Every shard the run reads is in the cache, and the limit holds them all."""
+        return self._fits and all(self.cache.present(r.sha256) for r in self.every_ref)
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 if self._closed:
                     return
                 k = self.next_k
+            if self.resident():
+                with self._cond:
+                    self._wake_at = 1 << 62        # consumed() never wakes it
+                    if not self._closed:
+                        self._cond.wait(RESIDENT_WAKE_S)
+                continue
             until = k + 1
             try:
                 until = k + max(1, self._round(k) // 2)
@@ -266,9 +281,12 @@ def train_feeder(src, dataset, horizon: int | None = None) -> Feeder | None:
 
     total = sum(len(f.streams["train"].shards.refs) if not f.is_pairs else
                 len(f.pairs["train"].shards.refs) for f in src.folders if f.remote)
+    every = [ref for f in src.folders if f.remote
+             for split in (f.pairs if f.is_pairs else f.streams).values()
+             for ref in split.shards.refs]
     blocks = BlockShards(view, samples)
     return Feeder(src.cache, blocks, lambda k: ds.first_step + k // per_step,
-                  src.config.prefetch_shards, total, horizon)
+                  src.config.prefetch_shards, total, horizon, every)
 
 
 class BlockShards:

@@ -23,6 +23,7 @@ class LocalShards:
 
     lazy = False
     budget = sys.maxsize
+    all_fit = True
 
     def __init__(self, folder: Path, paths: list[Path], sizes: list[int]):
         self.folder, self.names, self.sizes = folder, list(paths), list(sizes)
@@ -58,10 +59,17 @@ class CachedShards:
         self.names = [str(r.url) for r in refs]
         self.sizes = [r.size for r in refs]
         self._drop: Callable[[int], None] = lambda i: None
+        cache.files_registered += len(self.refs)
 
     @property
     def budget(self) -> int:
         return self.cache.budget
+
+    @property
+    def all_fit(self) -> bool:
+        """Whether this process may map every shard file it reads (of all splits and folders)
+        at once: then nothing it maps is ever let go of, and the LRU order needs no upkeep."""
+        return self.cache.budget >= self.cache.files_registered
 
     def acquire(self, ids: list[int]) -> list[Path]:
         """Local paths of files `ids`, each pinned (all or none: a failure unpins the rest);

@@ -116,6 +116,7 @@ class SplitStream:
         self.tokens = self.files.view(value_type.to_pandas_dtype())
         self.dtype = self.tokens.dtype
         self.lazy = shards.lazy
+        self._all_mapped = False      # lazy: every file mapped (nothing to check per gather)
         self._tables: list[np.ndarray] = [self._placeholder(i) for i in range(len(self.paths))]
         self._rebuild()
         shards.bind(self._drop)
@@ -132,6 +133,7 @@ class SplitStream:
         pins; unmap them, the child maps (and pins) what it reads itself."""
         for i in np.flatnonzero(self.files.mapped):
             self._unmap(int(i))
+        self._all_mapped = False
         self._rebuild()
 
     # ---- the chunk table: one row per record batch, placeholders for unmapped files -------
@@ -221,11 +223,13 @@ class SplitStream:
             self.shards.mapped(ids)
         finally:
             self._rebuild()
+            self._all_mapped = bool(self.files.mapped.all())
 
     def _drop(self, i: int) -> None:
         """The cache's callback: unmap file i (arrays rebuilt before the next gather)."""
         self._unmap(i)
         self._dirty = True
+        self._all_mapped = False
 
     def file_counts(self, i: int) -> tuple[int, int]:
         """(documents, tokens) of file i."""
@@ -349,8 +353,8 @@ class SplitStream:
         it ends). Lazy shards: the files the windows touch are mapped first, in groups that
         fit this process's share of the node cache (rows gathered group by group)."""
         starts = np.asarray(starts, np.int64)
-        if not self.lazy or not len(starts):
-            return self._gather(starts, length)
+        if not self.lazy or not len(starts) or (self._all_mapped and self.shards.all_fit):
+            return self._gather(starts, length)         # warm: as fast as a local folder
         first, last = self.file_ranges(starts, length)
         ids = expand_ranges(first, last)
         if len(ids) <= self.shards.budget:
