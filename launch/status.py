@@ -47,7 +47,7 @@ from pretrain.train.checkpoint_meta import (
     read_meta,
     resume_order,
 )
-from pretrain.train.events import read_events
+from pretrain.train.events import read_events, read_jsonl
 
 RECENT_STEPS = 20  # ETA from the median step time of the last rows
 
@@ -60,17 +60,6 @@ def _tool(*cmd: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a line cut short by a kill
-    return rows
 
 
 def job_state(job_id: str) -> dict[str, Any]:
@@ -215,7 +204,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     jobs = (slurm_dir / JOBS_FILE).read_text().split() if (slurm_dir / JOBS_FILE).is_file() else []
     if jobs:
         job_id = jobs[-1]
-        events = [e for e in _read_jsonl(slurm_dir / EVENTS_FILE) if str(e.get("job_id")) == job_id]
+        events = [e for e in read_jsonl(slurm_dir / EVENTS_FILE) if str(e.get("job_id")) == job_id]
         info["job"] = {"id": job_id, **job_state(job_id),
                        "restarts": max((int(e["restart"]) for e in events), default=0),
                        "last_event": events[-1] if events else None}
@@ -229,7 +218,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     if ckpt:
         info["checkpoint_layout"] = ckpt["layout"]
         info["checkpoint_note"] = ckpt["latest_not_followed"]
-    rows = _read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in rows if "loss" in r and "step" in r]
     val = [r for r in rows if "val_loss" in r]
     info["last_metrics"] = rows[-1] if rows else None

@@ -32,15 +32,20 @@ def record(run_dir: Path, event: str, **fields: Any) -> dict[str, Any]:
     return row
 
 
-def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / EVENTS_FILE
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file; a line cut short by a crash, or one that holds
+    another JSON value (a damaged file), is skipped. A missing file has none."""
     rows = []
-    if path.is_file():
-        for line in path.read_text(errors="replace").splitlines():
+    if Path(path).is_file():
+        for line in Path(path).read_text(errors="replace").splitlines():
             try:
                 row = json.loads(line)
             except ValueError:
-                continue  # cut short by a crash
-            if isinstance(row, dict) and "event" in row:
+                continue
+            if isinstance(row, dict):
                 rows.append(row)
     return rows
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    return [row for row in read_jsonl(Path(run_dir) / EVENTS_FILE) if "event" in row]
