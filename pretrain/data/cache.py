@@ -7,7 +7,7 @@ CACHE/shards/<sha256>                     a complete shard (or a folder's tokeni
                                           the same way), verified against the manifest
 CACHE/shards/.<sha256>.<bytes>.tmp<pid>_<thread>   a download in progress (at its full size)
 CACHE/meta/...                            other small files (counted too)
-CACHE/procs/<pid>.json                    each process's pins and the next use of shards
+CACHE/procs/<pid>.<n>.json                each handle's pins and the next use of shards
 CACHE/.lock                               lockf: every change of the folder happens under it
 ```
 A process *pins* the shards it has memory-mapped; a pinned shard is never deleted. Each
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -81,6 +82,41 @@ class _Scan:
     next_use: dict[str, int] = field(default_factory=dict)
 
 
+# One thread lock per cache folder and process, shared by every NodeCache on that folder: a
+# POSIX record lock does not exclude the threads of one process, and closing any descriptor of
+# the lock file drops all of the process's record locks on it — two handles in one process
+# (a previous loader's read-ahead still finishing a download, a second DataSource) must take
+# turns through this lock first.
+_ROOT_LOCKS: dict[str, threading.RLock] = {}
+_ROOT_LOCKS_GUARD = threading.Lock()
+
+
+def _root_lock(root: Path) -> threading.RLock:
+    with _ROOT_LOCKS_GUARD:
+        return _ROOT_LOCKS.setdefault(os.path.realpath(root), threading.RLock())
+
+
+def _fresh_locks_after_fork() -> None:
+    """In a forked child: no other thread exists, so every lock starts free."""
+    global _ROOT_LOCKS_GUARD
+    _ROOT_LOCKS_GUARD = threading.Lock()
+    _ROOT_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_after_fork)
+
+
+_SERIALS = itertools.count()
+
+
+def _remove_record(path: Path) -> None:
+    """A handle was dropped without close(): its pins go with it (only in the process that
+    wrote them; a forked child's copy of the handle has a record of its own)."""
+    if path.name.split(".", 1)[0] == str(os.getpid()):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time (/proc), to tell a live pid from a reused one."""
     try:
@@ -107,6 +143,8 @@ class NodeCache:
         for d in (SHARDS_DIR, META_DIR, PROCS_DIR):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         self.owner_pid = os.getpid()          # the only process that downloads
+        self._serial = next(_SERIALS)         # this handle among the process's
+        weakref.finalize(self, _remove_record, self._record_path())
         self.stats = CacheStats()
         self._pins: dict[str, int] = {}       # sha -> pin count (this process)
         self._future: dict[str, int] = {}     # sha -> next use (global step), this process
@@ -114,13 +152,14 @@ class NodeCache:
         # the holder (its let_go(file) unmaps and unpins it); at most `budget` entries
         self._mapped: OrderedDict[tuple[int, int], object] = OrderedDict()
         self.files_registered = 0             # shard files of the splits read through it
-        self._tlock = threading.RLock()
+        self._tlock = _root_lock(self.root)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (c := ref()) and c._after_fork())
 
     def _after_fork(self) -> None:
         """In a forked child (a DataLoader worker): its own pins, a fresh thread lock."""
-        self._tlock = threading.RLock()
+        self._tlock = _root_lock(self.root)
+        self._serial = next(_SERIALS)
         self._pins, self._future, self.stats = {}, {}, CacheStats()
         self._mapped = OrderedDict()
 
@@ -175,7 +214,10 @@ class NodeCache:
         for entry in os.scandir(self.root / SHARDS_DIR):
             name = entry.name
             if not name.startswith("."):
-                info = entry.stat()
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:     # removed by hand (or a cache folder wiped)
+                    continue
                 st.complete[name] = (info.st_size, info.st_mtime)
                 st.used += info.st_size
                 continue
@@ -184,8 +226,12 @@ class NodeCache:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)            # a dead download's leftover
                 continue
+            try:                                     # a failed download removes its own
+                now = entry.stat().st_size
+            except FileNotFoundError:
+                continue
             st.downloading[sha] = pid
-            st.used += max(size, entry.stat().st_size)
+            st.used += max(size, now)
         for entry in os.scandir(self.root / META_DIR):
             with contextlib.suppress(OSError):            # renamed since the listing
                 st.used += entry.stat().st_size
@@ -199,7 +245,7 @@ class NodeCache:
                 pid, start = int(rec["pid"]), rec.get("start")
             except (OSError, ValueError, KeyError, TypeError):
                 continue                              # being replaced: read next time
-            if pid == os.getpid():
+            if pid == os.getpid() and rec.get("serial") == self._serial:
                 rec = {"pins": list(self._pins), "next_use": self._future}
             elif not _alive(pid, start):
                 with contextlib.suppress(OSError):
@@ -210,13 +256,18 @@ class NodeCache:
                 st.next_use[sha] = min(int(step), st.next_use.get(sha, NEVER))
 
     def _write_proc(self) -> None:
-        """procs/<pid>.json: this process's pins and announced next uses (temp + rename)."""
-        pid = os.getpid()
-        path = self.root / PROCS_DIR / f"{pid}.json"
-        tmp = path.with_name(f".{pid}.json.tmp")
-        tmp.write_text(json.dumps({"pid": pid, "start": _start_time(pid),
-                                   "pins": sorted(self._pins), "next_use": self._future}))
+        """procs/<pid>.<n>.json: this handle's pins and announced next uses (temp + rename;
+        a process may hold several handles, e.g. a finished loader's read-ahead still
+        completing a download beside a new loader: each one's pins count)."""
+        pid, path = os.getpid(), self._record_path()
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({"pid": pid, "serial": self._serial,
+                                   "start": _start_time(pid), "pins": sorted(self._pins),
+                                   "next_use": self._future}))
         os.replace(tmp, path)
+
+    def _record_path(self) -> Path:
+        return self.root / PROCS_DIR / f"{os.getpid()}.{self._serial}.json"
 
     # ---- pins and announcements ---------------------------------------------------------------
     def unpin(self, shas: list[str]) -> None:
@@ -242,7 +293,7 @@ class NodeCache:
         with self._tlock:
             self._pins, self._future = {}, {}
             with contextlib.suppress(OSError):
-                (self.root / PROCS_DIR / f"{os.getpid()}.json").unlink()
+                self._record_path().unlink()
 
     def present(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
