@@ -46,7 +46,7 @@ log = logging.getLogger("pretrain.data")
 
 SHARDS_DIR, META_DIR, PROCS_DIR, LOCK_FILE = "shards", "meta", "procs", ".lock"
 NEVER = 1 << 62            # the next use of a shard nobody has announced
-POLL_S = (0.02, 0.5)       # waits for another process's download or for room
+POLL_S = (0.02, 0.25)      # waits for another process's download or for room
 GATHER_TIMEOUT_S = 120.0   # the least a gather waits for its shard
 
 
@@ -91,9 +91,34 @@ _ROOT_LOCKS: dict[str, threading.RLock] = {}
 _ROOT_LOCKS_GUARD = threading.Lock()
 
 
+_ROOT_CHANGES: dict[str, _Changes] = {}
+
+
+class _Changes:
+    """Downloads this process finished (or gave up) in one cache folder: a waiter for a shard
+    another thread of the process is fetching wakes at once, not at its next poll."""
+
+    def __init__(self):
+        self.cond, self.count = threading.Condition(), 0
+
+    def done(self) -> None:
+        with self.cond:
+            self.count += 1
+            self.cond.notify_all()
+
+    def wait(self, seen: int, timeout_s: float) -> None:
+        with self.cond:
+            self.cond.wait_for(lambda: self.count != seen, timeout_s)
+
+
 def _root_lock(root: Path) -> threading.RLock:
     with _ROOT_LOCKS_GUARD:
         return _ROOT_LOCKS.setdefault(os.path.realpath(root), threading.RLock())
+
+
+def _root_changes(root: Path) -> _Changes:
+    with _ROOT_LOCKS_GUARD:
+        return _ROOT_CHANGES.setdefault(os.path.realpath(root), _Changes())
 
 
 def _fresh_locks_after_fork() -> None:
@@ -101,6 +126,7 @@ def _fresh_locks_after_fork() -> None:
     global _ROOT_LOCKS_GUARD
     _ROOT_LOCKS_GUARD = threading.Lock()
     _ROOT_LOCKS.clear()
+    _ROOT_CHANGES.clear()
 
 
 os.register_at_fork(after_in_child=_fresh_locks_after_fork)
@@ -153,12 +179,14 @@ class NodeCache:
         self._mapped: OrderedDict[tuple[int, int], object] = OrderedDict()
         self.files_registered = 0             # shard files of the splits read through it
         self._tlock = _root_lock(self.root)
+        self._changes = _root_changes(self.root)
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (c := ref()) and c._after_fork())
 
     def _after_fork(self) -> None:
         """In a forked child (a DataLoader worker): its own pins, a fresh thread lock."""
         self._tlock = _root_lock(self.root)
+        self._changes = _root_changes(self.root)
         self._serial = next(_SERIALS)
         self._pins, self._future, self.stats = {}, {}, CacheStats()
         self._mapped = OrderedDict()
@@ -313,6 +341,7 @@ class NodeCache:
         t0, wait, first = time.monotonic(), POLL_S[0], True
         while True:
             with self._locked():
+                seen = self._changes.count        # downloads of this process finished so far
                 st = self._scan()
                 if ref.sha256 in st.complete:
                     return self._take(ref, pin, first if urgent else None, t0)
@@ -321,13 +350,16 @@ class NodeCache:
                         self._make_room(st, ref, urgent):
                     tmp = self._reserve(ref)
             if tmp is not None:
-                self._download(ref, tmp, deadline)
-                with self._locked():
-                    try:
-                        os.replace(tmp, self.path(ref.sha256))
-                    except FileNotFoundError:   # removed meanwhile: look again
-                        continue
-                    return self._take(ref, pin, False if urgent else None, t0)
+                try:
+                    self._download(ref, tmp, deadline)
+                    with self._locked():
+                        try:
+                            os.replace(tmp, self.path(ref.sha256))
+                        except FileNotFoundError:   # removed meanwhile: look again
+                            continue
+                        return self._take(ref, pin, False if urgent else None, t0)
+                finally:
+                    self._changes.done()
             if not urgent:
                 return None
             first = False
@@ -335,7 +367,7 @@ class NodeCache:
                 raise RemoteUnavailable(f"{ref.url}: not in the node cache {self.root} after "
                                         f"{time.monotonic() - t0:.0f} s (download failing, or "
                                         "no room freed)", str(ref.url))
-            time.sleep(wait)
+            self._changes.wait(seen, wait)     # woken by this process's downloads at once
             wait = min(wait * 2, POLL_S[1])
 
     def _take(self, ref: ShardRef, pin: bool, hit: bool | None, t0: float) -> Path:

@@ -112,6 +112,23 @@ def test_batches_are_bitwise_the_local_ones(uploaded, many_shards, tmp_path, lim
         assert remote.cache.stats.evictions > 0 or remote.cache.stats.downloads == 0
 
 
+def test_a_cache_of_one_shuffle_block_downloads_each_shard_about_once(uploaded, tmp_path):
+    """data.shuffle_block_shards 3 over 12 shards: an epoch of training batches through a cache
+    that holds one block and the read-ahead downloads each shard about once (a global shuffle
+    through the same cache would fetch a shard for nearly every sample)."""
+    cfg = DataConfig(path=uploaded, seq_len=SEQ, num_workers=0, prefetch_shards=2,
+                     shuffle_block_shards=3, cache_dir=str(tmp_path / "c"))
+    plan = plan_folders(cfg, 1, SEQ + 1)
+    cfg = cfg.model_copy(update={"cache_limit": plan.need + 3 * plan.largest})
+    src = open_data(cfg, seed=1)
+    batches = train_batches(src, 8, 8, 0, 1)
+    for _ in range(src.num_samples("train") // 8):
+        next(batches)
+    batches.close()
+    shards = len(read_manifest(uploaded).splits["train"].shards)
+    assert shards <= src.cache.stats.downloads - 1 <= 2 * shards   # - 1: the tokenizer
+
+
 def test_ranks_of_a_node_download_each_shard_once(uploaded, s3, s3_proxy, tmp_path):
     """Two rank processes read every train shard through one node cache: one GET per shard
     (the shards are smaller than one ranged GET)."""
