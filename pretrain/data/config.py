@@ -79,6 +79,15 @@ class DataConfig(Section):
         default=600.0, gt=0, description="s3:// folders: seconds of failing requests before "
         "training saves a checkpoint and exits 75 (resume me)")
 
+    @field_validator("shuffle_block_shards", mode="before")
+    @classmethod
+    def _blocks(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value >= 0):
+            return value
+        raise ValueError(f"'auto' or a number of shard files >= 0 (0: a global shuffle), "
+                         f"not {value!r}")
+
     @field_validator("cache_limit", mode="before")
     @classmethod
     def _size(cls, value):
