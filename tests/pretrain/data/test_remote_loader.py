@@ -107,6 +107,8 @@ def test_batches_are_bitwise_the_local_ones(uploaded, many_shards, tmp_path, lim
             assert all(np.array_equal(a[k], b[k]) for k in a)
             remote.cache.close()
     peak = poll.stop()
+    print(f"cache peak {peak} B, limit {cache_limit}, downloads {remote.cache.stats.downloads}, "
+          f"evictions {remote.cache.stats.evictions}")         # figures for the report (-rP)
     if cache_limit is not None:
         assert 0 < peak <= cache_limit, (peak, cache_limit)
         assert remote.cache.stats.evictions > 0 or remote.cache.stats.downloads == 0
@@ -126,6 +128,7 @@ def test_a_cache_of_one_shuffle_block_downloads_each_shard_about_once(uploaded, 
         next(batches)
     batches.close()
     shards = len(read_manifest(uploaded).splits["train"].shards)
+    print(f"{shards} shards, {src.cache.stats.downloads - 1} shard downloads in an epoch")
     assert shards <= src.cache.stats.downloads - 1 <= 2 * shards   # - 1: the tokenizer
 
 
@@ -150,6 +153,7 @@ def test_ranks_of_a_node_download_each_shard_once(uploaded, s3, s3_proxy, tmp_pa
     gets = s3_proxy.gets(f"{s3.name}/data/a/train/")
     shards = [s.file for _, s in read_manifest(uploaded).shards("train")]
     assert sorted(gets) == sorted(f"{s3.name}/data/a/{f}" for f in shards)
+    print(f"GETs per shard, 2 ranks sharing the node cache: {sorted(gets.values())}")
     assert set(gets.values()) == {1}, gets      # N ranks, one download each
 
 

@@ -107,6 +107,7 @@ def test_outage_saves_and_exits_75_then_a_cold_resume_is_exact(
     assert f"at step {stopped}" in second.logs(10**6)
 
     assert runs.train_losses(run) == runs.train_losses(straight_run(2))
+    print(f"cache peak {peak[0]} B during the resumed run, limit {limit} B")   # (-rP)
     assert 0 < peak[0] <= limit, (peak[0], limit)
     rows = [r for r in runs.read_metrics(run) if "loss" in r]
     assert all(0 <= r["cache_hit_rate"] <= 1 and r["remote_bytes"] > 0 and
