@@ -15,6 +15,7 @@ A smaller `data.cache_limit` is refused naming the number to use.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ import numpy as np
 
 from data_tools.manifest import Manifest
 from pretrain.data.config import DataConfig
+
+log = logging.getLogger("pretrain.data")
 
 DEFAULT_FREE_SHARE = 0.5   # the default limit: this share of the free space (plus the cache's own)
 
@@ -39,6 +42,19 @@ class CachePlan:
     processes: int           # per node
     default_limit: bool
     meta_bytes: int = 0      # the tokenizer copy the cache holds beside the shards
+    block_shards: int = 0    # data.shuffle_block_shards, resolved
+    prefetch: int = 0
+
+    def block_advice(self) -> str | None:
+        """A limit that works but holds less than one shuffle block (the node's ranks read one
+        block at a time): shards are downloaded again within a block, and an outage inside a
+        step can end a rank with exit 1 rather than 75."""
+        block = self.largest * (self.block_shards + 1 + self.prefetch) + self.meta_bytes
+        if not self.block_shards or self.limit >= block:
+            return None
+        return (f"data.cache_limit {human_bytes(self.limit)} holds less than one shuffle block "
+                f"({self.block_shards} shards + read-ahead: {human_bytes(block)}): shards will "
+                f"be downloaded again within a block; data.cache_limit={block} or more avoids it")
 
     def problem(self) -> str | None:
         if self.limit >= self.need:
@@ -129,7 +145,8 @@ def plan_cache(cfg: DataConfig, manifests: list[Manifest], ranks: int, window: i
     budget = max(span, (limit - meta_bytes - cfg.prefetch_shards * largest)
                  // (processes * largest))
     return CachePlan(cache_dir, int(limit), int(budget), int(need), int(largest), span,
-                     processes, cfg.cache_limit is None, int(meta_bytes))
+                     processes, cfg.cache_limit is None, int(meta_bytes), cfg.block_shards(),
+                     cfg.prefetch_shards)
 
 
 def plan_folders(cfg: DataConfig, ranks: int, window: int | None,
@@ -163,5 +180,7 @@ def size_cache(cache, cfg: DataConfig, manifests: list[Manifest],
     plan = plan_cache(cfg, manifests, ranks_per_node(world), window, cache.limit, meta_bytes)
     if problem := plan.problem():
         raise DataError(problem)
+    if (advice := plan.block_advice()) and os.environ.get("RANK", "0") == "0":
+        log.warning("%s", advice)
     cache.budget = plan.budget
     return plan

@@ -235,3 +235,16 @@ def test_eviction_drops_the_farthest_next_use_first(s3, tmp_path):
     cache.get(refs[3], pin=False)   # refs[0] pinned: the least recently used other one goes
     assert cache.present(refs[0].sha256) and cache.present(refs[3].sha256)
     assert cache.used_bytes() <= 3000
+
+
+def test_a_limit_below_one_shuffle_block_is_warned_about_with_the_number():
+    from pretrain.data.remote_plan import CachePlan
+
+    def plan(limit: int, blocks: int = 8) -> CachePlan:
+        return CachePlan(Path("/c"), limit, budget=2, need=50_000, largest=8_000, span=2,
+                         processes=2, default_limit=False, meta_bytes=30_000,
+                         block_shards=blocks, prefetch=2)
+
+    block = 8_000 * (8 + 1 + 2) + 30_000
+    assert f"data.cache_limit={block} or more" in plan(block - 1).block_advice()
+    assert plan(block).block_advice() is None and plan(60_000, blocks=0).block_advice() is None
