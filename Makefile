@@ -32,7 +32,7 @@ demo-translate: $(STAMP)
 	$(VPY) -m arrowtrain.demos.translate_demo
 
 test: $(STAMP) sysdeps
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+	$(VPY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 sysdeps:
 	@missing=""; for b in $(SYSDEP_BINARIES); do \

@@ -87,6 +87,10 @@ COMMANDS: tuple[Command, ...] = (
             "type, default, allowed values and meaning of a config section or key"),
     Command("runs compare", "arrowtrain.commands.runs",
             "final losses, tokens, time, speed and differing config keys of runs"),
+    Command("coord-check", "arrowtrain.commands.coord_check",
+            "muP's coordinate check: activations vs width, standard and muP -> CSV, PNGs"),
+    Command("sweep", "arrowtrain.commands.sweep",
+            "a grid of ordinary runs (local or one SLURM job array) -> summary CSV, PNG"),
 )
 
 

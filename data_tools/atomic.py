@@ -55,6 +55,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fsync_path(path.parent)
 
 
+def current_umask() -> int:
+    """This process's umask (Linux: read from /proc, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back
+    os.umask(mask)
+    return mask
+
+
+def with_umask(path: str | os.PathLike) -> None:
+    """Give a file written by a library that creates it 0600 (safetensors does) the mode every
+    other file gets: 0666 less the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Replace `path` with `data` (str as UTF-8) atomically."""
     raw = data.encode("utf-8") if isinstance(data, str) else data

@@ -49,10 +49,11 @@ class Encoder:
     """Turns a list of texts into (flat token ids, per-document lengths)."""
 
     def __init__(self, tokenizer_path: str, dtype: str, long_doc_chars: int = LONG_DOC_CHARS,
-                 piece_chars: int = PIECE_CHARS):
+                 piece_chars: int = PIECE_CHARS, bos_id: int | None = None):
         from data_tools.tokenizer import load_tokenizer
         self.tok = load_tokenizer(tokenizer_path)
         self.dtype = np.dtype(dtype)
+        self.bos_id = bos_id  # prepended to every text (the manifest's bos_prepended)
         self.piecewise = piecewise_safe(self.tok)
         self.long_doc_chars, self.piece_chars = long_doc_chars, piece_chars
 
@@ -68,7 +69,15 @@ class Encoder:
         return np.concatenate(parts)
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """-> (tokens (N_tokens,) dtype, lengths (N_docs,) int64), documents in order."""
+        """-> (tokens (N_tokens,) dtype, lengths (N_docs,) int64), documents in order, each
+        starting with bos_id when there is one."""
+        flat, lengths = self._encode(texts)
+        if self.bos_id is None:
+            return flat, lengths
+        starts = np.cumsum(lengths) - lengths  # (N_docs,)
+        return np.insert(flat, starts, self.bos_id).astype(self.dtype), lengths + 1
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         long = [self.piecewise and len(t) > self.long_doc_chars for t in texts]
         short = [t for t, is_long in zip(texts, long) if not is_long]
         encs = self.tok.encode_batch_fast(short, add_special_tokens=False) if short else []
@@ -87,12 +96,12 @@ class Encoder:
 _WORKER: Encoder | None = None
 
 
-def init_worker(tokenizer_path: str, dtype: str) -> None:
+def init_worker(tokenizer_path: str, dtype: str, bos_id: int | None = None) -> None:
     """Pool initializer: one single-threaded tokenizer per worker process."""
     global _WORKER
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
-    _WORKER = Encoder(tokenizer_path, dtype)
+    _WORKER = Encoder(tokenizer_path, dtype, bos_id=bos_id)
 
 
 def encode_in_worker(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,10 @@ Bad records become `Skip(reason, where)` instead of exceptions; the caller count
 How a file is cut into documents (its *reader*) comes from its extension (`--format auto`),
 from `--format`, or from a suffix on the INPUT itself (`notes/:file`); `.txt` files are cut by
 `--txt-mode` (one document per non-blank line, per blank-line separated paragraph, or per file).
+`auto` decides by content where the extension does not tell (data_tools.walk): a file of unknown
+extension that is UTF-8 text is one document, any other is skipped and counted; a `.json` file
+is JSON lines when its first line is a whole JSON value, else one JSON value (an object is one
+record, an array one record per element).
 
 Pairs (source -> target, for translation): a jsonl/parquet record gives one `Pair` from two
 fields (`--source-field`/`--target-field`), and two aligned text files (`--source-file`/
@@ -16,39 +20,50 @@ fields (`--source-field`/`--target-field`), and two aligned text files (`--sourc
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
 import json
+import logging
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from data_tools.errors import DataToolsError
+from data_tools.walk import COMPRESSIONS, Walk, by_reason
 
 TXT_MODES = ("line", "paragraph", "file")
 # the reader of each format name: txt means "as --txt-mode says"
-READERS = ("jsonl", "parquet", "file", "line", "paragraph")
-FORMATS = ("auto", "jsonl", "txt", "parquet", "file", "line", "paragraph")
-COMPRESSIONS = (".gz", ".zst")
-EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt",
+READERS = ("jsonl", "json", "parquet", "file", "line", "paragraph")
+FORMATS = ("auto", "jsonl", "json", "txt", "parquet", "file", "line", "paragraph")
+EXTENSIONS = {".jsonl": "jsonl", ".json": "json", ".ndjson": "jsonl", ".txt": "txt",
               ".text": "txt", ".parquet": "parquet"}
 DEFAULT_EXCLUDES = (".*", "__pycache__", "site-packages")
 BINARY_SNIFF_BYTES = 8192
+JSON_SNIFF_BYTES = 1 << 20  # a .json file's first line is looked for within this
+SHOW_KEYS = 8  # keys named when a record lacks its field
 PARQUET_BATCH_ROWS = 1024
-READER_TEXT = {"jsonl": "one per JSON line (its text field)", "parquet": "one per row (its text "
-               "column)", "file": "one per file", "line": "one per non-blank line",
+READER_TEXT = {"jsonl": "one per JSON line (its text field)",
+               "json": "one per JSON record: the file's object, or each element of its array "
+                       "(its text field)",
+               "parquet": "one per row (its text column)", "file": "one per file",
+               "line": "one per non-blank line",
                "paragraph": "one per paragraph (blank-line separated)",
                "source": "the source side of aligned pairs, one per line",
                "target": "the target side of aligned pairs, one per line"}
 PAIR_READER_TEXT = {"jsonl": "one pair per JSON line (its source and target fields)",
+                    "json": "one pair per JSON record (its source and target fields)",
                     "parquet": "one pair per row (its source and target columns)"}
-FORMAT_HELP = ("auto: by extension (.jsonl/.json/.ndjson and .txt/.text, each optionally .gz/.zst; "
-               ".parquet); jsonl; parquet; txt: cut as --txt-mode says; line / paragraph: one "
-               "document per non-blank line / per paragraph; file: one document per file. "
-               "Any INPUT may carry its own, as INPUT:FORMAT (e.g. notes/:file)")
+FORMAT_HELP = ("auto: by extension (.jsonl/.ndjson, .json, .txt/.text, each optionally .gz/.zst; "
+               ".parquet), other files by content: UTF-8 text is one document per file, "
+               "binary files are skipped and counted; jsonl: one JSON object per line; json: "
+               "one JSON value per file (an object, or an array of them); parquet; txt: cut as "
+               "--txt-mode says; line / paragraph: one document per non-blank line / per "
+               "paragraph; file: one document per file. Any INPUT may carry its own, as "
+               "INPUT:FORMAT (e.g. notes/:file)")
 TXT_MODE_HELP = ("how .txt files become documents: line (each non-blank line), paragraph "
                  "(blocks separated by blank lines), file (the whole file)")
 
@@ -84,7 +99,7 @@ class InputFile:
 
 
 ALIGNED = "aligned"  # the reader of a --source-file/--target-file pair of text files
-PAIR_READERS = ("jsonl", "parquet")  # formats whose records can hold both sides of a pair
+PAIR_READERS = ("jsonl", "json", "parquet")  # formats whose records can hold both sides
 
 
 @dataclass(frozen=True)
@@ -126,9 +141,13 @@ def split_format_suffix(item: str) -> tuple[str, str | None]:
     return item, None
 
 
-def _walk(folder: str, excludes: tuple[str, ...]) -> list[str]:
+def _walk(folder: str, excludes: tuple[str, ...], excluded: list[str]) -> list[str]:
+    """Files under `folder`, sorted; names matching `excludes` are appended to `excluded`
+    (folders with a trailing /, not walked into)."""
     out = []
     for root, dirs, files in os.walk(folder):
+        excluded += sorted([f"{d}/" for d in dirs if _excluded(d, excludes)]
+                           + [f for f in files if _excluded(f, excludes)])
         dirs[:] = sorted(d for d in dirs if not _excluded(d, excludes))
         out += [os.path.join(root, f) for f in sorted(files) if not _excluded(f, excludes)]
     return out
@@ -139,10 +158,11 @@ def _excluded(name: str, excludes: tuple[str, ...]) -> bool:
     return any(fnmatch(name, pat) for pat in excludes)
 
 
-def _expand_one(item: str, excludes: tuple[str, ...]) -> tuple[list[str], bool]:
+def _expand_one(item: str, excludes: tuple[str, ...], excluded: list[str]
+                ) -> tuple[list[str], bool]:
     """(files, explicit) for one INPUT: a file, a folder (walked, sorted) or a glob (sorted)."""
     if os.path.isdir(item):
-        return _walk(item, excludes), False
+        return _walk(item, excludes, excluded), False
     if os.path.exists(item):
         return [item], True
     if glob.has_magic(item):
@@ -151,7 +171,7 @@ def _expand_one(item: str, excludes: tuple[str, ...]) -> tuple[list[str], bool]:
             raise DataToolsError(f"input glob {item!r} matches no files")
         files = []
         for m in matches:
-            files += _walk(m, excludes) if os.path.isdir(m) else [m]
+            files += _walk(m, excludes, excluded) if os.path.isdir(m) else [m]
         return files, False
     hint = ""
     if ":" in item and os.path.exists(item.rpartition(":")[0]):
@@ -160,15 +180,17 @@ def _expand_one(item: str, excludes: tuple[str, ...]) -> tuple[list[str], bool]:
 
 
 def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES,
-                  txt_mode: str = "line") -> list[InputFile]:
+                  txt_mode: str = "line", walk: Walk | None = None) -> list[InputFile]:
     """Resolve INPUT... (each optionally INPUT:FORMAT) into a deterministic, de-duplicated file
-    list with a reader per file. Raises before any work if a path does not exist, an explicit
-    file has an unknown format, or nothing is left."""
-    seen, files, problems, unread = set(), [], [], []
+    list with a reader per file; what `auto` decided by content, and the names --exclude left
+    out, go into `walk`. Raises before any work if a path does not exist, an explicit file is
+    not text, or nothing is left."""
+    walk = Walk(tuple(excludes)) if walk is None else walk
+    seen, files, problems = set(), [], []
     for item in items:
         path, own_fmt = split_format_suffix(item)
         try:
-            paths, explicit = _expand_one(path, tuple(excludes))
+            paths, explicit = _expand_one(path, tuple(excludes), walk.excluded)
         except DataToolsError as e:
             problems.append(str(e))
             continue
@@ -176,34 +198,85 @@ def expand_inputs(items: list[str], fmt: str, excludes=DEFAULT_EXCLUDES,
             real = os.path.realpath(p)
             if real in seen or not os.path.isfile(real):
                 continue
-            kind = detect_format(p, own_fmt or fmt, txt_mode)
-            if kind is None:
-                if explicit:
-                    problems.append(f"input {p!r}: cannot tell its format from the extension; "
-                                    f"pass --format FORMAT or write it as {p}:FORMAT "
-                                    f"(FORMAT: {', '.join(FORMATS[1:])})")
-                else:
-                    unread.append(p)
-                continue
             seen.add(real)
+            kind = _reader_for(p, own_fmt or fmt, txt_mode)
+            if isinstance(kind, Skip):
+                if explicit:
+                    problems.append(f"input {p!r} is not UTF-8 text ({kind.reason}: "
+                                    f"{kind.detail}); give text files, or INPUT:FORMAT")
+                else:
+                    walk.skip(kind.reason, p)
+                continue
+            if kind == AUTO_FILE:
+                kind = "file"
+                if not explicit:
+                    walk.read_by_content(p, item)
             files.append(InputFile(p, os.path.getsize(p), kind))
     if problems:
         raise DataToolsError("; ".join(problems))
     if not files:
-        raise DataToolsError(nothing_found(items, fmt, unread))
+        raise DataToolsError(f"no input files found in {' '.join(items)} (format {fmt}"
+                             + (f"; skipped: {by_reason(walk.skipped)}" if walk.skipped
+                                else "")
+                             + "); nothing to do")
     return files
 
 
-def nothing_found(items: list[str], fmt: str, unread: list[str]) -> str:
-    """Why no input was read; with files whose format the extension does not tell (a folder of
-    .py files), how to name the format: the INPUT:FORMAT suffix, e.g. `corpus/:file`."""
-    text = f"no input files found in {' '.join(items)} (format {fmt})"
-    if not unread:
-        return text + "; nothing to do"
-    example = split_format_suffix(items[0])[0] + ":file"
-    return (f"{text}: {len(unread)} file(s) with an extension it does not read, e.g. "
-            f"{unread[0]}; give the format after the input as INPUT:FORMAT, e.g. {example} "
-            f"(each file one document; FORMAT: {', '.join(FORMATS[1:])}), or pass --format")
+AUTO_FILE = "auto-file"  # _reader_for: "file", chosen by content
+
+
+def _reader_for(path: str, fmt: str, txt_mode: str) -> str | Skip:
+    """The reader of one file: as `fmt` says; for `auto`, by extension, a `.json` file by its
+    first line, a file of unknown extension by content (AUTO_FILE, or a Skip when not text)."""
+    kind = detect_format(path, fmt, txt_mode)
+    if fmt != "auto":
+        return kind
+    if kind == "json":
+        return _json_kind(path)
+    return kind if kind is not None else (_not_text(path) or AUTO_FILE)
+
+
+def _head(path: str, nbytes: int) -> bytes | Skip:
+    """The first `nbytes` (decompressed) bytes of a file, or why it cannot be read."""
+    try:
+        with open_binary(path) as f:
+            return f.read(nbytes)
+    except Exception as e:
+        if not _is_read_error(e):
+            raise
+        return _read_error(e, path)
+
+
+def _not_text(path: str) -> Skip | None:
+    """None when the first 8 KiB (decompressed) are UTF-8 text without NUL bytes (a character
+    cut at the end is fine); else the Skip `--format file` would give it."""
+    head = _head(path, BINARY_SNIFF_BYTES)
+    if isinstance(head, Skip):
+        return head
+    if b"\0" in head:
+        return Skip("binary", path, "NUL byte")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as e:
+        return Skip("invalid_utf8", path, f"byte {e.start}")
+    return None
+
+
+def _json_kind(path: str) -> str:
+    """'jsonl' when the file's first non-blank line is a whole JSON value (JSON lines), else
+    'json' (one value over many lines: a pretty-printed object, or an array)."""
+    head = _head(path, JSON_SNIFF_BYTES)
+    body = b"" if isinstance(head, Skip) else head.lstrip()
+    if body[:1] == b"[":
+        return "json"
+    line, newline, _ = body.partition(b"\n")
+    if body[:1] != b"{" or not newline:  # not an object, or one line: JSON lines all the same
+        return "jsonl"
+    try:
+        json.loads(line)
+    except ValueError:
+        return "json"
+    return "jsonl"
 
 
 def open_binary(path: str):
@@ -262,20 +335,35 @@ def _decode(raw: bytes, where: str) -> str | Skip:
         return Skip("invalid_utf8", where, f"byte {e.start}")
 
 
-def _json_text(line: bytes, where: str, field: str | None) -> str | dict | Skip:
-    """The string at `field` of the line's object (field None: the object itself)."""
+def _parse_object(raw: bytes, where: str) -> dict | Skip:
+    """One JSON object from its bytes (a JSON line)."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(raw)
     except UnicodeDecodeError as e:
         return Skip("invalid_utf8", where, str(e.reason))
     except json.JSONDecodeError as e:
         return Skip("invalid_json", where, f"column {e.colno}: {e.msg}")
-    if not isinstance(obj, dict):
-        return Skip("not_object", where, f"a JSON {type(obj).__name__}")
-    if field is None:
-        return obj
+    return _object_or_skip(obj, where)
+
+
+def _object_or_skip(obj, where: str) -> dict | Skip:
+    return obj if isinstance(obj, dict) else \
+        Skip("not_object", where, f"a JSON {type(obj).__name__}")
+
+
+def names_there(names: list[str], what: str = "keys") -> str:
+    """"its keys: 'content', 'title'" for a record that lacks the field asked for."""
+    if not names:
+        return f"it has no {what}"
+    shown = ", ".join(repr(n) for n in names[:SHOW_KEYS])
+    return f"its {what}: {shown}" + (f", ... ({len(names)} in all)"
+                                     if len(names) > SHOW_KEYS else "")
+
+
+def _field_text(obj: dict, field: str, where: str) -> str | Skip:
+    """The string at `field` of a record; a missing field names the keys that are there."""
     if field not in obj:
-        return Skip("missing_field", where, f"no key {field!r}")
+        return Skip("missing_field", where, f"no key {field!r}; {names_there(list(obj))}")
     text = obj[field]
     if not isinstance(text, str):
         return Skip("non_string_field", where, f"{field!r} is {type(text).__name__}")
@@ -295,9 +383,10 @@ def _is_read_error(e: Exception) -> bool:
     return isinstance(e, (OSError, EOFError, zlib.error)) or type(e).__name__ == "ZstdError"
 
 
-def _iter_nonblank(path: str, parse: Callable[[bytes, str], Any]) -> Iterator[tuple[int, Any]]:
-    """(line index, parse(line without its end, "path:line")) for each non-blank line. A read
-    error (truncated or corrupt compression, I/O error) ends the file with one Skip."""
+def _iter_lines(path: str, parse=_decode) -> Iterator[tuple[int, str, str | dict | Skip]]:
+    """(index, where, parse(line)) for each non-blank line, line end removed: a document
+    (line) or an object (jsonl). A read error (truncated or corrupt compression, I/O error)
+    ends the file with one Skip."""
     lines_read = 0
     try:
         with open_binary(path) as f:
@@ -305,18 +394,44 @@ def _iter_nonblank(path: str, parse: Callable[[bytes, str], Any]) -> Iterator[tu
                 lines_read += 1
                 body = line.rstrip(b"\r\n")
                 if body.strip():
-                    yield lines_read - 1, parse(body, f"{path}:{lines_read}")
+                    where = f"{path}:{lines_read}"
+                    yield lines_read - 1, where, parse(body, where)
     except Exception as e:
         if not _is_read_error(e):
             raise
-        yield lines_read, _read_error(e, f"{path}:{lines_read + 1}")
+        where = f"{path}:{lines_read + 1}"
+        yield lines_read, where, _read_error(e, where)
 
 
-def _iter_lines(path: str, jsonl: bool, field: str) -> Iterator[tuple[int, str | Skip]]:
-    """line: one document per non-blank line; jsonl: one object per non-blank line."""
-    if jsonl:
-        return _iter_nonblank(path, lambda body, where: _json_text(body, where, field))
-    return _iter_nonblank(path, _decode)
+def _iter_json_value(path: str, max_bytes: int) -> Iterator[tuple[int, str, dict | Skip]]:
+    """json: the whole file is one JSON value (at most max_bytes): an object is record 0, an
+    array's elements are records 0, 1, ... (where: path[i])."""
+    raw = _head(path, max_bytes + 1)
+    if isinstance(raw, Skip) or len(raw) > max_bytes:
+        yield 0, path, raw if isinstance(raw, Skip) else Skip(
+            "too_large", path, f"a JSON file is read whole: over --max-doc-bytes {max_bytes}; "
+            "write it as JSON lines (one object per line, .jsonl) or raise --max-doc-bytes")
+        return
+    try:
+        value = json.loads(raw)
+    except UnicodeDecodeError as e:
+        yield 0, path, Skip("invalid_utf8", path, str(e.reason))
+        return
+    except json.JSONDecodeError as e:
+        yield 0, path, Skip("invalid_json", f"{path}:{e.lineno}", f"column {e.colno}: {e.msg}")
+        return
+    if not isinstance(value, list):
+        yield 0, path, _object_or_skip(value, path)
+        return
+    for i, obj in enumerate(value):
+        yield i, f"{path}[{i}]", _object_or_skip(obj, f"{path}[{i}]")
+
+
+def _iter_objects(inp: InputFile, max_bytes: int) -> Iterator[tuple[int, str, dict | Skip]]:
+    """(index, where, object) of a jsonl or json file."""
+    if inp.fmt == "json":
+        return _iter_json_value(inp.path, max_bytes)
+    return _iter_lines(inp.path, _parse_object)
 
 
 def _paragraph(parts: list[bytes], size: int, where: str, max_doc_bytes: int) -> str | Skip:
@@ -361,7 +476,8 @@ def _iter_parquet(path: str, field: str | tuple[str, str]
         pf = pq.ParquetFile(path)
         for f in fields:
             if f not in pf.schema_arrow.names:
-                yield 0, Skip("missing_field", path, f"no column {f!r}")
+                yield 0, Skip("missing_field", path, f"no column {f!r}; "
+                              + names_there(pf.schema_arrow.names, "columns"))
                 return
             col_type = pf.schema_arrow.field(f).type
             if not (pa.types.is_string(col_type) or pa.types.is_large_string(col_type)):
@@ -476,22 +592,11 @@ def _to_pair(texts: tuple[str, str], where: str, max_doc_bytes: int) -> Pair | S
     return bad or Pair(texts[0], texts[1], encoded[0], encoded[1])
 
 
-def _json_pair(line: bytes, where: str, fields: PairFields) -> tuple[str, str] | Skip:
-    obj = _json_text(line, where, None)
+def _json_pair(obj: dict | Skip, where: str, fields: PairFields) -> tuple[str, str] | Skip:
     if isinstance(obj, Skip):
         return obj
-    out = []
-    for f in (fields.source, fields.target):
-        if f not in obj:
-            return Skip("missing_field", where, f"no key {f!r}")
-        if not isinstance(obj[f], str):
-            return Skip("non_string_field", where, f"{f!r} is {type(obj[f]).__name__}")
-        out.append(obj[f])
-    return tuple(out)
-
-
-def _iter_json_pairs(path: str, fields: PairFields) -> Iterator[tuple[int, tuple | Skip]]:
-    return _iter_nonblank(path, lambda body, where: _json_pair(body, where, fields))
+    sides = [_field_text(obj, f, where) for f in (fields.source, fields.target)]
+    return next((x for x in sides if isinstance(x, Skip)), None) or tuple(sides)
 
 
 def _iter_aligned(inp: InputFile) -> Iterator[tuple[int, tuple | Skip]]:
@@ -559,18 +664,15 @@ def iter_pairs(inp: InputFile, fields: PairFields | None, max_doc_bytes: int
                ) -> Iterator[tuple[int, Pair | Skip]]:
     """Yield (record_index, Pair | Skip) for one input: jsonl/parquet records (`fields`) or two
     aligned text files."""
-    if inp.fmt == ALIGNED:
-        records = _iter_aligned(inp)
-    elif inp.fmt == "parquet":
-        records = _iter_parquet(inp.path, (fields.source, fields.target))
+    if inp.fmt in ("jsonl", "json"):
+        records = ((i, w, _json_pair(obj, w, fields))
+                   for i, w, obj in _iter_objects(inp, max_doc_bytes))
     else:
-        records = _iter_json_pairs(inp.path, fields)
-    for index, rec in records:
-        if isinstance(rec, tuple):
-            where = f"{inp.path}:{index + 1}" if inp.fmt != "parquet" else \
-                f"{inp.path}:row {index}"
-            rec = _to_pair(rec, where, max_doc_bytes)
-        yield index, rec
+        records = ((i, f"{inp.path}:row {i}" if inp.fmt == "parquet" else f"{inp.path}:{i + 1}",
+                    rec) for i, rec in (_iter_aligned(inp) if inp.fmt == ALIGNED else
+                                        _iter_parquet(inp.path, (fields.source, fields.target))))
+    for index, where, rec in records:
+        yield index, _to_pair(rec, where, max_doc_bytes) if isinstance(rec, tuple) else rec
 
 
 def iter_units(inp: InputFile, text_field: str, max_doc_bytes: int,
@@ -586,19 +688,22 @@ def iter_records(inp: InputFile, text_field: str, max_doc_bytes: int
                  ) -> Iterator[tuple[int, Doc | Skip]]:
     """Yield (record_index, Doc | Skip) for one input file; empty, too large and non-UTF-8
     documents become Skips here, so every format follows the same rules."""
-    if inp.fmt == "file":
-        records = iter([(0, _read_whole_file(inp.path, max_doc_bytes))])
-    elif inp.fmt == "parquet":
-        records = _iter_parquet(inp.path, text_field)
-    elif inp.fmt == "paragraph":
-        records = _iter_paragraphs(inp.path, max_doc_bytes)
+    if inp.fmt in ("jsonl", "json"):
+        records = ((i, w, obj if isinstance(obj, Skip) else _field_text(obj, text_field, w))
+                   for i, w, obj in _iter_objects(inp, max_doc_bytes))
+    elif inp.fmt == "line":
+        records = _iter_lines(inp.path)
     else:
-        records = _iter_lines(inp.path, inp.fmt == "jsonl", text_field)
-    for index, rec in records:
-        if isinstance(rec, str):
-            where = inp.path if inp.fmt == "file" else f"{inp.path}:{index + 1}"
-            rec = _to_doc(rec, where, max_doc_bytes)
-        yield index, rec
+        if inp.fmt == "file":
+            numbered = iter([(0, _read_whole_file(inp.path, max_doc_bytes))])
+        elif inp.fmt == "parquet":
+            numbered = _iter_parquet(inp.path, text_field)
+        else:
+            numbered = _iter_paragraphs(inp.path, max_doc_bytes)
+        records = ((i, inp.path if inp.fmt == "file" else f"{inp.path}:{i + 1}", rec)
+                   for i, rec in numbered)
+    for index, where, rec in records:
+        yield index, _to_doc(rec, where, max_doc_bytes) if isinstance(rec, str) else rec
 
 
 # ---- command-line options shared by train-tokenizer and shard -----------------------------
@@ -640,6 +745,7 @@ class Inputs:
     files: list[InputFile]
     pairs: PairFields | None  # the fields of jsonl/parquet pairs (None: none or aligned only)
     pair_mode: bool  # records are pairs (the folder is a pair folder)
+    walk: Walk  # what --format auto decided by content, what --exclude left out
 
 
 def excludes_of(args) -> tuple[str, ...]:
@@ -667,13 +773,14 @@ def resolve_inputs(args) -> Inputs:
         problems.append("no input: give INPUT... (files, folders, globs)"
                         + (" or --source-file/--target-file" if pair_mode else ""))
     files: list[InputFile] = []
+    walk = Walk(excludes)
     try:
         files += aligned_inputs(sources, targets) if pair_mode else []
     except DataToolsError as e:
         problems.append(str(e))
     if args.inputs:
         try:
-            found = expand_inputs(args.inputs, args.format, excludes, args.txt_mode)
+            found = expand_inputs(args.inputs, args.format, excludes, args.txt_mode, walk)
             bad = [f"{f.path} ({f.fmt})" for f in found if f.fmt not in PAIR_READERS]
             if pair_mode and bad:
                 problems.append(f"pairs come from jsonl or parquet records, not {bad[0]}"
@@ -684,4 +791,5 @@ def resolve_inputs(args) -> Inputs:
             problems.append(str(e))
     if problems:
         raise DataToolsError("; ".join(problems))
-    return Inputs(files, PairFields(*fields) if all(fields) else None, pair_mode)
+    walk.log(logging.getLogger("data_tools"))
+    return Inputs(files, PairFields(*fields) if all(fields) else None, pair_mode, walk)

@@ -15,7 +15,14 @@ import pyarrow as pa
 from data_tools.exit_codes import EXIT_OK
 from data_tools.inputs import PAIR_READER_TEXT, READER_TEXT
 from data_tools.manifest import Manifest, SplitInfo, read_manifest
-from data_tools.split import USEFUL_VAL_TOKENS, USEFUL_VAL_WINDOWS, describe_choice, too_small
+from data_tools.split import (
+    USEFUL_VAL_TOKENS,
+    USEFUL_VAL_WINDOWS,
+    describe_choice,
+    more_val_hint,
+    too_small,
+)
+from data_tools.walk import by_extension, by_reason, extension
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
 
@@ -80,14 +87,17 @@ def split_stats(datadir: Path, info: SplitInfo, pairs: bool = False,
 
 
 def documents_cut(m: Manifest) -> list[dict]:
-    """How the inputs were cut into documents: files per reader, in first-seen order."""
-    groups: dict[str, int] = {}
+    """How the inputs were cut into documents: files per reader (and their extensions), in
+    first-seen order."""
+    groups: dict[str, dict[str, int]] = {}
     for inp in m.inputs:
-        groups[inp.format or "unrecorded"] = groups.get(inp.format or "unrecorded", 0) + 1
+        exts = groups.setdefault(inp.format or "unrecorded", {})
+        exts[extension(inp.path)] = exts.get(extension(inp.path), 0) + 1
     text = {**READER_TEXT, **(PAIR_READER_TEXT if m.is_pairs else {}),
             "unrecorded": "not recorded (shards written before arrowtrain recorded it; "
                           f"--format was {m.args.get('format', '?')})"}
-    return [{"format": f, "files": n, "documents_are": text.get(f, f)} for f, n in groups.items()]
+    return [{"format": f, "files": sum(exts.values()), "documents_are": text.get(f, f),
+             "extensions": dict(sorted(exts.items()))} for f, exts in groups.items()]
 
 
 def val_choice(m: Manifest) -> dict:
@@ -98,6 +108,23 @@ def val_choice(m: Manifest) -> dict:
                 "useful_min_pairs": USEFUL_VAL_WINDOWS, "too_small": pairs < USEFUL_VAL_WINDOWS}
     return {"chosen_by": describe_choice(m.args), "tokens": tokens,
             "useful_min_tokens": USEFUL_VAL_TOKENS, "too_small": too_small(tokens)}
+
+
+def special_tokens(datadir: Path, m: Manifest) -> dict:
+    """The end-of-document token the loader adds and the BOS each document starts with (when
+    the folder stores one), by id and by name (None when the tokenizer copy cannot be read)."""
+    from tokenizers import Tokenizer
+    try:
+        tok = Tokenizer.from_file(str(datadir / m.tokenizer.file))
+    except Exception:  # a missing or corrupt copy: validate names it; ids still tell something
+        tok = None
+    t = m.tokenizer
+
+    def name(i: int | None) -> str | None:
+        return None if i is None or tok is None else tok.id_to_token(i)
+
+    return {"eos_id": t.eos_id, "eos": name(t.eos_id), "bos_id": t.bos_id, "bos": name(t.bos_id),
+            "bos_prepended": bool(t.bos_prepended)}
 
 
 def decoded(datadir: Path, m: Manifest, k: int) -> list[list[tuple[int, str]]]:
@@ -154,7 +181,8 @@ def main(args) -> int:
     m = read_manifest(datadir)
     report = {"datadir": str(datadir), "fingerprint": m.fingerprint, "dtype": m.dtype,
               "vocab_size": m.tokenizer.vocab_size, "kind": "pairs" if m.is_pairs else
-              "documents", "skipped": m.skipped, "documents_cut": documents_cut(m),
+              "documents", "special_tokens": special_tokens(datadir, m), "skipped": m.skipped, "skipped_files": m.skipped_files or {},
+              "documents_cut": documents_cut(m),
               "val_split": val_choice(m),
               "splits": {name: split_stats(datadir, info, m.is_pairs)
                          for name, info in m.splits.items()}}
@@ -187,9 +215,13 @@ def print_decoded(i: int, row: list[tuple[int, str]], max_chars: int) -> None:
 def print_report(r: dict) -> None:
     print(f"{r['datadir']}: dtype {r['dtype']}, vocab {r['vocab_size']}, "
           f"fingerprint {r['fingerprint'][:16]}...")
+    sp = r["special_tokens"]
+    print(f"end of document: {sp['eos']} (id {sp['eos_id']}, added by the loader); "
+          + (f"each document starts with {sp['bos']} (id {sp['bos_id']})"
+             if sp["bos_prepended"] else "documents start with no BOS"))
     for g in r["documents_cut"]:
         print(f"{r['kind']}: {g['files']} input file{'s' * (g['files'] != 1)} ({g['format']}): "
-              f"{g['documents_are']}")
+              f"{g['documents_are']} ({by_extension(g['extensions'])})")
     if any(g["format"] == "line" for g in r["documents_cut"]):
         print("  (a .txt file that is one document needs --txt-mode file, or INPUT:file)")
     v = r["val_split"]
@@ -201,8 +233,12 @@ def print_report(r: dict) -> None:
     else:
         print(f"val split: {v['tokens']:,} tokens, chosen by {v['chosen_by']}"
               + (f" -- fewer than {v['useful_min_tokens']:,} tokens, too few for a stable "
-                 "validation loss (re-shard with --val-tokens)" if v["too_small"] else ""))
+                 f"validation loss; {more_val_hint(v['useful_min_tokens'])}"
+                 if v["too_small"] else ""))
     print("skipped: " + (", ".join(f"{k} {v}" for k, v in r["skipped"].items()) or "none"))
+    if r["skipped_files"]:
+        print(f"files skipped by content: {by_reason(r['skipped_files'])} (not UTF-8 text; "
+              "--format auto reads other files of unknown extension as one document each)")
     unit = "pairs" if r["kind"] == "pairs" else "documents"
     for name, s in r["splits"].items():
         print(f"{name}: {s['documents']:,} {unit}, {s['tokens']:,} tokens, "

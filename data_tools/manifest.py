@@ -88,7 +88,7 @@ class SplitInfo(_OmitNone):
     _optional = ("source_tokens", "target_tokens")
 
 
-class TokenizerInfo(_Strict):
+class TokenizerInfo(_OmitNone):
     file: str
     sha256: Sha256
     vocab_size: Annotated[int, Field(gt=0)]
@@ -96,9 +96,15 @@ class TokenizerInfo(_Strict):
     pad_id: Count
     bos_id: Count | None
     sentinel_ids: list[Count]  # <extra_id_0>, <extra_id_1>, ... in that order
+    # true: every stored document starts with bos_id (the tokenizer's configuration adds one,
+    # or --bos-token; data_tools.specials); absent: documents start with no BOS
+    bos_prepended: Literal[True] | None = None
+    _optional = ("bos_prepended",)
 
     @model_validator(mode="after")
     def _ids_below_vocab(self) -> TokenizerInfo:
+        if self.bos_prepended and self.bos_id is None:
+            raise ValueError("bos_prepended needs a bos_id")
         ids = {"eos_id": self.eos_id, "pad_id": self.pad_id, "bos_id": self.bos_id,
                **{f"sentinel_ids[{i}]": s for i, s in enumerate(self.sentinel_ids)}}
         bad = [f"{k} {v}" for k, v in ids.items() if v is not None and v >= self.vocab_size]
@@ -124,7 +130,10 @@ class Manifest(_OmitNone):
     tokenizer: TokenizerInfo
     splits: dict[Literal["train", "val"], SplitInfo]
     inputs: list[InputEntry]
-    skipped: dict[str, Count]
+    skipped: dict[str, Count]  # records (and files) skipped, by reason
+    # files `--format auto` left out by content (data_tools.walk), by reason then extension:
+    # {"binary": {".png": 2}}; their counts are in `skipped` too. Absent when none.
+    skipped_files: dict[str, dict[str, Count]] | None = None
     args: dict[str, Any]  # the shard command's arguments (not --workers, not --overwrite)
     fingerprint: str
     timing: dict[str, Any]  # the only key that may differ between identical runs
@@ -132,7 +141,7 @@ class Manifest(_OmitNone):
     # "pairs": columns `source` and `target`, one aligned pair per row (data_tools shard
     # --source-field/--target-field or --source-file/--target-file)
     kind: Literal["documents", "pairs"] | None = None
-    _optional = ("kind",)
+    _optional = ("kind", "skipped_files")
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -204,7 +213,7 @@ class Manifest(_OmitNone):
     @classmethod
     def new(cls, *, tokenizer: TokenizerInfo, dtype: str, shards: dict[str, list[ShardEntry]],
             inputs: list, skipped: dict, args: dict, timing: dict,
-            pairs: bool = False) -> Manifest:
+            pairs: bool = False, skipped_files: dict | None = None) -> Manifest:
         """A manifest for finished shards (split totals summed here; fingerprint on write)."""
         keys = ("documents", "tokens", "text_bytes") + (
             ("source_tokens", "target_tokens") if pairs else ())
@@ -214,8 +223,9 @@ class Manifest(_OmitNone):
         return cls.model_validate({
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "arrowtrain_version": ARROWTRAIN_VERSION, "dtype": dtype, "tokenizer": tokenizer,
-            "splits": splits, "inputs": inputs, "skipped": skipped, "args": args,
-            "fingerprint": "", "timing": timing, "kind": "pairs" if pairs else None})
+            "splits": splits, "inputs": inputs, "skipped": skipped,
+            "skipped_files": skipped_files, "args": args, "fingerprint": "", "timing": timing,
+            "kind": "pairs" if pairs else None})
 
     # ---- contents ------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -27,8 +27,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from data_tools.atomic import atomic_path, is_temp_name
 from data_tools.encode import Encoder, encode_in_worker, init_worker
 from data_tools.errors import DataToolsError
@@ -57,6 +55,7 @@ from data_tools.manifest import (
     read_manifest,
     write_manifest,
 )
+from data_tools.progress import Progress
 from data_tools.remote import is_remote
 from data_tools.split import (
     TYPICAL_SEQ_LEN,
@@ -65,9 +64,11 @@ from data_tools.split import (
     Doc,
     doc_hash,
     make_split,
+    more_val_hint,
     too_small,
 )
 from data_tools.tokenizer import load_tokenizer, resolve_tokenizer_path, tokenizer_info
+from data_tools.walk import Walk
 from data_tools.writer import RESUME_DIR, ShardWriter, load_state, state_problem
 
 log = logging.getLogger("data_tools")
@@ -94,6 +95,14 @@ def usable_cores() -> int:
 def add_arguments(p) -> None:
     p.add_argument("--tokenizer", required=True, metavar="FILE",
                    help="tokenizer.json (or the folder holding it)")
+    p.add_argument("--eos-token", metavar="TOKEN",
+                   help="the token that ends each document (stored as the manifest's eos_id, "
+                        "inserted by the loader); default: the tokenizer's own (a "
+                        "tokenizer_config.json beside it, its post_processor, <|endoftext|>, "
+                        "</s>, <|end_of_text|>, ...)")
+    p.add_argument("--bos-token", metavar="TOKEN",
+                   help="a token stored at the start of every document, or `none`; default: "
+                        "the one the tokenizer's configuration adds (Llama's <s>), else none")
     p.add_argument("--out", required=True, metavar="DIR", help="output shard folder")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="tokenizer processes (1: tokenize in this process); default: the "
@@ -138,6 +147,8 @@ class Run:
     counts: dict = field(default_factory=dict)
     pairs: PairFields | None = None  # the fields of jsonl/parquet pairs
     pair_mode: bool = False  # records are pairs: a pair folder
+    walk: Walk = field(default_factory=Walk)  # files --format auto read or left out by content
+    kept_one_val: bool = False  # --val-fraction chose none: the smallest-hash one went to val
 
 
 def _option_problems(args) -> list[str]:
@@ -169,11 +180,15 @@ def plan(args) -> Run:
     except DataToolsError as e:
         problems.append(str(e))
     try:
-        tok_info = tokenizer_info(load_tokenizer(args.tokenizer), args.tokenizer)
+        tok_info = tokenizer_info(load_tokenizer(args.tokenizer), args.tokenizer,
+                                  args.eos_token, args.bos_token,
+                                  announce=inputs is not None and not inputs.pair_mode)
     except DataToolsError as e:
         problems.append(str(e))
     if problems:
         raise DataToolsError("; ".join(problems))
+    if inputs.pair_mode and tok_info.bos_prepended:  # a pair's sides start with no BOS
+        tok_info = tok_info.model_copy(update={"bos_prepended": None})
     val_fraction = None if args.val_tokens is not None else \
         (DEFAULT_VAL_FRACTION if args.val_fraction is None else args.val_fraction)
     cli_args = {"inputs": list(args.inputs), "format": args.format, "txt_mode": args.txt_mode,
@@ -181,6 +196,8 @@ def plan(args) -> Run:
                 "val_fraction": val_fraction, "val_tokens": args.val_tokens,
                 "shard_size_bytes": sizes["shard_size"], "max_doc_bytes": sizes["max_doc_bytes"],
                 "exclude": list(excludes_of(args)), "strict": args.strict}
+    cli_args.update({k: getattr(args, k) for k in ("eos_token", "bos_token")
+                     if getattr(args, k) is not None})  # recorded only when given
     if inputs.pair_mode:  # only for pairs: a document folder's recorded arguments stay as they were
         cli_args.update(source_field=args.source_field, target_field=args.target_field,
                         source_file=list(args.source_file or []),
@@ -192,7 +209,7 @@ def plan(args) -> Run:
                dtype_for_vocab(tok_info.vocab_size), args.text_field, val_fraction,
                args.val_tokens, sizes["shard_size"], sizes["max_doc_bytes"], args.strict,
                args.workers or usable_cores(), key, pairs=inputs.pairs,
-               pair_mode=inputs.pair_mode)
+               pair_mode=inputs.pair_mode, walk=inputs.walk)
 
 
 def _key_difference(old: dict, new: dict) -> str:
@@ -297,16 +314,17 @@ def read_batches(run: Run, cursor: tuple[int, int]) -> Iterator[Batch]:
     yield batch
 
 
-def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int):
-    """Yield (batch, (tokens, lengths)) in input order; at most IN_FLIGHT_PER_WORKER batches
-    per worker in flight."""
+def tokenized(batches: Iterator[Batch], tokenizer: str, dtype: str, workers: int,
+              bos_id: int | None = None):
+    """Yield (batch, (tokens, lengths)) in input order (each text starting with bos_id when
+    given); at most IN_FLIGHT_PER_WORKER batches per worker in flight."""
     if workers == 1:
-        enc = Encoder(tokenizer, dtype)
+        enc = Encoder(tokenizer, dtype, bos_id=bos_id)
         for b in batches:
             yield b, enc.encode(b.texts)
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, dtype)) as pool:
+    with ctx.Pool(workers, initializer=init_worker, initargs=(tokenizer, dtype, bos_id)) as pool:
         pending = deque()
         for b in batches:
             pending.append((b, pool.apply_async(encode_in_worker, (b.texts,))))
@@ -338,11 +356,12 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
         cursor, run.counts = tuple(state["cursor"]), dict(state["skipped"])
     total = sum(f.total_size for f in run.files)
     per_record = 2 if run.pair_mode else 1  # texts tokenized per record
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="shard", disable=None)
+    bar = Progress(total, "shard")
     t0, docs, toks = time.perf_counter(), 0, 0
     batches = read_batches(run, cursor)
+    bos = run.tok_info.bos_id if run.tok_info.bos_prepended else None
     for batch, (flat, lengths) in tokenized(batches, str(run.tokenizer_path), run.dtype,
-                                            run.workers):  # (N_tokens,), (D,) per batch
+                                            run.workers, bos):  # (N_tokens,), (D,) per batch
         start, di = 0, 0
         for fi, ri, what in batch.items:
             if isinstance(what, Skip):
@@ -357,20 +376,29 @@ def write_all(run: Run, out: Path, state: dict | None) -> ShardWriter:
                 writer.checkpoint(run.key, (fi, ri + 1), dict(run.counts), chooser.held())
         docs, toks = docs + di // per_record, toks + start
         dt = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix_str(f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s", refresh=False)
-        bar.update(batch.progress_bytes - bar.n)
+        bar.update(batch.progress_bytes, f"{docs / dt:,.0f} docs/s, {toks / dt:,.0f} tok/s")
     bar.close()
     _place(writer, chooser.finish())
+    run.kept_one_val = getattr(chooser, "kept_one", False)
     for split in SPLITS:
         writer.flush(split)
     return writer
 
 
+def all_skipped(run: Run) -> dict[str, int]:
+    """Records skipped while reading plus files left out by content, by reason."""
+    counts = dict(run.counts)
+    for reason, n in run.walk.counts().items():
+        counts[reason] = counts.get(reason, 0) + n
+    return dict(sorted(counts.items()))
+
+
 def build_manifest(run: Run, writer: ShardWriter, timing: dict) -> Manifest:
     return Manifest.new(tokenizer=run.tok_info, dtype=run.dtype,
                         shards={name: buf.shards for name, buf in writer.splits.items()},
-                        inputs=run.key["inputs"], skipped=dict(sorted(run.counts.items())),
-                        args=run.key["args"], timing=timing, pairs=run.pair_mode)
+                        inputs=run.key["inputs"], skipped=all_skipped(run),
+                        skipped_files=run.walk.skipped_files(), args=run.key["args"],
+                        timing=timing, pairs=run.pair_mode)
 
 
 def _remove_strays(out: Path, manifest: Manifest) -> None:
@@ -485,6 +513,16 @@ def _check_splits(run: Run, sp: dict, skipped: str) -> None:
         raise NothingToWrite(f"{how} put all {docs} {what} ({sp['val'].tokens} tokens) in "
                              "the val split, none is left for train; pass a smaller "
                              f"{how.split()[0]}; nothing written")
+    train, val = sp["train"], sp["val"]
+    if train.tokens < val.tokens and val.documents > 1:  # one val document: the least there is
+        how = f"--val-tokens {run.val_tokens}" if run.val_tokens is not None else \
+            f"--val-fraction {run.val_fraction}"
+        total = train.tokens + val.tokens
+        raise NothingToWrite(
+            f"{how} leaves train smaller than val: train {train.documents} {what} "
+            f"({train.tokens:,} tokens), val {val.documents} {what} ({val.tokens:,} tokens) of "
+            f"{total:,} tokens; pass a smaller {how.split()[0]} (--val-tokens "
+            f"{max(1, total // 10)} is a tenth); nothing written")
 
 
 def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
@@ -498,9 +536,9 @@ def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
         return
     if not too_small(val.tokens):
         return
-    hint = f"pass --val-tokens {USEFUL_VAL_TOKENS}" if total_tokens >= USEFUL_VAL_TOKENS * 10 \
-        else f"the corpus holds only {total_tokens:,} tokens: shard more text or pass " \
-             f"--val-tokens {max(1, total_tokens // 10)} (a tenth)"
+    hint = more_val_hint(USEFUL_VAL_TOKENS) if total_tokens >= USEFUL_VAL_TOKENS * 10 \
+        else f"the corpus holds only {total_tokens:,} tokens: shard more text or " \
+             f"{more_val_hint(total_tokens // 10)} (a tenth)"
     log.warning("the val split holds %d documents, %s tokens (%s): fewer than %s tokens = %d "
                 "windows of %d, too few for a stable validation loss; %s", val.documents,
                 f"{val.tokens:,}", how, f"{USEFUL_VAL_TOKENS:,}", USEFUL_VAL_WINDOWS,
@@ -510,7 +548,7 @@ def _warn_small_val(run: Run, val: SplitInfo, total_tokens: int) -> None:
 def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float],
            resumed: bool) -> int:
     wall_s, cpu_s = seconds
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(run.counts.items())) or "none"
+    skipped = ", ".join(f"{k} {v}" for k, v in all_skipped(run).items()) or "none"
     timing = {"wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "workers": run.workers,
               "resumed": resumed}
     manifest = build_manifest(run, writer, timing)
@@ -527,5 +565,9 @@ def finish(run: Run, writer: ShardWriter, out: Path, seconds: tuple[float, float
              sp["val"].documents, tokens, f"{sp['val'].tokens:,}",
              sum(len(v.shards) for v in sp.values()), skipped, wall_s, tokens / wall_s,
              " (resumed)" if resumed else "")
+    if run.kept_one_val:
+        log.warning("--val-fraction %s put none of the %d %s in val: kept the one with the "
+                    "smallest hash there, so that the val split is not empty (--val-fraction 0 "
+                    "asks for none)", run.val_fraction, docs, _unit(run))
     _warn_small_val(run, sp["val"], tokens)
     return EXIT_OK

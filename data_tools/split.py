@@ -2,7 +2,11 @@
 bytes (a 64-bit blake2b hash of each), never of `--workers`, timing or where a run resumed.
 
 - `--val-fraction f`: a document is val when its hash, read as a number in [0, 1), is < f.
-  Decided per document on sight; the val size follows the corpus (and can be tiny).
+  Decided per document on sight; the val size follows the corpus (and can be tiny). When no
+  hash falls below f (a small corpus), the document with the smallest hash is val instead, as
+  long as another one is left for train: while val is empty the smallest-hash document seen so
+  far is held back (one document in memory, saved with each checkpoint like the budget's
+  candidates), and it goes to val at the end if val is still empty. f = 0 asks for no val.
 - `--val-tokens N`: val is the set of documents with the *smallest* hashes whose tokens first
   reach N (ties: earlier input first). One pass: a max-heap holds the current candidates
   (about N tokens); a newcomer with a smaller hash pushes out the largest-hash candidates no
@@ -45,23 +49,56 @@ class Doc:
     source_len: int | None = None  # a pair: where the target starts in `tokens`
 
 
+def _key(doc: Doc) -> tuple[int, tuple[int, int]]:
+    return doc.hash, doc.pos  # unique per document
+
+
 class FractionSplit:
-    """val when hash / 2^64 < fraction, decided on sight."""
+    """val when hash / 2^64 < fraction, decided on sight; if none is, the smallest-hash
+    document (see the module doc)."""
 
     def __init__(self, fraction: float):
         self.limit = fraction * (1 << 64)
+        self.keep_one = fraction > 0
+        self.val_seen = False  # some document's hash fell below the fraction
+        self.reserve: Doc | None = None  # while not val_seen: the smallest-hash one so far
+        self.trained = False  # a document other than the reserve went to train
+        self.kept_one = False  # finish() moved the reserve to val
 
     def offer(self, doc: Doc) -> list[tuple[str, Doc]]:
-        return [("val" if doc.hash < self.limit else "train", doc)]
+        if doc.hash < self.limit:
+            out = [] if self.reserve is None else [("train", self.reserve)]
+            self.val_seen, self.reserve = True, None
+            return [*out, ("val", doc)]
+        if self.val_seen or not self.keep_one:
+            return [("train", doc)]
+        out = []
+        if self.reserve is not None and _key(doc) < _key(self.reserve):
+            out, self.reserve = [("train", self.reserve)], None
+        if self.reserve is None:
+            self.reserve = dataclasses.replace(doc, tokens=doc.tokens.copy())  # not a view
+            self.trained = self.trained or bool(out)
+            return out
+        self.trained = True
+        return [("train", doc)]
 
     def held(self) -> list[Doc]:
-        return []
+        return [] if self.reserve is None else [self.reserve]
 
     def restore(self, docs: list[Doc]) -> None:
-        assert not docs, "a fraction split holds no documents"
+        """From a checkpoint, which follows a written shard: a held reserve means val is
+        empty so far and train is not; none means val already has a document."""
+        assert len(docs) <= 1, "a fraction split holds at most one document"
+        self.reserve = docs[0] if docs else None
+        self.trained, self.val_seen = bool(docs), not docs
 
     def finish(self) -> list[tuple[str, Doc]]:
-        return []
+        """The reserve: to val when val is empty and train keeps a document, else to train."""
+        if self.reserve is None:
+            return []
+        doc, self.reserve = self.reserve, None
+        self.kept_one = self.trained
+        return [("val" if self.trained else "train", doc)]
 
 
 class TokenBudgetSplit:
@@ -124,3 +161,9 @@ def describe_choice(args: dict, unit: str = "document") -> str:
 
 def too_small(val_tokens: int) -> bool:
     return val_tokens < USEFUL_VAL_TOKENS
+
+
+def more_val_hint(tokens: int) -> str:
+    """The fix for a val split too small, in one wording: `shard`'s warning and the trainer's
+    refusal (pretrain.objectives) both say it, each with the token count it knows to ask for."""
+    return f"re-shard with `arrowtrain data shard ... --val-tokens {max(1, tokens)}`"

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from tqdm import tqdm
 
 from data_tools.atomic import atomic_path
 from data_tools.errors import DataToolsError
@@ -27,11 +24,11 @@ from data_tools.inputs import (
     resolve_inputs,
 )
 from data_tools.manifest import TokenizerInfo, sha256_file
+from data_tools.progress import Progress
+from data_tools.specials import EOS, choose_specials
 
 log = logging.getLogger("data_tools")
-EOS = "<|endoftext|>"
 PAD = "<|pad|>"
-BOS_CANDIDATES = ("<|bos|>", "<s>")
 
 
 def sentinel(i: int) -> str:
@@ -61,8 +58,7 @@ def sampled_texts(inputs: Inputs, text_field: str, max_bytes: int, max_doc_bytes
     total = sum(f.total_size for f in inputs.files)
     keep = min(1.0, max_bytes / max(total, 1))
     used, credit = 0, 0.0
-    bar = tqdm(total=min(total, max_bytes), unit="B", unit_scale=True, desc="tokenizer text",
-               disable=None)
+    bar = Progress(min(total, max_bytes), "tokenizer text")
     for inp in inputs.files:
         for _, rec in iter_units(inp, text_field, max_doc_bytes, inputs.pairs, inputs.pair_mode):
             if isinstance(rec, Skip):
@@ -74,12 +70,14 @@ def sampled_texts(inputs: Inputs, text_field: str, max_bytes: int, max_doc_bytes
             credit -= rec.nbytes
             used += rec.nbytes
             counts["documents"] = counts.get("documents", 0) + 1
-            bar.update(rec.nbytes)
+            bar.update(used)
             yield from rec.texts
             if used >= max_bytes:
-                bar.close()
-                return
+                break
+        if used >= max_bytes:
+            break
     bar.close()
+    log.info("read %d bytes of text; learning the merges", used)
 
 
 def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
@@ -90,7 +88,9 @@ def build_trainer(vocab_size: int, sentinels: int, min_frequency: int):
     bpe_vocab = vocab_size - sentinels
     trainer = trainers.BpeTrainer(
         vocab_size=bpe_vocab, min_frequency=min_frequency, special_tokens=[EOS, PAD],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=sys.stderr.isatty())
+        # One bar: sampled_texts' "tokenizer text" bar already moves while tokenizers reads
+        # the text; its own bars would draw over that one on the same terminal line.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     return tok, trainer
 
 
@@ -109,6 +109,8 @@ def train(args) -> Path:
     counts: dict[str, int] = {}
     tok.train_from_iterator(
         sampled_texts(inputs, args.text_field, max_bytes, max_doc_bytes, counts), trainer)
+    for reason, n in inputs.walk.counts().items():  # files left out by content
+        counts[reason] = counts.get(reason, 0) + n
     if counts.get("documents", 0) == 0:
         raise DataToolsError(f"no {what} in {sum(len(f.entries()) for f in files)} input files "
                              f"(skipped: {_fmt_counts(counts)}); no tokenizer written")
@@ -154,22 +156,44 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def tokenizer_info(tok, path: str | os.PathLike) -> TokenizerInfo:
-    """The manifest's `tokenizer` block (design §8). Requires an <|endoftext|> token."""
+def tokenizer_info(tok, path: str | os.PathLike, eos_token: str | None = None,
+                   bos_token: str | None = None, announce: bool = False) -> TokenizerInfo:
+    """The manifest's `tokenizer` block (design §8): EOS and BOS as data_tools.specials
+    chooses them (`eos_token`/`bos_token`: --eos-token/--bos-token). A shard folder's own
+    tokenizer.json (a manifest beside it with the same sha256) gives that manifest's ids, so
+    export, translate and attention see what the folder was sharded with. `announce`: log the
+    choice when it is not our own tokenizer's plain <|endoftext|>."""
     p = resolve_tokenizer_path(str(path))
-    eos = tok.token_to_id(EOS)
-    if eos is None:
-        raise DataToolsError(f"tokenizer file {p} has no {EOS} token (needed as end of document)")
+    sha = sha256_file(p)
+    if eos_token is None and bos_token is None and (known := _sharded_with(p, sha)):
+        return known
+    chosen = choose_specials(tok, p, eos_token, bos_token)
+    eos = tok.token_to_id(chosen.eos)
+    bos = None if chosen.bos is None else tok.token_to_id(chosen.bos)
+    if announce and (chosen.eos != EOS or chosen.add_bos):
+        log.info("%s", chosen.describe(eos, bos))
     sentinels, i = [], 0
     while (sid := tok.token_to_id(sentinel(i))) is not None:
         sentinels.append(sid)
         i += 1
-    bos = next((b for t in BOS_CANDIDATES if (b := tok.token_to_id(t)) is not None), None)
     pad = tok.token_to_id(PAD)
     if pad is None:
         log.warning("tokenizer file %s has no %s token: the manifest names %s (id %d) as pad",
-                    p, PAD, EOS, eos)
+                    p, PAD, chosen.eos, eos)
         pad = eos
-    return TokenizerInfo(file="tokenizer.json", sha256=sha256_file(p),
+    return TokenizerInfo(file="tokenizer.json", sha256=sha,
                          vocab_size=tok.get_vocab_size(with_added_tokens=True), eos_id=eos,
-                         pad_id=pad, bos_id=bos, sentinel_ids=sentinels)
+                         pad_id=pad, bos_id=bos, sentinel_ids=sentinels,
+                         bos_prepended=True if chosen.add_bos else None)
+
+
+def _sharded_with(tok_file: Path, sha: str) -> TokenizerInfo | None:
+    """The tokenizer block of the manifest beside `tok_file`, if it describes this file."""
+    from data_tools.manifest import MANIFEST_NAME, ManifestError, read_manifest
+    if not (tok_file.parent / MANIFEST_NAME).is_file():
+        return None
+    try:
+        info = read_manifest(tok_file.parent).tokenizer
+    except ManifestError:
+        return None
+    return info if info.sha256 == sha and info.file == tok_file.name else None

@@ -10,11 +10,11 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from data_tools.errors import DataToolsError
 from data_tools.exit_codes import EXIT_OK
 from data_tools.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file
+from data_tools.progress import Progress
 from data_tools.writer import tokens_schema
 
 log = logging.getLogger("data_tools")
@@ -27,8 +27,10 @@ def add_arguments(p) -> None:
 
 
 def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int,
-                columns: tuple[str, ...] = ("tokens",)) -> list[str]:
-    """Problems with one shard file (empty list: fine)."""
+                columns: tuple[str, ...] = ("tokens",), bos_id: int | None = None
+                ) -> list[str]:
+    """Problems with one shard file (empty list: fine); `bos_id`: every document must start
+    with it (the manifest's tokenizer.bos_prepended)."""
     path = datadir / entry.file
     if not path.is_file():
         return ["file is missing"]
@@ -58,7 +60,22 @@ def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int,
     for name in columns:
         problems += _column_problems(table.column(name), name, counts[name], vocab_size,
                                      len(columns) > 1)
+    if bos_id is not None:
+        problems += _bos_problems(table.column("tokens"), bos_id)
     return problems
+
+
+def _bos_problems(col, bos_id: int) -> list[str]:
+    """bos_prepended: the first token of every document is bos_id."""
+    import pyarrow.compute as pc
+    if not len(col):
+        return []
+    if pc.min(pc.list_value_length(col)).as_py() == 0:
+        return [f"an empty document, but the manifest says each starts with bos_id {bos_id}"]
+    first = pc.list_element(col, 0)
+    bad = len(first) - pc.sum(pc.equal(first, bos_id)).as_py()
+    return [f"{bad} documents do not start with bos_id {bos_id} (the manifest's "
+            "bos_prepended)"] if bad else []
 
 
 def _column_problems(col, name: str, want_tokens: int, vocab_size: int, pairs: bool
@@ -97,7 +114,9 @@ def validate_remote(url: str) -> list[str]:
         elif remote.download(prefix.join(tok.file), local / "tok", objects[tok.file]) != tok.sha256:
             problems.append(f"{prefix.join(tok.file)}: sha256 does not match the manifest")
         entries = [s for _, s in m.shards()]
-        for entry in tqdm(entries, desc="validate", unit="shard", disable=None):
+        bar = Progress(len(entries), "validate", unit="shards")
+        for done, entry in enumerate(entries, 1):
+            bar.update(done - 1)
             if entry.file not in objects:
                 problems.append(f"{prefix.join(entry.file)}: file is missing")
                 continue
@@ -107,9 +126,12 @@ def validate_remote(url: str) -> list[str]:
             except RemoteError as e:
                 problems.append(f"{prefix.join(entry.file)}: {e}")
                 continue
-            found = check_shard(local, entry, m.dtype, m.tokenizer.vocab_size, m.columns)
+            found = check_shard(local, entry, m.dtype, m.tokenizer.vocab_size, m.columns,
+                                m.tokenizer.bos_id if m.tokenizer.bos_prepended else None)
             problems += [f"{prefix.join(entry.file)}: {p}" for p in found]
             (local / entry.file).unlink()
+        bar.update(len(entries))
+        bar.close()
     return problems
 
 
@@ -126,9 +148,13 @@ def validate(datadir: str | Path) -> list[str]:
     elif sha256_file(tok_path) != m.tokenizer.sha256:
         problems.append(f"{tok_path}: sha256 does not match the manifest")
     entries = [s for _, s in m.shards()]
-    for entry in tqdm(entries, desc="validate", unit="shard", disable=None):
-        found = check_shard(datadir, entry, m.dtype, m.tokenizer.vocab_size, m.columns)
+    bar = Progress(len(entries), "validate", unit="shards")
+    for done, entry in enumerate(entries, 1):
+        found = check_shard(datadir, entry, m.dtype, m.tokenizer.vocab_size, m.columns,
+                            m.tokenizer.bos_id if m.tokenizer.bos_prepended else None)
         problems += [f"{datadir / entry.file}: {p}" for p in found]
+        bar.update(done)
+    bar.close()
     return problems
 
 

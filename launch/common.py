@@ -57,10 +57,15 @@ def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | No
         print(f"error: --config {config}: no such file", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     try:
-        return load_config(config, overrides, world_size, ranks_per_node)
+        cfg = load_config(config, overrides, world_size, ranks_per_node)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    from pretrain.train.preflight import resume_findings
+
+    for note in resume_findings(cfg)[1]:  # the ranks warn again, with every file verified
+        print(f"warning: {note}", file=sys.stderr)
+    return cfg
 
 
 def print_config(cfg) -> int:

@@ -44,6 +44,7 @@ from launch.common import (
 )
 from launch.signal_trainers import LAUNCH_ID_VAR, signal_trainers
 from pretrain.exit_codes import EXIT_OK, describe_exit
+from pretrain.train.signals import Repeats
 
 _SAFE_WORD = re.compile(r"^[\w@%+=:,./-]*$")  # needs no quoting in a shell
 _HOST_LINE = re.compile(r"^(?P<host>[A-Za-z0-9][A-Za-z0-9.\-]*)\s+slots=(?P<slots>\d+)\s*$")
@@ -255,7 +256,8 @@ class Relay(threading.Thread):
 class Forwarder:
     """SIGINT (as SIGTERM), SIGTERM, SIGUSR1 -> every trainer of this launch, on every host.
     Sent from a thread (pdsh takes a moment); retried every 2 s until some trainer got it, while
-    the run lasts (a signal during start-up must not be lost)."""
+    the run lasts (a signal during start-up must not be lost). The same signal again within
+    SAME_REQUEST_S (pretrain/train/signals.py) is the same request: sent once."""
 
     RETRY_FOR_S = 300.0
 
@@ -265,11 +267,14 @@ class Forwarder:
                                                                       args, proc)
 
     def install(self) -> None:
+        self.repeats = Repeats()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, self.handle)
 
     def handle(self, signum, _frame) -> None:
         sig = signal.SIGTERM if signum == signal.SIGINT else signal.Signals(signum)
+        if self.repeats.is_repeat(sig):
+            return  # the same request again within SAME_REQUEST_S (relayed by a wrapper)
         where = "this node" if self.args.no_ssh else f"{len(self.hosts)} host(s) via pdsh"
         print(f"[launch] sending {sig.name} to the trainers of launch {self.launch_id} on "
               f"{where}", file=sys.stderr, flush=True)

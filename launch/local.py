@@ -19,6 +19,8 @@ from launch.common import TRAIN_MODULE, combine_exit_codes, default_omp_threads,
 from launch.common import print_config as _print_config
 from pretrain.exit_codes import EXIT_OK, describe_exit
 from pretrain.train.distenv import free_port
+from pretrain.train.progress import TTY_VAR
+from pretrain.train.signals import SAME_REQUEST_S, Repeats
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1)
 FAILED_RANK_GRACE_S = 30.0  # after one rank fails, the others get this long to notice
@@ -58,11 +60,14 @@ def _pump(rank: int, stream, out) -> None:
 
 @dataclass
 class RankGroup:
-    """The running ranks of one node and the signal forwarding around them."""
+    """The running ranks of one node and the signal forwarding around them. The same signal
+    again within SAME_REQUEST_S is the same request (`timeout` relays the Ctrl-C the terminal
+    also sent us): only a Ctrl-C after that kills the ranks."""
 
     procs: list[subprocess.Popen]
     pumps: list[threading.Thread] = field(default_factory=list)
     interrupts: int = 0
+    repeats: Repeats = field(default_factory=Repeats)
 
     def send(self, sig: int) -> None:
         for p in self.procs:
@@ -71,13 +76,21 @@ class RankGroup:
                     p.send_signal(sig)
 
     def on_signal(self, signum, _frame) -> None:
+        if self.repeats.is_repeat(signum):
+            return  # the same request, relayed by a wrapper (or a key held down)
         if signum == signal.SIGINT:
-            # First Ctrl-C: graceful stop (save + exit 75). Second: kill.
+            # First Ctrl-C: graceful stop (save + exit 75). A later one: kill.
             self.interrupts += 1
-            sig = signal.SIGTERM if self.interrupts == 1 else signal.SIGKILL
-            print(f"[launch] interrupt: sending {signal.Signals(sig).name} to the ranks",
-                  file=sys.stderr, flush=True)
-            self.send(sig)
+            if self.interrupts == 1:
+                print("[launch] Ctrl-C: sending SIGTERM to the ranks: they save a checkpoint "
+                      "at their next sync step and exit 75 (each rank says when); Ctrl-C again "
+                      f"(more than {SAME_REQUEST_S:.0f} s from now) kills them without saving",
+                      file=sys.stderr, flush=True)
+                self.send(signal.SIGTERM)
+            else:
+                print("[launch] Ctrl-C again: sending SIGKILL to the ranks (no checkpoint is "
+                      "saved; the last one is kept)", file=sys.stderr, flush=True)
+                self.send(signal.SIGKILL)
         else:
             print(f"[launch] forwarding {signal.Signals(signum).name} to the ranks",
                   file=sys.stderr, flush=True)
@@ -123,14 +136,23 @@ def print_commands(commands: list[tuple[list[str], dict[str, str]]]) -> None:
         print(shlex.join(["env", *changed, *argv]))
 
 
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def start_ranks(cmd_args: list[str], nproc: int, omp_threads: int, master_port: int,
                 out=None) -> RankGroup:
     """Start `python -m pretrain.train ARGS` once per rank with the five torch.distributed
     variables and OMP_NUM_THREADS set; each rank's output goes to `out` prefixed."""
     out = out or sys.stdout.buffer
+    tty = {TTY_VAR: "1" if _isatty(out) else "0"}  # the ranks see a pipe: we know better
     procs, pumps = [], []
     for rank, (argv, env) in enumerate(rank_commands(cmd_args, nproc, omp_threads,
                                                      master_port)):
+        env = {**tty, **env}  # the caller's ARROWTRAIN_TTY wins
         p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)  # signals reach ranks only through us
         t = threading.Thread(target=_pump, args=(rank, p.stdout, out), daemon=True)

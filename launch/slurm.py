@@ -6,7 +6,8 @@ seconds before the time limit, appends to its log across restarts, and on exit c
 its own job (at most --max-requeues times). Safety: `#SBATCH` lines carry only values that match
 strict patterns (numbers, Slurm time formats, plain names); every other user value (paths,
 overrides, the interpreter) goes into the bash body through shlex.quote, and control characters
-are refused everywhere. The job's output path is relative (sbatch runs in RUNDIR/slurm), so no
+are refused everywhere. `render_array_script`: one job array whose tasks are ordinary runs in
+their own folders (`arrowtrain sweep`), each with the same requeue logic. The job's output path is relative (sbatch runs in RUNDIR/slurm), so no
 user path is ever parsed by sbatch's own directive reader.
 """
 
@@ -118,9 +119,12 @@ def validate(job: SlurmJob) -> SlurmJob:
     return job
 
 
-def sbatch_directives(job: SlurmJob) -> list[str]:
+def sbatch_directives(job: SlurmJob, output: str = LOG_PATTERN,
+                      array: str | None = None) -> list[str]:
     lines = [f"--job-name={job.job_name}", f"--nodes={job.nodes}",
              f"--ntasks-per-node={job.ntasks_per_node}"]
+    if array is not None:
+        lines.append(f"--array={array}")
     if job.gpus_per_node:
         lines.append(f"--gpus-per-node={job.gpus_per_node}")
     if job.cpus_per_task:
@@ -128,7 +132,7 @@ def sbatch_directives(job: SlurmJob) -> list[str]:
     for key in ("time", "partition", "account", "qos"):
         if getattr(job, key):
             lines.append(f"--{key}={getattr(job, key)}")
-    lines += [f"--output={LOG_PATTERN}", "--open-mode=append", "--requeue",
+    lines += [f"--output={output}", "--open-mode=append", "--requeue",
               f"--signal=USR1@{job.signal_seconds}"]
     return [f"#SBATCH {line}" for line in lines]
 
@@ -209,10 +213,23 @@ esac
 """.strip()
 
 
+def _train_args(config: str, overrides: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in ["--config", config, *overrides])
+
+
+def _shared_values(job: SlurmJob) -> list[str]:
+    q = shlex.quote
+    return [f"WORK_DIR={q(job.work_dir)}", f"REPO_DIR={q(job.repo_dir)}",
+            f"PYTHON={q(job.python)}", f"TRAIN_MODULE={q(TRAIN_MODULE)}",
+            f"MAX_REQUEUES={int(job.max_requeues)}",
+            f"EXIT_OK={EXIT_OK} EXIT_FAILED={EXIT_FAILED} EXIT_CONFIG={EXIT_CONFIG} "
+            f"EXIT_RESUME={EXIT_RESUME}  # pretrain/exit_codes.py",
+            f"OMP_THREADS={int(job.omp_threads) if job.omp_threads else ''}"]
+
+
 def render_script(job: SlurmJob) -> str:
     """The complete batch script. Every user value passes through shlex.quote."""
     q = shlex.quote
-    train_args = " ".join(q(a) for a in ["--config", job.config, *job.overrides])
     slurm_dir = str(Path(job.run_dir) / "slurm")
     header = [
         "#!/bin/bash", *sbatch_directives(job), "#",
@@ -220,16 +237,85 @@ def render_script(job: SlurmJob) -> str:
         f"# Resubmit by hand from its folder (the log path is relative): cd {q(slurm_dir)} "
         f"&& sbatch {SCRIPT_NAME}",
         "set -uo pipefail", "",
-        f"RUN_DIR={q(job.run_dir)}", f"WORK_DIR={q(job.work_dir)}",
-        f"REPO_DIR={q(job.repo_dir)}", f"PYTHON={q(job.python)}",
-        f"TRAIN_MODULE={q(TRAIN_MODULE)}", f"TRAIN_ARGS=({train_args})",
-        f"MAX_REQUEUES={int(job.max_requeues)}",
-        f"EXIT_OK={EXIT_OK} EXIT_FAILED={EXIT_FAILED} EXIT_CONFIG={EXIT_CONFIG} "
-        f"EXIT_RESUME={EXIT_RESUME}  # pretrain/exit_codes.py",
-        f"OMP_THREADS={int(job.omp_threads) if job.omp_threads else ''}",
+        f"RUN_DIR={q(job.run_dir)}", *_shared_values(job)[:4],
+        f"TRAIN_ARGS=({_train_args(job.config, job.overrides)})", *_shared_values(job)[4:],
         "",
     ]
     return "\n".join(header) + SCRIPT_BODY + "\n"
+
+
+# ---- job arrays (arrowtrain sweep) ---------------------------------------------------------
+
+ARRAY_SCRIPT_NAME = "sweep.sbatch"
+ARRAY_LOG_PATTERN = "sweep-%A_%a.out"  # until a task has chosen its run
+
+
+@dataclass(frozen=True)
+class ArrayTask:
+    """One task of a job array: an ordinary run in its own run folder."""
+
+    run_dir: str
+    overrides: list[str]
+
+
+def validate_array(job: SlurmJob, tasks: list[ArrayTask], parallel: int | None) -> None:
+    """The job's options (validate) and every task's values; LaunchError listing all."""
+    problems: list[str] = []
+    _positive(problems, "--parallel", parallel)
+    if not tasks:
+        problems.append("a job array needs at least one run")
+    for t in tasks:
+        for option, values in (("run_dir", [t.run_dir]), ("override", t.overrides)):
+            try:
+                check_all(option, values)
+            except LaunchError as err:
+                problems.append(str(err))
+    try:
+        validate(job)
+    except LaunchError as err:
+        problems += [line.strip()[2:] for line in str(err).splitlines()[1:]]
+    if problems:
+        raise LaunchError("invalid slurm options:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+ARRAY_SELECT = r"""
+mkdir -p "$RUN_DIR/slurm"
+# `launch status RUNDIR` finds this task's job id and log where a single job's would be.
+[ "$(tail -n 1 "$RUN_DIR/slurm/jobs" 2>/dev/null)" = "$SLURM_JOB_ID" ] || \
+  echo "$SLURM_JOB_ID" >> "$RUN_DIR/slurm/jobs"
+exec >> "$RUN_DIR/slurm/job-$SLURM_JOB_ID.out" 2>&1
+""".strip()
+
+
+def render_array_script(job: SlurmJob, tasks: list[ArrayTask], parallel: int | None) -> str:
+    """One SLURM job array, task i running tasks[i] (at most `parallel` at a time). Each task
+    is the single-job script's body for its own run folder: it requeues itself on exit 75
+    (SLURM_JOB_ID is the task's own id), appends to RUNDIR/slurm/job-ID.out and its events to
+    RUNDIR/slurm/events.jsonl, and records its id in RUNDIR/slurm/jobs. Values are quoted."""
+    q = shlex.quote
+    array = f"0-{len(tasks) - 1}" + (f"%{int(parallel)}" if parallel else "")
+    cases = [f"  {i}) RUN_DIR={q(t.run_dir)}; TRAIN_ARGS=({_train_args(job.config, t.overrides)})"
+             " ;;" for i, t in enumerate(tasks)]
+    header = [
+        "#!/bin/bash", *sbatch_directives(job, ARRAY_LOG_PATTERN, array), "#",
+        "# Generated by `arrowtrain sweep`; every value below is validated and quoted. One task",
+        "# per run; each requeues itself on exit 75 like `launch slurm`'s job.",
+        "set -uo pipefail", "", *_shared_values(job), "",
+        'case "${SLURM_ARRAY_TASK_ID:-}" in', *cases,
+        '  *) echo "no run for array task ${SLURM_ARRAY_TASK_ID:-unset}" >&2; '
+        'exit "$EXIT_FAILED" ;;', "esac", ARRAY_SELECT, "",
+    ]
+    return "\n".join(header) + SCRIPT_BODY + "\n"
+
+
+def write_array_script(folder: Path, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ARRAY_SCRIPT_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    os.replace(tmp, path)
+    return path
 
 
 def write_script(job: SlurmJob) -> Path:

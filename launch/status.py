@@ -40,13 +40,13 @@ from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME, describe_exit
 from pretrain.logs import human_duration
 from pretrain.train import runlock
 from pretrain.train.checkpoint_meta import (
-    META,
-    UNIVERSAL_SUFFIX,
     CheckpointMeta,
     find_resume_tag,
     read_meta,
     resume_order,
+    universal_copy_state,
 )
+from pretrain.train.events import EVENTS_FILE as RUN_EVENTS
 from pretrain.train.events import read_events, read_jsonl
 
 RECENT_STEPS = 20  # ETA from the median step time of the last rows
@@ -60,6 +60,27 @@ def _tool(*cmd: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return res.stdout.strip() if res.returncode == 0 else None
+
+
+def _int(value: Any) -> int | None:
+    """An int from a damaged file's field: None unless it is a number (or a numeric string)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and abs(number) != float("inf") else None
 
 
 def job_state(job_id: str) -> dict[str, Any]:
@@ -100,10 +121,14 @@ def failure_reason(slurm_dir: Path, job_id: str, lines: int = 8) -> list[str]:
 
 def checkpoint_layout(tag_dir: Path, meta: CheckpointMeta) -> dict[str, Any]:
     """How the checkpoint was written: ranks, ZeRO stage, and whether a re-sharded universal
-    copy (`TAG_universal`, pretrain/train/reshard.py) is beside it."""
-    universal = tag_dir.parent / (tag_dir.name + UNIVERSAL_SUFFIX) / META
-    return {"ranks": meta.world_size, "zero_stage": meta.zero_stage,
-            "universal_copy": universal.is_file()}
+    copy (`TAG_universal`, pretrain/train/reshard.py) of this very checkpoint is beside it (a
+    stale one, of an earlier writing of the tag, is converted again when needed)."""
+    state = universal_copy_state(tag_dir.parent, tag_dir.name)
+    layout = {"ranks": meta.world_size, "zero_stage": meta.zero_stage,
+              "universal_copy": state == "current"}
+    if state == "stale":
+        layout["stale_universal_copy"] = True
+    return layout
 
 
 def max_steps_of(run_dir: Path) -> int | None:
@@ -132,12 +157,14 @@ def data_location(run_dir: Path) -> dict[str, Any] | None:
 
 
 def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
-    steps = [r for r in rows if "step_time_ms" in r and "step" in r]
+    steps = [(_int(r["step"]), _float(r["step_time_ms"])) for r in rows
+             if "step_time_ms" in r and "step" in r]
+    steps = [(s, ms) for s, ms in steps if s is not None and ms is not None]
     max_steps = max_steps_of(run_dir)
     if not steps or max_steps is None:
         return None
-    step_ms = statistics.median(r["step_time_ms"] for r in steps[-RECENT_STEPS:])
-    return max(0, max_steps - int(steps[-1]["step"])) * step_ms / 1000
+    step_ms = statistics.median(ms for _, ms in steps[-RECENT_STEPS:])
+    return max(0, max_steps - steps[-1][0]) * step_ms / 1000
 
 
 def checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
@@ -155,9 +182,14 @@ def checkpoint_info(run_dir: Path) -> dict[str, Any] | None:
 
 
 def lock_info(run_dir: Path) -> dict[str, Any] | None:
-    """The run lock's holder, whether it can still be running, and if not why."""
+    """The run lock's holder, whether it can still be running, and if not why (`blocks`: a
+    run.lock that is no lock file, which every start refuses until it is removed)."""
+    path = run_dir / runlock.LOCK_NAME
+    if path.exists() and not path.is_file():
+        return {"holder": None, "alive": False, "describe": "not a lock file",
+                "stale": runlock.not_a_lock_message(path), "blocks": True}
     try:
-        rec, mtime = runlock._read(run_dir / runlock.LOCK_NAME)
+        rec, mtime = runlock._read(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
@@ -171,23 +203,48 @@ def lock_info(run_dir: Path) -> dict[str, Any] | None:
             "describe": runlock.describe(rec, age) if rec else f"an empty lock, {age:.0f} s old"}
 
 
+def resume_setting(run_dir: Path) -> str:
+    """`resume` of the run as it last started (RUNDIR/config.yaml): auto, or never."""
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        value = cfg.get("resume", "auto") if isinstance(cfg, dict) else "auto"
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "auto"
+    return "never" if value == "never" else "auto"
+
+
+def next_start(ckpt: dict[str, Any] | None, resume: str = "auto") -> str:
+    """What the same command does next, as the trainer decides it (`resume`, then
+    checkpoint_meta.find_resume_tag)."""
+    if resume == "never":
+        return ("the same command starts over at step 0 (resume: never in its config.yaml), "
+                "writing over the checkpoints" + (f" ({ckpt['tag']} …)" if ckpt else ""))
+    if ckpt:
+        return f"the same command resumes from {ckpt['tag']}"
+    return "the same command starts at step 0 (no complete checkpoint to resume from)"
+
+
 def run_state(lock: dict[str, Any] | None, events: list[dict[str, Any]],
-              ckpt: dict[str, Any] | None, max_steps: int | None) -> tuple[str, str]:
+              ckpt: dict[str, Any] | None, max_steps: int | None,
+              resume: str = "auto") -> tuple[str, str]:
     """(state, why): running | finished | stopped | failed | not started (module docstring)."""
     if lock and lock["alive"]:
         return "running", f"the run lock is held: {lock['describe']}"
-    resumable = "resumable: the same command resumes from " + (ckpt["tag"] if ckpt else "")
+    resumable = ("resumable: " if ckpt and resume != "never" else "") + next_start(ckpt, resume)
     last = events[-1] if events else None
     if last and last["event"] == "exit":
-        code = int(last.get("code", 1))
+        code = _int(last.get("code", 1))
+        if code is None:
+            return "failed", (f"its last exit record holds no exit code ({last.get('code')!r}: "
+                              f"{RUN_EVENTS} is damaged){'; ' + resumable if ckpt else ''}")
         at = f"at step {last.get('step', '?')}"
         if code == EXIT_OK:
             return "finished", f"exited 0 {at}"
         if code == EXIT_RESUME:
             return "stopped", f"stopped on request {at} (exit 75); {resumable}"
         err = f": {last['error']}" if last.get("error") else ""
-        again = f"; after a fix, the same command resumes from {ckpt['tag']}" if ckpt else ""
-        return "failed", f"exited {code} ({describe_exit(code)}) {at}{err}{again}"
+        return "failed", (f"exited {code} ({describe_exit(code)}) {at}{err}; after a fix, "
+                          f"{next_start(ckpt, resume)}")
     if last and last["event"] == "start":
         why = "ended without recording its exit (killed: kill -9, out of memory, a lost node?)"
         return ("stopped", f"{why}; {resumable}") if ckpt else ("failed", why)
@@ -206,11 +263,12 @@ def collect(run_dir: Path) -> dict[str, Any]:
         job_id = jobs[-1]
         events = [e for e in read_jsonl(slurm_dir / EVENTS_FILE) if str(e.get("job_id")) == job_id]
         info["job"] = {"id": job_id, **job_state(job_id),
-                       "restarts": max((int(e["restart"]) for e in events), default=0),
+                       "restarts": max((_int(e.get("restart")) or 0 for e in events), default=0),
                        "last_event": events[-1] if events else None}
         if events and events[-1].get("event") == "failed":
-            rc = int(events[-1]["rc"])
-            info["job"]["why"] = f"training exited with code {rc} ({describe_exit(rc)})"
+            rc = _int(events[-1].get("rc"))
+            info["job"]["why"] = f"training exited with code {rc} ({describe_exit(rc)})" \
+                if rc is not None else f"training failed (exit code {events[-1].get('rc')!r})"
             info["job"]["log"] = failure_reason(slurm_dir, job_id)
     ckpt = checkpoint_info(run_dir)
     info["checkpoint"] = ckpt["tag"] if ckpt else None
@@ -219,7 +277,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         info["checkpoint_layout"] = ckpt["layout"]
         info["checkpoint_note"] = ckpt["latest_not_followed"]
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    train = [r for r in rows if "loss" in r and "step" in r]
+    train = [r for r in rows if "loss" in r and _int(r.get("step")) is not None]
     val = [r for r in rows if "val_loss" in r]
     info["last_metrics"] = rows[-1] if rows else None
     info["last_train"] = train[-1] if train else None
@@ -227,14 +285,16 @@ def collect(run_dir: Path) -> dict[str, Any]:
     info["memory"] = memory_info(rows)
     info["max_steps"] = max_steps_of(run_dir)
     info["data"] = data_location(run_dir)
-    known = [int(train[-1]["step"])] if train else []
+    known = [_int(train[-1]["step"])] if train else []
     known += [ckpt["step"]] if ckpt else []
     info["step"] = max(known, default=None)
     info["lock"] = lock_info(run_dir)
     events = read_events(run_dir)
     info["restarts_recorded"] = sum(1 for e in events if e["event"] == "start") - 1 \
         if events else 0
-    info["state"], info["why"] = run_state(info["lock"], events, ckpt, info["max_steps"])
+    info["resume"] = resume_setting(run_dir)
+    info["state"], info["why"] = run_state(info["lock"], events, ckpt, info["max_steps"],
+                                           info["resume"])
     info["eta_s"] = None if info["state"] == "finished" else eta_seconds(run_dir, rows)
     return info
 
@@ -247,8 +307,8 @@ def memory_info(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The run's measured peak per rank next to `arrowtrain plan`'s figure (the trainer logs
     both in metrics.jsonl: pretrain/train/memcheck.py), from the last row that has them."""
     for row in reversed(rows):
-        planned, peak = row.get("memory_planned_bytes"), row.get("memory_peak_bytes")
-        if planned is not None or peak is not None:
+        planned, peak = _int(row.get("memory_planned_bytes")), _int(row.get("memory_peak_bytes"))
+        if planned is not None or peak is not None:  # a damaged value counts as not measured
             return {"planned_bytes": planned, "peak_bytes": peak}
     return None
 
@@ -278,7 +338,8 @@ def _format_job(job: dict[str, Any]) -> list[str]:
            f"restarts: {job['restarts']}"]
     if job.get("last_event"):
         e = job["last_event"]
-        out.append(f"last event: {e['event']} at {e['time']} (rc {e['rc']})")
+        out.append(f"last event: {e.get('event', '?')} at {e.get('time', '?')} "
+                   f"(rc {e.get('rc', '?')})")
     if job.get("why"):
         out.append(f"why: {job['why']}")
         out += [f"  | {line}" for line in job.get("log", [])]
@@ -290,7 +351,9 @@ def _layout_text(layout: dict[str, Any] | None) -> str:
     if not layout:
         return ""
     n = layout["ranks"]
-    copy = "; universal copy beside it" if layout["universal_copy"] else ""
+    copy = "; universal copy beside it" if layout["universal_copy"] else \
+        "; a stale universal copy beside it (of an earlier writing of this step: converted " \
+        "again if needed)" if layout.get("stale_universal_copy") else ""
     return (f" (written by {n} rank{'s' if n != 1 else ''} at ZeRO-{layout['zero_stage']}; "
             f"resumes on any number of ranks{copy})")
 
@@ -306,8 +369,11 @@ def _data_text(data: dict[str, Any]) -> str:
 
 def _format(info: dict[str, Any]) -> str:
     out = [f"run folder: {info['run_dir']}", f"state: {info['state']} ({info['why']})"]
-    if info.get("lock") and not info["lock"]["alive"]:
-        out.append(f"stale lock: {info['lock'].get('describe', '?')} ({info['lock']['stale']}; "
+    lock = info.get("lock")
+    if lock and lock.get("blocks"):
+        out.append(f"damaged lock: {lock['stale']}")
+    elif lock and not lock["alive"]:
+        out.append(f"stale lock: {lock.get('describe', '?')} ({lock['stale']}; "
                    "the next start takes it over)")
     step, max_steps = info["step"], info["max_steps"]
     if step is not None or max_steps is not None:

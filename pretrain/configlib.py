@@ -68,9 +68,11 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     """Base for typed config sections: unknown keys are errors, values are validated on
-    assignment too, so a config stays valid after it is changed in code."""
+    assignment too, so a config stays valid after it is changed in code; no float setting is
+    infinite or NaN (`optim.lr: .inf` would pass `> 0` and fail at the second step)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(),
+                              allow_inf_nan=False)
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -313,3 +315,22 @@ def validate_section(cls: type[T], data: Any, prefix: str = "",
 
 def dump_yaml(data: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(data), sort_keys=False, default_flow_style=False)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every value that differs, sorted by key."""
+    a, b = flatten(old), flatten(new)
+    return [(k, a.get(k, "<unset>"), b.get(k, "<unset>")) for k in sorted(set(a) | set(b))
+            if a.get(k, "<unset>") != b.get(k, "<unset>")]

@@ -43,9 +43,35 @@ def setup_logging(rank: int | None = None, level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # DeepSpeed and friends are chatty at INFO; keep their warnings.
-    for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "wandb"):
+    for noisy in ("torch.distributed", "wandb"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    set_deepspeed_level()
     _CONFIGURED = True
+
+
+DEEPSPEED_LOG_VAR = "ARROWTRAIN_DEEPSPEED_LOG"  # warning (default) | info | debug
+DEEPSPEED_LEVELS = {"warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+_deepspeed_level = [logging.WARNING]
+
+
+def set_deepspeed_level(name: str | None = None) -> int:
+    """DeepSpeed's own log lines (its loggers "DeepSpeed" and "deepspeed", and the prints of
+    its checkpoint tools, distenv.deepspeed_output) from this level on: ARROWTRAIN_DEEPSPEED_LOG
+    if set, else `name` (logging.deepspeed_level), else warning — its INFO chatter stays out
+    unless asked for. Applied again after DeepSpeed's import, which resets its logger."""
+    env = os.environ.get(DEEPSPEED_LOG_VAR, "").strip().lower()
+    level = DEEPSPEED_LEVELS.get(env) or DEEPSPEED_LEVELS.get(name or "", logging.WARNING)
+    _deepspeed_level[0] = level
+    for logger_name in ("DeepSpeed", "deepspeed"):
+        logger = logging.getLogger(logger_name)
+        logger.setLevel(level)
+        for h in logger.handlers:
+            h.setLevel(level)
+    return level
+
+
+def deepspeed_level() -> int:
+    return _deepspeed_level[0]
 
 
 def get_logger(name: str) -> logging.Logger:

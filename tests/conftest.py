@@ -1,8 +1,31 @@
-"""Suite-wide options: `--slow` runs the long trials marked `@pytest.mark.slow`."""
+"""Suite-wide options and the shared session fixtures: one tiny shard folder and one pair folder,
+and the trained runs several test files read — built once per session, on first use.
+
+`--slow` runs the long trials marked `@pytest.mark.slow`.
+
+Shared runs are read-only: a test that resumes, damages or otherwise changes one works on a copy
+(`copy_run(run, tmp_path / "run")`). What each is made of: helpers/runs.py."""
+
+from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from helpers.dist import REPO, run_ranks
+from helpers.runs import (
+    copy_run,
+    data_tools,
+    read_metrics,
+    small_run_args,
+    train_args,
+    train_losses,
+    write_corpus,
+)
 
 # Every test process (and the ranks it starts) sees the same deterministic, offline settings.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -13,6 +36,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False,
                      help="also run the long trials marked slow")
+
+
+def pytest_configure(config):
+    # The toolkit's logging, set up once for the whole session (as the first command run in
+    # this process would), so that commands called in-process neither replace pytest's log
+    # capture nor bind to one test's captured stderr. Their records reach `caplog`.
+    from pretrain.logs import setup_logging
+
+    setup_logging()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,6 +68,143 @@ def flex_backward_on_cpu(monkeypatch):
                         lambda q, k, v: check(q.detach(), k.detach(), v.detach()))
 
 
+# ---------------------------------------------------------------------------------------------
+# Commands called in-process
+
+
+@dataclass
+class CliResult:
+    code: int | None
+    out: str   # what the command printed on stdout
+    err: str   # what it printed on stderr, then the records it logged
+
+
+@pytest.fixture
+def cli(capsys, caplog):
+    """cli(main, *argv) -> CliResult: a command's `main(argv)` in this process. For the tests
+    where the process itself is not what is tested; each command keeps at least one test that
+    runs it as a real subprocess (its exit code, stdout alone)."""
+    def run(main, *argv) -> CliResult:
+        capsys.readouterr()
+        start = len(caplog.text)
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err + caplog.text[start:])
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Data folders
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """DATADIR of ~1500 documents of a tiny grammar, vocab 512 with 100 T5 sentinels, made with
+    the data_tools command line."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    corpus = write_corpus(root / "corpus.jsonl")
+    data_tools("train-tokenizer", corpus, "--vocab-size", "512", "--sentinels", "100",
+               "--out", root / "tok")
+    data_tools("shard", corpus, "--tokenizer", root / "tok" / "tokenizer.json",
+               "--out", root / "data", "--val-fraction", "0.05", "--workers", "1")
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def pair_data(tmp_path_factory) -> Path:
+    """A pair folder of the synthetic translation task (arrowtrain/demos/translate_task.py):
+    1200 pairs, tokenizer learnt from both sides, made with the data_tools command line."""
+    from arrowtrain.demos.translate_task import make_task
+
+    root = tmp_path_factory.mktemp("pair_data")
+    paths = make_task(root / "task", train=1200, test=50)
+    fields = ["--source-field", "src", "--target-field", "tgt"]
+    data_tools("train-tokenizer", paths["pairs"], *fields, "--vocab-size", "512",
+               "--out", root / "tok")
+    data_tools("shard", paths["pairs"], *fields, "--tokenizer", root / "tok" / "tokenizer.json",
+               "--out", root / "data", "--val-fraction", "0.1", "--workers", "1")
+    return root / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trained runs (SMALL_RUN of helpers/runs.py: gpt-tiny, 8 steps, 2 gloo ranks)
+
+
+@pytest.fixture(scope="session")
+def straight_run(tiny_data, tmp_path_factory):
+    """straight_run(stage, *overrides) -> RUNDIR of the uninterrupted SMALL_RUN at that ZeRO
+    stage (plus overrides) on 2 ranks (run once per session for each distinct set of arguments,
+    shared by the tests that need a reference or a finished run)."""
+    cache: dict[tuple, Path] = {}
+
+    def get(stage: int, *overrides: str) -> Path:
+        key = (stage, overrides)
+        if key not in cache:
+            root = tmp_path_factory.mktemp(f"straight_zero{stage}")
+            run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides), root / "logs")
+            cache[key] = root / "run"
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def stopped_run(tiny_data, tmp_path_factory):
+    """stopped_run(stage, at_step, *overrides, world_size=2) -> RUNDIR of SMALL_RUN (plus
+    overrides) stopped by `train.stop_at_step` (exit 75, a checkpoint at that step): run once
+    per session for each distinct set of arguments."""
+    cache: dict[tuple, Path] = {}
+
+    def get(stage: int, at_step: int, *overrides: str, world_size: int = 2) -> Path:
+        key = (stage, at_step, overrides, world_size)
+        if key not in cache:
+            root = tmp_path_factory.mktemp(f"stopped_zero{stage}_at{at_step}")
+            run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides,
+                                     f"train.stop_at_step={at_step}"),
+                      root / "logs", world_size=world_size, expect=75)
+            cache[key] = root / "run"
+        return cache[key]
+
+    return get
+
+
+KILLED_LOCK = ("import os, sys; from pretrain.train.runlock import RunLock; "
+               "RunLock(sys.argv[1]).acquire(); os.kill(os.getpid(), 9)")
+
+
+def leave_killed_lock(run: Path) -> None:
+    """run.lock of a holder killed -9 on this host (stale at once: its process is gone)."""
+    killed = subprocess.run([sys.executable, "-c", KILLED_LOCK, str(run)], cwd=REPO, timeout=60)
+    assert killed.returncode == -9 and (run / "run.lock").is_file()
+
+
+@pytest.fixture(scope="session")
+def restarted_run(stopped_run, tiny_data, tmp_path_factory):
+    """RUNDIR of SMALL_RUN at ZeRO-1 stopped at step 4 (stopped_run(1, 4)), left with the lock
+    of a process killed -9, then resumed to step 8 by `launch local --nproc 2` (which takes
+    the stale lock over). Its launcher output is in RUNDIR/../launch.log."""
+    root = tmp_path_factory.mktemp("restarted")
+    run = copy_run(stopped_run(1, 4), root / "run")
+    leave_killed_lock(run)
+    args = small_run_args(run, tiny_data, 1)
+    res = subprocess.run([sys.executable, "-m", "launch", "local", "--config", args[3],
+                          "--nproc", "2", "--omp-threads", "1", *args[4:]],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    (root / "launch.log").write_text(res.stdout + res.stderr)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
+def runs():
+    """The helpers of helpers/runs.py, for test modules that take them as a fixture."""
+    return types.SimpleNamespace(train_args=train_args, read_metrics=read_metrics,
+                                 train_losses=train_losses, small_run_args=small_run_args,
+                                 copy_run=copy_run, leave_killed_lock=leave_killed_lock)
 # ---- a real S3 server (Ceph RGW), one per session ----------------------------------------------
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ def _capture(monkeypatch, main, argv) -> list[argparse.ArgumentParser]:
 def _mains():
     from arrowtrain.commands.attention import main as attention
     from arrowtrain.commands.config import main as config
+    from arrowtrain.commands.coord_check import main as coord_check
     from arrowtrain.commands.export import main as export
     from arrowtrain.commands.import_hf import main as import_hf
     from arrowtrain.commands.model import main as model
@@ -38,6 +39,7 @@ def _mains():
     from arrowtrain.commands.plot import main as plot
     from arrowtrain.commands.runs import main as runs
     from arrowtrain.commands.sample import main as sample
+    from arrowtrain.commands.sweep import main as sweep
     from arrowtrain.commands.translate import main as translate
     from arrowtrain.demos.demo import main as demo
     from arrowtrain.demos.translate_demo import main as translate_demo
@@ -53,6 +55,7 @@ def _mains():
             "arrowtrain.commands.plan": plan,
             "arrowtrain.commands.attention": attention, "arrowtrain.commands.config": config,
             "arrowtrain.commands.runs": runs, "arrowtrain.demos.demo": demo,
+            "arrowtrain.commands.coord_check": coord_check, "arrowtrain.commands.sweep": sweep,
             "arrowtrain.demos.translate_demo": translate_demo,
             "arrowtrain.demos.translate_task": translate_task}
 
@@ -64,6 +67,7 @@ def _mains():
                                   "arrowtrain.commands.plan",
                                   "arrowtrain.commands.attention", "arrowtrain.commands.config",
                                   "arrowtrain.commands.runs", "arrowtrain.demos.demo",
+                                  "arrowtrain.commands.coord_check", "arrowtrain.commands.sweep",
                                   "arrowtrain.demos.translate_demo",
                                   "arrowtrain.demos.translate_task"])
 def test_every_option_has_help_and_states_its_default_once(name, monkeypatch):

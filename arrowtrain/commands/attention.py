@@ -50,7 +50,8 @@ def explicit_attention(attn: nn.Module, x: torch.Tensor, memory=None, mask=None,
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     rep = attn.n_heads // attn.n_kv_heads
     k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, h, S, hd)
-    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(attn.head_dim)  # (B, h, T, S)
+    scores = (q @ k.transpose(-2, -1)).float()  # (B, h, T, S)
+    scores = scores / math.sqrt(attn.head_dim) if attn.scale is None else scores * attn.scale
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:

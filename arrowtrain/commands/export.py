@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
-from pretrain.interop.export import ExportError, export, export_hf, export_universal
-from pretrain.interop.hf_format import HFFormatError
 from pretrain.logs import setup_logging
+
+# torch, DeepSpeed and the model code are imported after the arguments are parsed: `--help`
+# and a usage error answer at once.
 
 log = logging.getLogger("arrowtrain.commands.export")
 
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 "--format universal writes checkpoints/TAG_universal beside the checkpoint; "
                 "drop --out")
     setup_logging()
+    from pretrain.interop.export import ExportError, export, export_hf, export_universal
+    from pretrain.interop.hf_format import HFFormatError
+
     try:
         if args.format == "hf":
             out = export_hf(args.run_dir, args.out, args.tag, args.tokenizer)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from data_tools.atomic import with_umask
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.interop.hf_format import HFFormatError, add_base_prefix, from_hf_config, from_hf_state
 from pretrain.logs import setup_logging
@@ -25,7 +26,22 @@ from pretrain.logs import setup_logging
 log = logging.getLogger("arrowtrain.commands.import_hf")
 
 
+def download_hint(name: str) -> str:
+    """How to fetch a Hub model into a local folder first (import-hf never downloads)."""
+    folder = Path(name).name + "-hf"
+    return (f"import-hf reads a local folder and downloads nothing; if {name!r} is a Hugging "
+            "Face Hub model id, download its files first (pip install huggingface_hub): `hf "
+            f"download {name} config.json model.safetensors tokenizer.json --local-dir {folder}` "
+            f"(older versions: `huggingface-cli download ...`), then `arrowtrain import-hf "
+            f"{folder} --out {Path(name).name}.safetensors`")
+
+
 def read_hf_config(hf_dir: Path) -> dict[str, Any]:
+    if not hf_dir.exists():
+        raise HFFormatError(f"{hf_dir}: no such folder. {download_hint(str(hf_dir))}")
+    if not hf_dir.is_dir():
+        raise HFFormatError(f"{hf_dir}: not a folder (HF_DIR is a local transformers model "
+                            "folder: config.json + model.safetensors)")
     path = hf_dir / "config.json"
     try:
         data = json.loads(path.read_text())
@@ -94,6 +110,7 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
     save_model(model.eval(), str(out), metadata={
         "model_config": json.dumps(cfg.model_dump(mode="json")),
         "imported_from": f"{family} {hf_dir.resolve()}"})
+    with_umask(out)  # safetensors writes 0600
     return out
 
 
@@ -108,7 +125,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("hf_dir", type=Path, help="local transformers folder (config.json + "
-                   "model.safetensors), e.g. one written by save_pretrained")
+                   "model.safetensors), e.g. one written by save_pretrained or `hf download "
+                   "MODEL_ID --local-dir DIR` (nothing is downloaded here)")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     args = p.parse_args(argv)
     setup_logging()

@@ -14,10 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
-from pretrain.interop.export import TOKENIZER_KEY, tokenizer_path
+
+# torch and the model code are imported where they are used: `--help` answers at once.
 
 log = logging.getLogger("arrowtrain.commands.sample")
 
@@ -45,7 +44,7 @@ def load_export(path: Path, tokenizer: Path | None):
     from safetensors import safe_open
     from tokenizers import Tokenizer
 
-    from pretrain.interop.export import load_exported
+    from pretrain.interop.export import TOKENIZER_KEY, load_exported
 
     if not path.is_file():
         raise SampleError(f"{path}: no such file")
@@ -70,7 +69,7 @@ def load_export(path: Path, tokenizer: Path | None):
 
 def load_run(run_dir: Path, tokenizer: Path | None):
     """(model, tokenizer) of a run folder's newest complete checkpoint."""
-    from pretrain.interop.export import load_trained_model
+    from pretrain.interop.export import load_trained_model, tokenizer_path
 
     if not run_dir.is_dir():
         raise SampleError(f"{run_dir}: no such run folder or .safetensors file")
@@ -87,6 +86,8 @@ def sample_text(source: str | Path, prompt: str, max_new_tokens: int = 64,
     """Continue `prompt` with the model of a run folder or an exported .safetensors file:
     sampled at `temperature` among the `top_k` most likely tokens (None: all), the same text for
     the same `seed`; temperature 0 is greedy."""
+    import torch
+
     from pretrain.model.generate import generate
 
     source, tokenizer = Path(source), (Path(tokenizer) if tokenizer else None)

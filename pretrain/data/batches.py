@@ -61,7 +61,7 @@ class EvalMicroBatches(Dataset):
                                      "the val split's sample count", n, micro_batch, world)
         if problem:
             raise DataError(f"{problem}: " + ("raise it" if capped else
-                                              "shard more validation data"))
+                                              src.objective.more_val_hint(micro_batch * world)))
         self.order = src.val_order(self.num_batches * micro_batch * world)
 
     def __len__(self) -> int:

@@ -58,3 +58,8 @@ class RankSlice:
 def samples_in_stream(stream_len: int, window: int, stride: int) -> int:
     """Samples of `window` tokens every `stride` tokens in a packed stream of `stream_len`."""
     return (stream_len - window) // stride + 1 if stream_len >= window else 0
+
+
+def stream_tokens_for(samples: int, window: int, stride: int) -> int:
+    """The shortest stream that gives `samples` samples (samples_in_stream's inverse)."""
+    return window + (max(1, samples) - 1) * stride

@@ -13,22 +13,21 @@ also what `arrowtrain sample / translate / attention` load a run with.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from data_tools.atomic import with_umask
 from pretrain.interop.hf_format import to_hf_config, to_hf_state
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.checkpoint_meta import CheckpointMeta, resume_candidates
-from pretrain.train.distenv import import_deepspeed
+from pretrain.train.distenv import deepspeed_output, import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger("pretrain.interop.export")
@@ -62,7 +61,7 @@ def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, Checkpo
 
 def _fp32_state_dict(tag_dir: Path, zero_stage: int) -> dict[str, torch.Tensor]:
     try:  # every torch.load weights-only, zero_to_fp32's own included
-        with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
+        with weights_only_loading(), deepspeed_output():
             return _merge(tag_dir, zero_stage)
     except UnsafeCheckpointFile as e:
         raise ExportError(str(e)) from None
@@ -134,6 +133,7 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
         log.warning("the run's tokenizer %s is gone: the export carries none (pass "
                     "--tokenizer to arrowtrain sample)", tok)
     save_model(model, str(out), metadata=metadata)
+    with_umask(out)  # safetensors writes 0600
     return out
 
 
@@ -156,6 +156,7 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None,
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "model.safetensors"), metadata={
         "format": "pt", "step": str(meta.step), "data_fingerprint": meta.data_fingerprint})
+    with_umask(tmp / "model.safetensors")  # safetensors writes 0600
     _write_json(tmp / "config.json", to_hf_config(cfg, {k[:-6]: v for k, v in ids.items()}))
     _write_json(tmp / "generation_config.json",
                 {k + "_id": v for k, v in ids.items() if v is not None})
@@ -226,10 +227,27 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def export_universal(run_dir: str | Path, tag: str | None = None) -> Path:
-    """checkpoints/TAG_universal beside the checkpoint, converted once (reused when present)."""
+    """checkpoints/TAG_universal beside the checkpoint, converted once (reused when it is the
+    copy of this very checkpoint). Holds the run folder's lock meanwhile, as a run does: a run
+    cannot rewrite the checkpoint under the conversion, nor two conversions race."""
+    from pretrain.train.runlock import RunDirBusy, RunLock
+
+    if not Path(run_dir).is_dir():
+        raise ExportError(f"{run_dir}: no such run folder")
+    try:
+        lock = RunLock(Path(run_dir), purpose="arrowtrain export --format universal").acquire()
+    except RunDirBusy as e:
+        raise ExportError(str(e)) from None
+    try:
+        return _convert_universal(Path(run_dir), tag)
+    finally:
+        lock.release()
+
+
+def _convert_universal(run_dir: Path, tag: str | None) -> Path:
     from pretrain.train import reshard
 
-    tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
+    tag_dir, meta = checkpoint_dir(run_dir, tag)
     if meta.converted_from is not None:
         raise ExportError(f"{tag_dir} is already a universal checkpoint")
     if meta.zero_stage == 0:

@@ -8,17 +8,20 @@ here imports `transformers` (it is a test-only dependency). The renaming table i
 docs/interop.md ("Export to Hugging Face"). Our RoPE rotates the pairs (x_i, x_{i+hd/2}) — the
 `rotate_half` layout of HF Llama — so q/k weights are copied as they are, never permuted.
 A model setting without an HF equivalent is refused with every such field named at once
-(HFFormatError).
+(HFFormatError). muP's attention scale and (untied) output multiplier are folded into the
+weights (`fold_mup`); the output multiplier of a tied head is refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from pretrain.model.config import ModelConfig
+from pretrain.model.mup import attention_scale, output_scale
 
 Tensors = dict[str, torch.Tensor]
 
@@ -53,6 +56,12 @@ def hf_family(cfg: ModelConfig) -> str:
     if cfg.scale_embeddings:
         problems.append("model.scale_embeddings=true: HF GPT-2 and Llama do not scale "
                         "token embeddings by sqrt(d_model)")
+    if output_scale(cfg) != 1.0 and cfg.tie_embeddings:
+        problems.append(f"model.parametrization=mup with model.tie_embeddings=true: the output "
+                        f"multiplier 1/m = mup_base_width/d_model = {output_scale(cfg):.6g} "
+                        "cannot be folded into an output layer tied to the token embedding, "
+                        "and HF GPT-2 and Llama have no logit multiplier (train with "
+                        "tie_embeddings=false, or at d_model == mup_base_width)")
     if problems:
         cls = "GPT2LMHeadModel" if family == "gpt2" else "LlamaForCausalLM"
         raise HFFormatError(f"cannot export to {cls} (model.position={cfg.position}): "
@@ -242,7 +251,7 @@ def to_hf_state(cfg: ModelConfig, ours: Tensors) -> Tensors:
     """Our state dict -> HF tensors (contiguous fp32 copies). GPT-2 without biases gets zero
     biases (GPT2LMHeadModel always has them; zeros change nothing)."""
     family = hf_family(cfg)
-    ours = {k: v.detach().float() for k, v in ours.items()}
+    ours = fold_mup(cfg, {k: v.detach().float() for k, v in ours.items()})
     if family == "gpt2" and not cfg.bias:
         for name in [n for n in ours if n.startswith(("stack.", "norm_f."))]:
             ours.setdefault(name[:-len("weight")] + "bias", torch.zeros(ours[name].shape[0]))
@@ -263,6 +272,22 @@ def to_hf_state(cfg: ModelConfig, ours: Tensors) -> Tensors:
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = ours["lm_head.weight"]
     return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def fold_mup(cfg: ModelConfig, ours: Tensors) -> Tensors:
+    """muP's scales folded into the weights, so that HF's plain maths computes ours: the
+    attention factor s (HF: 1/√d_head) into the query projection (× s·√d_head; RoPE is a
+    rotation, so it commutes), the output multiplier 1/m into the untied output layer (a tied
+    one is refused by hf_family). Standard models pass unchanged."""
+    scale, out_scale = attention_scale(cfg), output_scale(cfg)
+    ours = dict(ours)
+    if scale is not None:
+        fold = scale * math.sqrt(cfg.head_dim)
+        for name in [n for n in ours if ".self_attn.q_proj." in n]:
+            ours[name] = ours[name] * fold
+    if out_scale != 1.0 and not cfg.tie_embeddings:
+        ours["lm_head.weight"] = ours["lm_head.weight"] * out_scale
+    return ours
 
 
 def from_hf_state(family: str, cfg: ModelConfig, hf: Tensors) -> Tensors:

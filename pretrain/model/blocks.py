@@ -16,6 +16,7 @@ from pretrain.model.layers import (
     rope_angles,
     sinusoidal_table,
 )
+from pretrain.model.mup import attention_scale
 
 
 class Block(nn.Module):
@@ -25,7 +26,8 @@ class Block(nn.Module):
         super().__init__()
 
         def attention() -> Attention:
-            return Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout)
+            return Attention(cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.bias, cfg.dropout,
+                             attention_scale(cfg))
 
         def norm() -> nn.Module:
             return make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)

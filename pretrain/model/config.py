@@ -10,6 +10,8 @@ Style switches (defaults are GPT-2's):
                   | xavier (the 2017 Transformer)
 Loss (`loss`): plain (full logits, then cross-entropy on an fp32 copy) | chunked (row chunks of
 `loss_chunk_rows`; no (B·T, V) tensor ever exists). Same result; see pretrain/model/loss.py.
+Parametrization (`parametrization`, decoders): standard | mup (muP: the hyperparameters tuned on a
+proxy of d_model = `mup_base_width` transfer to wider models; see pretrain/model/mup.py).
 Document masking (`doc_masking`, packed decoder rows): `doc_mask_kernel` flex (a flex_attention
 BlockMask: tiles with no allowed pair are skipped, fused kernels when compiled on a GPU) | dense
 (a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on CUDA, dense elsewhere).
@@ -114,6 +116,20 @@ class ModelConfig(Section):
         "auto", description="document masking: flex (a flex_attention BlockMask, no dropout) | "
         "dense (a (B, 1, T, T) boolean SDPA mask, the reference) | auto (flex on a GPU with "
         "dropout 0, dense elsewhere)")
+    parametrization: Literal["standard", "mup"] = Field(
+        default="standard", validate_default=True, description="standard | mup (decoders; "
+        "pretrain/model/mup.py, docs/tuning.md): with m = d_model / mup_base_width, hidden "
+        "matrices start at init_std/sqrt(m) with Adam lr/m and weight decay *m, logits *1/m, "
+        "attention sqrt(mup_base_head_dim)/head_dim; tuned hyperparameters carry over to wider "
+        "models")
+    mup_base_width: int | None = Field(
+        default=None, ge=1, validate_default=True, description="mup: the d_model the "
+        "hyperparameters were tuned at (required with mup; ignored by standard, so one config "
+        "sweeps both)")
+    mup_base_head_dim: int | None = Field(
+        default=None, ge=1, description="mup: the proxy's head dimension (null: this model's "
+        "own, i.e. heads added with width, attention 1/sqrt(head_dim); set it when the heads "
+        "widen instead: muP's 1/head_dim)")
     # Moved away (see MOVED_KEYS); never set, never dumped: only here to name its new place.
     activation_checkpointing: Any = Field(default=None, exclude=True, repr=False)
 
@@ -179,6 +195,34 @@ class ModelConfig(Section):
         if v == "flex" and info.data.get("dropout"):
             raise ValueError("flex_attention has no attention dropout: use dense (or auto), "
                              "or dropout 0")
+        return v
+
+    @field_validator("parametrization")
+    @classmethod
+    def _mup_fits_the_model(cls, v: str, info: ValidationInfo) -> str:
+        if v != "mup":
+            return v
+        d = info.data
+        problems = []
+        if d.get("family") == "encdec":
+            problems.append("muP is implemented for decoders (model.family=decoder); an "
+                            "encoder-decoder takes parametrization standard")
+        if d.get("init") == "xavier":
+            problems.append("muP scales init_std (init scaled_normal), not init xavier")
+        if d.get("scale_embeddings"):
+            problems.append("scale_embeddings=true multiplies the embeddings by sqrt(d_model): "
+                            "muP keeps them width-independent (set it false)")
+        if problems:
+            raise ValueError("parametrization mup: " + "; ".join(problems))
+        return v
+
+    @field_validator("mup_base_width")
+    @classmethod
+    def _mup_needs_base_width(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is None and info.data.get("parametrization") == "mup":
+            raise ValueError("required with parametrization mup: the d_model of the proxy "
+                             "model the hyperparameters were tuned at (m = d_model / "
+                             "mup_base_width)")
         return v
 
     # --- derived values ---

@@ -1,6 +1,6 @@
 """Decoder-only language model: GPT-2 (learned positions, LayerNorm, GELU, biases, tied
 embeddings) and Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention, untied, no biases) are
-two settings of the same code."""
+two settings of the same code. Either may use muP (model.parametrization: pretrain/model/mup.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pretrain.model.layers import (
     positions_from_doc_ids,
 )
 from pretrain.model.loss import LMHead, lm_outputs
+from pretrain.model.mup import hidden_init_divisor, output_scale
 
 
 class DecoderLM(nn.Module):
@@ -32,10 +33,11 @@ class DecoderLM(nn.Module):
         self.norm_f = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias) \
             if cfg.norm_position == "pre" else nn.Identity()
         self.lm_head = LMHead(cfg.d_model, cfg.vocab_size, cfg.label_smoothing, cfg.chunk_rows)
-        init_weights(self, cfg.init, cfg.init_std, cfg.n_layers)
+        init_weights(self, cfg.init, cfg.init_std, cfg.n_layers, hidden_init_divisor(cfg))
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
+        self.out_scale = output_scale(cfg)  # muP: 1/m on the final states (1.0 standard)
 
     def forward(self, input_ids, targets=None, doc_ids=None, caches=None, offset: int = 0):
         """input_ids (B, T) -> {"logits": (B, T, V)}; with targets {"loss"} in training mode,
@@ -56,7 +58,10 @@ class DecoderLM(nn.Module):
             x = x + pos_emb.to(x.dtype)  # the sinusoidal table stays fp32 under bf16 weights
         x = self.stack(self.drop(x), caches=caches, mask=mask, causal=causal,
                        rope=self.positions.rope(pos))
-        return lm_outputs(self.lm_head, self.norm_f(x), targets, self.training)
+        h = self.norm_f(x)  # (B, T, C)
+        if self.out_scale != 1.0:
+            h = h * self.out_scale  # muP's logits h·Wᵀ/m, also through a tied head
+        return lm_outputs(self.lm_head, h, targets, self.training)
 
     def _doc_mask(self, doc_ids: torch.Tensor):
         """A flex BlockMask or the dense (B, 1, T, T) boolean mask (cfg.doc_mask_kernel)."""

@@ -116,10 +116,11 @@ def doc_block_mask(doc_ids: torch.Tensor):
     return create(same_doc_not_future, B, None, T, T, device=doc_ids.device)
 
 
-def flex_attention(q, k, v, block_mask, enable_gqa: bool) -> torch.Tensor:
+def flex_attention(q, k, v, block_mask, enable_gqa: bool,
+                   scale: float | None = None) -> torch.Tensor:
     """q (B, h, T, hd), k/v (B, kv, T, hd) -> (B, h, T, hd) under a BlockMask."""
     fn = _flex_fn("flex_attention", q.device)
-    return fn(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    return fn(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa, scale=scale)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -132,13 +133,15 @@ class Attention(nn.Module):
     -inf where hidden), a flex_attention BlockMask (doc_block_mask), or None; `causal` takes
     the is_causal fast path. While decoding, `cache` is the layer's KVCache (self-attention:
     new keys and values appended) or MemoryKV (cross-attention: the memory's keys and values,
-    projected on the first step only).
+    projected on the first step only). `scale` multiplies q·k (None: 1/sqrt(head_dim)).
     """
 
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, bias: bool, dropout: float,
+                 scale: float | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
         self.head_dim = d_model // n_heads
+        self.scale = scale  # factor of q·k; None: 1/sqrt(head_dim) (muP: pretrain/model/mup.py)
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
@@ -172,10 +175,11 @@ class Attention(nn.Module):
         repeated copy of k and v is made (the math fallback still repeats them)."""
         gqa = self.n_kv_heads != self.n_heads
         if mask is not None and not isinstance(mask, torch.Tensor):  # a flex BlockMask
-            return flex_attention(q, k, v, mask, enable_gqa=gqa)
+            return flex_attention(q, k, v, mask, enable_gqa=gqa, scale=self.scale)
         p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                              is_causal=causal and mask is None, enable_gqa=gqa)
+                                              is_causal=causal and mask is None, enable_gqa=gqa,
+                                              scale=self.scale)
 
 
 # ----------------------------------------------------------------------------- feed-forward
@@ -207,15 +211,19 @@ class FeedForward(nn.Module):
 
 # ----------------------------------------------------------------------------- init
 
-def init_weights(model: nn.Module, scheme: str, std: float, n_layers: int) -> None:
+def init_weights(model: nn.Module, scheme: str, std: float, n_layers: int,
+                 hidden_divisor: float = 1.0) -> None:
     """GPT-2 / Llama: N(0, std) everywhere, residual output projections N(0, std / sqrt(2L)).
-    Xavier (the 2017 Transformer): xavier-uniform linears, embeddings N(0, d^-1/2)."""
+    Xavier (the 2017 Transformer): xavier-uniform linears, embeddings N(0, d^-1/2).
+    `hidden_divisor` (muP: sqrt(m)) divides the std of every linear layer but the output one."""
     for module in model.modules():
         if isinstance(module, nn.Linear):
             if scheme == "xavier":
                 nn.init.xavier_uniform_(module.weight)
             else:
                 scale = math.sqrt(2 * n_layers) if getattr(module, "is_residual_out", False) else 1
+                if not getattr(module, "is_output", False):
+                    scale = scale * hidden_divisor
                 nn.init.normal_(module.weight, mean=0.0, std=std / scale)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -101,6 +101,8 @@ class LMHead(nn.Linear):
     module either way, so hooks on it (ZeRO-3 gathering the weight) run before the weight is
     used."""
 
+    is_output = True  # muP: an output layer, not a hidden matrix (pretrain/model/mup.py)
+
     def __init__(self, d_model: int, vocab_size: int, label_smoothing: float = 0.0,
                  chunk_rows: int | None = None):
         super().__init__(d_model, vocab_size, bias=False)

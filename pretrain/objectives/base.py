@@ -149,6 +149,11 @@ class Objective(ABC):
     def too_few(self, folder: Path | str, split: str, counts: SplitCounts) -> str:
         """Why a split with these counts gives no sample."""
 
+    def more_val_hint(self, samples: int) -> str:
+        """How to re-shard for a val split of at least `samples` samples (pairs: a sample is
+        a pair, so a larger share of them)."""
+        return f"re-shard with a larger --val-fraction (at least {samples} val pairs)"
+
     # ---- the loader ----------------------------------------------------------------------------
     def check(self, src: DataSource) -> list[str]:
         """Everything that stops the loader before it opens (the run config and the pre-flight

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pretrain.data.layout import samples_in_stream
+from data_tools.split import more_val_hint
+from pretrain.data.layout import samples_in_stream, stream_tokens_for
 from pretrain.objectives.base import Objective, SplitCounts
 
 if TYPE_CHECKING:
@@ -41,6 +42,11 @@ class PackedObjective(Objective):
         w = self.window
         return (f"the {split} split of {folder} holds {counts.stream_tokens} tokens (EOS "
                 f"included), fewer than one sample of {w.tokens} ({w.why})")
+
+    def more_val_hint(self, samples: int) -> str:
+        """The wording of `shard`'s warning (data_tools.split.more_val_hint), with the tokens
+        that make `samples` windows: --val-tokens N gives at least N stream tokens."""
+        return more_val_hint(stream_tokens_for(samples, self.window.tokens, self.window.stride))
 
     def opened_counts(self, src: DataSource, k: int, split: str) -> SplitCounts:
         return SplitCounts(stream_tokens=src.folders[k].streams[split].stream_len)

@@ -2,8 +2,10 @@
 
 One rank of a training run. Alone it runs as world size 1; under torchrun, deepspeed or srun it
 reads the rank variables they set. Every check that needs no GPU (config, command line, data
-folders) runs first, before torch and DeepSpeed start. Exit codes: 0 done, 75 stopped on a signal
-(resume me), 2 config/data/checkpoint error, 1 anything else."""
+folders) runs first, before torch and DeepSpeed start. SIGUSR1, SIGTERM or a first Ctrl-C: save
+at the next sync step and exit 75; a second Ctrl-C: stop at once without saving (130). Exit
+codes: 0 done, 75 stopped on a signal (resume me), 2 config/data/checkpoint error, 130 stopped
+by a second Ctrl-C, 1 anything else."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 import warnings
 
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from pretrain.logs import setup_logging
+from pretrain.logs import set_deepspeed_level, setup_logging
 
 log = logging.getLogger("pretrain.train")
 
@@ -64,10 +66,12 @@ def _train(cfg, denv) -> int:
     from pretrain.data import DataError
     from pretrain.train.checkpoint import CheckpointError, CheckpointSaveError
     from pretrain.train.engine import init_distributed
-    from pretrain.train.loop import NonFiniteLoss, StopFlag, Trainer
+    from pretrain.train.loop import NonFiniteLoss, Trainer
     from pretrain.train.runlock import RunDirBusy
+    from pretrain.train.signals import StopFlag
 
     trainer, code, error = None, EXIT_FAILED, None
+    set_deepspeed_level(cfg.logging.deepspeed_level)  # its INFO chatter only when asked for
     stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
     try:
         device = init_distributed(denv)

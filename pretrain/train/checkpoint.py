@@ -331,8 +331,12 @@ def save(engine, ckpt_dir: Path, meta: CheckpointMeta, keep_last: int,
     rank, world = dist.get_rank(), dist.get_world_size()
     tag = tag_for(meta.step)
     tag_dir = ckpt_dir / tag
-    if rank == 0 and tag_dir.exists():  # left by an interrupted save, or a damaged one we fell
-        shutil.rmtree(tag_dir)           # back from: none of its files may mix with this save's
+    if rank == 0:
+        # A universal copy of an earlier step_N (another lineage: a run started over, a
+        # rollback) must never outlive the step_N written now.
+        drop_universal_copies(ckpt_dir, [tag])
+        if tag_dir.exists():  # left by an interrupted save, or a damaged one we fell back
+            shutil.rmtree(tag_dir)  # from: none of its files may mix with this save's
     with _RecordSaves(engine, tag_dir) as rec:
         try:  # our client state under one key: DeepSpeed merges it into its own top-level dict
             engine.save_checkpoint(str(ckpt_dir), tag=tag,
@@ -405,6 +409,20 @@ def _failure_message(errors: list[tuple[int, dict]], ckpt_dir: Path, tag_dir: Pa
         head = f"saving step {step} to {tag_dir} failed on rank {r}: {err['file']}: {err['error']}"
     return (f"{head}. The partial folder was removed; {latest} still names {kept}. Free some "
             "space (or lower checkpoint.keep_last) and run the same command to resume.")
+
+
+def drop_universal_copies(ckpt_dir: Path, tags: Iterable[str] | None = None) -> list[Path]:
+    """Remove the universal copy (`TAG_universal`, reshard.py) of each of `tags`, or of every
+    checkpoint when None (a run that starts over); the folders removed."""
+    names = [t + UNIVERSAL_SUFFIX for t in tags] if tags is not None else \
+        [p.name for p in ckpt_dir.glob(f"step_*{UNIVERSAL_SUFFIX}")] if ckpt_dir.is_dir() else []
+    removed = []
+    for name in names:
+        path = ckpt_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
 
 
 def prune(ckpt_dir: Path, keep_last: int, keep: str) -> None:

@@ -12,6 +12,7 @@ status says what the trainer will do:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from pathlib import Path
@@ -67,8 +68,10 @@ class CheckpointMeta(BaseModel):
     config: dict[str, Any]  # the resolved run config (config.yaml's content)
     wandb_run_id: str | None = None
     files: dict[str, FileRecord] = Field(default_factory=dict)
-    # A universal checkpoint (pretrain/train/reshard.py): the tag it was converted from.
+    # A universal checkpoint (pretrain/train/reshard.py): the tag it was converted from and
+    # the sha256 of that tag's meta.json at the time (a step_N written again since differs).
     converted_from: str | None = None
+    source_meta_sha256: str | None = None
 
     @field_validator("files", mode="before")
     @classmethod
@@ -86,7 +89,8 @@ class CheckpointMeta(BaseModel):
         return sum(f.bytes for f in self.files.values())
 
     def client_state(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"files", "converted_from"})
+        return self.model_dump(mode="json",
+                               exclude={"files", "converted_from", "source_meta_sha256"})
 
 
 def meta_problem(tag_dir: Path) -> tuple[CheckpointMeta | None, str | None]:
@@ -104,6 +108,25 @@ def meta_problem(tag_dir: Path) -> tuple[CheckpointMeta | None, str | None]:
 
 def read_meta(tag_dir: Path) -> CheckpointMeta | None:
     return meta_problem(tag_dir)[0]
+
+
+def meta_sha256(tag_dir: Path) -> str | None:
+    """sha256 of the checkpoint's meta.json (None when unreadable): what ties a universal copy
+    to the one writing of `step_N` it was converted from."""
+    try:
+        return hashlib.sha256((tag_dir / META).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def universal_copy_state(ckpt_dir: Path, tag: str) -> str:
+    """"none", "current" (converted from this very step_N) or "stale" (from an earlier writing
+    of step_N, or from a version that did not record which: reshard.convert converts again)."""
+    copy = read_meta(ckpt_dir / (tag + UNIVERSAL_SUFFIX))
+    if copy is None:
+        return "none"
+    source = meta_sha256(ckpt_dir / tag)
+    return "current" if source is not None and copy.source_meta_sha256 == source else "stale"
 
 
 def size_problems(tag_dir: Path, meta: CheckpointMeta) -> list[tuple[str, str]]:

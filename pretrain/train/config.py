@@ -207,6 +207,9 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="W&B run name (null: W&B's own)")
     entity: str | None = Field(None, description="W&B team or user (null: your default)")
     tags: list[str] = Field(default_factory=list, description="W&B run tags")
+    group: str | None = Field(
+        None, description="W&B group (null: none; `arrowtrain sweep` sets the sweep folder's "
+        "name)")
 
 
 class LoggingConfig(Section):
@@ -214,7 +217,14 @@ class LoggingConfig(Section):
                              "steps")
     wandb: WandbConfig = Field(default_factory=WandbConfig,
                                description="Weights & Biases: the same rows as metrics.jsonl")
-    progress_bar: bool = Field(True, description="a progress bar on rank 0's terminal")
+    progress_bar: bool = Field(
+        True, description="rank 0 shows progress: a bar on a terminal (log lines above it), "
+        "else a plain `progress:` log line every progress_every_seconds")
+    progress_every_seconds: float = Field(
+        30.0, gt=0, description="without a terminal: seconds between `progress:` lines")
+    deepspeed_level: Literal["warning", "info", "debug"] = Field(
+        "warning", description="DeepSpeed's own log lines from this level on (its INFO "
+        "chatter is off by default; also the environment's ARROWTRAIN_DEEPSPEED_LOG)")
 
 
 class EvalConfig(Section):
@@ -251,7 +261,8 @@ class RunConfig(Section):
 
     run_dir: Path = Field(description="the run folder: checkpoints, metrics, logs; relative "
                           "paths resolve against the working directory")
-    seed: int = Field(1234, description="seeds the weights, the data order and dropout")
+    seed: int = Field(1234, ge=0, lt=2**63, description="seeds the weights, the data order and "
+                      "dropout; 0 <= seed < 2**63 (torch.manual_seed takes 64 bits)")
     precision: Precision = Field(
         "fp32", description="fp32; bf16: DeepSpeed's bf16 mode (bf16 weights and gradients, an "
         "fp32 master copy); bf16_autocast: fp32 weights, the forward under torch.autocast "
@@ -262,7 +273,9 @@ class RunConfig(Section):
     init_from: Path | None = Field(
         None, description="a .safetensors file (arrowtrain export or import-hf) to start from: "
         "its weights, a fresh optimizer and schedule; ignored once the run has a checkpoint")
-    model: ModelConfig = Field(description="the model (pretrain/model/config.py)")
+    model: ModelConfig = Field(description="the model (pretrain/model/config.py); with init_from, "
+                               "`model: {from_init: true}` (or no model section) takes the "
+                               "file's architecture, other keys in the section go over it")
     data: DataSection = Field(description="the shard folders and the objective "
                               "(pretrain/data/config.py, pretrain/objectives)")
     optim: OptimConfig = Field(default_factory=OptimConfig,
@@ -384,8 +397,57 @@ class Checked:
         return ConfigError(attribute(self.problems, self.overrides, self.file_data), source)
 
 
-def validate_run_data(data: dict[str, Any], world_size: int | None = None) -> Checked:
+FROM_INIT = "from_init"
+
+
+def model_from_init(data: dict[str, Any], implied: bool = False,
+                    ) -> tuple[dict[str, Any], list[Problem]]:
+    """`model: {from_init: true}` — or no model section in the YAML at all (`implied`) while
+    init_from is set — takes the architecture from the init_from file (the model config that
+    `arrowtrain export` and `arrowtrain import-hf` record in its metadata); other keys in the
+    section go over it (dropout and the like may differ; the pre-flight refuses a key that
+    changes the file's shapes or what they compute). Returns the mapping with the model filled
+    in, and the problems."""
+    model = data.get("model")
+    section = model if isinstance(model, dict) else {}
+    flag = section.get(FROM_INIT, None if "model" in data and not implied else True)
+    over = {k: v for k, v in section.items() if k != FROM_INIT}
+    plain = {**data, "model": over} if FROM_INIT in section else data
+    if flag is None or flag is False:
+        return plain, []
+    if flag is not True:
+        return plain, [Problem(f"model.from_init: expected true or false, got {flag!r}",
+                               ("model.from_init",))]
+    init = data.get("init_from")
+    if init is None:
+        if FROM_INIT not in section:
+            return data, []  # no model section and no init_from: "model: required key"
+        return plain, [Problem("model.from_init: true needs init_from: FILE.safetensors (the "
+                               "file whose architecture the run takes)", ("model.from_init",))]
+    from pretrain.train.init_from import InitFileError, read_init_file
+
+    try:
+        theirs, _ = read_init_file(Path(str(init)))
+    except InitFileError as e:
+        return {**data, "model": FROM_INIT}, [Problem(
+            f"{e} (the run takes its model section from this file)", ("init_from",))]
+    return {**data, "model": {**theirs.model_dump(mode="json"), **over}}, []
+
+
+def validate_run_data(data: dict[str, Any], world_size: int | None = None,
+                      implied_from_init: bool = False) -> Checked:
     """Validate a resolved mapping: every section's problems and the cross checks."""
+    data, init_problems = model_from_init(data, implied_from_init)
+    checked = _validate(data, world_size)
+    if data.get("model") == FROM_INIT:  # the file was unreadable: say that, not "model: ..."
+        checked.problems = [p for p in checked.problems if p.keys[:1] != ("model",)]
+    checked.problems = init_problems + checked.problems
+    if checked.problems:
+        checked.cfg = None
+    return checked
+
+
+def _validate(data: dict[str, Any], world_size: int | None = None) -> Checked:
     try:
         cfg, problems = RunConfig.model_validate(data), []
     except ValidationError as err:
@@ -409,7 +471,8 @@ def check_run_config(path: str | Path, overrides: Iterable[str] = (),
         where = "" if err.source in (None, str(Path(path).resolve())) else f"{err.source}: "
         problems = [Problem(where + p) for p in err.problems] + bad_overrides
         return Checked(None, {}, problems, parsed)
-    checked = validate_run_data(apply_overrides(file_data, parsed), world_size)
+    checked = validate_run_data(apply_overrides(file_data, parsed), world_size,
+                                implied_from_init="model" not in file_data)
     checked.problems = bad_overrides + checked.problems
     checked.overrides, checked.file_data = parsed, file_data
     if bad_overrides:

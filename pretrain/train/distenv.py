@@ -5,9 +5,12 @@ start fast, before any rank imports torch)."""
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -59,6 +62,32 @@ def import_deepspeed() -> ModuleType:
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         with contextlib.redirect_stdout(sys.stderr):
             import deepspeed
+        from pretrain.logs import deepspeed_level, set_deepspeed_level
+
+        set_deepspeed_level(logging.getLevelName(deepspeed_level()).lower())  # import reset it
     import deepspeed
 
     return deepspeed
+
+
+@contextlib.contextmanager
+def deepspeed_output() -> Iterator[None]:
+    """Around DeepSpeed's checkpoint tools (ds_to_universal, zero_to_fp32), which print their
+    steps and tqdm bars: on stderr when DeepSpeed's INFO is asked for
+    (pretrain.logs.set_deepspeed_level), else kept out of the log — and shown after all if the
+    tool fails. stdout stays the command's own in either case."""
+    from pretrain.logs import deepspeed_level
+
+    if deepspeed_level() <= logging.INFO:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+            yield
+    except BaseException:
+        tail = captured.getvalue()[-4000:]
+        if tail.strip():
+            sys.stderr.write(f"DeepSpeed's output before the failure:\n{tail}\n")
+        raise

@@ -10,6 +10,8 @@ from torch import nn
 
 from pretrain.configlib import deep_merge
 from pretrain.data import layout
+from pretrain.model.config import ModelConfig
+from pretrain.model.mup import group_specs, param_roles
 from pretrain.train.config import RunConfig
 from pretrain.train.distenv import DistEnv, import_deepspeed
 from pretrain.train.parallelize import compile_engine, parallelize
@@ -95,20 +97,30 @@ def deepspeed_config(cfg: RunConfig, world_size: int,
     return deep_merge(out, ds.extra)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (linear and embedding weights), not biases or norm gains."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float,
+                 model_cfg: ModelConfig | None = None) -> list[dict[str, Any]]:
+    """The optimizer's groups (pretrain.model.mup.group_specs; `model_cfg` defaults to
+    model.cfg): each named, with its lr factor (`lr_scale`), its lr at the peak and its weight
+    decay. Standard: decay the matrices (linear and embedding weights), not biases or norm
+    gains. muP: hidden matrices apart at lr/m and decay ×m."""
+    specs = group_specs(model_cfg or model.cfg, weight_decay)
+    roles = param_roles(model)
+    named = dict(model.named_parameters())
+    groups = []
+    for spec in specs:
+        params = [named[n] for n, role in roles.items()
+                  if role in spec.roles and named[n].requires_grad]
+        groups.append({"params": params, "name": spec.name, "lr_scale": spec.lr_scale,
+                       "weight_decay": spec.weight_decay})
+    return groups
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: RunConfig) -> torch.optim.Optimizer:
     """torch AdamW with its fused kernel, on GPU and CPU alike (one kernel for all parameters
-    instead of a Python loop over them; deterministic, so a resume stays bitwise exact)."""
+    instead of a Python loop over them; deterministic, so a resume stays bitwise exact). Each
+    group's lr is optim.lr × its lr_scale (the schedule then scales each from there)."""
     o = cfg.optim
+    groups = [{**g, "lr": o.lr * g.get("lr_scale", 1.0)} for g in groups]
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                              fused=True)
 
@@ -120,7 +132,9 @@ def initialize(model: nn.Module, cfg: RunConfig, world_size: int,
     deepspeed = import_deepspeed()
 
     model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
-    groups = param_groups(model, cfg.optim.weight_decay)
+    groups = param_groups(model, cfg.optim.weight_decay, cfg.model)
+    if cfg.deepspeed.offload_optimizer:  # DeepSpeed builds the optimizer from these groups
+        groups = [{**g, "lr": cfg.optim.lr * g["lr_scale"]} for g in groups]
     ds_config = deepspeed_config(cfg, world_size, load_universal)
     if cfg.deepspeed.offload_optimizer:
         optimizer = None

@@ -36,14 +36,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The JSON objects of a JSON-lines file; a line cut short by a crash, or one that holds
     another JSON value (a damaged file), is skipped. A missing file has none."""
     rows = []
-    if Path(path).is_file():
-        for line in Path(path).read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    try:
+        text = Path(path).read_text(errors="replace") if Path(path).is_file() else ""
+    except OSError:  # unreadable (permissions): launch status reports what it can
+        return rows
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return rows
 
 

@@ -1,13 +1,15 @@
 """`init_from: FILE.safetensors`: start a run from exported weights.
 
-FILE is what `arrowtrain export` or `arrowtrain import-hf` writes (the model
-config in its metadata). The run starts from its weights with a fresh optimizer and schedule at
-step 0; once the run has a checkpoint, a restart resumes from that and init_from is ignored
-(logged). The pre-flight (`init_problems`, torch-free: safetensors' numpy reader) refuses,
-before any rank starts, a file whose tensors do not fit the run's model — naming the
-parameters — or whose model computes something else with the same shapes (norm, activation,
-positions, ...), naming the model keys. Settings that only matter while training (dropout, loss,
-init, max_seq_len under RoPE, ...) may differ.
+FILE is what `arrowtrain export` or `arrowtrain import-hf` writes (the model config in its
+metadata). A run config without a model section, or with `model: {from_init: true}` (other keys
+in it go over the file's: dropout, ...), takes its architecture from the file
+(pretrain/train/config.py `model_from_init`). The run starts from its weights with a fresh
+optimizer and schedule at step 0; once the run has a checkpoint, a restart resumes from that and
+init_from is ignored (logged). The pre-flight (`init_problems`, torch-free: safetensors' numpy
+reader) refuses, before any rank starts, a file whose tensors do not fit the run's model —
+naming the parameters — or whose model computes something else with the same shapes (norm,
+activation, positions, ...), naming the model keys and the values that fit. Settings that only
+matter while training (dropout, loss, init, max_seq_len under RoPE, ...) may differ.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ FUNCTION_KEYS = ("family", "norm", "norm_position", "norm_eps", "position", "rop
                  "relative_max_distance", "activation", "bias", "tie_embeddings",
                  "scale_embeddings")
 KEYS = ("init_from",)
+# muP's keys change what the tensors compute too (output and attention scales); mup_base_width
+# and mup_base_head_dim only where either side is muP (standard ignores them).
+MUP_KEYS = ("parametrization", "mup_base_width", "mup_base_head_dim")
+
+
+def function_keys(a: ModelConfig, b: ModelConfig) -> tuple[str, ...]:
+    mup = "mup" in (a.parametrization, b.parametrization)
+    return FUNCTION_KEYS + (MUP_KEYS if mup else ())
 
 
 class InitFileError(ValueError):
@@ -70,11 +80,13 @@ def init_problems(model: ModelConfig, path: Path) -> list[Problem]:
         theirs, got = read_init_file(path)
     except InitFileError as e:
         return [Problem(str(e), KEYS)]
-    problems = [Problem(f"model.{k} is {getattr(model, k)!r} but init_from {path} was "
-                        f"trained with {getattr(theirs, k)!r}", (f"model.{k}", *KEYS))
-                for k in FUNCTION_KEYS if getattr(model, k) != getattr(theirs, k)]
-    if problems:
-        return problems
+    differ = [k for k in function_keys(model, theirs) if getattr(model, k) != getattr(theirs, k)]
+    if differ:
+        fits = " ".join(f"model.{k}={_yaml_value(getattr(theirs, k))}" for k in differ)
+        return [Problem(f"model.{k} is {getattr(model, k)!r} but init_from {path} was trained "
+                        f"with {getattr(theirs, k)!r}: set {fits}, or drop the model section "
+                        "(or write `model: {from_init: true}`) to take the file's whole "
+                        "architecture", (f"model.{k}", *KEYS)) for k in differ]
     want = parameter_shapes(model)
     lines = [f"{n}: missing from the file (run: {list(s)})" for n, s in want.items()
              if n not in got]
@@ -87,6 +99,13 @@ def init_problems(model: ModelConfig, path: Path) -> list[Problem]:
     return [Problem(f"init_from {path} does not fit the run's model ({len(lines)} parameter(s)); "
                     "the model section must build the file's shapes:\n  "
                     + "\n  ".join(lines[:12]) + more, (*KEYS, "model"))]
+
+
+def _yaml_value(value: Any) -> str:
+    """A value as a `key=value` override writes it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
 def load_init_weights(model: Any, path: Path) -> None:

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import resource
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,11 +15,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pretrain.configlib import ConfigError, dump_yaml
 from pretrain.data import eval_batches, train_batches
-from pretrain.exit_codes import EXIT_OK, EXIT_RESUME
+from pretrain.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_RESUME
 from pretrain.model import build_model
 from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
@@ -33,34 +31,25 @@ from pretrain.train.init_from import load_init_weights
 from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
+from pretrain.train.progress import Progress
 from pretrain.train.remote_data import RemoteData, eval_indices
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
 from pretrain.train.runlock import acquire_collective
+from pretrain.train.signals import StopFlag
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
 log = logging.getLogger("pretrain.train")
 
 
-class StopFlag:
-    """SIGUSR1/SIGTERM set a local flag; ranks agree on it at the next sync step (at most
-    train.sync_every_steps steps or about train.sync_every_seconds later)."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-            # Restart interrupted system calls: a signal must not break a gloo/NCCL socket
-            # operation in flight; the flag is read at the next step boundary.
-            signal.siginterrupt(sig, False)
-
-    def _handle(self, signum, _frame):
-        self.requested = True
-        log.warning("received %s: will save and stop at the next sync step",
-                    signal.Signals(signum).name)
-
-
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def _short(seconds: float) -> str:
+    """'40 s', '3 min', '2 h 5 min'."""
+    from pretrain.logs import human_duration
+
+    return f"{seconds:.0f} s" if seconds < 90 else human_duration(seconds)
 
 
 def memory_mb() -> float:
@@ -137,6 +126,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
                  stop: StopFlag | None = None, measure_memory: bool = True):
         self.stop = stop or StopFlag()
+        self.stop.when, self.stop.before_exit = self._stop_when, self._stopped_unsaved
+        self._loop: tuple[SyncClock, float] | None = None  # (clock, step start) while training
         self.measure_memory = measure_memory  # memory_peak_bytes (pretrain/train/memcheck.py)
         self.denv, self.device = denv, device
         self.rank0 = denv.rank == 0
@@ -184,6 +175,9 @@ class Trainer:
         if cfg.init_from is not None:
             self._init_from(model, resuming=meta is not None)
         if self.rank0:
+            if cfg.resume == "never":  # another lineage: no re-sharded copy of the old one
+                for path in ckpt.drop_universal_copies(self.ckpt_dir):
+                    log.info("removed %s (a re-sharded copy from before this start over)", path)
             (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
         universal = load_tag is not None and load_tag != self.resume_tag
@@ -256,7 +250,7 @@ class Trainer:
         changes = check_resume(meta, cfg, self.shapes, self.src.fingerprint,
                                data_folders(self.src), tag_dir)
         if self.rank0:
-            warn_changes(changes, tag_dir)
+            warn_changes(changes, tag_dir, meta, cfg)
         moved = meta.world_size != denv.world_size
         if self.rank0 and (moved or meta.zero_stage != cfg.deepspeed.zero_stage):
             log.warning("%s: %s (the data continues exactly, at sample %d%s)", tag_dir,
@@ -358,6 +352,38 @@ class Trainer:
                             self.ckpt_bytes)
         self.ckpt_bytes = read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
         log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
+
+    # ---- stop requests (pretrain/train/signals.py) -----------------------------------
+
+    def _next_sync_step(self, step: int) -> int:
+        """The first step >= `step` that syncs (where every rank reads the stop flag)."""
+        cfg = self.cfg
+        every = [cfg.logging.every_steps, cfg.checkpoint.every_steps, cfg.eval.every_steps]
+        due = [-(-step // n) * n for n in every if n] + [cfg.train.max_steps]
+        due += [cfg.train.stop_at_step] if cfg.train.stop_at_step else []
+        return min([max(step, self.next_sync), *(d for d in due if d >= step)])
+
+    def _stop_when(self) -> str:
+        """"after step 7 (step 5 is in progress; about 3 min from now)": when the checkpoint
+        of a stop request asked for now will be written. Read from the signal thread."""
+        if self._loop is None:
+            return "once start-up is done, after the first step"
+        clock, step_t0 = self._loop
+        step = self.step + 1  # in progress
+        at = self._next_sync_step(step)
+        known = clock.last is not None
+        left = (at - step + 1) * clock.seconds_per_step() - (time.perf_counter() - step_t0)
+        eta = f"about {_short(max(0.0, left))} from now" if known else \
+            "the time of a step is not known yet"
+        return f"after step {at} (step {step} is in progress; {eta})"
+
+    def _stopped_unsaved(self) -> None:
+        """A second Ctrl-C stops the rank at once (from the signal thread, the main thread
+        may be inside a step): record the exit and release the folder, nothing more."""
+        if self.rank0 and getattr(self, "started", False):
+            events.record(self.cfg.run_dir, "exit", code=EXIT_INTERRUPTED, step=self.step,
+                          error="stopped by a second Ctrl-C, without saving")
+        self._release_lock()
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -462,17 +488,24 @@ class Trainer:
         log.info("training %s params, %d ranks, %d grad-accum steps, ZeRO-%d, %s, steps %d→%d",
                  f"{self.n_params:,}", self.denv.world_size, self.gas, cfg.deepspeed.zero_stage,
                  cfg.precision, self.step, end)
-        bar = tqdm(total=max_steps, initial=self.step, desc="train", unit="step",
-                   disable=not (self.rank0 and cfg.logging.progress_bar), mininterval=2)
+        progress = Progress(max_steps, self.step, self.rank0 and cfg.logging.progress_bar,
+                            cfg.logging.progress_every_seconds)
+        try:
+            return self._steps(batches, end, progress)
+        finally:
+            progress.close()
+
+    def _steps(self, batches, end: int, progress: Progress) -> int | None:
+        """The step loop of run()."""
         interval, clock = Interval(), SyncClock()
         self.memcheck.training_starts()
         while self.step < end:
             t0 = time.perf_counter()
+            self._loop = (clock, t0)
             data_wait_s = 0.0
             if self.remote is not None:  # s3:// data: every rank has its step's shards?
                 agreed = self.remote.before_step(batches, self.step, self._first_step, self.gas)
                 if agreed.outage:
-                    bar.close()
                     return self._stop_on_outage(agreed, clock, interval)
                 data_wait_s = agreed.wait_s
             out = self.train_step(batches)
@@ -485,15 +518,13 @@ class Trainer:
                 synced = self.sync(clock.seconds_per_step())
             interval.add(time.perf_counter() - t0, out)
             clock.step_done(synced is not None)
-            bar.update(1)
+            progress.update(self.step)
             if synced is not None:
                 code = self._after_sync(synced, out, due, interval)
                 clock.restart()  # eval and save are not step time
                 if code is not None:
-                    bar.close()
                     return code
-        bar.close()
-        return EXIT_OK if self.step == max_steps else None
+        return EXIT_OK if self.step == self.cfg.train.max_steps else None
 
     def _stop_on_outage(self, agreed, clock: SyncClock, interval: Interval) -> int:
         """Object storage failed longer than data.remote_timeout on some rank: every rank

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -34,13 +35,21 @@ def last_step(path: Path) -> int:
     """The highest step in metrics.jsonl (0 if none; lines cut short by a kill are skipped)."""
     if not path.is_file():
         return 0
-    steps = [0]
-    for line in path.read_text().splitlines():
-        try:
-            steps.append(int(json.loads(line).get("step", 0)))
-        except (ValueError, TypeError, AttributeError):
-            continue
-    return max(steps)
+    steps = [_row_step(line) for line in path.read_text(errors="replace").splitlines()]
+    return int(max((s for s in steps if s is not None and math.isfinite(s)), default=0))
+
+
+def _row_step(line: str) -> float | None:
+    """A row's step (0 when it has none), or None for a line that is no metrics row: cut short
+    by a kill, or damaged (a bare number, a list, a step that is no number)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(row, dict):
+        return None
+    step = row.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
 @dataclass(frozen=True)
@@ -71,17 +80,18 @@ def read_rows(path: Path) -> MetricRows:
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after the checkpoint a run resumes from (they will be redone)."""
+    """Drop rows logged after the checkpoint a run resumes from (they will be redone), and
+    lines that are no metrics rows (named in a warning)."""
     if not path.is_file():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = []
-    for line in rows:
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                keep.append(line)
-        except ValueError:  # a line cut short by a kill
-            continue
+    rows = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    steps = [_row_step(line) for line in rows]
+    keep = [line for line, step in zip(rows, steps) if step is not None and step <= last_step]
+    damaged = [i + 1 for i, step in enumerate(steps) if step is None]
+    if damaged:
+        log.warning("%s: dropping %d line(s) that are no metrics rows (line %s%s: cut short by "
+                    "a kill, or damaged)", path, len(damaged), ", ".join(map(str, damaged[:5])),
+                    " …" if len(damaged) > 5 else "")
     if len(keep) != len(rows):
         write_atomic(path, "".join(k + "\n" for k in keep))
 
@@ -146,8 +156,8 @@ class Metrics:
         # "allow", also online: "must" would turn a run missing on the server (deleted, or all
         # earlier segments offline) into a crash loop of the training job.
         run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name, tags=cfg.tags,
-                         id=wandb_run_id(run_dir), resume="allow", mode=cfg.mode,
-                         dir=str(run_dir), config=config)
+                         group=cfg.group, id=wandb_run_id(run_dir), resume="allow",
+                         mode=cfg.mode, dir=str(run_dir), config=config)
         run.define_metric("train/step")
         run.define_metric("*", step_metric="train/step")
         return run

@@ -8,9 +8,12 @@ with, the model's vocabulary holds the tokenizer's, the folders are of the kind 
 reads and pass its own checks (span corruption: its sentinels), each split holds at least one
 sample (the objective's count, the loader's function) and the validation split fills one
 evaluation batch (micro-batch × ranks), and an `init_from` file fits the model (its shapes and the keys that
-change what they compute: pretrain/train/init_from.py). Every problem comes out in one
-ConfigError that says which came from the command line. It returns the config as the ranks will
-run it: paths resolved against the working directory and `model.vocab_size` filled in from the
+change what they compute: pretrain/train/init_from.py). When the run folder holds a checkpoint
+to resume from, the model must build its parameter shapes (a change is named key by key,
+`model.n_layers: 4 → 6`) and train.max_steps must not lie below its step (`resume_findings`,
+which also words the jump of the learning rate a changed schedule makes). Every problem comes
+out in one ConfigError that says which came from the command line. It returns the config as the
+ranks will run it: paths resolved against the working directory and `model.vocab_size` filled in from the
 init_from file's model or else from the tokenizer.
 
 The launchers call it before starting any rank; `pretrain.train` calls it again before DeepSpeed
@@ -28,13 +31,16 @@ from typing import Any
 
 from data_tools.manifest import Manifest, ManifestError, read_manifest, sha256_file
 from data_tools.remote import RemoteError, is_remote
-from pretrain.configlib import ConfigError, Problem
+from pretrain.configlib import ConfigError, Problem, config_changes
 from pretrain.data.config import DataConfig
 from pretrain.data.layout import eval_batch_problem
-from pretrain.model.config import padded_vocab_size
+from pretrain.model.config import padded_vocab_size, saved_model_config
+from pretrain.model.shapes import parameter_shapes
 from pretrain.objectives import SplitCounts, objective_for
-from pretrain.train.config import RunConfig, check_run_config
+from pretrain.train.checkpoint_meta import CheckpointMeta, find_resume_tag, read_meta
+from pretrain.train.config import RunConfig, check_run_config, config_to_dict
 from pretrain.train.init_from import init_problems, init_vocab
+from pretrain.train.schedule import lr_jump
 
 SPLITS = ("train", "val")
 
@@ -222,6 +228,9 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
                      world_size: int | None) -> list[Problem]:
     objective = objective_for(s["data"])
     keys = ("data.path", objective.sample_key)
+    evaluates = "train" in s and "eval" in s and s["eval"].enabled
+    micro, world = (s["train"].micro_batch_size, world_size or 1) if evaluates else (1, 1)
+    fix = objective.more_val_hint(micro * world)  # shard's wording (data_tools.split)
     problems, val_samples = [], 0
     for f in facts:
         for split in SPLITS:
@@ -231,19 +240,16 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
             if n < 1:
                 problems.append(Problem(
                     "data.path: " + objective.too_few(f.folder, split, f.counts(split))
-                    + ("; shard more validation data (data_tools shard --val-fraction)"
-                       if split == "val" else ""), keys))
-    if problems or "train" not in s or "eval" not in s or not s["eval"].enabled:
+                    + (f"; {fix}" if split == "val" else ""), keys))
+    if problems or not evaluates:
         return problems
-    micro, world = s["train"].micro_batch_size, world_size or 1
     cap = s["eval"].max_samples
     problem = eval_batch_problem("data.path: the validation split's sample count", val_samples,
                                  micro, world)
     if problem and (cap is None or cap >= micro * world):  # else: the config's problem
         problems.append(Problem(
-            f"{problem}: shard more validation data (data_tools shard --val-fraction), lower "
-            "train.micro_batch_size, or turn evaluation off with eval.every_steps=0 "
-            "eval.at_end=false", (*keys, "train.micro_batch_size")))
+            f"{problem}: {fix}, lower train.micro_batch_size, or turn evaluation off with "
+            "eval.every_steps=0 eval.at_end=false", (*keys, "train.micro_batch_size")))
     return problems
 
 
@@ -290,6 +296,61 @@ def _cache_problems(data: DataConfig, facts: list[FolderFacts], world_size: int 
     return [Problem(problem, ("data.cache_limit", "data.prefetch_shards"))] if problem else []
 
 
+# ---- the checkpoint a resume starts from ----------------------------------------------------
+
+def resume_point(cfg: RunConfig) -> tuple[Path, CheckpointMeta] | None:
+    """(tag folder, meta) of the checkpoint a start of `cfg` resumes from (resume: auto; as far
+    as sizes tell, checkpoint_meta.find_resume_tag), or None for a fresh start."""
+    if cfg.resume != "auto":
+        return None
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    tag = find_resume_tag(ckpt_dir)
+    meta = read_meta(ckpt_dir / tag) if tag else None
+    return (ckpt_dir / tag, meta) if meta is not None else None
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _model_changes(meta: CheckpointMeta, cfg: RunConfig, where: Path) -> list[Problem]:
+    """A model section that builds other parameter shapes than the checkpoint's, naming the
+    model keys that differ (`model.n_layers: 4 → 6`)."""
+    old = meta.config.get("model")
+    try:
+        theirs = saved_model_config(old)
+    except (AttributeError, TypeError, ValueError):  # unreadable: the ranks' check says more
+        return []
+    if parameter_shapes(theirs) == parameter_shapes(cfg.model):
+        return []
+    new = config_to_dict(cfg)["model"]
+    keys = [f"model.{k}: {_plain(a)} → {_plain(b)}"
+            for k, a, b in config_changes(theirs.model_dump(mode="json"), new)]
+    return [Problem(f"the model changed since checkpoint {where} (step {meta.step}), so it "
+                    "cannot resume: " + ("; ".join(keys) or "its parameter shapes differ")
+                    + ". Put the model section back, or start over with resume=never or a new "
+                    "run_dir", tuple(k.split(":")[0] for k in keys) or ("model",))]
+
+
+def resume_findings(cfg: RunConfig) -> tuple[list[Problem], list[str]]:
+    """What the checkpoint a start resumes from says about `cfg`, before any rank starts
+    (torch-free; the ranks check the rest after verifying every file: pretrain/train/resume.py):
+    (problems: a model that builds other parameter shapes, a train.max_steps below the
+    checkpoint's step; notes: the jump of the learning rate when its schedule changed)."""
+    point = resume_point(cfg)
+    if point is None:
+        return [], []
+    where, meta = point
+    problems = _model_changes(meta, cfg, where)
+    if cfg.train.max_steps < meta.step:
+        problems.append(Problem(f"train.max_steps ({cfg.train.max_steps}) is below the step of "
+                                f"checkpoint {where} ({meta.step}): raise it, or start over with "
+                                "resume=never", ("train.max_steps",)))
+    jump = lr_jump(meta.config, cfg, meta.step)
+    notes = [f"resuming from {where} at step {meta.step}: {jump}"] if jump else []
+    return problems, notes
+
+
 def check_run(config: str | Path, overrides: Sequence[str] | Iterable[str] = (),
               world_size: int | None = None, ranks_per_node: int | None = None) -> RunConfig:
     """Every pre-flight check; the config as the ranks run it, or one ConfigError listing all
@@ -300,4 +361,8 @@ def check_run(config: str | Path, overrides: Sequence[str] | Iterable[str] = (),
     checked.problems += problems + _init_problems(checked.sections, facts)
     if checked.problems:
         raise checked.error(str(config))
-    return fill_vocab(resolve_paths(checked.cfg), facts[0].vocab_size)
+    cfg = fill_vocab(resolve_paths(checked.cfg), facts[0].vocab_size)
+    checked.problems += resume_findings(cfg)[0]
+    if checked.problems:
+        raise checked.error(str(config))
+    return cfg

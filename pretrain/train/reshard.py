@@ -10,6 +10,12 @@ folder is completed so that it loads at any ZeRO stage 1-3 (_loadable_at_every_s
     checkpoints/step_00000400/             the checkpoint as written by W ranks (never changed)
     checkpoints/step_00000400_universal/   the same state, per parameter, + its own meta.json
 
+A copy belongs to one writing of its `step_N`: its meta.json records the sha256 of the
+original's meta.json (`source_meta_sha256`), and a copy whose record differs (step_N was written
+again: a run started over with resume=never, a rollback that deleted step_N) is converted again,
+never loaded. The trainer also removes the copy whenever it writes step_N and every copy when a
+run starts over (checkpoint.drop_universal_copies).
+
 The conversion runs once per checkpoint, in one process (rank 0 of the resuming run, or
 `arrowtrain export RUNDIR --format universal` offline), into a temp folder
 `.step_00000400_universal.tmpPID/` that is renamed into place only once every file is written
@@ -25,11 +31,9 @@ it is repeatable, but its dropout masks differ from an uninterrupted run's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import shutil
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -41,8 +45,9 @@ from pretrain.train.checkpoint_meta import (
     UNIVERSAL_SUFFIX,
     CheckpointMeta,
     meta_problem,
+    meta_sha256,
 )
-from pretrain.train.distenv import import_deepspeed
+from pretrain.train.distenv import deepspeed_output, import_deepspeed
 from pretrain.train.safeload import UnsafeCheckpointFile, weights_only_loading
 
 log = logging.getLogger(__name__)
@@ -170,8 +175,9 @@ def _run_ds_to_universal(src: Path, out: Path) -> None:
         num_extract_workers=1, num_merge_workers=1,  # in this process: weights-only applies
         keep_temp_folder=False, strict=True,
         inject_missing_state=True)  # our checkpoints carry no `universal_checkpoint_info`
-    # DeepSpeed prints its steps to stdout: keep stdout for the command's own output.
-    with weights_only_loading(), contextlib.redirect_stdout(sys.stderr):
+    # DeepSpeed prints its steps and bars: kept out of stdout, and out of the log unless
+    # DeepSpeed's INFO is asked for (logging.deepspeed_level, ARROWTRAIN_DEEPSPEED_LOG).
+    with weights_only_loading(), deepspeed_output():
         ds_to_universal.main(args)
 
 
@@ -188,11 +194,25 @@ def existing(ckpt_dir: Path, tag: str) -> tuple[CheckpointMeta | None, list[File
     return meta, check_files(out, meta, sorted(present | set(meta.files)))
 
 
+def stale_problem(have: CheckpointMeta, source_sha256: str | None, tag: str) -> str | None:
+    """Why a universal copy is not the one of this writing of `tag`, or None when it is."""
+    if have.source_meta_sha256 is None:
+        return (f"it does not record which writing of {tag} it was converted from (made by an "
+                "earlier version)")
+    if have.source_meta_sha256 != source_sha256:
+        return (f"it was converted from an earlier {tag} (that meta.json's sha256 "
+                f"{have.source_meta_sha256[:12]}…, now {str(source_sha256)[:12]}…: the "
+                "checkpoint was written again since)")
+    return None
+
+
 def convert(ckpt_dir: Path, tag: str, meta: CheckpointMeta) -> Path:
     """The universal folder of checkpoint `tag` (already verified by the caller): reused when a
-    complete, undamaged one is there, else converted into a temp folder and renamed into place.
-    Raises CheckpointError (tampered files, a failed conversion)."""
+    complete, undamaged one converted from this very `tag` (its meta.json's sha256) is there,
+    else converted into a temp folder and renamed into place. Raises CheckpointError (tampered
+    files, a failed conversion)."""
     out = ckpt_dir / universal_tag(tag)
+    source_sha256 = meta_sha256(ckpt_dir / tag)
     have, problems = existing(ckpt_dir, tag)
     unsafe = [p for p in problems if p.unsafe]
     if unsafe:
@@ -200,11 +220,13 @@ def convert(ckpt_dir: Path, tag: str, meta: CheckpointMeta) -> Path:
             f"  - {out / p.file}: {p.reason}" for p in unsafe)
             + "\nNothing was loaded or changed. Inspect the file, or remove the folder to "
             "convert the checkpoint again.")
-    if have is not None and not problems:
+    stale = stale_problem(have, source_sha256, tag) if have is not None else None
+    if have is not None and not problems and stale is None:
         return out
     if out.exists():
-        log.warning("%s is incomplete or damaged; converting %s again:\n%s", out, tag,
-                    "\n".join(f"  - {p.file}: {p.reason}" for p in problems))
+        why = stale or "incomplete or damaged:\n" + "\n".join(
+            f"  - {p.file}: {p.reason}" for p in problems)
+        log.warning("%s is not used: %s; converting %s again", out, why, tag)
         shutil.rmtree(out)
     _remove_leftovers(ckpt_dir, out.name)
     tmp_root = temp_name(out)  # DeepSpeed also writes `latest_universal` beside its output
@@ -217,7 +239,8 @@ def convert(ckpt_dir: Path, tag: str, meta: CheckpointMeta) -> Path:
         files = {str(p.relative_to(staged)): file_record(p)
                  for p in sorted(staged.rglob("*")) if p.is_file()}
         record = meta.model_copy(update={"format_version": META_FORMAT, "files": files,
-                                         "converted_from": tag})
+                                         "converted_from": tag,
+                                         "source_meta_sha256": source_sha256})
         write_atomic(staged / META, record.model_dump_json(indent=1))
         os.rename(staged, out)
         fsync_path(ckpt_dir)

@@ -3,7 +3,8 @@
 Refused (the message names each change): the model's parameter shapes, the data (another
 fingerprint: the changed folder paths, weights or folder contents are named), what decides which
 samples come in which order (seed, objective, lengths, noise, shuffle and its blocks), the
-precision, the optimizer (offload or not), and a ZeRO stage change the universal checkpoint cannot carry
+precision, the optimizer (offload or not), the parametrization (muP's keys), and a ZeRO stage
+change the universal checkpoint cannot carry
 (reshard.through_universal; another number of ranks resumes at any stage). A change of
 global batch is kept when the samples consumed so far are a whole number of the new batches (the
 loader resumes at an exact step of the new batch), refused otherwise. Everything else (lr,
@@ -18,6 +19,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pretrain.configlib import config_changes
+from pretrain.model.mup import GroupSpec, group_specs
 from pretrain.objectives import exactness_keys
 from pretrain.train.checkpoint import CheckpointError
 from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
@@ -32,25 +35,6 @@ EXACTNESS_KEYS = ("seed", "precision", "data.objective", *exactness_keys(), "dat
                   "data.shuffle_block_shards")
 # what a checkpoint written before a key existed ran with
 OLD_DEFAULTS = {"data.shuffle_block_shards": 0}
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old, new) for every value that differs, sorted by key."""
-    a, b = flatten(old), flatten(new)
-    return [(k, a.get(k, "<unset>"), b.get(k, "<unset>")) for k in sorted(set(a) | set(b))
-            if a.get(k, "<unset>") != b.get(k, "<unset>")]
 
 
 def data_folders(src) -> list[DataFolderRecord]:
@@ -110,6 +94,20 @@ def _batch_problem(meta: CheckpointMeta, gbs: int) -> list[str]:
     return []
 
 
+# What muP changes (pretrain/model/mup.py): the optimizer's param groups and what the weights
+# compute. Under standard on both sides mup_base_width is unused: a change there is harmless.
+MUP_KEYS = ("model.parametrization", "model.mup_base_width", "model.mup_base_head_dim")
+
+
+def _mup_problems(changes: list[tuple[str, Any, Any]], old_model: dict[str, Any],
+                  cfg: RunConfig) -> list[str]:
+    if "mup" not in (old_model.get("parametrization", "standard"), cfg.model.parametrization):
+        return []
+    return [f"{k}: {a!r} → {b!r} (muP: the optimizer's param groups, their lr and weight "
+            "decay, and what the weights compute depend on it)"
+            for k, a, b in changes if k in MUP_KEYS]
+
+
 def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[int]],
                  fingerprint: str, folders: list[DataFolderRecord],
                  tag_dir: Path) -> list[tuple[str, Any, Any]]:
@@ -123,6 +121,7 @@ def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[in
     problems = _partition_problems(meta, cfg.deepspeed.zero_stage)
     problems += _shape_problems(meta.param_shapes, shapes)
     problems += _data_problems(meta, fingerprint, folders)
+    problems += _mup_problems(changes, meta.config.get("model", {}), cfg)
     problems += [f"{k}: {a!r} → {b!r} (decides which samples come in which order)"
                  for k, a, b in changes if k in EXACTNESS_KEYS and k != "precision"]
     if "precision" in changed:
@@ -145,25 +144,48 @@ def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[in
     return changes
 
 
-def warn_changes(changes: list[tuple[str, Any, Any]], tag_dir: Path) -> None:
+def warn_changes(changes: list[tuple[str, Any, Any]], tag_dir: Path,
+                 meta: CheckpointMeta | None = None, cfg: RunConfig | None = None) -> None:
+    """The kept changes, key by key, and the jump of the learning rate they make (if any)."""
+    from pretrain.train.schedule import lr_jump
+
+    jump = lr_jump(meta.config, cfg, meta.step) if meta is not None and cfg is not None else None
     if changes:
         log.warning("resuming from %s with a changed config (the new values apply from the "
-                    "next step):\n%s", tag_dir,
-                    "\n".join(f"  - {k}: {a!r} → {b!r}" for k, a, b in changes))
+                    "next step):\n%s%s", tag_dir,
+                    "\n".join(f"  - {k}: {a!r} → {b!r}" for k, a, b in changes),
+                    f"\n  {jump}" if jump else "")
 
 
 def apply_hyperparameters(scheduler, cfg: RunConfig) -> None:
     """After load: DeepSpeed restored the optimizer's param groups (lr, betas, eps, weight decay)
     and the scheduler's base lr and lr function from the checkpoint; set them to this run's
     config, so that a changed value takes effect from the next step. With an unchanged config
-    this writes back the same values (bit for bit)."""
+    this writes back the same values (bit for bit). Groups are keyed by name
+    (pretrain.model.mup.group_specs): each gets its spec's lr factor and weight decay."""
     from pretrain.train.schedule import retarget
 
     o = cfg.optim
     optimizer = scheduler.optimizer  # the optimizer that steps (inside ZeRO's wrapper too)
-    for i, g in enumerate(optimizer.param_groups):
+    specs = group_specs(cfg.model, o.weight_decay)
+    restore_group_names(optimizer.param_groups, specs)
+    by_name = {s.name: s for s in specs}
+    for g in optimizer.param_groups:
+        spec = by_name[g["name"]]
         g["betas"], g["eps"] = (o.beta1, o.beta2), o.eps
-        # engine.param_groups: matrices first, then biases and norm gains (never decayed) —
-        # set both: DeepSpeed's ZeRO-3 universal load gives every group the first one's values.
-        g["weight_decay"] = o.weight_decay if i == 0 else 0.0
+        g["weight_decay"], g["lr_scale"] = spec.weight_decay, spec.lr_scale
     retarget(scheduler, cfg.schedule, cfg.train.max_steps, o.lr)
+
+
+def restore_group_names(groups: list[dict], specs: list[GroupSpec]) -> None:
+    """Make every group carry its spec's name. The engine keeps the groups in the order it was
+    built with, but a load may leave names missing (a checkpoint from before groups were named)
+    or all alike (DeepSpeed's ZeRO-3 universal load gives every group the first one's
+    settings): then they are named by that order."""
+    names = [s.name for s in specs]
+    if len(groups) != len(specs):
+        raise CheckpointError(f"the optimizer has {len(groups)} param groups, this run's model "
+                              f"needs {len(specs)} ({', '.join(names)})")
+    if sorted(str(g.get("name")) for g in groups) != sorted(names):
+        for g, name in zip(groups, names):
+            g["name"] = name

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import threading
 import time
@@ -73,20 +74,25 @@ def _pid_alive(pid: int, start: int | None) -> bool:
     return start is None or now is None or now == start
 
 
-def holder_record(heartbeat_s: float, lease_s: float) -> dict[str, Any]:
+def holder_record(heartbeat_s: float, lease_s: float, purpose: str | None = None,
+                  ) -> dict[str, Any]:
     env = os.environ
-    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
-            "slurm_job_id": env.get("SLURM_JOB_ID"),
-            "restart_count": int(env.get("SLURM_RESTART_COUNT") or 0),
-            "token": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "heartbeat_s": heartbeat_s, "lease_s": lease_s}
+    rec = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _pid_start(os.getpid()),
+           "slurm_job_id": env.get("SLURM_JOB_ID"),
+           "restart_count": int(env.get("SLURM_RESTART_COUNT") or 0),
+           "token": uuid.uuid4().hex, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "heartbeat_s": heartbeat_s, "lease_s": lease_s}
+    if purpose:  # a holder other than a training run, e.g. an offline conversion
+        rec["purpose"] = purpose
+    return rec
 
 
 def describe(rec: dict[str, Any], age: float | None) -> str:
     job = f", SLURM job {rec['slurm_job_id']} (restart {rec.get('restart_count', 0)})" \
         if rec.get("slurm_job_id") else ""
     beat = f", last heartbeat {age:.0f} s ago" if age is not None else ""
-    return (f"host {rec.get('host', '?')}, pid {rec.get('pid', '?')}{job}, "
+    what = f" ({rec['purpose']})" if rec.get("purpose") else ""
+    return (f"host {rec.get('host', '?')}, pid {rec.get('pid', '?')}{what}{job}, "
             f"started {rec.get('started', '?')}{beat}")
 
 
@@ -102,18 +108,37 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, float | None]:
         return None, mtime
 
 
+def _number(value: Any, default: float) -> float:
+    """A number from a lock record that may be damaged (a string, null, a list): the default
+    unless it is a finite, positive-or-zero number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    return float(value) if 0 <= value < float("inf") else default
+
+
+def not_a_lock_message(path: Path) -> str:
+    kind = "a directory" if path.is_dir() else "not a regular file"
+    return (f"{path} is {kind}, not a run lock (arrowtrain writes a small JSON file there): "
+            "no run can start in this folder until it is removed; if no run uses the folder, "
+            f"remove it (rm -r {shlex.quote(str(path))})")
+
+
 def stale_reason(rec: dict[str, Any] | None, mtime: float, lease_s: float) -> str | None:
-    """Why the holder cannot be running any more, or None if it may be."""
+    """Why the holder cannot be running any more, or None if it may be. A damaged record (a
+    field of the wrong type) counts as its defaults: the lease decides."""
     age = time.time() - mtime
     if rec is None:  # created, never written: its creator died between the two
         return f"an empty lock {age:.0f} s old" if age > lease_s else None
     me = holder_record(0, 0)
     if rec.get("slurm_job_id") and rec["slurm_job_id"] == me["slurm_job_id"] \
-            and int(rec.get("restart_count", 0)) < me["restart_count"]:
+            and _number(rec.get("restart_count"), 0) < me["restart_count"]:
         return "an earlier incarnation of this SLURM job (requeued)"
-    if rec.get("host") == me["host"] and isinstance(rec.get("pid"), int):
-        return None if _pid_alive(rec["pid"], rec.get("pid_start")) else "its process is gone"
-    lease = float(rec.get("lease_s") or lease_s)
+    pid = rec.get("pid")
+    if rec.get("host") == me["host"] and isinstance(pid, int) and not isinstance(pid, bool) \
+            and pid > 0:
+        start = rec.get("pid_start") if isinstance(rec.get("pid_start"), int) else None
+        return None if _pid_alive(pid, start) else "its process is gone"
+    lease = _number(rec.get("lease_s"), lease_s) or lease_s
     return f"no heartbeat for {age:.0f} s (lease {lease:.0f} s)" if age > lease else None
 
 
@@ -122,16 +147,18 @@ class RunLock:
     after a kill)."""
 
     def __init__(self, run_dir: Path, heartbeat_s: float | None = None,
-                 lease_s: float | None = None):
+                 lease_s: float | None = None, purpose: str | None = None):
         self.path = Path(run_dir) / LOCK_NAME
         self.heartbeat_s = heartbeat_s or _env_float("ARROWTRAIN_LOCK_HEARTBEAT_S", 10.0)
         self.lease_s = lease_s or _env_float("ARROWTRAIN_LOCK_LEASE_S", 6 * self.heartbeat_s)
-        self.record = holder_record(self.heartbeat_s, self.lease_s)
+        self.record = holder_record(self.heartbeat_s, self.lease_s, purpose)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> RunLock:
         for _ in range(5):
+            if self.path.exists() and not self.path.is_file():
+                raise RunDirBusy(not_a_lock_message(self.path))
             if self._create():
                 self._start_heartbeat()
                 return self
@@ -139,6 +166,9 @@ class RunLock:
                 rec, mtime = _read(self.path)
             except FileNotFoundError:
                 continue  # released meanwhile: try again
+            except OSError as e:  # e.g. made a directory meanwhile, or unreadable
+                raise RunDirBusy(f"{self.path} cannot be read ({e.strerror or e}): "
+                                 "no run can start in this folder until it is fixed") from None
             why = stale_reason(rec, mtime, self.lease_s)
             if why is None:
                 raise RunDirBusy(self._busy_message(rec, mtime))
@@ -182,7 +212,7 @@ class RunLock:
     def _busy_message(self, rec: dict[str, Any] | None, mtime: float) -> str:
         age = time.time() - mtime
         who = describe(rec, age) if rec else f"a run starting up ({age:.0f} s ago)"
-        lease = float((rec or {}).get("lease_s") or self.lease_s)
+        lease = _number((rec or {}).get("lease_s"), self.lease_s) or self.lease_s
         return (f"run folder {self.path.parent} is in use by another run: {who}. Two runs in "
                 "one folder would overwrite each other's checkpoints and metrics, so this one "
                 f"stops. If that run is dead, its lock ({self.path}) lapses {lease:.0f} s after "
@@ -198,7 +228,7 @@ class RunLock:
     def owned(self) -> bool:
         try:
             rec, _ = _read(self.path)
-        except FileNotFoundError:
+        except OSError:  # gone, or replaced by something that is not a lock file
             return False
         return (rec or {}).get("token") == self.record["token"]
 

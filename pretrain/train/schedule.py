@@ -1,16 +1,19 @@
 """Learning-rate schedules as multipliers of the peak lr, one function of the step.
 
 `step` counts optimizer steps from 0 (the multiplier used for the first update is f(0)).
+Importing it costs no torch (the pre-flight computes the lr a resume jumps to, `lr_jump`).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
+from pretrain.train.config import RunConfig, ScheduleConfig
 
-from pretrain.train.config import ScheduleConfig
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LambdaLR
 
 
 def _warmup(step: int, warmup_steps: int) -> float:
@@ -57,19 +60,56 @@ class _Multiplier:
 
 
 def build_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, max_steps: int) -> LambdaLR:
+    from torch.optim.lr_scheduler import LambdaLR
+
     return LambdaLR(optimizer, _Multiplier(cfg, max_steps))
+
+
+def lr_at(cfg: RunConfig | dict[str, Any], step: int) -> float:
+    """The lr of optimizer step `step` (0-based) under a run config (typed, or a checkpoint's
+    resolved config as saved)."""
+    if isinstance(cfg, dict):
+        schedule = ScheduleConfig.model_validate(cfg["schedule"])
+        lr, max_steps = float(cfg["optim"]["lr"]), int(cfg["train"]["max_steps"])
+    else:
+        schedule, lr, max_steps = cfg.schedule, cfg.optim.lr, cfg.train.max_steps
+    return lr * lr_multiplier(schedule, step, max_steps)
+
+
+def lr_jump(old: dict[str, Any], cfg: RunConfig, step: int) -> str | None:
+    """A resume at `step` (the steps done) whose lr schedule changed (a shorter
+    train.max_steps, another schedule or peak lr): "the learning rate of step N+1 jumps from A
+    to B (why)", or None when it does not move (or the old config cannot be read)."""
+    try:
+        before, old_steps = lr_at(old, step), int(old["train"]["max_steps"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    after = lr_at(cfg, step)
+    if math.isclose(before, after, rel_tol=1e-9):
+        return None
+    why = (f"the schedule now ends at train.max_steps {cfg.train.max_steps}, not {old_steps}"
+           if old_steps != cfg.train.max_steps else "the lr settings changed")
+    return f"the learning rate of step {step + 1} jumps from {before:.4g} to {after:.4g} ({why})"
 
 
 def retarget(scheduler: LambdaLR, cfg: ScheduleConfig, max_steps: int, peak_lr: float) -> None:
     """Point a restored scheduler at this config (LambdaLR.load_state_dict brings back the saved
     base lr and the saved multiplier's fields) and set the lr of the next step from it, the same
-    expression LambdaLR.step uses, so an unchanged config gives back the same bits."""
+    expression LambdaLR.step uses, so an unchanged config gives back the same bits. Each group's
+    peak is peak_lr × its `lr_scale` (muP's hidden matrices: 1/m; pretrain/model/mup.py)."""
     fresh, optimizer = _Multiplier(cfg, max_steps), scheduler.optimizer
-    scheduler.base_lrs = [peak_lr] * len(optimizer.param_groups)
+    peaks = [group_peak(peak_lr, g) for g in optimizer.param_groups]
+    scheduler.base_lrs = peaks
     for fn in scheduler.lr_lambdas:
         fn.__dict__.update(fresh.__dict__)
     lrs = [base * fn(scheduler.last_epoch)
            for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for g, lr in zip(optimizer.param_groups, lrs):
-        g["lr"], g["initial_lr"] = lr, peak_lr
+    for g, lr, peak in zip(optimizer.param_groups, lrs, peaks):
+        g["lr"], g["initial_lr"] = lr, peak
     scheduler._last_lr = lrs
+
+
+def group_peak(peak_lr: float, group: dict) -> float:
+    """A param group's peak lr: optim.lr × the group's lr_scale (1 when it has none), computed
+    as build_optimizer does, so a resume gives back the same bits."""
+    return peak_lr * group.get("lr_scale", 1.0)

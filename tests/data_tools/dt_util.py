@@ -76,3 +76,63 @@ def read_tree(folder: Path) -> dict[str, bytes]:
                 data = json.dumps(m, sort_keys=True).encode()
             out[str(p.relative_to(folder))] = data
     return out
+
+
+# ---- tokenizers of other models (issue 18 item 2) ------------------------------------------
+
+SENTENCES = [f"the {a} {n} sees the {m} ." for a in ("red", "small", "old", "quiet")
+             for n in ("cat", "dog", "bird", "tree") for m in ("house", "river", "stone")]
+
+
+def llama_tokenizer(folder, config: dict | None = None, specials=("<unk>", "<s>", "</s>"),
+                    template: str | None = "<s> $A"):
+    """A Llama/TinyLlama-style tokenizer.json (SentencePiece-like BPE, `<s>` prepended by its
+    post_processor) and, when given, a tokenizer_config.json beside it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=90,
+                                                           special_tokens=list(specials)))
+    if template:
+        first = template.split()[0]
+        tok.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[(first, tok.token_to_id(first))])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    if config is not None:
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder / "tokenizer.json"
+
+
+def llama3_tokenizer(folder):
+    """A Llama-3-style tokenizer.json: byte-level BPE, then special tokens, and a
+    post_processor Sequence(ByteLevel, TemplateProcessing('<|begin_of_text|> $A'))."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_special_tokens(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"])
+    bot = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      special_tokens=[("<|begin_of_text|>", bot)])])
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder / "tokenizer.json"
+
+
+def shard_rows(out):
+    import pyarrow as pa
+
+    from data_tools.manifest import read_manifest
+    rows = []
+    for _, s in read_manifest(out).shards():
+        with pa.memory_map(str(out / s.file)) as src:
+            rows += pa.ipc.open_file(src).read_all().column("tokens").to_pylist()
+    return rows

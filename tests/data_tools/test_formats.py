@@ -117,7 +117,7 @@ def test_format_suffix_rules(tmp_path, capsys, tokenizer):
     (tmp_path / "notes").mkdir()
     assert shard(tokenizer, tmp_path / "o", f"{tmp_path / 'notes'}:pdf") == 2
     err = capsys.readouterr().err
-    assert "does not exist (a format suffix is one of jsonl, txt, parquet, file, line, " \
+    assert "does not exist (a format suffix is one of jsonl, json, txt, parquet, file, line, " \
            "paragraph)" in err
     assert not (tmp_path / "o").exists()
 
@@ -127,3 +127,101 @@ def test_train_tokenizer_takes_the_same_formats(tmp_path, licences, caplog):
     assert cli("train-tokenizer", f"{licences}:file", "--vocab-size", 300,
                "--out", tmp_path / "tok") == 0
     assert "on 5 documents from 5 files" in caplog.text
+
+
+@pytest.fixture
+def first_day(tmp_path):
+    """A new user's folder: text under many extensions (and none), a compressed changelog,
+    binary files, a Latin-1 file, a .txt file and the usual hidden and cache entries."""
+    d = tmp_path / "corpus"
+    for name, text in {"README": "A readme without an extension.\n",
+                       "docs/guide.md": "# Guide\n\nSome *markdown* text.\n",
+                       "docs/api.rst": "API\n===\n\nThe reference.\n",
+                       "docs/index.html": "<html><body>hello</body></html>\n",
+                       "tool.py": "def f():\n    return 1\n",
+                       "notes.txt": "first note\nsecond note\n",
+                       ".git/config": "[core]\n", "__pycache__/tool.cpython.pyc": "x"}.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text)
+    (d / "changelog.Debian.gz").write_bytes(gzip.compress(CHANGELOG.encode()))
+    (d / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + bytes(range(256)))
+    (d / "docs" / "data.bin").write_bytes(b"\0\1\2\3" * 100)
+    (d / "archive.tar.gz").write_bytes(gzip.compress(b"README\0\0\0\0" + b"\0" * 500))
+    (d / "latin1.csv").write_bytes("caf\u00e9;cr\u00e8me\n".encode("latin-1"))
+    return d
+
+
+CHANGELOG = "pkg (1.0) unstable; urgency=low\n\n  * Initial release.\n"
+BY_CONTENT = "(no extension) 1, .debian.gz 1, .html 1, .md 1, .py 1, .rst 1"
+NOT_TEXT = "binary 3 (.bin 1, .png 1, .tar.gz 1), invalid_utf8 1 (.csv 1)"
+
+
+def test_auto_reads_unknown_text_and_reports_what_it_left_out(tmp_path, tokenizer, first_day,
+                                                              caplog, capsys):
+    """--format auto on a folder: text files of unknown extension are one document each,
+    binary and undecodable files are counted by extension, and train-tokenizer, shard and
+    inspect all say so with the fix; nothing is dropped silently."""
+    caplog.set_level("INFO")
+    assert cli("train-tokenizer", first_day, "--vocab-size", 300, "--out", tmp_path / "tok") == 0
+    log = caplog.text
+    assert f"6 files of unknown extension read as one document each ({BY_CONTENT})" in log
+    assert f"{first_day}:paragraph" in log  # the fix, written with the user's own INPUT
+    assert f"skipped 4 files that are not UTF-8 text: {NOT_TEXT}" in log
+    assert "--exclude" in log and ".git/" in log and "__pycache__/" in log
+    assert "on 8 documents from 7 files" in log
+    caplog.clear()
+    out = tmp_path / "o"
+    assert shard(tokenizer, out, first_day) == 0
+    assert f"skipped 4 files that are not UTF-8 text: {NOT_TEXT}" in caplog.text
+    m = read_manifest(out)
+    formats = {i.path.split("/")[-1]: i.format for i in m.inputs}
+    assert formats == {"README": "file", "changelog.Debian.gz": "file", "api.rst": "file",
+                       "guide.md": "file", "index.html": "file", "notes.txt": "line",
+                       "tool.py": "file"}
+    assert m.splits["train"].documents == 8 and CHANGELOG in stored_texts(out)
+    assert m.skipped == {"binary": 3, "invalid_utf8": 1}
+    assert m.skipped_files == {"binary": {".bin": 1, ".png": 1, ".tar.gz": 1},
+                               "invalid_utf8": {".csv": 1}}
+    capsys.readouterr()
+    assert cli("inspect", out) == 0
+    report = capsys.readouterr().out
+    assert f"documents: 6 input files (file): one per file ({BY_CONTENT})" in report
+    assert f"files skipped by content: {NOT_TEXT}" in report
+    assert cli("inspect", out, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["skipped_files"] == m.skipped_files
+
+
+def test_explicit_files_of_unknown_extension(tmp_path, tokenizer, first_day, capsys):
+    """Named on the command line: text is one document; a binary file is an error."""
+    assert shard(tokenizer, tmp_path / "o", first_day / "tool.py") == 0
+    assert [i.format for i in read_manifest(tmp_path / "o").inputs] == ["file"]
+    assert shard(tokenizer, tmp_path / "p", first_day / "logo.png") == 2
+    err = capsys.readouterr().err
+    assert "logo.png" in err and "not UTF-8 text (binary" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_json_files_pretty_printed_arrays_and_lines(tmp_path, tokenizer, caplog):
+    """.json: a pretty-printed object is one record, an array is one record per element, JSON
+    lines stay lines; a record without the field names the keys it has."""
+    d = tmp_path / "j"
+    d.mkdir()
+    (d / "one.json").write_text(json.dumps({"text": "a single pretty object", "id": 1}, indent=2))
+    (d / "many.json").write_text(json.dumps([{"text": f"record {i}"} for i in range(3)]
+                                            + [{"body": "x", "title": "y"}], indent=2))
+    (d / "lines.json").write_text('{"text": "line one"}\n{"text": "line two"}\n')
+    (d / "flat.json").write_text(json.dumps([{"text": "flat a"}, {"text": "flat b"}]))
+    (d / "zipped.json.gz").write_bytes(gzip.compress(json.dumps({"text": "zipped"}, indent=1)
+                                                     .encode()))
+    out = tmp_path / "o"
+    assert shard(tokenizer, out, d) == 0
+    m = read_manifest(out)
+    assert [(i.path.split("/")[-1], i.format) for i in m.inputs] == [
+        ("flat.json", "json"), ("lines.json", "jsonl"), ("many.json", "json"),
+        ("one.json", "json"), ("zipped.json.gz", "json")]
+    assert sorted(stored_texts(out)) == sorted(["flat a", "flat b", "line one", "line two",
+                                                "record 0", "record 1", "record 2",
+                                                "a single pretty object", "zipped"])
+    assert m.skipped == {"missing_field": 1}
+    assert f"{d / 'many.json'}[3]: missing_field (no key 'text'; its keys: 'body', 'title')" \
+        in caplog.text

@@ -137,23 +137,33 @@ def test_refused_before_any_work(tmp_path, tokenizer, corpus, case, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_errors_name_the_command_as_typed_and_a_folder_of_code_gets_the_format_suffix(
-        tmp_path, tokenizer, capsys):
+def test_errors_name_the_command_as_typed_and_a_folder_of_code_is_read_by_content(
+        tmp_path, tokenizer, capsys, caplog):
+    """A folder of .py files (an extension auto does not know) is read as one document per
+    file, with the INPUT:FORMAT hint; a folder of nothing but binary files is an error that
+    names what it skipped, on one line starting with the command as typed."""
     from arrowtrain.cli import main as arrowtrain
 
+    caplog.set_level("INFO")
     code = tmp_path / "code"
     code.mkdir()
     (code / "a.py").write_text("print(1)\n")
     (code / "b.py").write_text("print(2)\n")
     assert arrowtrain(["data", "shard", str(code), "--tokenizer", str(tokenizer), "--out",
-                       str(tmp_path / "o")]) == 2
+                       str(tmp_path / "o"), "--workers", "1", "--val-fraction", "0"]) == 0
+    assert "2 files of unknown extension read as one document each (.py 2)" in caplog.text
+    assert f"{code}:file" in caplog.text  # the fix, written with the user's own INPUT
+    assert read_manifest(tmp_path / "o").splits["train"].documents == 2
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    (blobs / "a.png").write_bytes(b"\x89PNG\0\0")
+    capsys.readouterr()
+    assert arrowtrain(["data", "shard", str(blobs), "--tokenizer", str(tokenizer), "--out",
+                       str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("arrowtrain data shard: error: no input files found in ") and \
         err.count("\n") == 1
-    assert f"2 file(s) with an extension it does not read, e.g. {code / 'a.py'}" in err
-    assert f"give the format after the input as INPUT:FORMAT, e.g. {code}:file " in err
-    assert shard(tokenizer, tmp_path / "o", f"{code}:file") == 0  # what the error suggests
-    assert read_manifest(tmp_path / "o").splits["train"].documents == 2
+    assert "skipped: binary 1 (.png 1)" in err
     assert cli("validate", tmp_path / "nope") == 2
     assert capsys.readouterr().err.startswith("python -m data_tools validate: error: ")
 
@@ -164,7 +174,8 @@ def test_tokenizer_without_eos_is_refused(tmp_path, tokenizer, corpus, capsys):
     del tok["model"]["vocab"]["<|endoftext|>"]
     (tmp_path / "t.json").write_text(json.dumps(tok))
     assert shard(tmp_path / "t.json", tmp_path / "o", corpus) == 2
-    assert "has no <|endoftext|> token" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has no end-of-document token" in err and "its special tokens: <|pad|>" in err
 
 
 def test_no_documents_at_all_leaves_nothing(tmp_path, tokenizer, capsys):
@@ -211,3 +222,15 @@ def test_parquet_missing_or_non_string_column_and_nulls(tmp_path, tokenizer):
     assert m.skipped == {"empty": 1, "missing_field": 2, "non_string_field": 1,
                             "unreadable": 1}
     assert m.splits["train"].documents == 1
+
+
+def test_missing_field_names_the_keys_that_are_there(tmp_path, tokenizer, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text(json.dumps({"content": "x", "title": "y"}) + "\n"
+                                             + json.dumps({"text": GOOD[0]}) + "\n")
+    pq.write_table(pa.table({"content": ["no text column"]}), tmp_path / "in" / "b.parquet")
+    assert shard(tokenizer, tmp_path / "o", tmp_path / "in") == 0
+    assert "a.jsonl:1: missing_field (no key 'text'; its keys: 'content', 'title')" in caplog.text
+    assert "b.parquet: missing_field (no column 'text'; its columns: 'content')" in caplog.text

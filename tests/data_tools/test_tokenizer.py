@@ -1,5 +1,7 @@
-"""train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input."""
+"""train-tokenizer: determinism, special tokens and sentinels, --max-bytes, bad input; the EOS
+and BOS of other models' tokenizers (Llama, Llama 3; --eos-token/--bos-token)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +10,16 @@ import pytest
 from tokenizers import Tokenizer
 
 from data_tools.tokenizer import load_tokenizer, tokenizer_info
-from tests.data_tools.dt_util import REPO, cli, cli_subprocess, write_jsonl
+from tests.data_tools.dt_util import (
+    REPO,
+    SENTENCES,
+    cli,
+    cli_subprocess,
+    llama3_tokenizer,
+    llama_tokenizer,
+    shard_rows,
+    write_jsonl,
+)
 
 
 def test_special_tokens_and_sentinels_at_the_end(tokenizer):
@@ -94,3 +105,113 @@ def test_data_tools_never_imports_torch_or_deepspeed():
             "print(sorted({'torch', 'deepspeed', 'pretrain'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_one_progress_bar_not_two(monkeypatch):
+    """Issue 18 item 7: tokenizers' own bars drew over the "tokenizer text" bar on a terminal."""
+    from data_tools.tokenizer import build_trainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    _, trainer = build_trainer(vocab_size=300, sentinels=0, min_frequency=2)
+    assert trainer.show_progress is False
+
+
+# ---- tokenizers without <|endoftext|>: EOS and BOS from their own configuration ---------------
+
+def shard_with(tok_file, out, corpus, *extra):
+    return cli("shard", corpus, "--tokenizer", tok_file, "--out", out, "--workers", "1",
+               "--val-fraction", "0.1", *extra)
+
+
+@pytest.mark.parametrize("style, eos, bos, prepended", [
+    ("llama", "</s>", "<s>", True),                                   # template "<s> $A"
+    ("llama-config", "</s>", "<s>", False),                           # add_bos_token: false
+    ("llama-config-dict", "</s>", "<s>", True),                       # AddedToken dicts
+    ("llama3", "<|end_of_text|>", "<|begin_of_text|>", True),
+])
+def test_llama_style_tokenizers_shard_with_their_own_eos_and_bos(tmp_path, style, eos, bos,
+                                                                 prepended, capsys):
+    from data_tools.manifest import read_manifest
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    if style == "llama3":
+        tok_file = llama3_tokenizer(tmp_path / "tok")
+    else:
+        config = {"llama": None,
+                  "llama-config": {"bos_token": "<s>", "eos_token": "</s>",
+                                   "add_bos_token": False},
+                  "llama-config-dict": {"bos_token": {"__type": "AddedToken", "content": "<s>"},
+                                        "eos_token": {"__type": "AddedToken", "content": "</s>"},
+                                        "add_bos_token": True}}[style]
+        tok_file = llama_tokenizer(tmp_path / "tok", config)
+    out = tmp_path / "o"
+    assert shard_with(tok_file, out, corpus) == 0
+    info, tok = read_manifest(out).tokenizer, Tokenizer.from_file(str(tok_file))
+    assert (info.eos_id, info.bos_id) == (tok.token_to_id(eos), tok.token_to_id(bos))
+    assert bool(info.bos_prepended) == prepended
+    rows = shard_rows(out)
+    assert len(rows) == len(SENTENCES)
+    assert all((r[0] == info.bos_id) == prepended for r in rows)
+    assert not any(info.eos_id in r for r in rows)  # EOS is never stored: the loader adds it
+    if prepended:  # exactly what the tokenizer's own template gives (add_special_tokens)
+        assert sorted(rows) == sorted(tok.encode(s).ids for s in SENTENCES)
+    assert cli("validate", out) == 0  # it checks that every document starts with the BOS
+    capsys.readouterr()
+    assert cli("inspect", out) == 0
+    start = f"each document starts with {bos} (id {info.bos_id})" if prepended else \
+        "documents start with no BOS"
+    assert f"end of document: {eos} (id {info.eos_id}, added by the loader); {start}" in \
+        capsys.readouterr().out
+
+
+def test_validate_checks_that_every_document_starts_with_the_bos(tmp_path, capsys):
+    """A folder whose manifest says bos_prepended but whose documents start otherwise."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    tok_file = llama_tokenizer(tmp_path / "tok", {"bos_token": "<s>", "eos_token": "</s>",
+                                                  "add_bos_token": False})
+    out = tmp_path / "o"
+    assert shard_with(tok_file, out, corpus) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    m["tokenizer"]["bos_prepended"] = True  # not in the fingerprint: only validate can tell
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert cli("validate", out) == 2
+    err = capsys.readouterr().err
+    assert f"documents do not start with bos_id {m['tokenizer']['bos_id']}" in err
+
+
+def test_eos_bos_options_and_the_error_that_lists_the_special_tokens(tmp_path, capsys):
+    from data_tools.manifest import read_manifest
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    tok_file = llama_tokenizer(tmp_path / "tok", specials=("<unk>", "<cls>", "<sep>"),
+                               template=None)
+    assert shard_with(tok_file, tmp_path / "o", corpus) == 2
+    err = capsys.readouterr().err
+    assert f"tokenizer file {tok_file} has no end-of-document token" in err
+    assert "its special tokens: <unk>, <cls>, <sep>" in err and "--eos-token" in err
+    assert not (tmp_path / "o").exists()
+    assert shard_with(tok_file, tmp_path / "o", corpus, "--eos-token", "<nope>") == 2
+    assert "--eos-token '<nope>' is not a token of" in capsys.readouterr().err
+    assert shard_with(tok_file, tmp_path / "o", corpus, "--eos-token", "<sep>",
+                      "--bos-token", "<cls>") == 0
+    m = read_manifest(tmp_path / "o")
+    tok = Tokenizer.from_file(str(tok_file))
+    assert (m.tokenizer.eos_id, m.tokenizer.bos_id) == (tok.token_to_id("<sep>"),
+                                                        tok.token_to_id("<cls>"))
+    assert m.tokenizer.bos_prepended and all(r[0] == m.tokenizer.bos_id
+                                             for r in shard_rows(tmp_path / "o"))
+    assert (m.args["eos_token"], m.args["bos_token"]) == ("<sep>", "<cls>")
+    llama = llama_tokenizer(tmp_path / "llama")  # its template adds <s>; `none` says no
+    assert shard_with(llama, tmp_path / "n", corpus, "--bos-token", "none") == 0
+    info = read_manifest(tmp_path / "n").tokenizer
+    assert info.bos_id is None and not info.bos_prepended
+    assert not any(r[0] == tok.token_to_id("<s>") for r in shard_rows(tmp_path / "n"))
+
+
+def test_export_and_translate_read_the_ids_a_folder_was_sharded_with(tmp_path):
+    """tokenizer_info on a shard folder's tokenizer.json gives the manifest's ids (so a folder
+    sharded with --eos-token keeps that EOS in export, translate and attention)."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
+    tok_file = llama_tokenizer(tmp_path / "tok")
+    assert shard_with(tok_file, tmp_path / "o", corpus, "--eos-token", "<unk>") == 0
+    copy = tmp_path / "o" / "tokenizer.json"
+    info = tokenizer_info(load_tokenizer(copy), copy)
+    assert info.eos_id == Tokenizer.from_file(str(tok_file)).token_to_id("<unk>")

@@ -121,3 +121,59 @@ def test_bad_val_options_leave_nothing(tmp_path, corpus, tokenizer, extra, messa
     assert shard(corpus, tokenizer, tmp_path / "o", *extra) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def small_corpus(folder, files: int = 14, chars: int = 600):
+    """A new user's corpus: a handful of files, each one document (INPUT:file)."""
+    from tests.data_tools.dt_util import stdlib_texts
+    folder.mkdir()
+    for i, text in enumerate(stdlib_texts(files * chars * 2, chars)[:files]):
+        (folder / f"note{i:02d}.txt").write_text(text)
+    return folder
+
+
+def test_a_small_corpus_keeps_one_document_in_val_and_says_so(tmp_path, tokenizer, caplog):
+    """14 files at --val-fraction 0.005: no hash falls below it, so the split would be empty
+    (exit 0, and the trainer refuses the folder later). `shard` keeps the smallest-hash
+    document in val instead, says so, and its hint is the trainer's wording."""
+    corpus = small_corpus(tmp_path / "c14")
+    out = tmp_path / "o"
+    assert cli("shard", f"{corpus}:file", "--tokenizer", tokenizer, "--out", out,
+               "--workers", "1") == 0
+    m = read_manifest(out)
+    assert (m.splits["train"].documents, m.splits["val"].documents) == (13, 1)
+    hashes = {doc_hash(p.read_bytes()): p.read_text() for p in corpus.iterdir()}
+    assert stored(out, "val") == [hashes[min(hashes)]]  # the smallest hash: a function of bytes
+    assert "--val-fraction 0.005 put none of the 14 documents in val: kept the one with the " \
+           "smallest hash there" in caplog.text
+    from data_tools.split import more_val_hint
+    total = m.splits["train"].tokens + m.splits["val"].tokens
+    assert more_val_hint(total // 10) in caplog.text
+    # --val-fraction 0 asks for no val split, and gets none; so does a one-document corpus
+    assert cli("shard", f"{corpus}:file", "--tokenizer", tokenizer, "--out", tmp_path / "z",
+               "--workers", "1", "--val-fraction", "0") == 0
+    assert read_manifest(tmp_path / "z").splits["val"].documents == 0
+    one = small_corpus(tmp_path / "c1", files=1)
+    assert cli("shard", f"{one}:file", "--tokenizer", tokenizer, "--out", tmp_path / "one",
+               "--workers", "1") == 0
+    assert read_manifest(tmp_path / "one").splits["train"].documents == 1
+
+
+def test_kept_val_document_survives_a_resume(tmp_path, tokenizer, monkeypatch):
+    """The held candidate is saved with each checkpoint: a run stopped before its end resumes
+    to a folder byte-identical to an uninterrupted run's."""
+    import data_tools.shard
+    corpus = small_corpus(tmp_path / "c", files=40, chars=2000)
+    args = [f"{corpus}:file", "--tokenizer", tokenizer, "--workers", "1", "--shard-size", "4KB",
+            "--val-fraction", "0.0001"]
+    assert cli("shard", *args, "--out", tmp_path / "whole") == 0
+    assert read_manifest(tmp_path / "whole").splits["val"].documents == 1
+
+    def stop(*_, **__):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        m.setattr(data_tools.shard, "finish", stop)
+        assert cli("shard", *args, "--out", tmp_path / "cut") == 130
+    assert any(p.name.startswith("pending-held") for p in (tmp_path / "cut" / ".resume").iterdir())
+    assert cli("shard", *args, "--out", tmp_path / "cut") == 0
+    assert read_tree(tmp_path / "cut") == read_tree(tmp_path / "whole")

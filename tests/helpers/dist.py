@@ -1,12 +1,21 @@
 """The one helper for distributed tests on CPU: N real processes, gloo, a free port, a timeout,
-and one log file per rank whose lines are tagged with the rank."""
+and one log file per rank whose lines are tagged with the rank.
+
+The rank processes are forked from a warm interpreter that has already imported torch and
+DeepSpeed (helpers/forkserver.py: about half of a tiny run's wall time is those imports); each is
+still its own process running `python ARGS...`'s code. ARROWTRAIN_TEST_FORKSERVER=0 starts every
+rank as a fresh `python` instead (same tests, slower)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +37,140 @@ def rank_env(rank: int, world_size: int, port: int, extra: dict | None = None) -
     return env
 
 
+class ForkedProcess:
+    """A process the fork server started: the part of subprocess.Popen the tests use."""
+
+    def __init__(self, pid: int, args: list[str]):
+        self.pid, self.args, self.returncode = pid, args, None
+        self._done = threading.Event()
+
+    def _exited(self, code: int) -> None:
+        self.returncode = code
+        self._done.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+class ForkServer:
+    """Client of helpers/forkserver.py: one server per test session, started on first use."""
+
+    def __init__(self):
+        from helpers import forkserver
+
+        self.import_env = {k: os.environ.get(k) for k in forkserver.IMPORT_TIME_ENV}
+        self.import_env["OMP_NUM_THREADS"] = "1"
+        env = {k: v for k, v in os.environ.items() if k not in forkserver.IMPORT_TIME_ENV}
+        env.update({k: v for k, v in self.import_env.items() if v is not None})
+        self.proc = subprocess.Popen([sys.executable, forkserver.__file__], cwd=REPO, env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        hello = json.loads(self.proc.stdout.readline() or "{}")
+        self.ready = bool(hello.get("ready"))
+        self.lock = threading.Lock()
+        self.next_id = 0
+        self.started: dict[int, tuple[threading.Event, ForkedProcess]] = {}
+        self.running: dict[int, ForkedProcess] = {}
+        self.dead = False
+        if not self.ready:
+            self.close()
+            return
+        threading.Thread(target=self._read, daemon=True, name="forkserver").start()
+
+    def fits(self, env: dict) -> bool:
+        """The request's import-time settings are the server's (else start a plain process)."""
+        return self.ready and not self.dead and all(
+            env.get(k) == v for k, v in self.import_env.items())
+
+    def start(self, args: list[str], env: dict, cwd: Path, log: Path) -> ForkedProcess:
+        event, proc = threading.Event(), ForkedProcess(0, args)
+        with self.lock:
+            self.next_id += 1
+            rid = self.next_id
+            self.started[rid] = (event, proc)
+            msg = {"id": rid, "args": args, "env": env, "cwd": str(cwd), "log": str(log)}
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+        if not event.wait(60):
+            raise AssertionError(f"the fork server did not start {args[:2]}")
+        if proc.pid == 0:
+            raise AssertionError("the fork server died")
+        return proc
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            with self.lock:
+                if "id" in msg:
+                    event, proc = self.started.pop(msg["id"])
+                    proc.pid = msg["pid"]
+                    self.running[proc.pid] = proc
+                    event.set()
+                else:
+                    proc = self.running.pop(msg["pid"], None)
+            if "id" not in msg and proc is not None:
+                proc._exited(msg["code"])
+        self.dead = True  # EOF: no more notices; nothing started through it can be waited for
+        with self.lock:
+            for event, _ in self.started.values():
+                event.set()
+            for proc in self.running.values():
+                proc._exited(-signal.SIGKILL)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+_server: ForkServer | None = None
+_server_lock = threading.Lock()
+
+
+def fork_server() -> ForkServer | None:
+    global _server
+    if os.environ.get("ARROWTRAIN_TEST_FORKSERVER", "1") == "0":
+        return None
+    with _server_lock:
+        if _server is None:
+            _server = ForkServer()
+            atexit.register(_server.close)
+    return _server
+
+
+def start_process(args: list[str], env: dict, cwd: Path, log: Path):
+    """`python ARGS...` with stdout and stderr appended to `log`, in a session of its own: forked
+    by the fork server where it fits, else a plain subprocess."""
+    server = fork_server()
+    if server is not None and server.fits(env):
+        return server.start(args, env, cwd, log)
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, *args], env=env, cwd=cwd, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 @dataclass
 class Ranks:
     """Running ranks; `wait()` collects them, `logs()` returns rank-tagged output."""
 
-    procs: list[subprocess.Popen]
+    procs: list
     log_paths: list[Path]
 
     def wait(self, timeout: float = 300) -> list[int]:
@@ -72,12 +210,8 @@ def start_ranks(args: list[str], log_dir: Path, world_size: int = 2,
     procs, paths = [], []
     for rank in range(world_size):
         path = log_dir / f"rank{rank}.log"
-        fh = open(path, "ab")  # noqa: SIM115 - owned by the child
-        procs.append(subprocess.Popen(
-            [sys.executable, *args], env=rank_env(rank, world_size, port, env),
-            cwd=cwd or REPO, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
-        fh.close()
+        procs.append(start_process(list(args), rank_env(rank, world_size, port, env),
+                                   cwd or REPO, path))
         paths.append(path)
     return Ranks(procs, paths)
 

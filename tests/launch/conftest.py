@@ -100,14 +100,14 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=cred_expire=10
+AuthInfo=cred_expire=5
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={d}/jobcomp.txt
-SchedulerParameters=sched_interval=5,bf_interval=5
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=512
@@ -310,25 +310,3 @@ def sshd():
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """A 512-token BPE tokenizer and shards of two small stdlib packages, made with the real
-    data_tools CLI (≈ 3 s)."""
-    import sys
-    import sysconfig
-
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    inputs = [str(stdlib / "json"), str(stdlib / "email")]
-    out = tmp_path_factory.mktemp("launch-data")
-    repo = Path(__file__).resolve().parents[2]
-    for args in (["train-tokenizer", *inputs, "--format", "file", "--vocab-size", "512",
-                  "--out", str(out / "tok")],
-                 ["shard", *inputs, "--format", "file", "--tokenizer",
-                  str(out / "tok" / "tokenizer.json"), "--out", str(out / "data"),
-                  "--val-fraction", "0.1", "--workers", "1"]):
-        res = subprocess.run([sys.executable, "-m", "data_tools", *args], cwd=repo,
-                             capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr
-    return out / "data"

@@ -133,12 +133,13 @@ def test_hostfile_dry_run_prints_deepspeeds_command(tiny_data, tmp_path, capsys)
     assert not (tmp_path / "run").exists()  # no env file written
 
 
-def test_missing_config_and_bad_nproc(tmp_path):
+def test_missing_config_and_bad_nproc(tmp_path, cli):
+    from launch.__main__ import main
+
     for args, needle in ((["--config", str(tmp_path / "nope.yaml")], "no such file"),
                          (["--config", "x.yaml", "--nproc", "0"], "--nproc")):
-        res = subprocess.run([sys.executable, "-m", "launch", "local", *args], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2 and needle in res.stderr, res.stderr
+        res = cli(main, "local", *args)
+        assert res.code == 2 and needle in res.err, res.err
 
 
 def test_rank_output_is_prefixed_line_by_line_and_bars_redraw(tmp_path):

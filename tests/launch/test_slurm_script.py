@@ -177,21 +177,18 @@ def test_gpus_per_node_gives_one_task_per_gpu(tmp_path):
         assert f"#SBATCH {line}\n" in script
 
 
-def test_cli_dry_run_validates_config_and_prints_without_submitting(tmp_path, tiny_data):
+def test_cli_dry_run_validates_config_and_prints_without_submitting(tmp_path, tiny_data, cli):
+    """In-process (test_e2e.py submits through the real `python -m launch slurm`)."""
     from launch.common import REPO
 
     cfg = str(REPO / "configs" / "gpt-tiny.yaml")
-    res = subprocess.run([sys.executable, "-m", "launch", "slurm", "--config", cfg, "--nodes",
-                          "2", "--dry-run", f"run_dir={tmp_path / 'run'}",
-                          f"data.path={tiny_data}"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in res.stdout
-    assert f"RUN_DIR={tmp_path / 'run'}" in res.stdout
+    res = cli(launch_main, "slurm", "--config", cfg, "--nodes", "2", "--dry-run",
+              f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}")
+    assert res.code == 0, res.err
+    assert res.out.startswith("#!/bin/bash\n") and "#SBATCH --nodes=2" in res.out
+    assert f"RUN_DIR={tmp_path / 'run'}" in res.out
     assert not (tmp_path / "run").exists()
-    assert "EXIT_RESUME=75" in res.stdout  # the exit codes come from pretrain/exit_codes.py
+    assert "EXIT_RESUME=75" in res.out  # the exit codes come from pretrain/exit_codes.py
     # world size 2 x micro-batch 2 must divide the global batch: 3 ranks cannot
-    bad = subprocess.run([sys.executable, "-m", "launch", "slurm", "--config", cfg, "--nodes",
-                          "3", "--dry-run"], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert bad.returncode == 2 and "global_batch_size" in bad.stderr
+    bad = cli(launch_main, "slurm", "--config", cfg, "--nodes", "3", "--dry-run")
+    assert bad.code == 2 and "global_batch_size" in bad.err

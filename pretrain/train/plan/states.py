@@ -28,6 +28,8 @@ stage3.py, fp16/unfused_optimizer.py) and measured on CPU with pretrain.memory.T
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -152,16 +154,18 @@ def grad_partition_elements(shapes: Shapes, ranks: int) -> int:
     """ZeRO-1/2's gradient partition on the rank holding the most: per parameter group, every
     parameter that overlaps the rank's slice of the flattened group counts whole
     (stage_1_and_2.py sizes `grads_in_partition` so)."""
+    groups = []  # (partition size, start offsets of the group's parameters + its end)
+    for group in _groups(shapes):
+        groups.append((partition(sum(group), ranks), list(itertools.accumulate(group, initial=0))))
     worst = 0
     for rank in range(ranks):
         total = 0
-        for group in _groups(shapes):
-            size = partition(sum(group), ranks)
-            lo, hi, start = rank * size, (rank + 1) * size, 0
-            for n in group:
-                if start < hi and start + n > lo:
-                    total += n
-                start += n
+        for size, starts in groups:
+            lo, hi = rank * size, (rank + 1) * size
+            first = bisect.bisect_right(starts, lo, 1) - 1  # the parameter holding element lo
+            last = bisect.bisect_left(starts, hi, 0, len(starts) - 1)  # first starting at >= hi
+            if last > first:
+                total += starts[last] - starts[first]
         worst = max(worst, total)
     return worst
 

@@ -106,3 +106,45 @@ def test_a_pickle_only_folder_is_refused_unread(tmp_path, caplog):
     weights.rename(tmp_path / "hf" / "pytorch_model.bin")  # never opened: the name decides
     text = _refused(tmp_path, caplog, tmp_path / "hf")
     assert "pytorch_model.bin" in text and "never loaded" in text
+
+
+def test_a_llama_folder_is_continued_on_text_sharded_with_its_own_tokenizer(tmp_path):
+    """Issue 18 item 2: a Llama folder as transformers saves it (LlamaTokenizerFast: `</s>`,
+    `<s>` added by its template, no <|endoftext|>) imports, its tokenizer.json shards text with
+    EOS `</s>` and each document starting with `<s>` — the ids transformers gives — and a run
+    config continuing the imported model on that folder passes the pre-flight."""
+    from data_tools.manifest import read_manifest
+    from pretrain.train.preflight import check_run
+    from tests.data_tools.dt_util import (
+        REPO,
+        SENTENCES,
+        cli,
+        llama_tokenizer,
+        shard_rows,
+        write_jsonl,
+    )
+
+    hf_dir = tmp_path / "hf"
+    hf_tok = transformers.LlamaTokenizerFast(
+        tokenizer_file=str(llama_tokenizer(tmp_path / "tok")), bos_token="<s>",
+        eos_token="</s>", unk_token="<unk>")
+    hf_model("llama", vocab_size=len(hf_tok), hidden_size=64, intermediate_size=176,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+             rope_theta=10000.0).save_pretrained(hf_dir)
+    hf_tok.save_pretrained(hf_dir)
+    assert main([str(hf_dir), "--out", str(tmp_path / "llama.safetensors")]) == 0
+    texts = [f"{a} {b}" for a in SENTENCES for b in SENTENCES[:24]]  # ~18k tokens
+    corpus = write_jsonl(tmp_path / "c.jsonl", texts)
+    data = tmp_path / "data"
+    assert cli("shard", corpus, "--tokenizer", hf_dir / "tokenizer.json", "--out", data,
+               "--workers", "1", "--val-fraction", "0.2") == 0
+    info = read_manifest(data).tokenizer
+    assert (info.eos_id, info.bos_id, info.bos_prepended) == (
+        hf_tok.eos_token_id, hf_tok.bos_token_id, True)
+    assert sorted(shard_rows(data)) == sorted(hf_tok(t).input_ids for t in texts)
+    run = tmp_path / "run.yaml"
+    run.write_text((REPO / "configs" / "gpt-tiny.yaml").read_text().replace(
+        "base: model/gpt-tiny.yaml", f"base: {REPO / 'configs' / 'model' / 'llama-tiny.yaml'}"))
+    cfg = check_run(run, [f"data.path={data}", f"init_from={tmp_path / 'llama.safetensors'}",
+                          "model.vocab_size=null"], world_size=2)
+    assert cfg.model.vocab_size == len(hf_tok)

@@ -12,12 +12,13 @@ import subprocess
 import sys
 
 import pytest
-from helpers.dist import REPO, run_ranks
+from helpers.dist import REPO
 
 from arrowtrain.commands.plot import (
     PANELS,
     draw,
     labels,
+    main,
     panels_for,
     plot,
     read_metrics,
@@ -31,14 +32,10 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def restarted(tiny_data, runs, tmp_path_factory):
+def restarted(restarted_run):
     """SMALL_RUN at ZeRO-1 (ZeRO-0 fp32 logs no grad norm) stopped at step 4 (exit 75) and
-    resumed to step 8."""
-    root = tmp_path_factory.mktemp("restarted")
-    args = runs.small_run_args(root / "run", tiny_data, 1, "train.stop_at_step=4")
-    run_ranks(args, root / "logs_a", expect=75)
-    run_ranks(runs.small_run_args(root / "run", tiny_data, 1), root / "logs_b")
-    return root / "run"
+    resumed to step 8 (tests/conftest.py)."""
+    return restarted_run
 
 
 def test_restarts_come_from_the_runs_events(restarted, straight_run):
@@ -63,6 +60,7 @@ def test_the_plotted_series_hold_every_step(restarted):
 
 
 def test_two_runs_overlay_in_one_png(restarted, straight_run, tmp_path):
+    """The command as a real subprocess: the PNG's path alone on stdout, exit 0."""
     out = tmp_path / "both.png"
     res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.plot", str(straight_run(1)),
                           str(restarted), "--out", str(out), "--smooth", "0.5"], cwd=REPO,
@@ -76,16 +74,12 @@ def test_two_runs_overlay_in_one_png(restarted, straight_run, tmp_path):
                                                    restarted.parent.name + "/run"]
 
 
-def test_bad_input_gets_one_line(tmp_path, restarted):
-    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.plot", str(restarted),
-                          str(tmp_path / "empty"), "--smooth", "1.5"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "--smooth: 1.5 is not in [0, 1]" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.plot", str(restarted),
-                          str(tmp_path / "empty")], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert f"{tmp_path / 'empty' / 'metrics.jsonl'} does not exist" in res.stderr
+def test_bad_input_gets_one_line(tmp_path, restarted, cli):
+    res = cli(main, restarted, tmp_path / "empty", "--smooth", "1.5")
+    assert res.code == 2 and "--smooth: 1.5 is not in [0, 1]" in res.err
+    res = cli(main, restarted, tmp_path / "empty")
+    assert res.code == 2 and "Traceback" not in res.err
+    assert f"{tmp_path / 'empty' / 'metrics.jsonl'} does not exist" in res.err
 
 
 def _line(fig, panel: str, label: str):

@@ -2,24 +2,23 @@
 command prints the same text, and `--temperature 0` is greedy. On an exported `.safetensors`: the
 export carries the run's tokenizer (its metadata), so the file alone samples the same text as
 the run folder; an export without one asks for --tokenizer, and --tokenizer makes it work;
-unreadable files get one line."""
+unreadable files get one line. (The command runs in-process here; test_outputs.py runs it as a
+subprocess.)"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers.dist import REPO
+
+from arrowtrain.commands.sample import main
 
 
-def sample(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "arrowtrain.commands.sample", *args,
-                           "--prompt", "the red", "--max-new-tokens", "8"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def sample(cli):
+    return lambda *args: cli(main, *args, "--prompt", "the red", "--max-new-tokens", "8")
 
 
 @pytest.fixture(scope="module")
@@ -53,31 +52,32 @@ def test_the_export_carries_the_tokenizer_the_run_used(exported, straight_run):
     assert json.loads(meta["model_config"])["family"] == "decoder"
 
 
-def test_sampling_the_export_gives_the_run_folders_text(exported, straight_run):
-    from_run, from_file = sample(str(straight_run(0))), sample(str(exported))
-    assert from_file.returncode == 0, from_file.stderr
-    text = from_file.stdout.strip()
-    assert text == from_run.stdout.strip() and text.startswith("the red") and len(text) > 10
+def test_sampling_the_export_gives_the_run_folders_text(exported, straight_run, sample):
+    from_run, from_file = sample(straight_run(0)), sample(exported)
+    assert from_file.code == 0, from_file.err
+    text = from_file.out.strip()
+    assert text == from_run.out.strip() and text.startswith("the red") and len(text) > 10
 
 
-def test_an_export_without_tokenizer_asks_for_one_and_takes_it(exported, tiny_data, tmp_path):
+def test_an_export_without_tokenizer_asks_for_one_and_takes_it(exported, tiny_data, tmp_path,
+                                                               sample):
     bare = _without_tokenizer(exported, tmp_path / "bare.safetensors")
-    res = sample(str(bare))
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert f"{bare} carries no tokenizer" in res.stderr and "--tokenizer" in res.stderr
-    res = sample(str(bare), "--tokenizer", str(tiny_data / "tokenizer.json"))
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == sample(str(exported)).stdout.strip()
+    res = sample(bare)
+    assert res.code == 2 and "Traceback" not in res.err
+    assert f"{bare} carries no tokenizer" in res.err and "--tokenizer" in res.err
+    res = sample(bare, "--tokenizer", tiny_data / "tokenizer.json")
+    assert res.code == 0, res.err
+    assert res.out.strip() == sample(exported).out.strip()
 
 
-def test_bad_files_get_one_line(exported, tmp_path):
+def test_bad_files_get_one_line(exported, tmp_path, sample):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
-    res = sample(str(junk))
-    assert res.returncode == 2 and f"{junk} is not a readable .safetensors file" in res.stderr
-    res = sample(str(exported), "--tokenizer", str(tmp_path / "nope.json"))
-    assert res.returncode == 2 and f"tokenizer {tmp_path / 'nope.json'}: no such file" in res.stderr
-    assert "Traceback" not in res.stderr
+    res = sample(junk)
+    assert res.code == 2 and f"{junk} is not a readable .safetensors file" in res.err
+    res = sample(exported, "--tokenizer", tmp_path / "nope.json")
+    assert res.code == 2 and f"tokenizer {tmp_path / 'nope.json'}: no such file" in res.err
+    assert "Traceback" not in res.err
 
 
 def test_it_samples_by_default_seeded_and_greedy_at_temperature_0(straight_run):

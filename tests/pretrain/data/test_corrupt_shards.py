@@ -4,16 +4,14 @@ file and the document, in-process and through a DataLoader worker — never an I
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers.runs import data_tools
 
 from data_tools.manifest import Manifest, sha256_file
 from data_tools.validate import validate
@@ -21,7 +19,6 @@ from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.data.stream import RANGE_CHECK_BLOCK
 from pretrain.objectives import open_data
 
-REPO = Path(__file__).resolve().parents[3]
 WORDS = ["alpha", "beta", "gamma", "delta", "arrow", "shard", "token", "window", "stream", "x"]
 SEQ_LEN = 32
 
@@ -34,13 +31,9 @@ def real(tmp_path_factory) -> Path:
     rng = random.Random(1)
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 40))) for _ in range(1500)]
     (root / "corpus.txt").write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAYON_NUM_THREADS": "1"}
-    for args in (["train-tokenizer", "corpus.txt", "--vocab-size", "300", "--out", "tok"],
-                 ["shard", "corpus.txt", "--tokenizer", "tok/tokenizer.json", "--out", "clean",
-                  "--workers", "1", "--val-fraction", "0.1"]):
-        proc = subprocess.run([sys.executable, "-m", "data_tools", *args], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr
+    data_tools("train-tokenizer", root / "corpus.txt", "--vocab-size", "300", "--out", root / "tok")
+    data_tools("shard", root / "corpus.txt", "--tokenizer", root / "tok" / "tokenizer.json",
+               "--out", root / "clean", "--workers", "1", "--val-fraction", "0.1")
     return root / "clean"
 
 

@@ -1,31 +1,21 @@
-"""The loader on shards written by the real `python -m data_tools train-tokenizer` and `shard`."""
+"""The loader on shards written by the real `data_tools train-tokenizer` and `shard` command
+line (in-process: tests/data_tools runs it as a subprocess)."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import torch
+from helpers.runs import data_tools
 from tokenizers import Tokenizer
 
 from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.objectives import open_data
 
-REPO = Path(__file__).resolve().parents[3]
 WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "arrow", "shards", "stream", "packed", "tokens"]
-
-
-def data_tools(*args: str, cwd: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAYON_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "data_tools", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +24,10 @@ def real(tmp_path_factory):
     rng = random.Random(0)
     lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 30))) for _ in range(300)]
     (root / "corpus.txt").write_text("\n".join(lines) + "\n")
-    data_tools("train-tokenizer", "corpus.txt", "--vocab-size", "300", "--sentinels", "20",
-               "--out", "tok", cwd=root)
-    data_tools("shard", "corpus.txt", "--tokenizer", "tok/tokenizer.json", "--out", "shards",
-               "--workers", "1", "--val-fraction", "0.1", cwd=root)
+    data_tools("train-tokenizer", root / "corpus.txt", "--vocab-size", "300", "--sentinels", "20",
+               "--out", root / "tok")
+    data_tools("shard", root / "corpus.txt", "--tokenizer", root / "tok" / "tokenizer.json",
+               "--out", root / "shards", "--workers", "1", "--val-fraction", "0.1")
     return root
 
 
@@ -75,8 +65,8 @@ def test_real_shards_span_corruption(real):
 
 
 def test_real_shards_refuse_another_tokenizer(real, tmp_path):
-    data_tools("train-tokenizer", str(real / "corpus.txt"), "--vocab-size", "280",
-               "--out", str(tmp_path / "other"), cwd=tmp_path)
+    data_tools("train-tokenizer", real / "corpus.txt", "--vocab-size", "280",
+               "--out", tmp_path / "other")
     cfg = DataConfig(path=str(real / "shards"), seq_len=32,
                      tokenizer=str(tmp_path / "other" / "tokenizer.json"))
     with pytest.raises(DataError, match="tokenizer hash mismatch"):

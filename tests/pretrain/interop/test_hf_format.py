@@ -26,12 +26,18 @@ GPT2_STYLES = {
     "gpt2_untied_nobias_relu": dict(bias=False, tie_embeddings=False, activation="relu",
                                     d_ff=80, norm_eps=1e-6),
     "gpt2_gelu_tanh": dict(activation="gelu_tanh"),  # -> gelu_new, as OpenAI's GPT-2
+    # muP: the attention scale folded into the queries, 1/m into the untied head
+    "gpt2_mup_untied": dict(tie_embeddings=False, parametrization="mup", mup_base_width=16,
+                            mup_base_head_dim=4),
+    "gpt2_mup_tied_at_base": dict(parametrization="mup", mup_base_width=64, mup_base_head_dim=8),
 }
 LLAMA = dict(position="rope", norm="rmsnorm", activation="swiglu", bias=False)
 LLAMA_STYLES = {
     "llama_gqa_untied": dict(LLAMA, n_kv_heads=2, tie_embeddings=False, d_ff=176,
                              rope_theta=500.0, norm_eps=1e-6),
     "llama_geglu_mqa_tied_bias": dict(LLAMA, activation="geglu", n_kv_heads=1, bias=True),
+    "llama_mup_gqa_untied": dict(LLAMA, n_kv_heads=2, tie_embeddings=False, d_ff=176,
+                                 parametrization="mup", mup_base_width=32, mup_base_head_dim=64),
 }
 
 
@@ -98,6 +104,8 @@ def test_gpt2_without_biases_gets_zero_biases():
      ["model.norm", "model.activation", "model.n_kv_heads"]),
     (dict(position="rope", activation="gelu"), ["model.norm", "model.activation"]),
     (dict(position="sinusoidal"), ["model.position"]),
+    (dict(parametrization="mup", mup_base_width=16), ["model.parametrization=mup",
+                                                      "model.tie_embeddings=true", "0.25"]),
     (dict(family="encdec", n_layers=None, n_encoder_layers=1, n_decoder_layers=1),
      ["model.family"]),
 ])

@@ -1,22 +1,9 @@
-"""Shared fixtures for the model tests: the shipped tiny configs with a small vocabulary."""
-
-from pathlib import Path
+"""Fixtures for the model tests: the shipped tiny configs with a small vocabulary
+(helpers/models.py), a fixed seed and one thread per test."""
 
 import pytest
 import torch
-
-from pretrain.configlib import load_yaml, validate_section
-from pretrain.model import ModelConfig
-
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
-VOCAB = 96
-
-
-def tiny(name: str, **update) -> ModelConfig:
-    """configs/model/<name>.yaml with vocab_size=VOCAB and `update` applied (validated)."""
-    data = load_yaml(CONFIG_DIR / f"{name}.yaml")
-    data.update(vocab_size=VOCAB, **update)
-    return validate_section(ModelConfig, data, source=name)
+from helpers.models import tiny
 
 
 @pytest.fixture

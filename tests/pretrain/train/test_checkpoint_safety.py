@@ -10,16 +10,14 @@ from __future__ import annotations
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers.dist import REPO, run_ranks, start_ranks
+from helpers.dist import run_ranks, start_ranks
 from helpers.tamper import payload_is_live, snapshot, write_payload
 
 from pretrain.train import checkpoint as ckpt
@@ -33,15 +31,13 @@ def rerecord(tag_dir: Path, name: str) -> None:
     (tag_dir / cm.META).write_text(meta.model_dump_json(indent=1))
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
-
-
 def test_tampered_file_never_runs_code_on_resume_export_or_sample(straight_run, runs,
-                                                                  tiny_data, tmp_path):
+                                                                  tiny_data, tmp_path, cli):
+    from arrowtrain.commands.export import main as export_main
+    from arrowtrain.commands.sample import main as sample_main
+
     run, marker = tmp_path / "run", tmp_path / "PWNED"
-    shutil.copytree(straight_run(1), run)
+    runs.copy_run(straight_run(1), run)
     tag_dir = run / "checkpoints" / "step_00000008"
     victim = tag_dir / "zero_pp_rank_1_mp_rank_00_optim_states.pt"  # loaded by rank 1 only
     write_payload(victim, marker)
@@ -56,13 +52,12 @@ def test_tampered_file_never_runs_code_on_resume_export_or_sample(straight_run, 
     assert logs.count(str(victim)) == 1  # one message (rank 0 speaks for both)
     assert "Traceback" not in logs and not marker.exists()
 
-    export = cli("-m", "arrowtrain.commands.export", str(run), "--out",
-                 str(tmp_path / "m.safetensors"))
-    sample = cli("-m", "arrowtrain.commands.sample", str(run), "--prompt", "the")
-    for proc in (export, sample):
-        assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.count(str(victim)) == 1 and "posix.system" in proc.stderr
-        assert "Traceback" not in proc.stderr and proc.stdout == ""
+    export = cli(export_main, run, "--out", tmp_path / "m.safetensors")
+    sample = cli(sample_main, run, "--prompt", "the")
+    for res in (export, sample):
+        assert res.code == 2, res.err
+        assert res.err.count(str(victim)) == 1 and "posix.system" in res.err
+        assert "Traceback" not in res.err and res.out == ""
     assert not marker.exists() and not (tmp_path / "m.safetensors").exists()
     assert snapshot(run) == before  # the refused resume changed nothing (not even config.yaml)
 
@@ -70,8 +65,7 @@ def test_tampered_file_never_runs_code_on_resume_export_or_sample(straight_run, 
 def test_damaged_checkpoints_and_missing_latest_fall_back_and_resume_exactly(
         straight_run, runs, tiny_data, tmp_path):
     reference = straight_run(1)
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
+    run = runs.copy_run(reference, tmp_path / "run")
     ck = run / "checkpoints"
     assert cm.list_tags(ck) == ["step_00000003", "step_00000006", "step_00000008"]
     (ck / cm.LATEST).unlink()
@@ -124,8 +118,7 @@ def test_evaluation_failure_keeps_the_checkpoint_due_at_the_same_step(runs, tiny
 
 def test_changed_hyperparameters_are_named_and_take_effect(straight_run, runs, tiny_data,
                                                            tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(straight_run(0), run)
+    run = runs.copy_run(straight_run(0), tmp_path / "run")
     ranks = run_ranks(runs.small_run_args(run, tiny_data, 0, "train.max_steps=12",
                                           "optim.lr=1e-3", "train.global_batch_size=16"),
                       tmp_path / "logs")

@@ -63,18 +63,18 @@ def test_export_from_zero3_loads_into_build_model_and_reproduces_val_loss(
     assert nats / tokens == pytest.approx(trained_val, rel=1e-5)
 
 
-def test_sample_prints_a_continuation(straight_run):
-    proc = subprocess.run(
-        [sys.executable, "-m", "arrowtrain.commands.sample", str(straight_run(0)), "--prompt",
-         "the red",
-         "--max-new-tokens", "8"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    text = proc.stdout.strip()
+def test_sample_prints_a_continuation(straight_run, cli):
+    from arrowtrain.commands.sample import main
+
+    res = cli(main, straight_run(0), "--prompt", "the red", "--max-new-tokens", "8")
+    assert res.code == 0, res.err
+    text = res.out.strip()
     assert text.startswith("the red") and len(text) > len("the red") + 3, text
 
 
 def test_sample_from_zero1_prints_only_the_text_on_stdout(straight_run):
-    """zero_to_fp32 prints its progress: that goes to stderr, never into the sampled text."""
+    """zero_to_fp32 prints its progress: that goes to stderr, never into the sampled text. (The
+    command as a real subprocess: its exit code and stdout alone.)"""
     proc = subprocess.run(
         [sys.executable, "-m", "arrowtrain.commands.sample", str(straight_run(1)), "--prompt",
          "the red",
@@ -102,13 +102,16 @@ def test_sample_rejects_bad_options_with_one_line(args, message, capsys, tmp_pat
     assert exit_.value.code == 2 and message in err and "Traceback" not in err
 
 
-def test_sample_rejects_a_prompt_that_is_not_utf8(tmp_path):
-    proc = subprocess.run(  # argv bytes: "café" in latin-1
-        [sys.executable, "-m", "arrowtrain.commands.sample", str(tmp_path), "--prompt", b"caf\xe9"],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "--prompt is not valid UTF-8 text (byte 0xe9 at character 3)" in proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+def test_sample_rejects_a_prompt_that_is_not_utf8(tmp_path, cli):
+    import os
+
+    from arrowtrain.commands.sample import main
+
+    # argv bytes "café" in latin-1, as Python hands them to sys.argv (surrogate escapes)
+    res = cli(main, tmp_path, "--prompt", os.fsdecode(b"caf\xe9"))
+    assert res.code == 2, res.err
+    assert "--prompt is not valid UTF-8 text (byte 0xe9 at character 3)" in res.err
+    assert "Traceback" not in res.err and res.out == ""
 
 
 def test_plot_writes_a_png(straight_run, tmp_path):

@@ -4,12 +4,10 @@ and keeps fewer bytes for backward; names, state-dict keys and generation are un
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from helpers.dist import run_ranks
+from helpers.models import tiny  # the shipped tiny model configs, vocab 96
 
 from pretrain.configlib import ConfigError
 from pretrain.memory import TensorMemory
@@ -23,12 +21,6 @@ from pretrain.train.parallelize import (
     apply_compile,
     parallelize,
 )
-
-_spec = importlib.util.spec_from_file_location(
-    "model_conftest", Path(__file__).resolve().parents[1] / "model" / "conftest.py")
-_model_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_model_conftest)
-tiny = _model_conftest.tiny  # the shipped tiny model configs, vocab 96
 
 MODES = ["none", "full", {"every_n": 2}, "selective",
          {"mode": "selective", "selective_mm": "every_second"}]

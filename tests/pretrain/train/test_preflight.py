@@ -132,3 +132,25 @@ def test_print_config_is_the_config_the_run_writes(straight_run, tiny_data, runs
     printed.write_text(proc.stdout)  # and it is a valid run config itself
     assert yaml.safe_load(proc.stdout)["model"]["vocab_size"] == 512
     assert load_run_config(printed, world_size=2).model.vocab_size == 512
+
+
+def test_a_small_corpus_gets_one_fix_from_shard_and_from_the_trainer(tiny_data, tmp_path):
+    """14 files: `shard` keeps a document in val and hints `--val-tokens N`; the trainer,
+    needing one evaluation batch of val samples, names the same fix with the N it needs."""
+    corpus = tmp_path / "c14"
+    corpus.mkdir()
+    for i in range(14):
+        (corpus / f"note{i:02d}.md").write_text(f"note {i}: the small cat sees the old tree .\n")
+    data = tmp_path / "data"
+    proc = subprocess.run([sys.executable, "-m", "data_tools", "shard", f"{corpus}:file",
+                           "--tokenizer", str(tiny_data.parent / "tok" / "tokenizer.json"),
+                           "--out", str(data), "--workers", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert read_folder(data).stream_tokens["val"] > 0
+    fix = "re-shard with `arrowtrain data shard ... --val-tokens "
+    assert fix in proc.stderr
+    with pytest.raises(ConfigError) as err:  # gpt-tiny: seq_len 64, one eval batch = 2 × 2
+        check_run(GPT_TINY, [f"data.path={data}"], world_size=2)
+    text = str(err.value)
+    assert f"{fix}{65 + 3 * 64}`" in text and "--val-fraction" not in text

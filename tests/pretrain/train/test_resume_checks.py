@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.configlib import config_changes
 from pretrain.train.checkpoint import CheckpointError
 from pretrain.train.checkpoint_meta import CheckpointMeta, DataFolderRecord
 from pretrain.train.config import build_run_config, config_to_dict
-from pretrain.train.resume import check_resume, config_changes
+from pretrain.train.resume import check_resume
 
 BASE = {
     "run_dir": "/runs/x",

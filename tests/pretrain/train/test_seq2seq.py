@@ -100,12 +100,12 @@ def test_preflight_matches_objective_and_folder_kind(pair_data, tiny_data):
                    "data.target_length=16"])
 
 
-def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, tmp_path):
+def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, tmp_path, cli):
+    from arrowtrain.commands.attention import main
+
     run = straight_run(0)
-    proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.attention", str(run),
-                           "--text", "the red cat sees the dog", "--out", str(tmp_path / "att")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    res = cli(main, run, "--text", "the red cat sees the dog", "--out", tmp_path / "att")
+    assert res.code == 0, res.err
     maps = np.load(tmp_path / "att" / "attention.npz")
     layers = sorted(k for k in maps.files if not k.startswith("tokens."))
     assert layers == ["decoder.self.0", "decoder.self.1"] and "tokens.target" in maps.files
@@ -113,6 +113,7 @@ def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, 
     assert np.allclose(w.sum(-1), 1.0, atol=1e-5) and (np.triu(w, 1) == 0).all()
     assert sorted(p.name for p in (tmp_path / "att").glob("*.png")) == \
         ["decoder.self.0.png", "decoder.self.1.png"]
+    # translate as a real subprocess: its exit code, one line, no traceback
     proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.translate", str(run)],
                           input="a b\n", cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "needs an encoder-decoder run" in proc.stderr

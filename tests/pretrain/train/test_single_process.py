@@ -1,5 +1,6 @@
-"""One process with no launcher (world size 1), relative paths resolved against the working
-directory, and a non-finite loss stopping the run with a message naming the step."""
+"""One process with no launcher (world size 1, a plain `python -m pretrain.train` subprocess),
+relative paths resolved against the working directory, and a non-finite loss stopping the run
+with a message naming the step; a resume refused for a changed model shape."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 import yaml
-from helpers.dist import REPO
+from helpers.dist import REPO, run_ranks
 from helpers.tamper import snapshot
 
 
@@ -34,20 +35,13 @@ def test_alone_relative_paths_and_nonfinite_loss_stop(tiny_data, tmp_path):
 
 
 def test_resume_refuses_a_changed_model_shape_naming_it(straight_run, runs, tiny_data, tmp_path):
-    import shutil
-
-    run = tmp_path / "run"
-    shutil.copytree(straight_run(0), run)
+    run = runs.copy_run(straight_run(0), tmp_path / "run")
     before = snapshot(run)
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    proc = subprocess.run(
-        [sys.executable, *runs.small_run_args(run, tiny_data, 0, "model.n_layers=3",
-                                              "optim.lr=1e-3")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 2, proc.stderr
-    assert f"cannot resume from {run / 'checkpoints' / 'step_00000008'}" in proc.stderr
-    assert "parameter stack.blocks.2." in proc.stderr  # the new layer, named
-    assert "checkpoint None, config [" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    ranks = run_ranks(runs.small_run_args(run, tiny_data, 0, "model.n_layers=3", "optim.lr=1e-3"),
+                      tmp_path / "logs", world_size=1, expect=2)
+    logs = ranks.logs(10**6)
+    # the pre-flight (before DeepSpeed starts) names the model key, not the parameters
+    assert f"the model changed since checkpoint {run / 'checkpoints' / 'step_00000008'} (step " \
+           "8), so it cannot resume: model.n_layers: 2 → 3" in logs
+    assert "Traceback" not in logs
     assert snapshot(run) == before  # refused: config.yaml (lr 1e-3) not written, nothing else

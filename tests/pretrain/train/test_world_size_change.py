@@ -23,13 +23,10 @@ UNIVERSAL = STOP + "_universal"
 
 
 @pytest.fixture(scope="module")
-def ref(tiny_data, runs, tmp_path_factory):
+def ref(straight_run, runs):
     """The uninterrupted run on 2 ranks, dropout off (fp32 torch AdamW: the ZeRO stages agree
-    to ~1e-7, so one reference serves them all)."""
-    root = tmp_path_factory.mktemp("ref_nodropout")
-    run_ranks(runs.small_run_args(root / "run", tiny_data, 0, "model.dropout=0.0"),
-              root / "logs", world_size=2)
-    return runs.train_losses(root / "run")
+    to ~1e-7, so one reference serves them all; test_stale_universal.py shares it)."""
+    return runs.train_losses(straight_run(0, "model.dropout=0.0"))
 
 
 def _args(runs, tiny_data, run, stage, *extra):

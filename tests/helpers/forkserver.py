@@ -1,0 +1,157 @@
+"""Rank processes forked from a warm interpreter, for the distributed tests (helpers/dist.py).
+
+A trainer rank spends most of a tiny test run importing: torch, DeepSpeed, torch._dynamo (which
+torch's optimizers import on construction) and inductor (which DeepSpeed's ZeRO checks import),
+~4 s of CPU per rank and launch on a 2-core box. This server imports those third-party modules
+once, and nothing of this repository, then forks one child per rank on request. Each child is a
+real, separate process running the real entry point — `python -m pretrain.train ...`, a `-c`
+script, a script file — with its own environment, working directory, session and log file, and
+exits through the same paths (the trainer's `os._exit`, SystemExit, a traceback and 1). Only the
+import of those modules is shared.
+
+Fork safety: the server forks only while it is single-threaded (checked once after the imports:
+none of these modules starts a thread; pyarrow, whose allocator does, is left to the children),
+imports only, never runs a torch op, and never touches CUDA. Environment variables those modules
+read at import time (OMP_NUM_THREADS, DS_ACCELERATOR, ...) are the server's; a request that sets
+them differently is refused, and the caller starts a plain process instead.
+
+Protocol (JSON lines): the client writes {"id", "args", "env", "cwd", "log"} to stdin; the server
+answers {"ready", "threads"} once, {"id", "pid"} per request, and {"pid", "code"} when a child
+ends (code as subprocess.Popen.returncode: -N for signal N). EOF on stdin: the server kills the
+children still running and exits.
+
+Run as a script: `python tests/helpers/forkserver.py` (stdlib imports only at module level).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+
+PRELOAD = ("torch", "torch._dynamo", "deepspeed", "deepspeed.runtime.engine",
+           "deepspeed.runtime.zero.muon.muon_optimizer")
+# Read by the preloaded modules (or the libraries they load) at import time.
+IMPORT_TIME_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DS_ACCELERATOR", "CUDA_VISIBLE_DEVICES",
+                   "PYTORCH_JIT", "TORCH_LOGS", "TORCHDYNAMO_DISABLE", "TORCHINDUCTOR_CACHE_DIR")
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: no way to check, so never fork
+        return -1
+
+
+def _run(args: list[str]) -> None:
+    """What `python ARGS...` runs, in this (forked) interpreter."""
+    import runpy
+    import types
+
+    if args[0] == "-m":
+        sys.path.insert(0, os.getcwd())
+        sys.argv = [args[1], *args[2:]]  # runpy puts the module's file in argv[0]
+        runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+    elif args[0] == "-c":
+        sys.path.insert(0, "")
+        sys.argv = ["-c", *args[2:]]
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        exec(compile(args[1], "<string>", "exec"), main.__dict__)  # noqa: S102
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(args[0])))
+        sys.argv = list(args)
+        runpy.run_path(args[0], run_name="__main__")
+
+
+def _child(req: dict, base_path: list[str], close: list[int]) -> None:
+    """In the forked child: become the requested process, run it, never return."""
+    code = 1
+    try:
+        os.setsid()
+        for fd in close:
+            os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+        os.chdir(req["cwd"])
+        os.environ.clear()
+        os.environ.update(req["env"])
+        extra = [p for p in req["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:] = [*extra, *base_path]
+        _run(req["args"])
+        code = 0
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # noqa: BLE001 - what the interpreter would print, then exit 1
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed stream: nothing left to write
+                stream.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything printed while importing goes to stderr, never into the protocol
+    base_path = sys.path[1:]  # without this script's folder
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - the children import it again and fail loudly
+            print(f"forkserver: preloading {name} failed: {e}", file=sys.stderr)
+    threads = _threads()
+    out.write(json.dumps({"ready": threads == 1, "threads": threads}) + "\n")
+    if threads != 1:
+        return
+    children: set[int] = set()
+    buf = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.01)
+        if ready:
+            data = os.read(0, 1 << 16)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                req = json.loads(line)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _child(req, base_path, [0, out.fileno()])
+                children.add(pid)
+                out.write(json.dumps({"id": req["id"], "pid": pid}) + "\n")
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            children.discard(pid)
+            out.write(json.dumps({"pid": pid, "code": os.waitstatus_to_exitcode(status)}) + "\n")
+    for pid in children:  # the client is gone: leave nothing running
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            continue
+
+
+if __name__ == "__main__":
+    serve()
