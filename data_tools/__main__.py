@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 
-from data_tools import remote
 from data_tools.errors import DataToolsError
 from data_tools.exit_codes import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK
 
@@ -68,8 +67,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             else ""
         print(f"{name}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        remote.finalize()   # S3 shut down before exit (pyarrow can hang at exit otherwise)
     return result if isinstance(result, int) else EXIT_OK
 
 

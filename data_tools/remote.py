@@ -225,6 +225,7 @@ class Remote:
         with self._lock:
             if self._fs is None:
                 self._fs = _make_filesystem()
+                _finalize_at_exit()
             return self._fs
 
     def _retrying(self, what: str, url: str, op: Callable[[], T],
@@ -469,6 +470,21 @@ def shared_remote(deadline_s: float | None = None) -> Remote:
         if deadline_s is not None:
             _shared.deadline_s = float(deadline_s)
         return _shared
+
+
+_registered = False
+
+
+def _finalize_at_exit() -> None:
+    """S3 shut down when the interpreter exits (pyarrow can hang at exit otherwise) — not when
+    a command's main() returns: commands also run inside other processes (tests, arrowtrain),
+    and S3 cannot be initialised again once finalised."""
+    global _registered
+    if not _registered:
+        import atexit
+
+        atexit.register(finalize)
+        _registered = True
 
 
 def finalize() -> None:
