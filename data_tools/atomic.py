@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,13 +41,17 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, umask_mode: bool = False) -> Iterator[Path]:
     """Yield a temp path to write `path`'s content to (by any writer that wants a path: pyarrow,
-    tokenizers, shutil); on success it is fsynced and renamed over `path`."""
+    tokenizers, shutil); on success it is fsynced and renamed over `path`. `umask_mode`: give
+    the file the mode a new file gets (0666 less the umask) whatever the writer chose
+    (safetensors writes 0600)."""
     path = Path(path)
     tmp = temp_name(path)
     try:
         yield tmp
+        if umask_mode:
+            os.chmod(tmp, new_file_mode())
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -72,6 +77,67 @@ def with_umask(path: str | os.PathLike) -> None:
     """Give a file written by a library that creates it 0600 (safetensors does) the mode every
     other file gets: 0666 less the umask."""
     os.chmod(path, 0o666 & ~current_umask())
+
+
+def new_file_mode() -> int:
+    """0666 less the process umask: the mode open() gives a new file."""
+    return 0o666 & ~current_umask()
+
+
+# ---- outputs a user names (--out, --output): never a device, a FIFO or a folder -------------
+class UnsafeOutputError(ValueError):
+    """An output path that exists and is not what the command writes (e.g. /dev/null, a FIFO)."""
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def special_file_kind(path: str | os.PathLike) -> str | None:
+    """What `path` is when it exists and is not a regular file ("a FIFO (named pipe)", "a
+    character device", ...); None for a regular file or a missing path. Inputs a command reads
+    whole (a config.json, a weights file) are refused at once when this is not None: /dev/zero
+    never ends and a FIFO blocks."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """`path` if it is absent or a regular file (which the command then replaces whole);
+    UnsafeOutputError naming the option and what is there otherwise: a command must never
+    replace /dev/null, a FIFO or a folder with its output."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # follows a symlink: what it points at counts
+    except (FileNotFoundError, NotADirectoryError):
+        return path
+    except OSError as e:
+        raise UnsafeOutputError(f"{option} {path}: cannot check it ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise UnsafeOutputError(f"{option} {path} is {_kind(mode)}: refusing to replace it "
+                                "with a file; give a new path or a regular file")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """`path` if it is absent or a folder; UnsafeOutputError naming what is there otherwise."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return path
+    except OSError as e:
+        raise UnsafeOutputError(f"{option} {path}: cannot check it ({e.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        raise UnsafeOutputError(f"{option} {path} is {kind}; this command writes a folder there")
+    return path
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

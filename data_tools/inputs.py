@@ -621,6 +621,29 @@ def _iter_aligned(inp: InputFile) -> Iterator[tuple[int, tuple | Skip]]:
         yield n + 1, _read_error(e, f"{inp.path}:{n + 2} / {inp.target}:{n + 2}")
 
 
+def split_lines(text: str) -> list[str]:
+    """The lines of `text` as every command means "a line" (`data shard --source-file`, txt
+    input, `arrowtrain translate`): split at "\n" only, a "\r" before it belonging to the line
+    end; U+2028, U+0085, form feeds and other characters str.splitlines() also splits at stay
+    inside their line. A last line without a line end counts (count_lines agrees)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the text ended with a line end (or was empty)
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def decode_lines(raw: bytes, name: str) -> list[str]:
+    """split_lines of UTF-8 `raw`; DataToolsError naming `name` and the line (and byte) that is
+    not UTF-8."""
+    try:
+        return split_lines(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataToolsError(f"{name}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at "
+                             f"byte {column} of the line)") from None
+
+
 def count_lines(path: str) -> int:
     """Lines as `for line in file` yields them (a last line without a line end counts)."""
     n, last = 0, b"\n"

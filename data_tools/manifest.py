@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +39,21 @@ PAIR_COLUMNS = ("source", "target")
 
 Count = Annotated[int, Field(ge=0)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _inside_folder(path: str) -> str:
+    """A file of the shard folder: a relative POSIX path whose every part is a plain name (no
+    `..`, `.`, empty part, backslash or control character), so DATADIR / path never leaves
+    DATADIR however the manifest was edited (the fingerprint can be recomputed by anyone)."""
+    parts = path.split("/")
+    if (path.startswith("/") or "\\" in path or any(ord(c) < 32 for c in path)
+            or any(p in ("", ".", "..") for p in parts)):
+        raise ValueError(f"must name a file inside the shard folder, as a relative path of "
+                         f"plain names (like 'train/00000.arrow'), got {path!r}")
+    return path
+
+
+FolderFile = Annotated[str, AfterValidator(_inside_folder)]
 
 
 class ManifestError(DataToolsError):
@@ -66,7 +82,7 @@ class _OmitNone(_Strict):
 
 
 class ShardEntry(_OmitNone):
-    file: str  # relative to the shard folder, e.g. "train/00000.arrow"
+    file: FolderFile  # relative to the shard folder, e.g. "train/00000.arrow"
     documents: Count  # rows: documents, or pairs in a pair folder
     tokens: Count  # all tokens of the file (pairs: source + target)
     text_bytes: Count
@@ -89,7 +105,7 @@ class SplitInfo(_OmitNone):
 
 
 class TokenizerInfo(_OmitNone):
-    file: str
+    file: FolderFile
     sha256: Sha256
     vocab_size: Annotated[int, Field(gt=0)]
     eos_id: Count

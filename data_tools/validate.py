@@ -1,7 +1,9 @@
-"""`validate DATADIR`: recompute every checksum, check the schema and that every token id is
-below the vocabulary size. Exit 0 only when everything holds; otherwise one message naming
-each bad shard and what is wrong. Pair folders: both columns (`source`, `target`), each side's
-token count, and no pair with an empty side."""
+"""`validate DATADIR`: compare every shard's size (a shard of the wrong size is reported without
+being read), then recompute its checksum, check the schema and that every token id is below the
+vocabulary size. Exit 0 only when everything holds; otherwise one message naming each bad shard
+and what is wrong. Shard and tokenizer files must lie inside DATADIR (the typed manifest refuses
+other paths). Pair folders: both columns (`source`, `target`), each side's token count, and no
+pair with an empty side."""
 
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int,
     path = datadir / entry.file
     if not path.is_file():
         return ["file is missing"]
+    size = path.stat().st_size
+    if size != entry.file_bytes:  # cannot match: neither hashed nor parsed (it may be huge)
+        return [f"size {size} bytes, manifest says {entry.file_bytes} (not hashed)"]
     problems = []
-    if path.stat().st_size != entry.file_bytes:
-        problems.append(f"size {path.stat().st_size} bytes, manifest says {entry.file_bytes}")
     if sha256_file(path) != entry.sha256:
         problems.append("sha256 does not match the manifest (file changed or corrupt)")
     try:

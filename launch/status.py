@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from launch.slurm import EVENTS_FILE, JOBS_FILE
+from pretrain.configlib import parse_yaml
 from pretrain.data.remote_plan import human_bytes
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME, describe_exit
 from pretrain.logs import human_duration
@@ -134,7 +135,7 @@ def checkpoint_layout(tag_dir: Path, meta: CheckpointMeta) -> dict[str, Any]:
 def max_steps_of(run_dir: Path) -> int | None:
     """train.max_steps of the run as it last started (RUNDIR/config.yaml)."""
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = parse_yaml((run_dir / "config.yaml").read_text())
         return int(cfg["train"]["max_steps"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return None

@@ -122,6 +122,7 @@ def describe(model: type[BaseModel], prefix: str = "") -> list[KeyDoc]:
     fields = [(n, f) for n, f in model.model_fields.items() if not f.exclude]
     fields.sort(key=lambda nf: _section(nf[1].annotation) is not None)  # own keys first
     for name, info in fields:
+        name = info.alias or name  # `checkpoint.async` (a keyword in Python: field `async_`)
         key = f"{prefix}.{name}" if prefix else name
         inner = _section(info.annotation)
         meaning = " ".join((info.description or "").split())

@@ -86,26 +86,137 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def _read_yaml(path: Path) -> Any:
+# ---- the one YAML reader: bounded and strict -----------------------------------------------
+# A config is a few hundred values a few levels deep. These bounds leave legitimate files far
+# inside them and stop what would otherwise exhaust memory or the stack: a "billion laughs"
+# (aliases of aliases: 9 levels of 9 expand to 387 million values), thousands of nested
+# brackets (a RecursionError), or a file that never ends (/dev/zero).
+MAX_YAML_BYTES = 4 << 20
+MAX_YAML_DEPTH = 100  # nested sequences/mappings, aliases expanded
+MAX_YAML_ALIASES = 1000
+MAX_YAML_VALUES = 100_000  # scalars + collections once every alias is expanded
+
+
+class StrictYAMLError(yaml.MarkedYAMLError):
+    """A YAML document this reader refuses: a duplicate key, or past one of the bounds above."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and documents past the bounds above."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = self._aliases = 0
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                raise StrictYAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name)", mark)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise StrictYAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep", mark)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _measure(node, 1, {}, set())
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` merges; its keys may be overridden here
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise StrictYAMLError(f"duplicate key {key!r} (first at line "
+                                          f"{seen[key].line + 1}); a key may appear once per "
+                                          "mapping", key_node.start_mark)
+                seen.setdefault(key, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _measure(node, depth: int, memo: dict[int, tuple[int, int]], open_: set[int]
+             ) -> tuple[int, int]:
+    """(values, height) of `node` with every alias expanded, memoized per node (so a billion
+    laughs is measured in a few steps); StrictYAMLError past the bounds or on a cycle."""
+    key = id(node)
+    if key in open_:
+        raise StrictYAMLError("an alias refers to a collection that contains it", node.start_mark)
+    if key not in memo:
+        if depth > MAX_YAML_DEPTH:
+            raise StrictYAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep (aliases "
+                                  "expanded)", node.start_mark)
+        children = [c for pair in node.value for c in pair] if isinstance(
+            node, yaml.MappingNode) else node.value if isinstance(node, yaml.SequenceNode) else []
+        open_.add(key)
+        sizes = [_measure(c, depth + 1, memo, open_) for c in children]
+        open_.discard(key)
+        memo[key] = (1 + sum(n for n, _ in sizes), 1 + max((h for _, h in sizes), default=0))
+    values, height = memo[key]
+    if values > MAX_YAML_VALUES:
+        raise StrictYAMLError(f"expands to more than {MAX_YAML_VALUES} values through its "
+                              "aliases (*name); a config needs far fewer", node.start_mark)
+    if depth + height - 1 > MAX_YAML_DEPTH:
+        raise StrictYAMLError(f"nested more than {MAX_YAML_DEPTH} levels deep (aliases "
+                              "expanded)", node.start_mark)
+    return values, height
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse one YAML document with the bounds above (yaml.YAMLError, StrictYAMLError among
+    them, on anything refused). Every YAML the toolkit reads goes through here."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    return f"{'YAML refused' if isinstance(e, StrictYAMLError) else 'invalid YAML'}:{line} " \
+        f"{problem}"
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content (no `base:` resolution), read up to MAX_YAML_BYTES; ConfigError
+    naming the file (and line) on anything unreadable, invalid or refused."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as e:
         raise ConfigError([f"cannot read config file: {e.strerror}"], str(path)) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError([f"larger than {MAX_YAML_BYTES >> 20} MiB: not a config file"],
+                          str(path))
     try:
-        return yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError([f"line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x})"],
+                          str(path)) from None
+    try:
+        return parse_yaml(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError([f"invalid YAML:{line} {problem}"], str(path)) from None
+        raise ConfigError([_yaml_problem(e)], str(path)) from None
 
 
-def _resolve_bases(node: Any, here: Path, stack: tuple[Path, ...]) -> Any:
+def _resolve_bases(node: Any, here: Path, stack: tuple[Path, ...], loads: list[Path]) -> Any:
     if isinstance(node, list):
-        return [_resolve_bases(v, here, stack) for v in node]
+        return [_resolve_bases(v, here, stack, loads) for v in node]
     if not isinstance(node, Mapping):
         return node
-    node = {k: _resolve_bases(v, here, stack) for k, v in node.items()}
+    node = {k: _resolve_bases(v, here, stack, loads) for k, v in node.items()}
     if BASE_KEY not in node:
         return node
     ref = node.pop(BASE_KEY)
@@ -117,19 +228,27 @@ def _resolve_bases(node: Any, here: Path, stack: tuple[Path, ...]) -> Any:
         raise ConfigError([f"'{BASE_KEY}' files form a cycle: {chain}"], str(here))
     if not base_path.is_file():
         raise ConfigError([f"'{BASE_KEY}: {ref}' names no file ({base_path})"], str(here))
-    base = load_yaml(base_path, _stack=(*stack, base_path))
+    loads.append(base_path)
+    if len(loads) > MAX_BASE_FILES:
+        raise ConfigError([f"'{BASE_KEY}:' files are read more than {MAX_BASE_FILES} times "
+                           "for one config"], str(here))
+    base = load_yaml(base_path, _stack=(*stack, base_path), _loads=loads)
     return deep_merge(base, node)
 
 
-def load_yaml(path: str | Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+MAX_BASE_FILES = 100  # `base:` reads for one config (each mapping may name one)
+
+
+def load_yaml(path: str | Path, _stack: tuple[Path, ...] = (),
+              _loads: list[Path] | None = None) -> dict[str, Any]:
     """Read a YAML mapping and resolve every `base:` in it."""
     path = Path(path).resolve()
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], str(path))
-    return _resolve_bases(data, path, _stack or (path,))
+    return _resolve_bases(data, path, _stack or (path,), [] if _loads is None else _loads)
 
 
 @dataclass(frozen=True)
@@ -157,7 +276,10 @@ def parse_override(text: str) -> Override:
         raise ConfigError([Problem(f"override {text!r} has an empty key part",
                                    origin=COMMAND_LINE)])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
+    except StrictYAMLError as e:
+        raise ConfigError([Problem(f"override {text[:80]!r}: {_yaml_problem(e)}",
+                                   origin=COMMAND_LINE)]) from None
     except yaml.YAMLError:
         value = raw
     return Override(text, parts, value)
@@ -262,7 +384,8 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> tuple[list[str], list[str
             path.append(str(part))
         if inner:
             candidates = inner
-    return path, sorted({name for c in candidates for name in c.model_fields})
+    return path, sorted({f.alias or name for c in candidates
+                         for name, f in c.model_fields.items()})  # `checkpoint.async`
 
 
 def unknown_key_hint(model: type[BaseModel] | None, loc: tuple, prefix: str = "") -> str:

@@ -150,6 +150,11 @@ def plot_grid(weights: np.ndarray, queries: list[str], keys: list[str], title: s
 def _inputs(model, tok, text: str, target: str | None, eos: int, pad: int, device):
     """The model inputs and the token labels of each side."""
     src = tok.encode(text, add_special_tokens=False).ids
+    room = model.cfg.max_seq_len - (model.cfg.family != "decoder")  # encdec: + <eos>
+    if len(src) > room:
+        log.warning("--text is %d tokens; the model's %d positions hold %d: the maps show the "
+                    "first %d tokens only (the rest was cut)", len(src), model.cfg.max_seq_len,
+                    room, room)
     if model.cfg.family == "decoder":
         if target is not None:
             raise ValueError("a decoder run reads --text only (--target is for encoder-decoder "
@@ -166,6 +171,10 @@ def _inputs(model, tok, text: str, target: str | None, eos: int, pad: int, devic
                      pad, eos)[0]
     else:
         tgt = tok.encode(target, add_special_tokens=False).ids
+        if len(tgt) + 1 > model.cfg.max_seq_len:
+            log.warning("--target is %d tokens; the decoder's %d positions hold %d after the "
+                        "start token: the rest was cut", len(tgt), model.cfg.max_seq_len,
+                        model.cfg.max_seq_len - 1)
     dec = ([pad] + tgt)[: model.cfg.max_seq_len]
     inputs = {"input_ids": torch.tensor([src], device=device),
               "attention_mask": torch.ones(1, len(src), dtype=torch.bool, device=device),
@@ -214,9 +223,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
     args = p.parse_args(argv)
     setup_logging()
+    from data_tools.atomic import check_output_folder
     from pretrain.interop.export import ExportError, load_trained_model, tokenizer_path
 
     try:
+        check_output_folder(args.out)  # before the model is loaded and run
         model, meta = load_trained_model(args.run_dir, args.tag)
         arrays = write_maps(model, tokenizer_path(meta.config), args.text, args.target,
                             args.out)

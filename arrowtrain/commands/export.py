@@ -24,6 +24,7 @@ import logging
 import sys
 from pathlib import Path
 
+from data_tools.atomic import UnsafeOutputError
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.logs import setup_logging
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             out = export_universal(args.run_dir, args.tag)
         else:
             out = export(args.run_dir, args.out, args.tag)
-    except (ExportError, HFFormatError, OSError) as e:
+    except (ExportError, HFFormatError, UnsafeOutputError, OSError) as e:
         log.error("%s", e)
         return EXIT_CONFIG
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() \

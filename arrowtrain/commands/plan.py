@@ -277,6 +277,8 @@ def render(plan, config: str) -> str:
 
     s, src = lengths(cfg)
     shape = f"{s} tokens" if not src else f"{src} source + {s} target tokens"
+    P = cfg.parallel.sequence_parallel_size
+    shape += f" (sequence parallel {P}: {s // P} per GPU)" if P > 1 else ""
     head = [f"plan: {config} on {hw.gpus} × {hw.name} ({hw.memory_bytes / GiB:g} GiB each)",
             f"  {cfg.model.family} {cfg.model.d_model}×{cfg.model.total_layers} layers, "
             f"{cfg.precision}, ZeRO-{cfg.deepspeed.zero_stage}"

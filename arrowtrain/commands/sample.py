@@ -44,8 +44,12 @@ def load_export(path: Path, tokenizer: Path | None):
     from safetensors import safe_open
     from tokenizers import Tokenizer
 
+    from data_tools.atomic import special_file_kind
     from pretrain.interop.export import TOKENIZER_KEY, load_exported
 
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise SampleError(f"{path} is {kind}, not a .safetensors file")
     if not path.is_file():
         raise SampleError(f"{path}: no such file")
     try:

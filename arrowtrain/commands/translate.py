@@ -106,23 +106,52 @@ def load_translator(run_dir: str | Path, device: str = "cpu", tag: str | None = 
     return Translator(model, tok, device)
 
 
+def _device(text: str) -> str:
+    """--device: cpu, cuda or cuda:N (an argparse type: a bad one is a usage error, exit 2)."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+    if text != "cpu" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no GPU is visible here (use cpu)")
+    if text.startswith("cuda:") and int(text[5:]) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} GPU(s) "
+                                         "are visible")
+    return text
+
+
+def _length_penalty(text: str) -> float:
+    """--length-penalty: a finite alpha >= 0 (nan or inf would rank hypotheses at random)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.translate",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
-    p.add_argument("--input", type=Path, help="source text, one sentence per line (default: "
-                   "stdin)")
+    p.add_argument("--input", type=Path, help="source text, UTF-8, one sentence per line "
+                   "(lines end at \\n or \\r\\n only, as `arrowtrain data shard` reads them; "
+                   "default: stdin)")
     p.add_argument("--output", type=Path, help="where the translations go, one per line "
-                   "(default: stdout)")
+                   "(default: stdout); a regular file or a new path, replaced whole at the end")
     p.add_argument("--beam", type=int, default=4, help="beam size; 1 is greedy (default 4)")
-    p.add_argument("--length-penalty", type=float, default=0.6,
-                   help="alpha of GNMT's length penalty ((5 + |Y|) / 6)^alpha (default 0.6)")
+    p.add_argument("--length-penalty", type=_length_penalty, default=0.6,
+                   help="alpha >= 0 of GNMT's length penalty ((5 + |Y|) / 6)^alpha (default 0.6)")
     p.add_argument("--max-len", type=int, help="longest translation in tokens (default: "
                    f"source length + {EXTRA_TOKENS}, at most the model's max_seq_len)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together "
                    "(default 32)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when there is a GPU)")
+    p.add_argument("--device", type=_device, help="cpu, cuda or cuda:N (default: cuda when "
+                   "there is a GPU)")
     p.add_argument("--tag", help="checkpoint tag (default: the newest complete one)")
     args = p.parse_args(argv)
     for name in ("beam", "batch_size", "max_len"):
@@ -131,26 +160,51 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     return args
 
 
+def read_input_lines(path: Path | None) -> list[str]:
+    """The source lines of --input (stdin when None), split as data shard splits them;
+    ValueError naming the file and line of bytes that are not UTF-8."""
+    from data_tools.errors import DataToolsError
+    from data_tools.inputs import decode_lines
+
+    raw = path.read_bytes() if path is not None else sys.stdin.buffer.read()
+    try:
+        return decode_lines(raw, str(path) if path is not None else "<stdin>")
+    except DataToolsError as e:
+        raise ValueError(str(e)) from None
+
+
+def output_text(translations: list[str]) -> str:
+    """One line per translation: a line end the tokenizer decoded inside one becomes a space,
+    so that line i of the output is always the translation of input line i."""
+    return "".join(t.replace("\r\n", " ").replace("\n", " ").replace("\r", " ") + "\n"
+                   for t in translations)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parse_args(argv, prog)
     setup_logging()
+    from data_tools.atomic import check_output_file, write_atomic
     from pretrain.interop.export import ExportError
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    try:  # every input checked before the model is loaded and a line translated
+        if args.output is not None:
+            check_output_file(args.output, "--output")
+        lines = read_input_lines(args.input)
         translator = load_translator(args.run_dir, device, args.tag)
-        text = args.input.read_text(encoding="utf-8") if args.input else sys.stdin.read()
     except (ExportError, ValueError, OSError) as e:
         log.error("%s", e)
         return EXIT_CONFIG
-    lines = text.splitlines()
     out = translator.translate(lines, args.beam, args.length_penalty, args.max_len,
                                args.batch_size, progress=sys.stderr.isatty())
-    result = "".join(line + "\n" for line in out)
     if args.output:
-        args.output.write_text(result, encoding="utf-8")
+        try:
+            write_atomic(check_output_file(args.output, "--output"), output_text(out))
+        except (ValueError, OSError) as e:  # changed while translating
+            log.error("--output %s: %s", args.output, e)
+            return EXIT_CONFIG
     else:
-        sys.stdout.write(result)
+        sys.stdout.write(output_text(out))
     return EXIT_OK
 
 

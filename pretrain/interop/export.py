@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from data_tools.atomic import with_umask
+from data_tools.atomic import atomic_path, check_output_file, check_output_folder, with_umask
 from pretrain.interop.hf_format import to_hf_config, to_hf_state
 from pretrain.model import build_model, saved_model_config
 from pretrain.train import checkpoint as ckpt
@@ -42,6 +42,9 @@ def checkpoint_dir(run_dir: Path, tag: str | None = None) -> tuple[Path, Checkpo
     file against meta.json (size, sha256) and unpickling it weights-only. Without `tag` a
     damaged checkpoint is skipped for the previous one, with a warning naming the file."""
     ckpt_root = run_dir / "checkpoints"
+    if tag is not None and (tag in ("", ".", "..") or Path(tag).name != tag or "\\" in tag):
+        raise ExportError(f"--tag {tag!r}: a checkpoint tag is one folder name in {ckpt_root} "
+                          "(e.g. step_00001000), never a path")
     if tag is not None and not (ckpt_root / tag).is_dir():
         raise ExportError(f"no checkpoint {ckpt_root / tag}")
     candidates = [tag] if tag is not None else resume_candidates(ckpt_root)
@@ -121,8 +124,8 @@ def tokenizer_path(config: dict) -> Path:
 def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path:
     from safetensors.torch import save_model
 
+    out = check_output_file(out)  # before the slow merge of the weights
     model, meta = load_trained_model(run_dir, tag)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"model_config": json.dumps(meta.config["model"]), "step": str(meta.step),
                 "data_fingerprint": meta.data_fingerprint}
@@ -132,8 +135,8 @@ def export(run_dir: str | Path, out: str | Path, tag: str | None = None) -> Path
     else:
         log.warning("the run's tokenizer %s is gone: the export carries none (pass "
                     "--tokenizer to arrowtrain sample)", tok)
-    save_model(model, str(out), metadata=metadata)
-    with_umask(out)  # safetensors writes 0600
+    with atomic_path(check_output_file(out), umask_mode=True) as tmp:
+        save_model(model, str(tmp), metadata=metadata)
     return out
 
 
@@ -144,10 +147,10 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None,
     from safetensors.torch import save_file
 
     out = Path(out)
+    _check_out_folder(out)  # before any work
     tag_dir, meta = checkpoint_dir(Path(run_dir), tag)
     cfg = saved_model_config(meta.config["model"])
     to_hf_config(cfg, {})  # refuses (naming the fields) before the slow merge of the weights
-    _check_out_folder(out)
     tok_file = _tokenizer_file(meta.config, tokenizer)
     special = _special_tokens(tok_file)
     tensors = to_hf_state(cfg, _checkpoint_model(tag_dir, meta).state_dict())
@@ -180,8 +183,7 @@ HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "token
 def _check_out_folder(out: Path) -> None:
     """`out` may be new, empty or an earlier HF export (its files are replaced); a folder
     holding anything else is refused rather than mixed into."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file; --format hf writes a folder")
+    check_output_folder(out)  # UnsafeOutputError on a file, a device, a FIFO
     others = sorted(p.name for p in out.iterdir() if p.name not in HF_FILES) \
         if out.is_dir() else []
     if others:
@@ -260,12 +262,21 @@ def _convert_universal(run_dir: Path, tag: str | None) -> Path:
 
 
 def load_exported(path: str | Path) -> nn.Module:
-    """Rebuild the model a safetensors export describes and load its weights (strict)."""
-    from safetensors import safe_open
+    """Rebuild the model a safetensors export describes and load its weights (strict);
+    ExportError naming the file when its metadata's model does not match its tensors."""
     from safetensors.torch import load_model
 
-    with safe_open(str(path), framework="pt") as f:
-        cfg = saved_model_config(json.loads(f.metadata()["model_config"]))
+    from pretrain.model.shapes import shape_mismatches
+    from pretrain.train.init_from import InitFileError, read_init_file
+
+    try:  # the header alone: shapes checked against the config before anything is built
+        cfg, shapes = read_init_file(Path(path), label="")
+    except InitFileError as e:
+        raise ExportError(str(e)) from None
+    lines = shape_mismatches(cfg, shapes)
+    if lines:
+        raise ExportError(f"{path}: its model_config does not describe its tensors "
+                          f"({len(lines)} problem(s)): " + "; ".join(lines[:8]))
     model = build_model(cfg)
     load_model(model, str(path), strict=True)
     return model.eval()

@@ -138,6 +138,9 @@ def from_hf_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     kind = hf.get("model_type")
     if kind not in ("gpt2", "llama"):
         raise HFFormatError(f"model_type={kind!r}: only gpt2 and llama are imported")
+    problems = _field_problems(hf, kind)
+    if problems:
+        raise HFFormatError(f"config.json of this {kind} model: " + "; ".join(problems))
     problems = _gpt2_refusals(hf) if kind == "gpt2" else _llama_refusals(hf)
     if problems:
         raise HFFormatError(f"cannot import this {kind} model: " + "; ".join(problems))
@@ -163,6 +166,65 @@ def from_hf_config(hf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         "activation": {v: k for k, v in LLAMA_ACT.items()}[_get(hf, "hidden_act", "silu")],
         "bias": bool(_get(hf, "attention_bias", False)), "tie_embeddings": tied,
         "init_std": _get(hf, "initializer_range", 0.02)}
+
+
+# config.json fields read on import, by type: (required ints, optional ints, optional numbers,
+# optional strings, optional objects). Checked before any is used, so a missing key, a null, a
+# list or a string where a number goes is a message naming the field, never a traceback.
+MAX_DIM = 1 << 24  # any width, count or length beyond this is no real model (16.7M)
+HF_FIELDS = {
+    "gpt2": (("vocab_size", "n_positions", "n_embd", "n_head", "n_layer"), ("n_inner",),
+             ("layer_norm_epsilon", "initializer_range"), ("activation_function",), ()),
+    "llama": (("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size",
+               "num_hidden_layers"), ("num_key_value_heads", "max_position_embeddings",
+                                      "head_dim", "pretraining_tp"),
+              ("rms_norm_eps", "rope_theta", "initializer_range", "partial_rotary_factor"),
+              ("hidden_act",), ("rope_parameters", "rope_scaling")),
+}
+
+
+def _int_problem(key: str, value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{key}: {json_repr(value)} is not an integer"
+    if not 1 <= value <= MAX_DIM:
+        return f"{key}: {value} is outside 1..{MAX_DIM}"
+    return None
+
+
+def json_repr(value: Any) -> str:
+    """A config.json value as JSON writes it, cut to 40 characters (null, "12", [1, 2])."""
+    import json
+
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _field_problems(hf: dict[str, Any], kind: str) -> list[str]:
+    """Each config.json field we read that is missing or of the wrong type (see HF_FIELDS)."""
+    import math
+
+    required, ints, numbers, strings, objects = HF_FIELDS[kind]
+    out = [f"{k}: missing" if k not in hf else _int_problem(k, hf[k]) for k in required]
+    out += [_int_problem(k, hf[k]) for k in ints if hf.get(k) is not None]
+    for k in numbers:
+        v = hf.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not math.isfinite(v)):
+            out.append(f"{k}: {json_repr(v)} is not a finite number")
+    out += [f"{k}: {json_repr(hf[k])} is not a string" for k in strings
+            if hf.get(k) is not None and not isinstance(hf[k], str)]
+    out += [f"{k}: {json_repr(hf[k])} is not an object" for k in objects
+            if hf.get(k) is not None and not isinstance(hf[k], dict)]
+    rope = hf.get("rope_parameters")
+    if isinstance(rope, dict) and rope.get("rope_theta") is not None and (
+            isinstance(rope["rope_theta"], bool)
+            or not isinstance(rope["rope_theta"], (int, float))):
+        out.append(f"rope_parameters.rope_theta: {json_repr(rope['rope_theta'])} is not a "
+                   "number")
+    return [p for p in out if p]
 
 
 def _gpt2_activation(hf: dict[str, Any]) -> str | None:

@@ -39,13 +39,23 @@ class DecoderLM(nn.Module):
         self.emb_scale = math.sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0
         self.out_scale = output_scale(cfg)  # muP: 1/m on the final states (1.0 standard)
 
-    def forward(self, input_ids, targets=None, doc_ids=None, caches=None, offset: int = 0):
+    def forward(self, input_ids, targets=None, doc_ids=None, caches=None, offset: int = 0,
+                position_ids=None):
         """input_ids (B, T) -> {"logits": (B, T, V)}; with targets {"loss"} in training mode,
         {"loss", "logits"} in eval mode (see loss.lm_outputs). `caches`/`offset` are for
-        generation: one KVCache per block, `offset` tokens already in them."""
+        generation: one KVCache per block, `offset` tokens already in them.
+
+        `position_ids` ((T,) or (B, T)): input_ids are a piece of a longer row (sequence
+        parallelism, pretrain/train/sequence.py) at these positions, and `doc_ids` are the whole
+        row's (B, T_row): attention, made to see the whole row from outside, is causal over it
+        (or masked by document)."""
         B, T = input_ids.shape
-        self.positions.check(T, offset)
-        if self.cfg.doc_masking and doc_ids is not None and caches is None:
+        self.positions.check(T, offset)  # a piece's row: checked against max_seq_len before
+        if position_ids is not None:
+            pos = position_ids
+            masked = self.cfg.doc_masking and doc_ids is not None
+            mask, causal = (self._doc_mask(doc_ids), False) if masked else (None, True)
+        elif self.cfg.doc_masking and doc_ids is not None and caches is None:
             pos = positions_from_doc_ids(doc_ids)  # (B, T), restarts at each document
             mask, causal = self._doc_mask(doc_ids), False  # one mask for every layer
         else:

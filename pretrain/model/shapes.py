@@ -60,3 +60,20 @@ def parameter_shapes(cfg: ModelConfig) -> Shapes:
         out |= _stack("decoder", cfg, cfg.n_decoder_layers, cross=True)
         out |= (_norm("enc_norm", cfg) | _norm("dec_norm", cfg)) if pre else {}
     return out | ({} if cfg.tie_embeddings else {"lm_head.weight": (V, C)})
+
+
+def shape_mismatches(cfg: ModelConfig, got: Shapes) -> list[str]:
+    """One line per parameter of `cfg` that `got` (a file's {tensor: shape}) lacks or holds in
+    another shape, and per tensor of `got` the model has no place for; [] when they agree. A
+    config that declares more layers than the file has tensors (e.g. n_layers 100000 or 1e30 in
+    an edited config) is one line at once: nothing is enumerated or built for it."""
+    if cfg.total_layers > len(got):
+        return [f"the config declares {cfg.total_layers} layers but the file holds only "
+                f"{len(got)} tensors"]
+    want = parameter_shapes(cfg)
+    lines = [f"{n}: missing from the file (config: {list(s)})" for n, s in want.items()
+             if n not in got]
+    lines += [f"{n}: file {list(got[n])}, config {list(s)}" for n, s in want.items()
+              if n in got and tuple(got[n]) != s]
+    lines += [f"{n}: in the file, not in the config's model" for n in got if n not in want]
+    return lines

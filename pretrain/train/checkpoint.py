@@ -395,9 +395,21 @@ def _finish(ckpt_dir: Path, tag_dir: Path, meta: CheckpointMeta, files: dict[str
 def _failure_message(errors: list[tuple[int, dict]], ckpt_dir: Path, tag_dir: Path, step: int,
                      estimate: int | None, rank: int) -> str:
     if rank == 0:  # nothing of this save may remain; `latest` was not touched
-        (tag_dir / META).unlink(missing_ok=True)
-        shutil.rmtree(tag_dir, ignore_errors=True)
+        remove_partial(tag_dir)
     dist.barrier()
+    return failure_text(errors, ckpt_dir, tag_dir, step, estimate)
+
+
+def remove_partial(tag_dir: Path) -> None:
+    """Rank 0, after a failed save: the folder goes, meta.json first."""
+    (tag_dir / META).unlink(missing_ok=True)
+    shutil.rmtree(tag_dir, ignore_errors=True)
+
+
+def failure_text(errors: list[tuple[int, dict]], ckpt_dir: Path, tag_dir: Path, step: int,
+                 estimate: int | None) -> str:
+    """What a failed save says (after its partial folder was removed): the first failure, or
+    the full disk with the sizes, and the checkpoint `latest` still names."""
     latest = ckpt_dir / LATEST
     kept = latest.read_text().strip() if latest.is_file() else "nothing (no checkpoint yet)"
     r, err = errors[0]
@@ -405,10 +417,13 @@ def _failure_message(errors: list[tuple[int, dict]], ckpt_dir: Path, tag_dir: Pa
         size = f"≈ {human_bytes(estimate)}" if estimate else "of unknown size"
         head = (f"no space left on device while saving step {step} to {tag_dir} "
                 f"(a checkpoint is {size}, {human_bytes(free_bytes(ckpt_dir))} free)")
+        hint = "Free some space (or lower checkpoint.keep_last) and run"
     else:
         head = f"saving step {step} to {tag_dir} failed on rank {r}: {err['file']}: {err['error']}"
-    return (f"{head}. The partial folder was removed; {latest} still names {kept}. Free some "
-            "space (or lower checkpoint.keep_last) and run the same command to resume.")
+        hint = "Run" if err.get("writer_died") else \
+            "Free some space (or lower checkpoint.keep_last) and run"
+    return (f"{head}. The partial folder was removed; {latest} still names {kept}. {hint} the "
+            "same command to resume.")
 
 
 def drop_universal_copies(ckpt_dir: Path, tags: Iterable[str] | None = None) -> list[Path]:

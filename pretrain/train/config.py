@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pretrain.configlib import (
     ConfigError,
@@ -193,10 +193,37 @@ class DeepSpeedSection(Section):
         return self
 
 
+class ParallelConfig(Section):
+    """How ranks share the work beyond data parallelism (docs/training.md#long-context)."""
+
+    sequence_parallel_size: int = Field(
+        1, ge=1, description="DeepSpeed-Ulysses sequence parallelism (decoders): each packed row "
+        "is cut into this many contiguous pieces, one per rank of a sequence group, and "
+        "attention swaps the sequence split for a head split (all-to-all); activations per rank "
+        "shrink by it. The world size, model.n_heads, model.n_kv_heads and data.seq_len must "
+        "divide by it; data-parallel ranks = world size / it")
+
+
+def data_parallel_size(world_size: int | None, sequence_parallel: int) -> int:
+    """Ranks that read different samples (the loader's `world`): world / P (1 when unknown;
+    a world that does not divide is the pre-flight's problem, not this function's)."""
+    return max(1, (world_size or 1) // max(1, sequence_parallel))
+
+
 class CheckpointConfig(Section):
+    # `async` is a Python keyword: the field is `async_`, the key in configs and files `async`
+    model_config = ConfigDict(**Section.model_config, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
     every_steps: int = Field(1000, gt=0, description="save a checkpoint every N steps")
     keep_last: int = Field(3, ge=1, description="complete checkpoints kept (older are deleted)")
     save_at_end: bool = Field(True, description="save at the last step")
+    async_: bool = Field(
+        False, alias="async", description="save in the background: training waits only while "
+        "the state is copied to host memory (one staged copy per node, checked at start), a "
+        "writer process per rank writes the files and the checkpoint is committed (meta.json, "
+        "latest) once every rank's writer is done; a stop, the last step and the next save wait "
+        "for it")
 
 
 class WandbConfig(Section):
@@ -285,6 +312,8 @@ class RunConfig(Section):
     train: TrainConfig = Field(description="the step loop: steps, batch sizes, compile, stops")
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection,
                                         description="the DeepSpeed engine's knobs")
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig,
+                                     description="sequence parallelism (long context)")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig,
                                          description="when checkpoints are saved, how many kept")
     logging: LoggingConfig = Field(default_factory=LoggingConfig,
@@ -309,9 +338,54 @@ def _schedule_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     return []
 
 
+def _dp_world(s: dict[str, Any], world_size: int | None) -> int | None:
+    """The ranks that read different samples: world / parallel.sequence_parallel_size."""
+    if world_size is None or "parallel" not in s:
+        return world_size
+    return data_parallel_size(world_size, s["parallel"].sequence_parallel_size)
+
+
+def _sequence_parallel_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    """parallel.sequence_parallel_size P: ranks, heads and the sequence divide by P; decoders
+    only; no torch.compile (untested with the all-to-all inside attention)."""
+    P, m, d = s["parallel"].sequence_parallel_size, s["model"], s["data"]
+    if P == 1:
+        return []
+    key, out = "parallel.sequence_parallel_size", []
+
+    def need(ok: bool, text: str, *keys: str) -> None:
+        if not ok:
+            out.append(Problem(f"{key} ({P}): {text}", (key, *keys)))
+
+    if world_size is not None:
+        need(world_size % P == 0, f"the world size ({world_size} ranks) is not divisible by it")
+    need(m.family == "decoder" and objective_for(d).family == "decoder",
+         f"sequence parallelism is for decoders (data.objective clm); not model.family "
+         f"{m.family} / data.objective {d.objective}", "model.family", "data.objective")
+    need(m.n_heads % P == 0, f"model.n_heads ({m.n_heads}) is not divisible by it",
+         "model.n_heads")
+    need(m.kv_heads % P == 0, f"model.n_kv_heads ({m.kv_heads}) is not divisible by it",
+         "model.n_kv_heads")
+    seq_len = getattr(d, "seq_len", None)
+    need(seq_len is None or seq_len % P == 0,
+         f"data.seq_len ({seq_len}) is not divisible by it", "data.seq_len")
+    return out
+
+
+def _sequence_parallel_no_compile(s: dict[str, Any], world_size: int | None) -> list[Problem]:
+    P = s["parallel"].sequence_parallel_size
+    if P > 1 and s["train"].compile:
+        return [Problem(f"train.compile with parallel.sequence_parallel_size {P}: not supported "
+                        "yet (the all-to-all inside attention is untested under "
+                        "torch.compile); set train.compile=false",
+                        ("train.compile", "parallel.sequence_parallel_size"))]
+    return []
+
+
 def _batch_layout(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     t = s["train"]
-    problem = batch_layout_problem(t.global_batch_size, t.micro_batch_size, world_size or 1)
+    problem = batch_layout_problem(t.global_batch_size, t.micro_batch_size,
+                                   _dp_world(s, world_size) or 1)
     return [Problem(problem, ("train.global_batch_size", "train.micro_batch_size"))] \
         if problem else []
 
@@ -333,7 +407,7 @@ def _lengths_fit_model(s: dict[str, Any], world_size: int | None) -> list[Proble
 
 
 def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
-    e, t, world = s["eval"], s["train"], world_size or 1
+    e, t, world = s["eval"], s["train"], _dp_world(s, world_size) or 1
     if not e.enabled or e.max_samples is None:
         return []
     problem = eval_batch_problem("eval.max_samples", e.max_samples, t.micro_batch_size, world)
@@ -345,7 +419,7 @@ def _eval_batch_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]
 def _objective_eval_fits(s: dict[str, Any], world_size: int | None) -> list[Problem]:
     """The objective's own evaluation settings (seq2seq: eval.bleu_samples)."""
     return objective_for(s["data"]).eval_problems(s["eval"], s["train"].micro_batch_size,
-                                                  world_size or 1)
+                                                  _dp_world(s, world_size) or 1)
 
 
 def _overflow_check_needs_bf16(s: dict[str, Any], world_size: int | None) -> list[Problem]:
@@ -362,7 +436,9 @@ CROSS_CHECKS = [(("schedule", "train"), _schedule_fits), (("train",), _batch_lay
                 (("eval", "train"), _eval_batch_fits),
                 (("eval", "train", "data"), _objective_eval_fits),
                 (("deepspeed", "precision"), _overflow_check_needs_bf16),
-                (("init_from",), _init_from_suffix)]
+                (("init_from",), _init_from_suffix),
+                (("parallel", "model", "data"), _sequence_parallel_fits),
+                (("parallel", "train"), _sequence_parallel_no_compile)]
 
 
 def _valid_sections(data: dict[str, Any], bad: set[str]) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from pretrain.configlib import deep_merge
 from pretrain.data import layout
 from pretrain.model.config import ModelConfig
 from pretrain.model.mup import group_specs, param_roles
-from pretrain.train.config import RunConfig
+from pretrain.train.config import RunConfig, data_parallel_size
 from pretrain.train.distenv import DistEnv, import_deepspeed
 from pretrain.train.parallelize import compile_engine, parallelize
 from pretrain.train.schedule import build_scheduler
+from pretrain.train.sequence import SequenceParallel
 
 
 def use_gpu() -> bool:
@@ -39,8 +40,11 @@ def init_distributed(dist: DistEnv) -> torch.device:
 
 
 def grad_accum_steps(cfg: RunConfig, world_size: int) -> int:
+    """Micro-batches per rank per step: the global batch over the data-parallel ranks
+    (world / parallel.sequence_parallel_size)."""
     t = cfg.train
-    return layout.grad_accum_steps(t.global_batch_size, t.micro_batch_size, world_size)
+    dp_world = data_parallel_size(world_size, cfg.parallel.sequence_parallel_size)
+    return layout.grad_accum_steps(t.global_batch_size, t.micro_batch_size, dp_world)
 
 
 def _precision(cfg: RunConfig) -> dict[str, Any]:
@@ -75,7 +79,9 @@ def deepspeed_config(cfg: RunConfig, world_size: int,
     `load_universal`: the engine will load a universal checkpoint (pretrain/train/reshard.py)."""
     ds = cfg.deepspeed
     out: dict[str, Any] = {
-        "train_batch_size": cfg.train.global_batch_size,
+        # DeepSpeed sees every rank as data-parallel (pretrain/train/sequence.py): to it each
+        # of a row's P pieces is a sample.
+        "train_batch_size": cfg.train.global_batch_size * cfg.parallel.sequence_parallel_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps(cfg, world_size),
         "gradient_clipping": cfg.optim.grad_clip,
@@ -126,12 +132,12 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: RunConfig) -> torch.optim
 
 
 def initialize(model: nn.Module, cfg: RunConfig, world_size: int,
-               load_universal: bool = False):
-    """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule.
-    Returns (engine, lr_scheduler)."""
+               load_universal: bool = False, sp: SequenceParallel | None = None):
+    """Wrap `model` in a DeepSpeed engine with our optimizer and lr schedule; `sp`: this rank's
+    sequence group (parallel.sequence_parallel_size > 1). Returns (engine, lr_scheduler)."""
     deepspeed = import_deepspeed()
 
-    model = parallelize(model, cfg)  # activation checkpointing; compile before the engine
+    model = parallelize(model, cfg, sp)  # sequence parallelism, checkpointing, compile
     groups = param_groups(model, cfg.optim.weight_decay, cfg.model)
     if cfg.deepspeed.offload_optimizer:  # DeepSpeed builds the optimizer from these groups
         groups = [{**g, "lr": cfg.optim.lr * g["lr_scale"]} for g in groups]

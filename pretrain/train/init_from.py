@@ -41,25 +41,42 @@ class InitFileError(ValueError):
     pass
 
 
-def read_init_file(path: Path) -> tuple[ModelConfig, Shapes]:
-    """(the file's model config, {tensor: shape}), tied weights under their first name."""
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")  # safetensors' names of floating tensors
+
+
+def read_init_file(path: Path, label: str = "init_from ") -> tuple[ModelConfig, Shapes]:
+    """(the file's model config, {tensor: shape}), tied weights under their first name, read
+    from the header alone; InitFileError (the message starts with `label` and the path) on a
+    file that is not a regular file (a FIFO or /dev/zero is refused at once), not safetensors,
+    without a valid model_config, or holding a tensor that is not floating point."""
     from safetensors import safe_open
 
+    from data_tools.atomic import special_file_kind
+
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise InitFileError(f"{label}{path} is {kind}, not a .safetensors file")
     try:
         with safe_open(str(path), framework="numpy") as f:
             meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+            slices = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118
+            shapes = {k: tuple(v.get_shape()) for k, v in slices.items()}
+            dtypes = {k: v.get_dtype() for k, v in slices.items()}
     except FileNotFoundError:
-        raise InitFileError(f"init_from {path}: no such file") from None
+        raise InitFileError(f"{label}{path}: no such file") from None
     except Exception as e:  # safetensors raises its own SafetensorError on a bad header
-        raise InitFileError(f"init_from {path}: not a readable safetensors file ({e})") from None
+        raise InitFileError(f"{label}{path}: not a readable safetensors file ({e})") from None
     if "model_config" not in meta:
-        raise InitFileError(f"init_from {path}: no model_config in its metadata (write it "
+        raise InitFileError(f"{label}{path}: no model_config in its metadata (write it "
                             "with `arrowtrain export` or `arrowtrain import-hf`)")
     try:
         cfg = saved_model_config(json.loads(meta["model_config"]))
-    except ValueError as e:
-        raise InitFileError(f"init_from {path}: its model_config is not valid: {e}") from None
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InitFileError(f"{label}{path}: its model_config is not valid: {e}") from None
+    bad = [f"{k} ({t})" for k, t in dtypes.items() if t not in FLOAT_DTYPES]
+    if bad:
+        raise InitFileError(f"{label}{path}: weights must be floating point (F32/F16/BF16/F64); "
+                            f"{len(bad)} tensor(s) are not: {', '.join(bad[:5])}")
     if "lm_head.weight" in shapes and "tok_emb.weight" not in shapes:
         shapes["tok_emb.weight"] = shapes.pop("lm_head.weight")  # safetensors kept the 2nd name
     return cfg, shapes
@@ -109,7 +126,14 @@ def _yaml_value(value: Any) -> str:
 
 
 def load_init_weights(model: Any, path: Path) -> None:
-    """Copy the file's tensors into `model` (strict: every parameter, same shapes)."""
+    """Copy the file's tensors into `model` (strict: every parameter, same shapes);
+    InitFileError naming the tensors that hold NaN or infinite values."""
+    import torch
     from safetensors.torch import load_model
 
     load_model(model, str(path), strict=True)
+    with torch.no_grad():
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise InitFileError(f"init_from {path}: {len(bad)} tensor(s) hold NaN or infinite "
+                            f"values ({', '.join(bad[:5])}): training from them is meaningless")

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import resource
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,11 +24,12 @@ from pretrain.model import build_model
 from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
+from pretrain.train.async_ckpt import Outcome
 from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.distenv import DistEnv
 from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
-from pretrain.train.init_from import load_init_weights
+from pretrain.train.init_from import InitFileError, load_init_weights
 from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
@@ -35,6 +37,7 @@ from pretrain.train.progress import Progress
 from pretrain.train.remote_data import RemoteData, eval_indices
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
 from pretrain.train.runlock import acquire_collective
+from pretrain.train.sequence import SequenceParallel
 from pretrain.train.signals import StopFlag
 from pretrain.train.sync import DeviceStats, Synced, next_interval
 
@@ -137,6 +140,7 @@ class Trainer:
         self._check_vocab()
         self.ckpt_dir = cfg.run_dir / "checkpoints"
         self.gas = grad_accum_steps(cfg, denv.world_size)
+        self.sp: SequenceParallel | None = None  # made once the process group runs (_start)
         if self.rank0 and (line := self.objective.describe(self.src)):
             log.info("%s", line)
         self.lock = acquire_collective(cfg.run_dir, denv.rank)  # one run per run folder
@@ -145,6 +149,8 @@ class Trainer:
         except BaseException:
             if getattr(self, "memcheck", None) is not None:
                 self.memcheck.stop()
+            if getattr(self, "saver", None) is not None:
+                self.saver.close()
             self._release_lock()
             raise
 
@@ -181,7 +187,9 @@ class Trainer:
             (cfg.run_dir / "config.yaml").write_text(dump_yaml(config_to_dict(cfg)))
         torch.manual_seed(cfg.seed + 1 + denv.rank)  # dropout differs between ranks
         universal = load_tag is not None and load_tag != self.resume_tag
-        self.engine, self.scheduler = initialize(model, cfg, denv.world_size, universal)
+        self.sp = SequenceParallel.create(denv.rank, denv.world_size,
+                                          cfg.parallel.sequence_parallel_size)
+        self.engine, self.scheduler = initialize(model, cfg, denv.world_size, universal, self.sp)
         self.step, self._base = 0, (0, 0)  # (step, consumed samples) this start began at
         if meta is not None:
             same_ranks = meta.world_size == denv.world_size
@@ -209,7 +217,32 @@ class Trainer:
         self.flops_per_token = self._flops_per_token()
         if self.rank0 and not use_gpu():
             self._warn_if_slow_on_cpu()
+        self.saver = self._start_async() if cfg.checkpoint.async_ else None
         self._record_start()
+
+    def _start_async(self):
+        """checkpoint.async (collective): the host-RAM pre-flight for one staged copy of this
+        node's share, the commit threads' own gloo group, this rank's writer process."""
+        from pretrain.train import async_ckpt
+
+        cfg, rank, world = self.cfg, self.denv.rank, self.denv.world_size
+        hosts = [None] * world
+        dist.all_gather_object(hosts, socket.gethostname())
+        local = [r for r, h in enumerate(hosts) if h == hosts[rank]]
+        weights = self.n_params * (2 if cfg.precision in ("bf16", "fp16") else 4)
+        need = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, local,
+                                           world, weights)
+        problems = [None] * world
+        dist.all_gather_object(problems, async_ckpt.host_ram_problem(need)
+                               if rank == local[0] else None)
+        if found := [p for p in problems if p]:
+            err = ConfigError(found[:1])
+            err.all_ranks = True
+            raise err
+        group = dist.new_group(backend="gloo")  # the commit threads' own collectives
+        mine = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, [rank],
+                                           world, weights)
+        return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last, mine)
 
     def _warn_if_slow_on_cpu(self) -> None:
         from pretrain.train.cpu_check import cpu_step_warning
@@ -236,8 +269,9 @@ class Trainer:
             return
         try:
             load_init_weights(model, path)
-        except (OSError, RuntimeError) as e:  # the pre-flight checked it: changed since?
-            err = ConfigError([f"init_from {path}: cannot load it into the model: {e}"])
+        except (OSError, RuntimeError, InitFileError) as e:  # pre-flight checked it: changed?
+            err = ConfigError([str(e) if isinstance(e, InitFileError) else
+                               f"init_from {path}: cannot load it into the model: {e}"])
             err.all_ranks = True
             raise err from None
         log.info("starting from the weights of init_from %s (step 0, fresh optimizer and lr "
@@ -277,6 +311,13 @@ class Trainer:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _piece(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float]:
+        """This rank's piece of a host micro-batch and its loss weight (sequence parallelism,
+        pretrain/train/sequence.py); the batch itself and 1 otherwise."""
+        if self.sp.size == 1:
+            return batch, 1.0
+        return self.sp.piece(batch, self.cfg.model.doc_masking)
+
     def train_step(self, batches) -> dict[str, float]:
         """gas micro-batches forward+backward; DeepSpeed steps the optimizer on the last.
         Nothing is read back from the device: the step's loss and grad norm go to
@@ -288,10 +329,13 @@ class Trainer:
             t0 = time.perf_counter()
             batch = next(batches)
             counts.update(self.objective.step_counts(batch))  # on the CPU batch: no device sync
+            batch, weight = self._piece(batch)
             batch = self._to_device(batch)
             wait_s += time.perf_counter() - t0
             tokens += batch_tokens(batch)
             loss = self.engine(**batch)["loss"]
+            if weight != 1.0:  # this rank's share of the row's mean, times P
+                loss = loss * weight
             self.engine.backward(loss)
             self.engine.step()
             loss_sum += loss.detach().double()
@@ -301,7 +345,8 @@ class Trainer:
 
     def sync(self, seconds_per_step: float) -> Synced:
         """Agree on loss, grad norm, stop flag and the non-finite watch (one collective)."""
-        synced = self.stats.sync(self.stop.requested, seconds_per_step)
+        failed = self.saver is not None and self.saver.failed()
+        synced = self.stats.sync(self.stop.requested, seconds_per_step, failed)
         t = self.cfg.train
         self.next_sync = self.step + next_interval(synced.seconds_per_step, t.sync_every_steps,
                                                    t.sync_every_seconds)
@@ -313,14 +358,14 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Cross-entropy (no label smoothing) over the validation samples, all ranks."""
         cfg = self.cfg
-        batches = list(eval_batches(self.src, cfg.train.micro_batch_size, self.denv.rank,
-                                    self.denv.world_size, max_samples=cfg.eval.max_samples))
+        batches = list(eval_batches(self.src, cfg.train.micro_batch_size, self.sp.dp_rank,
+                                    self.sp.dp_world, max_samples=cfg.eval.max_samples))
         count = torch.tensor([len(batches)], device=self.device)
         dist.all_reduce(count, op=dist.ReduceOp.MIN)  # ZeRO-3 needs equal forward counts
         self.engine.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # (nats, tokens)
         for batch in batches[: int(count)]:
-            batch = self._to_device(batch)
+            batch = self._to_device(self._piece(batch)[0])  # each token counted on one rank
             logits = self.engine(**batch)["logits"]  # (B, T, V)
             targets = batch["targets"]  # (B, T)
             nats = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
@@ -331,7 +376,7 @@ class Trainer:
         val_loss = (totals[0] / totals[1].clamp(min=1)).item()
         row = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))}
         ctx = EvalContext(self.engine.module, self.src, cfg.train.micro_batch_size,
-                          self.denv.rank, self.denv.world_size, self.device, cfg.eval,
+                          self.sp.dp_rank, self.sp.dp_world, self.device, cfg.eval,
                           zero3=cfg.deepspeed.zero_stage == 3)
         row.update(self.objective.eval_metrics(ctx, val_loss))  # still in eval mode
         self.engine.train()
@@ -346,12 +391,42 @@ class Trainer:
             param_shapes=self.shapes, world_size=self.denv.world_size,
             config=config_to_dict(self.cfg), wandb_run_id=self.metrics.run_id)
         if self.cfg.deepspeed.python_gc_every_steps:
-            gc.collect()  # the full collection the periodic one leaves out; saves are slow anyway
+            gc.collect()  # the full collection the periodic one leaves out, at a quiet moment
         t0 = time.perf_counter()
+        if self.saver is not None:  # checkpoint.async: the last save commits first
+            self._settle(self.saver.wait())
+            outcome = self.saver.start(self.engine, self.ckpt_dir, meta, self.ckpt_bytes)
+            outcome.blocking_ms = (time.perf_counter() - t0) * 1e3  # with the wait before
+            log.info("step %d: checkpoint staged in %.0f ms, writing in the background",
+                     self.step, outcome.blocking_ms)
+            return
         tag_dir = ckpt.save(self.engine, self.ckpt_dir, meta, self.cfg.checkpoint.keep_last,
                             self.ckpt_bytes)
-        self.ckpt_bytes = read_meta(tag_dir).total_bytes if self.rank0 else self.ckpt_bytes
-        log.info("saved checkpoint %s in %.1f s", tag_dir, time.perf_counter() - t0)
+        ms = (time.perf_counter() - t0) * 1e3
+        total = read_meta(tag_dir).total_bytes if self.rank0 else None
+        self._settle(Outcome(self.step, tag_dir, ms, ms, total_bytes=total))
+
+    def _settle(self, outcome: Outcome | None) -> None:
+        """A save that ended: log it (metrics row on rank 0), or raise its failure (every rank
+        alike: the outcome of a background save is the same on every rank)."""
+        if outcome is None:
+            return
+        if outcome.error is not None:
+            raise ckpt.CheckpointSaveError(outcome.error)
+        self.ckpt_bytes = outcome.total_bytes or self.ckpt_bytes
+        # checkpoint.remote (issue 21 item 3, not built yet): every committed checkpoint, sync
+        # or async, passes here on every rank — the upload of outcome.tag_dir starts here.
+        self.metrics.log({"step": self.step, "checkpoint_step": outcome.step,
+                          "checkpoint_blocking_ms": round(outcome.blocking_ms, 1),
+                          "checkpoint_write_ms": round(outcome.write_ms, 1)})
+        log.info("saved checkpoint %s in %.1f s (training held %.0f ms)", outcome.tag_dir,
+                 outcome.write_ms / 1e3, outcome.blocking_ms)
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the background save in flight (if any) is committed; raise if it
+        failed."""
+        if self.saver is not None:
+            self._settle(self.saver.wait())
 
     # ---- stop requests (pretrain/train/signals.py) -----------------------------------
 
@@ -447,9 +522,9 @@ class Trainer:
         """The training batch iterator, made once and kept across run() calls."""
         if getattr(self, "_batch_iter", None) is None:
             t, d = self.cfg.train, self.cfg.data
-            self._batch_iter = train_batches(
-                self.src, t.global_batch_size, t.micro_batch_size, self.denv.rank,
-                self.denv.world_size, consumed_samples=self.consumed_samples(),
+            self._batch_iter = train_batches(  # keyed on the data-parallel rank
+                self.src, t.global_batch_size, t.micro_batch_size, self.sp.dp_rank,
+                self.sp.dp_world, consumed_samples=self.consumed_samples(),
                 num_workers=d.num_workers, pin_memory=d.pin_memory)
             self._first_step = self.step
         return self._batch_iter
@@ -460,15 +535,22 @@ class Trainer:
         if synced.problem:
             raise NonFiniteLoss(f"{synced.problem}; stopping without saving "
                                 f"(last checkpoint is kept)")
+        if synced.checkpoint_failed:  # every rank: wait for the outcome, raise its message
+            self.wait_for_checkpoint()
+        elif self.saver is not None:
+            self._settle(self.saver.finished())  # log a background save that committed
         if due.log:
             self._log(synced, out, interval)
             interval.reset()
         stop = synced.stop or due.stop
         if stop or due.save:
             self.save()  # before evaluating: a failing evaluation must not cost the checkpoint
+        if stop or self.step == self.cfg.train.max_steps:
+            self.wait_for_checkpoint()  # a stop or the end leaves its checkpoint committed
         if due.eval and self.remote is not None and not self._eval_data_ready():
             if not (stop or due.save):
                 self.save()
+            self.wait_for_checkpoint()  # the exit-75 checkpoint is committed
             return EXIT_RESUME
         if due.eval:
             self._eval()
@@ -556,6 +638,7 @@ class Trainer:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
+            self._close_saver()
             self.memcheck.stop()
             batches = getattr(self, "_batch_iter", None)
             if hasattr(batches, "close"):
@@ -570,6 +653,21 @@ class Trainer:
                                   error=error)
             finally:
                 self._release_lock()
+
+    def _close_saver(self) -> None:
+        """Wait for the background save in flight (also after an error), stop the writer."""
+        saver, self.saver = getattr(self, "saver", None), None
+        if saver is None:
+            return
+        try:
+            outcome = saver.close()
+            if outcome is not None and outcome.error is not None:
+                if self.rank0:
+                    log.error("%s", outcome.error)
+            elif outcome is not None:
+                self._settle(outcome)
+        except Exception:  # noqa: BLE001 - closing must go on
+            log.exception("closing the background checkpoint writer failed")
 
     def _release_lock(self) -> None:
         if self.lock is not None:

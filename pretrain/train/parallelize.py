@@ -1,6 +1,7 @@
 """Run options applied to the plain model from outside, once, before `deepspeed.initialize`
-(torchtitan's "parallelize" step): activation checkpointing by policy and where `torch.compile`
-goes. The model code (pretrain/model/) knows nothing of either.
+(torchtitan's "parallelize" step): Ulysses sequence parallelism (pretrain/train/sequence.py),
+activation checkpointing by policy and where `torch.compile` goes. The model code
+(pretrain/model/) knows nothing of them.
 
     train.activation_checkpointing  none | full | selective | {every_n: k}
                                     | {mode: selective, selective_mm: every_second}
@@ -36,6 +37,7 @@ from pretrain.train.config import (
     RunConfig,
     TrainConfig,
 )
+from pretrain.train.sequence import SequenceParallel, apply_sequence_parallel
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +149,16 @@ def apply_compile(model: nn.Module, scope: CompileScope, mode: CompileMode = "de
         raise ValueError(f"compile scope {scope!r} is applied by compile_engine()")
 
 
-def parallelize(model: nn.Module, cfg: RunConfig) -> nn.Module:
-    """Everything done to the plain model before deepspeed.initialize: activation checkpointing,
-    then compilation when train.compile_scope is blocks or model. Returns `model`."""
+def parallelize(model: nn.Module, cfg: RunConfig, sp: SequenceParallel | None = None,
+                ) -> nn.Module:
+    """Everything done to the plain model before deepspeed.initialize: Ulysses attention over
+    `sp`'s sequence group (pretrain/train/sequence.py), activation checkpointing, then
+    compilation when train.compile_scope is blocks or model. Returns `model`."""
     train, ac = cfg.train, cfg.train.activation_checkpointing
+    if sp is not None and sp.size > 1:
+        layers = apply_sequence_parallel(model, sp)
+        log.info("sequence parallelism: %d attention layers over %d ranks per row (piece %d)",
+                 layers, sp.size, sp.index)
     m = cfg.model
     if m.doc_masking and m.doc_mask_kernel == "flex" and not torch.cuda.is_available():
         raise ConfigError(["model.doc_mask_kernel: flex needs a GPU to train (torch's "

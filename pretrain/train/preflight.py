@@ -38,7 +38,7 @@ from pretrain.model.config import padded_vocab_size, saved_model_config
 from pretrain.model.shapes import parameter_shapes
 from pretrain.objectives import SplitCounts, objective_for
 from pretrain.train.checkpoint_meta import CheckpointMeta, find_resume_tag, read_meta
-from pretrain.train.config import RunConfig, check_run_config, config_to_dict
+from pretrain.train.config import RunConfig, check_run_config, config_to_dict, data_parallel_size
 from pretrain.train.init_from import init_problems, init_vocab
 from pretrain.train.schedule import lr_jump
 
@@ -229,7 +229,9 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
     objective = objective_for(s["data"])
     keys = ("data.path", objective.sample_key)
     evaluates = "train" in s and "eval" in s and s["eval"].enabled
-    micro, world = (s["train"].micro_batch_size, world_size or 1) if evaluates else (1, 1)
+    world = data_parallel_size(world_size, s["parallel"].sequence_parallel_size) \
+        if "parallel" in s else world_size or 1  # ranks that read different samples
+    micro, world = (s["train"].micro_batch_size, world) if evaluates else (1, 1)
     fix = objective.more_val_hint(micro * world)  # shard's wording (data_tools.split)
     problems, val_samples = [], 0
     for f in facts:

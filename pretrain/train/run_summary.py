@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from pretrain.configlib import parse_yaml
 from pretrain.train.events import EVENTS_FILE, read_events
 from pretrain.train.metrics import METRICS_FILE, read_rows
 
@@ -125,7 +126,7 @@ def _read_config(run_dir: Path, summary: RunSummary) -> None:
         summary.notes.append(f"{path}: no such file (the run never started): no config keys")
         return
     try:
-        data = yaml.safe_load(path.read_text(errors="replace"))
+        data = parse_yaml(path.read_text(errors="replace"))
     except OSError as e:
         summary.notes.append(f"{path}: cannot be read ({e.strerror or e}): no config keys")
         return

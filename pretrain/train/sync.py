@@ -4,8 +4,9 @@ A step's loss, its grad norm and a non-finite watch stay on the rank's device: r
 every step (`.item()`, `float(tensor)`) makes the host wait for the GPU, so the next step's
 kernels are launched only after the GPU has gone idle. At a sync step, one all-gather of a
 small vector per rank brings everything to every host at once: the step's mean loss, the
-grad norm, whether any rank wants to stop, the first non-finite step of every rank and the
-ranks' host seconds per step (from which every rank computes the same next sync interval).
+grad norm, whether any rank wants to stop, whether any rank knows that the background
+checkpoint failed, the first non-finite step of every rank and the ranks' host seconds per
+step (from which every rank computes the same next sync interval).
 
 The watch never misses a step: `record` marks the first step whose loss or grad norm is not
 finite with device ops only (no sync), so a NaN at step 3 found at the sync of step 10 is
@@ -23,7 +24,7 @@ import torch.distributed as dist
 
 # Layout of the vector each rank contributes at a sync.
 (LOSS, GNORM, BAD_LOSS_STEP, BAD_LOSS, BAD_GNORM_STEP, BAD_GNORM, HOST_BAD_GNORM_STEP,
- HOST_BAD_GNORM, STOP, SECONDS) = range(10)
+ HOST_BAD_GNORM, STOP, SECONDS, CKPT_FAILED) = range(11)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Synced:
     stop: bool                    # some rank has received SIGUSR1/SIGTERM
     problem: str | None           # "non-finite loss (nan) at step 3", or None
     seconds_per_step: float       # slowest rank's host seconds per step since the last sync
+    checkpoint_failed: bool = False  # some rank knows the background save in flight failed
 
 
 def next_interval(seconds_per_step: float, every_steps: int, every_seconds: float) -> int:
@@ -77,16 +79,19 @@ class DeviceStats:
         self.bad[slot] = torch.where(newly, float(step), self.bad[slot])
         self.bad[slot + 1] = torch.where(newly, value, self.bad[slot + 1])
 
-    def _local_vector(self, stop: bool, seconds_per_step: float) -> torch.Tensor:
+    def _local_vector(self, stop: bool, seconds_per_step: float,
+                      checkpoint_failed: bool = False) -> torch.Tensor:
         gnorm = self.grad_norm
         if not torch.is_tensor(gnorm):
             gnorm = torch.tensor(float("nan") if gnorm is None else gnorm, **self.f64)
-        host = torch.tensor([*self.host_bad, float(stop), seconds_per_step], **self.f64)
+        host = torch.tensor([*self.host_bad, float(stop), seconds_per_step,
+                             float(checkpoint_failed)], **self.f64)
         return torch.cat([self.loss.reshape(1), gnorm.reshape(1), self.bad, host])
 
-    def sync(self, stop: bool, seconds_per_step: float) -> Synced:
+    def sync(self, stop: bool, seconds_per_step: float,
+             checkpoint_failed: bool = False) -> Synced:
         """One all-gather and one copy to the host; every rank returns the same values."""
-        local = self._local_vector(stop, seconds_per_step)
+        local = self._local_vector(stop, seconds_per_step, checkpoint_failed)
         gathered = [torch.empty_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local)
         rows = torch.stack(gathered).cpu().tolist()
@@ -94,7 +99,8 @@ class DeviceStats:
             loss=sum(r[LOSS] for r in rows) / self.world,
             grad_norm=None if self.grad_norm is None else rows[0][GNORM],
             stop=any(r[STOP] > 0 for r in rows), problem=first_problem(rows),
-            seconds_per_step=max(r[SECONDS] for r in rows))
+            seconds_per_step=max(r[SECONDS] for r in rows),
+            checkpoint_failed=any(r[CKPT_FAILED] > 0 for r in rows))
 
 
 def first_problem(rows: list[list[float]]) -> str | None:

@@ -133,3 +133,23 @@ def test_inconsistencies_are_named():
     problems = typed(m).inconsistencies()
     assert any("'fingerprint' does not match" in p for p in problems)
     assert any("'splits.train.tokens' is 11, its shards sum to 10" in p for p in problems)
+
+
+@pytest.mark.parametrize("where, bad", [
+    ("shard", "../outside.arrow"), ("shard", "train/../../outside.arrow"),
+    ("shard", "/etc/passwd"), ("shard", ""), ("shard", "train/./00000.arrow"),
+    ("shard", "train\\00000.arrow"), ("tokenizer", "../tokenizer.json"),
+    ("tokenizer", "/tmp/tokenizer.json"),
+])
+def test_files_outside_the_shard_folder_are_refused_naming_the_key(tmp_path, where, bad):
+    m = example()
+    if where == "shard":
+        m["splits"]["train"]["shards"][0]["file"] = bad
+        key = "splits.train.shards[0].file"
+    else:
+        m["tokenizer"]["file"] = bad
+        key = "tokenizer.file"
+    (tmp_path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError) as e:
+        read_manifest(tmp_path)
+    assert f"key '{key}'" in str(e.value) and "inside the shard folder" in str(e.value)

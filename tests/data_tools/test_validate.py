@@ -74,3 +74,51 @@ def test_missing_shard_and_bad_manifest(tmp_path, clean, capsys):
     (d / "manifest.json").write_text(json.dumps({"format": "x"}))
     assert cli("validate", d) == 2
     assert "manifest.json: key 'format' is 'x'" in capsys.readouterr().err
+
+
+def test_a_shard_outside_the_folder_is_refused_even_with_a_recomputed_fingerprint(
+        tmp_path, clean, capsys):
+    """`../outside.arrow` (a real shard, sizes and hashes right, fingerprint recomputed) is
+    refused, naming the key (tests/pretrain/data/test_shards.py: the loader refuses it too)."""
+    import shutil
+
+    d = copy(clean, tmp_path / "d")
+    m = json.loads((d / "manifest.json").read_text())
+    entry = m["splits"]["train"]["shards"][0]
+    shutil.move(d / entry["file"], tmp_path / "outside.arrow")
+    entry["file"] = "../outside.arrow"
+    m["fingerprint"] = raw_fingerprint(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+    assert cli("validate", d) == 2
+    err = capsys.readouterr().err
+    assert "splits.train.shards[0].file" in err and "inside the shard folder" in err
+
+
+def raw_fingerprint(m: dict) -> str:
+    """The fingerprint of a raw manifest dict, as docs/design.md defines it (the typed model
+    refuses the entry under test, so it cannot compute it)."""
+    import hashlib
+
+    from data_tools.manifest import canonical_json
+
+    shards = [[split, s["file"], s["sha256"]] for split, info in m["splits"].items()
+              for s in info["shards"]]
+    key = [m["format_version"], m["dtype"], m["tokenizer"]["sha256"], shards]
+    return hashlib.sha256(canonical_json(key)).hexdigest()
+
+
+def test_a_shard_whose_size_differs_is_not_hashed(tmp_path, clean, monkeypatch):
+    """The size is checked first: a shard that cannot match (here a sparse file of 1 GiB where
+    the manifest says a few KB) is reported without reading it."""
+    import data_tools.validate as validate_mod
+
+    d = copy(clean, tmp_path / "d")
+    victim = read_manifest(d).splits["train"].shards[0].file
+    with open(d / victim, "r+b") as f:
+        f.truncate(1 << 30)  # sparse: no disk used
+    hashed = []
+    real = validate_mod.sha256_file
+    monkeypatch.setattr(validate_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    problems = [p for p in validate(d) if victim in p]
+    assert problems and "manifest says" in problems[0] and "size" in problems[0]
+    assert not any(str(p).endswith(victim) for p in hashed), hashed

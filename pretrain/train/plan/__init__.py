@@ -35,10 +35,10 @@ from pretrain.train.plan.timing import Timing, timing
 
 
 def sequence_parallel_size(cfg: RunConfig) -> int:
-    """Ranks one sequence is split over (DeepSpeed-Ulysses, issue 24): every activation per rank
-    divides by it. `parallel.sequence_parallel_size` does not exist yet: 1."""
-    parallel = getattr(cfg, "parallel", None)
-    return int(getattr(parallel, "sequence_parallel_size", 1) or 1)
+    """Ranks one sequence is split over (`parallel.sequence_parallel_size`, DeepSpeed-Ulysses,
+    pretrain/train/sequence.py): every activation per rank divides by it, and the global batch
+    by world / it. Model states do not: they are sharded over every rank as before."""
+    return cfg.parallel.sequence_parallel_size
 
 
 def lengths(cfg: RunConfig) -> tuple[int, int]:
@@ -55,8 +55,10 @@ def lengths(cfg: RunConfig) -> tuple[int, int]:
 
 
 def grad_accum(cfg: RunConfig, world_size: int, micro_batch: int) -> int:
-    """Micro-batches per step (rounded up where the global batch does not divide)."""
-    per_rank = -(-cfg.train.global_batch_size // world_size)
+    """Micro-batches per step (rounded up where the global batch does not divide) on each of
+    the world / P data-parallel ranks."""
+    dp_world = max(1, world_size // sequence_parallel_size(cfg))
+    per_rank = -(-cfg.train.global_batch_size // dp_world)
     return max(1, -(-per_rank // micro_batch))
 
 
@@ -174,11 +176,17 @@ def advice(cfg: RunConfig, hw: Hardware, max_micro: int) -> list[Step]:
 
 def _warnings(cfg: RunConfig, hw: Hardware) -> list[str]:
     out = []
-    t = cfg.train
-    if t.global_batch_size % (t.micro_batch_size * hw.gpus):
+    t, P = cfg.train, sequence_parallel_size(cfg)
+    if hw.gpus % P:
+        out.append(f"parallel.sequence_parallel_size {P} does not divide {hw.gpus} GPUs: the "
+                   "trainer refuses this layout")
+    dp = max(1, hw.gpus // P)
+    ranks = f"{hw.gpus} GPUs" if P == 1 else \
+        f"{dp} data-parallel ranks ({hw.gpus} GPUs / {P} per sequence)"
+    if t.global_batch_size % (t.micro_batch_size * dp):
         out.append(f"train.global_batch_size {t.global_batch_size} does not divide into "
-                   f"micro-batches of {t.micro_batch_size} on {hw.gpus} GPUs: the trainer "
-                   "refuses this layout (planned with accumulation steps rounded up)")
+                   f"micro-batches of {t.micro_batch_size} on {ranks}: the trainer refuses this layout "
+                   "(planned with accumulation steps rounded up)")
     if cfg.precision == "fp32":
         out.append("precision fp32: GPUs run fp32 matmuls far below the bf16 peak the time "
                    "assumes")

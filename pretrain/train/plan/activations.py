@@ -257,13 +257,15 @@ def activations(m: ModelConfig, nx: Numerics, shape: Shape, ac,
     """One micro-batch of `shape` on one rank under checkpointing policy `ac`
     (`train.activation_checkpointing`). `dense_doc_mask`: packed-document masking through a
     dense (b, 1, s, s) boolean mask. `sequence_parallel`: ranks one sequence is split over
-    (issue 24: each rank holds s / P tokens of every activation) — the hook that
-    `parallel.sequence_parallel_size` will feed; 1 until then."""
+    (`parallel.sequence_parallel_size`, pretrain/train/sequence.py): each rank holds s / P
+    tokens of every activation, but the whole row's boolean mask (the per-layer additive copy
+    of a dense mask, h/P heads of the whole row, is divided by P here: an under-count on CPU,
+    where the dense kernel is the default; GPUs use flex)."""
     b, d = shape.b, m.d_model
     if m.family == "decoder":
         kept, bwd = _stack(m, nx, ac, m.n_layers, shape.s, dense_mask=dense_doc_mask)
         held = b * kept + _embedding_dropout(m, nx, b * shape.s) + _head(m, nx, b * shape.s)
-        held += b * shape.s * shape.s if dense_doc_mask else 0  # the boolean mask, once
+        mask = b * shape.s * shape.s if dense_doc_mask else 0  # the boolean mask, once
         targets = b * shape.s
     else:
         S, T = shape.src, shape.s
@@ -274,8 +276,9 @@ def activations(m: ModelConfig, nx: Numerics, shape: Shape, ac,
         bias = m.n_heads * (S * S + T * T) * nx.residual if m.position == "t5_relative" else 0
         held = b * (enc + dec + memory + bias) + _embedding_dropout(m, nx, b * (S + T))
         held += _head(m, nx, b * T)
-        targets = b * T
+        targets, mask = b * T, 0
     loss = loss_bytes(m, nx, targets)
     p = max(1, sequence_parallel)
     loss = LossBytes(loss.held // p, loss.backward // p, loss.forward // p)
-    return Activations(held=(held // p) + loss.held, loss=loss, block_backward=b * bwd // p)
+    held = held // p + mask  # every rank holds the whole row's mask
+    return Activations(held=held + loss.held, loss=loss, block_backward=b * bwd // p)

@@ -18,6 +18,13 @@ from pretrain.model import ModelConfig, build_model
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "model"
 
 
+@pytest.fixture(autouse=True)
+def _keep_caplog(monkeypatch):
+    """main() configures logging once per process, replacing the root logger's handlers (and
+    caplog's with them) when it is the first to: keep it from doing so in these tests."""
+    monkeypatch.setattr("pretrain.logs._CONFIGURED", True)
+
+
 def model_of(name: str, **update):
     data = load_yaml(CONFIG_DIR / f"{name}.yaml")
     data.update(vocab_size=96, dropout=0.0, **update)
@@ -85,3 +92,26 @@ def test_png_grid(tmp_path):
     from matplotlib.image import imread
     img = imread(tmp_path / "x.png")
     assert img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].std() > 0.05
+
+
+# ---- issue 19 item 3: a bad --out fails before the model runs; cut text says so -------------
+
+def test_out_that_is_a_file_fails_before_loading_the_run(tmp_path, caplog):
+    from arrowtrain.commands.attention import main
+
+    (tmp_path / "maps").write_text("keep")
+    assert main([str(tmp_path / "no-run"), "--text", "x", "--out", str(tmp_path / "maps")]) == 2
+    assert f"--out {tmp_path / 'maps'} is a file; this command writes a folder" in caplog.text
+    assert "no checkpoint" not in caplog.text and (tmp_path / "maps").read_text() == "keep"
+
+
+def test_text_longer_than_the_model_says_it_was_cut(tmp_path, caplog):
+    from arrowtrain.commands.attention import _inputs
+    from data_tools.tokenizer import build_trainer
+
+    tok, trainer = build_trainer(300, 0, 1)
+    tok.train_from_iterator(["the cat sees the dog"] * 20, trainer)
+    model = model_of("gpt-tiny", max_seq_len=8)
+    inputs, labels = _inputs(model, tok, "the cat sees the dog " * 10, None, 0, 0, "cpu")
+    assert inputs["input_ids"].shape[1] == 8 and len(labels["target"]) == 8
+    assert "the maps show the first 8 tokens only (the rest was cut)" in caplog.text

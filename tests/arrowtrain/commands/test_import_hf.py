@@ -6,9 +6,12 @@ the field or file named, exit 2, nothing written."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from arrowtrain.commands.import_hf import main
 from pretrain.interop.export import load_exported
@@ -21,6 +24,13 @@ GPT2 = dict(vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=4,
 LLAMA = dict(vocab_size=V, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=T,
              rope_theta=1234.0, rms_norm_eps=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _keep_caplog(monkeypatch):
+    """main() configures logging once per process, replacing the root logger's handlers (and
+    caplog's with them) when it is the first to: keep it from doing so in these tests."""
+    monkeypatch.setattr("pretrain.logs._CONFIGURED", True)
 
 
 def hf_model(kind: str, **update):
@@ -106,6 +116,116 @@ def test_a_pickle_only_folder_is_refused_unread(tmp_path, caplog):
     weights.rename(tmp_path / "hf" / "pytorch_model.bin")  # never opened: the name decides
     text = _refused(tmp_path, caplog, tmp_path / "hf")
     assert "pytorch_model.bin" in text and "never loaded" in text
+
+
+# ---- issue 19 items 2 and 4: outputs never replace devices; absurd or malformed inputs are
+# refused by name before anything is built (device nodes made here with mknod, never the
+# machine's) ----------------------------------------------------------------------------------
+
+def _saved(tmp_path, kind="gpt2") -> os.PathLike:
+    hf_model(kind).save_pretrained(tmp_path / "hf")
+    return tmp_path / "hf"
+
+
+def _edit_config(hf_dir, **update):
+    path = hf_dir / "config.json"
+    config = {**json.loads(path.read_text()), **update}
+    for key in [k for k, v in update.items() if v is DROP]:
+        del config[key]
+    path.write_text(json.dumps(config))
+
+
+DROP = object()
+
+
+def test_out_that_is_a_device_or_fifo_is_refused_and_left_as_it_was(tmp_path, caplog):
+    hf_dir = _saved(tmp_path)
+    null, fifo = tmp_path / "null", tmp_path / "fifo"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mkfifo(fifo)
+    for node, kind, test in ((null, "character device", stat.S_ISCHR),
+                             (fifo, "FIFO", stat.S_ISFIFO)):
+        assert main([str(hf_dir), "--out", str(node)]) == 2
+        assert f"--out {node} is a {kind}" in caplog.text
+        assert test(os.stat(node).st_mode)  # still the node, not a regular file
+
+
+def test_the_written_file_gets_the_umask_mode_not_0600(tmp_path):
+    hf_dir = _saved(tmp_path)
+    old = os.umask(0o002)
+    try:
+        assert main([str(hf_dir), "--out", str(tmp_path / "o.safetensors")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "o.safetensors").stat().st_mode) == 0o664
+
+
+@pytest.mark.parametrize("update, named", [
+    (dict(n_layer=100000), "declares 100000 layers but the weights hold only"),
+    (dict(n_layer=1e30), "n_layer: 1e+30 is not an integer"),
+    (dict(n_positions=10**12), "n_positions: 1000000000000 is outside 1.."),
+    (dict(vocab_size=1 << 24), "tok_emb.weight: file [100, 32], config [16777216, 32]"),
+    (dict(n_embd=DROP), "n_embd: missing"),
+    (dict(n_layer=None), "n_layer: null is not an integer"),
+    (dict(n_head="4"), 'n_head: "4" is not an integer'),
+    (dict(n_embd=[32]), "n_embd: [32] is not an integer"),
+    (dict(n_layer=True), "n_layer: true is not an integer"),
+    (dict(layer_norm_epsilon="x"), 'layer_norm_epsilon: "x" is not a finite number'),
+    (dict(activation_function=["gelu"]), 'activation_function: ["gelu"] is not a string'),
+])
+def test_absurd_or_malformed_config_fields_are_named_before_building(update, named, tmp_path,
+                                                                     caplog):
+    hf_dir = _saved(tmp_path)
+    _edit_config(hf_dir, **update)
+    text = _refused(tmp_path, caplog, hf_dir)
+    assert named in text and "Traceback" not in text
+
+
+def test_malformed_llama_objects_are_named(tmp_path, caplog):
+    hf_dir = _saved(tmp_path, "llama")
+    _edit_config(hf_dir, rope_parameters=[1, 2], num_key_value_heads="2")
+    text = _refused(tmp_path, caplog, hf_dir)
+    assert "rope_parameters: [1, 2] is not an object" in text
+    assert 'num_key_value_heads: "2" is not an integer' in text
+
+
+def test_a_weight_map_list_and_a_non_safetensors_file_are_named(tmp_path, caplog):
+    hf_model("llama").save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    index = tmp_path / "hf" / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": ["model-00001-of-00002.safetensors"]}))
+    assert "weight_map is a JSON list" in _refused(tmp_path, caplog, tmp_path / "hf")
+    hf_dir = _saved(tmp_path / "two")
+    (hf_dir / "model.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors")
+    assert f"{hf_dir / 'model.safetensors'}: not a readable safetensors file" in \
+        _refused(tmp_path, caplog, hf_dir)
+
+
+@pytest.mark.parametrize("node", ["fifo", "zero"])
+def test_a_fifo_or_dev_zero_as_config_json_is_refused_at_once(node, tmp_path, caplog):
+    hf_dir = _saved(tmp_path)
+    config = hf_dir / "config.json"
+    config.unlink()
+    if node == "fifo":
+        os.mkfifo(config)  # reading it would block forever
+    else:
+        os.mknod(config, 0o666 | stat.S_IFCHR, os.makedev(1, 5))  # never ends
+    kind = "a FIFO (named pipe)" if node == "fifo" else "a character device"
+    assert f"{config} is {kind}, not a JSON file" in _refused(tmp_path, caplog, hf_dir)
+
+
+@pytest.mark.parametrize("change, named", [
+    (lambda t: t.to(torch.int8), "(I8)"), (lambda t: t > 0, "(BOOL)"),
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "NaN or infinite"),
+])
+def test_integer_bool_and_nan_weights_are_refused(change, named, tmp_path, caplog):
+    hf_dir = _saved(tmp_path)
+    weights = hf_dir / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = "transformer.h.0.mlp.c_fc.weight"
+    tensors[key] = change(tensors[key]).contiguous()
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    text = _refused(tmp_path, caplog, hf_dir)
+    assert named in text and ("c_fc" in text)
 
 
 def test_a_llama_folder_is_continued_on_text_sharded_with_its_own_tokenizer(tmp_path):

@@ -106,3 +106,14 @@ def test_damaged_and_missing_files_get_one_line_each(straight_run, tmp_path):
     assert rows["good"][1:3] == ["finished", "8/8"]
     assert rows["cut"][2] == "8"  # no config: the step without max_steps
     assert rows["fresh"][1:3] == ["not", "started"] and "empty" not in rows
+
+
+def test_a_billion_laughs_config_yaml_is_a_note_not_a_hang(tmp_path):
+    """RUNDIR/config.yaml goes through the bounded YAML reader too (issue 19 item 5): 9 levels
+    of 9 aliases would be 387 million values."""
+    laughs = "".join(f"{n}: &{n} [" + ",".join([f"*{p}"] * 9 if p else ["1"] * 9) + "]\n"
+                     for p, n in zip([None, *"abcdefgh"], "abcdefghi"))
+    (tmp_path / "config.yaml").write_text(laughs)
+    summary = summarize(tmp_path)
+    assert summary.config is None
+    assert any(f"{tmp_path / 'config.yaml'}: not valid YAML at line" in n for n in summary.notes)

@@ -187,3 +187,26 @@ def test_refuses_missing_folder_and_mixed_tokenizers(tmp_path, make_folder):
         open_data(DataConfig(path=[{"path": str(a), "weight": 1}, {"path": str(b), "weight": 1}],
                              seq_len=8), seed=0)
     assert str(b) in str(e.value)
+
+
+def test_refuses_a_shard_outside_the_folder_even_with_a_recomputed_fingerprint(
+        tmp_path, make_folder):
+    """`../outside.arrow`: the real shard moved out of the folder, sizes, hashes and the
+    fingerprint all made to match. The typed manifest (which the loader reads) refuses it."""
+    import hashlib
+
+    from data_tools.manifest import canonical_json
+
+    folder = make_folder(tmp_path / "d")
+    m = json.loads((folder / "manifest.json").read_text())
+    entry = m["splits"]["train"]["shards"][0]
+    (folder / entry["file"]).rename(tmp_path / "outside.arrow")
+    entry["file"] = "../outside.arrow"
+    shards = [[split, s["file"], s["sha256"]] for split, info in m["splits"].items()
+              for s in info["shards"]]
+    m["fingerprint"] = hashlib.sha256(canonical_json(
+        [m["format_version"], m["dtype"], m["tokenizer"]["sha256"], shards])).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="inside the shard folder") as e:
+        open_folder(folder)
+    assert "splits.train.shards[0].file" in str(e.value)

@@ -151,7 +151,9 @@ def test_every_shipped_config_validates(path):
     else:
         cfg = load_run_config(path, world_size=2)
         ds = deepspeed_config(cfg, world_size=2)
-        assert ds["train_batch_size"] == cfg.train.global_batch_size
+        # DeepSpeed counts each of a row's P pieces as a sample (pretrain/train/sequence.py)
+        P = cfg.parallel.sequence_parallel_size
+        assert ds["train_batch_size"] == cfg.train.global_batch_size * P
 
 
 def test_deepspeed_json_is_generated_from_the_typed_config(tmp_path):

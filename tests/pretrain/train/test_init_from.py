@@ -92,6 +92,49 @@ def test_bad_files_are_named_with_the_other_problems(tiny_data, tmp_path):
         problems(tiny_data, small, "model.vocab_size=null")
 
 
+def test_fifos_and_non_float_weights_are_refused_at_once(tiny_data, tmp_path):
+    """Issue 19 item 4: a FIFO would block the pre-flight forever; int8/bool weights would start
+    a run at loss 4618. (A FIFO made here, never the machine's.)"""
+    import stat
+    os.mkfifo(tmp_path / "fifo.safetensors")
+    assert "fifo.safetensors is a FIFO (named pipe), not a .safetensors file" in problems(
+        tiny_data, tmp_path / "fifo.safetensors")
+    dev = tmp_path / "zero.safetensors"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    assert "zero.safetensors is a character device" in problems(tiny_data, dev)
+    path = write_init(tmp_path / "w.safetensors")
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(path))
+    tensors["stack.blocks.0.ffn.up.weight"] = tensors["stack.blocks.0.ffn.up.weight"].to(
+        torch.int8)
+    tensors["norm_f.weight"] = tensors["norm_f.weight"] > 0
+    save_file(tensors, str(path), metadata={"model_config": json.dumps(
+        {**load_exported_config(path)})})
+    text = problems(tiny_data, path)
+    assert "must be floating point" in text and "stack.blocks.0.ffn.up.weight (I8)" in text
+    assert "norm_f.weight (BOOL)" in text
+
+
+def load_exported_config(path):
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy") as f:
+        return json.loads(f.metadata()["model_config"])
+
+
+def test_nan_weights_are_refused_when_loaded(tmp_path):
+    from pretrain.train.init_from import InitFileError, load_init_weights
+    path = write_init(tmp_path / "w.safetensors")
+    cfg = load_exported_config(path)
+    from pretrain.model import ModelConfig
+    model = build_model(ModelConfig.model_validate(cfg))
+    with torch.no_grad():
+        model.stack.blocks[1].ffn.down.weight[0, 0] = float("nan")
+    save_model(model, str(path), metadata={"model_config": json.dumps(cfg)})
+    with pytest.raises(InitFileError, match=r"1 tensor\(s\) hold NaN or infinite values "
+                       r"\(stack\.blocks\.1\.ffn\.down\.weight\)"):
+        load_init_weights(build_model(ModelConfig.model_validate(cfg)), path)
+
+
 def test_the_check_imports_no_torch(tiny_data, tmp_path):
     init = write_init(tmp_path / "w.safetensors")
     code = ("import sys; from pretrain.train.preflight import check_run; "

@@ -4,6 +4,8 @@ text on stdout), refuses bad options with one line; plot."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
@@ -49,7 +51,12 @@ def test_encoder_decoder_span_corruption_loss_falls(tiny_data, runs, tmp_path):
 def test_export_from_zero3_loads_into_build_model_and_reproduces_val_loss(
         straight_run, runs, tiny_data, tmp_path):
     run = straight_run(3)
-    out = export(run, tmp_path / "model.safetensors")
+    mask = os.umask(0o022)
+    try:
+        out = export(run, tmp_path / "model.safetensors")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # the umask's, not safetensors' 0600
     model = load_exported(out)  # build_model + strict load of every tensor
     trained_val = [r["val_loss"] for r in runs.read_metrics(run) if "val_loss" in r][-1]
     src = open_data(DataConfig(path=str(tiny_data), seq_len=32, num_workers=0), seed=1234)

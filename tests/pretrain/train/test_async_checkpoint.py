@@ -1,0 +1,209 @@
+"""checkpoint.async (issue 21) with real DeepSpeed on 2 gloo ranks: the background save keeps
+losses bitwise equal to the synchronous straight run through a stop (exit 75, its save
+committed) and a resume, at ZeRO-1 and ZeRO-3; each save logs checkpoint_blocking_ms and
+checkpoint_write_ms. Faults: kill -9 of a rank while its writer is in flight resumes from the
+previous complete checkpoint, bitwise; a killed writer process is reported and `latest` stays;
+a full disk during a background write gives the clear message, the partial folder is removed.
+
+ARROWTRAIN_TEST_WRITER_DELAY_S holds each file in the writer for a moment, so that a write is
+certainly in flight when a test acts (the kills are triggered by what the run shows on disk:
+a checkpoint folder without meta.json while `latest` names the previous one)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers.dist import run_ranks, start_ranks
+
+from pretrain.train import checkpoint as ckpt
+from pretrain.train import checkpoint_meta as cm
+
+ASYNC = ("checkpoint.async=true",)
+SLOW_WRITER = {"ARROWTRAIN_TEST_WRITER_DELAY_S": "1.0"}
+
+
+def _latest(run: Path) -> str | None:
+    path = run / "checkpoints" / cm.LATEST
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _in_flight(run: Path, tag: str, previous: str | None) -> bool:
+    """`tag`'s folder has files but no meta.json yet, and `latest` still names `previous`."""
+    d = run / "checkpoints" / tag
+    try:
+        busy = d.is_dir() and any(d.iterdir()) and not (d / cm.META).exists()
+    except OSError:
+        return False
+    return busy and _latest(run) == previous
+
+
+def _wait_for(cond, ranks, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if any(p.poll() is not None for p in ranks.procs):
+            raise AssertionError(f"a rank exited before {what}\n{ranks.logs()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {timeout} s\n{ranks.logs()}")
+        time.sleep(0.01)
+
+
+def _writers(pid: int) -> list[int]:
+    """The checkpoint writer processes whose parent is `pid`."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"pretrain.train.ckpt_writer" in cmd:
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in (Path("/proc") / str(pid) / "status").read_text().lower()
+    except OSError:
+        return False
+
+
+def _save_rows(run: Path, runs) -> dict[int, dict]:
+    return {r["checkpoint_step"]: r for r in runs.read_metrics(run) if "checkpoint_step" in r}
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_async_stop_and_resume_keep_losses_bitwise(stage, straight_run, runs, tiny_data,
+                                                   tmp_path):
+    run = tmp_path / "run"
+    args = runs.small_run_args(run, tiny_data, stage, *ASYNC)
+    first = run_ranks([*args, "train.stop_at_step=5"], tmp_path / "logs1", expect=75)
+    assert _latest(run) == "step_00000005"  # the stop waited for its save to commit
+    assert cm.is_complete(run / "checkpoints" / "step_00000005")
+    assert "writing in the background" in first.logs(10**6)
+    saves = _save_rows(run, runs)
+    assert sorted(saves) == [3, 5]
+    assert all(r["checkpoint_blocking_ms"] > 0 and r["checkpoint_write_ms"] > 0
+               for r in saves.values())
+
+    ranks = run_ranks(args, tmp_path / "logs2")
+    logs = ranks.logs(10**6)
+    assert "resumed from" in logs and "step_00000005" in logs
+    assert runs.train_losses(run) == runs.train_losses(straight_run(stage))
+    assert _latest(run) == "step_00000008" and sorted(_save_rows(run, runs)) == [3, 5, 6, 8]
+    meta = cm.read_meta(run / "checkpoints" / "step_00000008")
+    assert ckpt.choose_checkpoint(run / "checkpoints", ["step_00000008"])[1] == meta
+
+
+def test_killed_writer_is_reported_and_latest_stays(runs, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    ranks = start_ranks(runs.small_run_args(run, tiny_data, 1, *ASYNC), tmp_path / "logs",
+                        env=SLOW_WRITER)
+    try:
+        _wait_for(lambda: _in_flight(run, "step_00000006", "step_00000003"), ranks,
+                  "the step-6 write in flight")
+        victims = _writers(ranks.procs[1].pid)
+        assert len(victims) == 1, ranks.logs()
+        os.kill(victims[0], signal.SIGKILL)
+        codes = ranks.wait(240)
+    finally:
+        ranks.kill()
+    logs = ranks.logs(10**6)
+    assert codes == [1, 1], logs
+    ck = run / "checkpoints"
+    assert re.search(rf"saving step 6 to {ck / 'step_00000006'} failed on rank 1: checkpoint "
+                     rf"writer process \(pid {victims[0]}\): it died \(signal 9\) before the "
+                     rf"checkpoint's files were written\. The partial folder was removed; "
+                     rf"{ck / cm.LATEST} still names step_00000003\. Run the same command", logs)
+    assert logs.count("it died (signal 9)") == 1 and "Traceback" not in logs
+    assert _latest(run) == "step_00000003" and cm.list_tags(ck) == ["step_00000003"]
+
+
+def test_rank_killed_while_its_writer_is_in_flight_resumes_bitwise(straight_run, runs,
+                                                                   tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = runs.small_run_args(run, tiny_data, 1, *ASYNC)
+    ranks = start_ranks(args, tmp_path / "logs1", env=SLOW_WRITER)
+    try:
+        _wait_for(lambda: _in_flight(run, "step_00000006", "step_00000003"), ranks,
+                  "the step-6 write in flight")
+        writers = [w for p in ranks.procs for w in _writers(p.pid)]
+        assert len(writers) == 2, ranks.logs()
+        ranks.procs[1].send_signal(signal.SIGKILL)
+        ranks.wait(240)  # rank 0 fails at its next collective with rank 1
+    finally:
+        ranks.kill()
+    assert _latest(run) == "step_00000003"
+    deadline = time.monotonic() + 30  # the killed rank's writer follows it (PR_SET_PDEATHSIG)
+    while any(_alive(w) for w in writers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in writers)
+
+    logs = run_ranks(args, tmp_path / "logs2").logs(10**6)
+    assert f"resumed from {run / 'checkpoints' / 'step_00000003'} at step 3" in logs
+    assert runs.train_losses(run) == runs.train_losses(straight_run(1))
+    assert _latest(run) == "step_00000008"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3.5 MB filesystem (tmpfs): room for one gpt-tiny ZeRO-1 checkpoint, not two."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500k", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
+    yield mnt
+    for _ in range(20):
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+
+
+def test_disk_full_during_background_write_is_clear_and_removes_the_partial(
+        small_disk, runs, tiny_data, tmp_path):
+    run = small_disk / "run"
+    ranks = run_ranks(runs.small_run_args(run, tiny_data, 1, *ASYNC), tmp_path / "logs",
+                      expect=1)
+    logs = ranks.logs(10**6)
+    ck = run / "checkpoints"
+    m = re.search(r"no space left on device while saving step 6 to (\S+) \(a checkpoint is ≈ "
+                  r"2\.\d MB, [\d.]+ [kMG]?B free\)\. The partial folder was removed; (\S+) still "
+                  r"names step_00000003", logs)
+    assert m and m.groups() == (str(ck / "step_00000006"), str(ck / cm.LATEST)), logs
+    assert logs.count("no space left on device") == 1 and "Traceback" not in logs
+    assert cm.list_tags(ck) == ["step_00000003"] and _latest(run) == "step_00000003"
+    assert not [p for p in ck.rglob("*") if p.name.endswith(".tmp")]
+    assert ckpt.choose_checkpoint(ck, ["step_00000003"])[1].step == 3
+
+
+def test_sigterm_to_the_process_groups_mid_write_ends_committed_with_75(runs, tiny_data,
+                                                                       tmp_path):
+    """SIGTERM to each rank's whole process group (as SLURM sends it) reaches the writers too:
+    they ignore it, the stop waits for the write in flight and commits its own save."""
+    run = tmp_path / "run"
+    ranks = start_ranks(runs.small_run_args(run, tiny_data, 1, *ASYNC), tmp_path / "logs",
+                        env=SLOW_WRITER)
+    try:
+        _wait_for(lambda: _in_flight(run, "step_00000003", None), ranks,
+                  "the step-3 write in flight")
+        for p in ranks.procs:
+            os.killpg(p.pid, signal.SIGTERM)
+        codes = ranks.wait(240)
+    finally:
+        ranks.kill()
+    logs = ranks.logs(10**6)
+    assert codes == [75, 75], logs
+    stopped = max(s for s, _ in runs.train_losses(run))
+    assert _latest(run) == cm.tag_for(stopped) and stopped >= 3
+    assert cm.is_complete(run / "checkpoints" / cm.tag_for(stopped))
+    assert cm.is_complete(run / "checkpoints" / "step_00000003")

@@ -1,0 +1,84 @@
+"""The staging arena and the writer process of checkpoint.async, without DeepSpeed: what the
+writer writes loads back (weights-only) equal to what was staged — views still share their
+storage, dtypes, Parameters and requires_grad kept — and a write error comes back as an answer
+naming the file, with no temp file left. The trainer-level tests are test_async_checkpoint.py."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from pretrain.train.async_ckpt import Arena, WriterProcess, stage_payload
+
+
+def _state() -> dict:
+    base = torch.arange(12, dtype=torch.float32)
+    leaf = torch.nn.Parameter(torch.randn(3, 4))
+    return {"view_a": base[:6], "view_b": base[6:].view(2, 3), "bf16": torch.ones(5).bfloat16(),
+            "param": leaf, "non_leaf": leaf * 2, "step": 7, "nested": [{"x": torch.zeros(0)}],
+            "ints": torch.tensor([1, 2, 3])}
+
+
+def test_staged_state_is_written_and_loads_back_equal(tmp_path):
+    arena = Arena(reserve_bytes=1 << 16)
+    writer = WriterProcess(arena)
+    try:
+        state = _state()
+        expected = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        payload = stage_payload(state, arena)
+        state["view_a"].add_(100)  # the live state moves on: the staged copy must not
+        path = tmp_path / "step" / "file.pt"
+        path.parent.mkdir()
+        writer.send({"op": "file", "path": str(path), "rel": "file.pt", "payload": payload,
+                     "zipfile": True})
+        writer.send({"op": "end", "tag": "step"})
+        answer = writer.answer()
+    finally:
+        writer.close()
+        arena.close()
+    assert answer["error"] is None
+    assert answer["files"] == {"file.pt": {
+        "bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}
+    assert not list(path.parent.glob("*.tmp"))
+    loaded = torch.load(path, weights_only=True)
+    for key in ("view_a", "view_b", "bf16", "param", "non_leaf", "ints"):
+        assert loaded[key].dtype == expected[key].dtype
+        assert torch.equal(loaded[key].detach(), expected[key].detach()), key
+    assert loaded["step"] == 7 and loaded["nested"][0]["x"].numel() == 0
+    assert isinstance(loaded["param"], torch.nn.Parameter)
+    assert loaded["view_a"].untyped_storage().data_ptr() == \
+        loaded["view_b"].untyped_storage().data_ptr()  # one storage, written once
+
+
+def test_a_failed_write_is_answered_with_the_file_and_no_temp_left(tmp_path):
+    arena = Arena()
+    writer = WriterProcess(arena)
+    try:
+        target = tmp_path / "missing-dir" / "file.pt"  # its folder does not exist
+        writer.send({"op": "file", "path": str(target), "rel": "file.pt",
+                     "payload": stage_payload({"w": torch.ones(3)}, arena), "zipfile": True})
+        writer.send({"op": "end", "tag": "step"})
+        answer = writer.answer()
+    finally:
+        writer.close()
+        arena.close()
+    assert answer["files"] == {} and answer["error"]["file"] == str(target)
+    assert "No such file or directory" in answer["error"]["error"]
+    assert not answer["error"]["disk_full"]
+    assert not tmp_path.joinpath("missing-dir").exists()
+
+
+def test_a_dead_writer_is_reported_with_its_pid(tmp_path):
+    arena = Arena()
+    writer = WriterProcess(arena)
+    try:
+        writer.proc.kill()
+        answer = writer.answer()
+    finally:
+        writer.close()
+        arena.close()
+    assert answer["error"]["writer_died"]
+    assert answer["error"]["file"] == f"checkpoint writer process (pid {writer.pid})"
+    assert "it died (signal 9)" in answer["error"]["error"]
