@@ -6,7 +6,14 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-translate test venv lint bench gpu-wheels clean
+.PHONY: demo demo-translate test venv lint bench gpu-wheels clean sysdeps
+
+# System packages the tests start as real servers: SLURM (launch slurm), sshd + pdsh (launch
+# hostfile), Ceph RGW (S3 data). Installed only when a binary is missing and only as root; tests
+# never run apt themselves (a missing package fails its fixture naming this target).
+# ARROWTRAIN_NO_APT=1 skips the install (the tests that need a missing server then fail).
+SYSDEPS := slurmctld slurmd slurm-client munge openssh-server pdsh ceph-mon ceph-osd radosgw
+SYSDEP_BINARIES := slurmctld slurmd sbatch munged sshd pdsh ceph-mon ceph-osd radosgw radosgw-admin monmaptool
 
 venv: $(STAMP)
 
@@ -24,8 +31,23 @@ demo: $(STAMP)
 demo-translate: $(STAMP)
 	$(VPY) -m arrowtrain.demos.translate_demo
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(VPY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+sysdeps:
+	@missing=""; for b in $(SYSDEP_BINARIES); do \
+	  command -v $$b >/dev/null 2>&1 || [ -x /usr/sbin/$$b ] || missing="$$missing $$b"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ -n "$(ARROWTRAIN_NO_APT)" ]; then \
+	  echo "sysdeps: missing$$missing; ARROWTRAIN_NO_APT is set, not installing (tests needing them will fail)"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "sysdeps: missing$$missing; run 'make sysdeps' as root (apt-get install $(SYSDEPS)), or set ARROWTRAIN_NO_APT=1 to go on without"; exit 1; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "sysdeps: missing$$missing and no apt-get: install $(SYSDEPS) with this system's package manager"; exit 1; fi; \
+	echo "sysdeps: installing $(SYSDEPS) (missing:$$missing)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get -o DPkg::Lock::Timeout=300 update -q && \
+	apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends $(SYSDEPS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

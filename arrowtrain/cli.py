@@ -54,6 +54,8 @@ COMMANDS: tuple[Command, ...] = (
             "check a shard folder: checksums, schema, token range"),
     Command("data inspect", "data_tools.__main__",
             "counts, lengths, val split and decoded samples of a shard folder"),
+    Command("data copy", "data_tools.__main__",
+            "copy a shard folder to or from object storage (s3://), sha256-verified"),
     Command("launch local", "launch.__main__", "N trainer ranks on this machine"),
     Command("launch slurm", "launch.__main__", "submit a self-requeueing SLURM job"),
     Command("launch hostfile", "launch.__main__",

@@ -14,6 +14,7 @@ COMMANDS = {
     "shard": ("data_tools.shard", "tokenize raw text into Arrow IPC shards with a manifest"),
     "validate": ("data_tools.validate", "check a shard folder: schema, checksums, token range"),
     "inspect": ("data_tools.inspect_cmd", "counts, lengths and decoded samples of a shard folder"),
+    "copy": ("data_tools.copy", "copy a shard folder to or from object storage (s3://), verified"),
 }
 
 
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        hint = "; run the same command again to resume" if args.command == "shard" else ""
+        hint = "; run the same command again to resume" if args.command in ("shard", "copy") \
+            else ""
         print(f"{name}: interrupted{hint}", file=sys.stderr)
         return EXIT_INTERRUPTED
     return result if isinstance(result, int) else EXIT_OK

@@ -28,7 +28,9 @@ PERCENTILES = (0, 10, 50, 90, 99, 100)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("datadir", metavar="DATADIR", help="a folder written by `shard`")
+    p.add_argument("datadir", metavar="DATADIR",
+                   help="a folder written by `shard`, or s3://BUCKET/PREFIX (counts and sizes "
+                        "from the manifest and the bucket listing; no length histograms)")
     p.add_argument("--decode", type=int, default=0, metavar="K",
                    help="print the first K documents of the train split, decoded")
     p.add_argument("--max-chars", type=int, default=1500,
@@ -60,10 +62,16 @@ def length_stats(lengths: np.ndarray) -> dict:
             "length_histogram": {f"<{int(e)}": int(h) for e, h in zip(edges, hist) if h}}
 
 
-def split_stats(datadir: Path, info: SplitInfo, pairs: bool = False) -> dict:
+def split_stats(datadir: Path, info: SplitInfo, pairs: bool = False,
+                lengths: bool = True) -> dict:
     stats = {"documents": info.documents, "tokens": info.tokens, "text_bytes": info.text_bytes,
              "shards": len(info.shards),
              "bytes_per_token": round(info.text_bytes / info.tokens, 4) if info.tokens else None}
+    if not lengths:
+        if pairs:
+            stats["source"] = {"tokens": info.source_tokens}
+            stats["target"] = {"tokens": info.target_tokens}
+        return stats
     if not pairs:
         return stats | length_stats(doc_lengths(datadir, info))
     src, tgt = (doc_lengths(datadir, info, c) for c in ("source", "target"))
@@ -134,7 +142,41 @@ def decoded(datadir: Path, m: Manifest, k: int) -> list[list[tuple[int, str]]]:
     return out
 
 
+def remote_report(url: str) -> tuple[dict, Path | None]:
+    """inspect of s3://BUCKET/PREFIX: the manifest's counts and the stored objects' sizes (one
+    LIST), without reading any shard."""
+    from data_tools.remote import S3Path, shared_remote
+    from data_tools.remote_folder import read_remote_manifest
+
+    prefix = S3Path.parse(url)
+    m = read_remote_manifest(prefix)
+    objects = shared_remote().list(prefix)
+    splits = {}
+    for name, info in m.splits.items():
+        stats = split_stats(Path("."), info, m.is_pairs, lengths=False)
+        stored = [objects.get(s.file) for s in info.shards]
+        stats["stored_bytes"] = sum(b for b in stored if b is not None)
+        stats["manifest_bytes"] = sum(s.file_bytes for s in info.shards)
+        stats["missing_shards"] = [s.file for s, b in zip(info.shards, stored) if b is None]
+        splits[name] = stats
+    return {"datadir": url, "fingerprint": m.fingerprint, "dtype": m.dtype,
+            "vocab_size": m.tokenizer.vocab_size, "kind": "pairs" if m.is_pairs else
+            "documents", "skipped": m.skipped, "documents_cut": documents_cut(m),
+            "val_split": val_choice(m), "splits": splits,
+            "objects": len(objects), "object_bytes": sum(objects.values())}, m
+
+
 def main(args) -> int:
+    if args.datadir.startswith("s3://"):
+        report, m = remote_report(args.datadir)
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print_report(report)
+            print(f"stored: {report['objects']} objects, {report['object_bytes']:,} bytes")
+        if args.decode > 0:
+            print("(--decode: copy the folder locally first: `data copy SRC DIR`)")
+        return 0
     datadir = Path(args.datadir)
     m = read_manifest(datadir)
     report = {"datadir": str(datadir), "fingerprint": m.fingerprint, "dtype": m.dtype,
@@ -202,6 +244,10 @@ def print_report(r: dict) -> None:
         print(f"{name}: {s['documents']:,} {unit}, {s['tokens']:,} tokens, "
               f"{s['text_bytes']:,} text bytes, {s['bytes_per_token']} bytes/token, "
               f"{s['shards']} shards")
+        if "stored_bytes" in s:
+            missing = s["missing_shards"]
+            print(f"  stored: {s['stored_bytes']:,} of {s['manifest_bytes']:,} shard bytes"
+                  + (f"; MISSING {len(missing)}: {', '.join(missing[:5])}" if missing else ""))
         for side in ("source", "target") if unit == "pairs" else ():
             print(f"  {side}: {s[side]['tokens']:,} tokens")
             _print_lengths(s[side], f"{side} tokens per pair", "    ")

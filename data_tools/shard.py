@@ -5,6 +5,8 @@ batches, and a single writer takes the results back in that order, so the output
 depend on the worker count. Which documents go to `val` is a function of their bytes' hashes:
 a share of them (`--val-fraction`) or a token budget (`--val-tokens`; data_tools.split).
 Re-running the same command after a crash resumes from the last finished shard.
+`--out s3://BUCKET/PREFIX` shards into a local stage folder and uploads it (data_tools.copy:
+every file verified, the manifest last); an interrupted upload resumes the same way.
 
 Pairs (`--source-field/--target-field` on jsonl/parquet records, or `--source-file/
 --target-file` aligned text files) make a *pair folder*: shards with `source` and `target`
@@ -14,6 +16,7 @@ as it does to documents); the manifest says `"kind": "pairs"`. The val split has
 
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing as mp
 import os
@@ -53,6 +56,7 @@ from data_tools.manifest import (
     write_manifest,
 )
 from data_tools.progress import Progress
+from data_tools.remote import is_remote
 from data_tools.split import (
     TYPICAL_SEQ_LEN,
     USEFUL_VAL_TOKENS,
@@ -117,6 +121,10 @@ def add_arguments(p) -> None:
                    help="stop at the first bad record instead of skipping and counting it")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an output folder made with other arguments or inputs")
+    p.add_argument("--stage", metavar="DIR", default=None,
+                   help="--out s3://...: the local folder the shards are written to before "
+                        "they are uploaded (default: one per destination under $TMPDIR; kept "
+                        "until the upload finished, so an interrupted run resumes)")
     add_input_arguments(p)
     add_pair_arguments(p)
 
@@ -419,6 +427,8 @@ def missing_dirs(path: Path) -> list[Path]:
 
 
 def main(args) -> int:
+    if is_remote(args.out):
+        return shard_to_remote(args)
     run = plan(args)
     out = Path(args.out)
     created = missing_dirs(out.absolute())
@@ -445,6 +455,35 @@ def main(args) -> int:
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
         raise
+
+
+def shard_to_remote(args) -> int:
+    """--out s3://BUCKET/PREFIX: shard into a local stage folder (resumable as always), then
+    upload it with `copy` (verified, the manifest last; resumes too), then remove the stage.
+    Nothing to do when the destination already holds shards of these very arguments."""
+    from data_tools.copy import copy_folder, remove_stage, stage_dir
+    from data_tools.remote import RemoteError
+    from data_tools.remote_folder import read_remote_manifest
+
+    url = args.out.rstrip("/")
+    run = plan(args)
+    try:
+        done = _manifest_key(read_remote_manifest(url)) == run.key
+    except (ManifestError, RemoteError) as e:
+        if isinstance(e, RemoteError) and e.kind != "key":
+            raise
+        done = False
+    if done and not args.overwrite:
+        log.info("%s already holds these shards (same arguments, inputs and tokenizer); "
+                 "nothing to do", url)
+        return 0
+    stage = Path(args.stage) if args.stage else stage_dir(url)
+    log.info("sharding into the local stage %s, then uploading to %s", stage, url)
+    local = argparse.Namespace(**{**vars(args), "out": str(stage)})
+    main(local)
+    copy_folder(str(stage), url, workers=max(1, min(8, run.workers)), overwrite=args.overwrite)
+    remove_stage(stage)
+    return 0
 
 
 def cpu_seconds() -> float:

@@ -8,6 +8,7 @@ pair with an empty side."""
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +23,9 @@ log = logging.getLogger("data_tools")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("datadir", metavar="DATADIR", help="a folder written by `shard`")
+    p.add_argument("datadir", metavar="DATADIR",
+                   help="a folder written by `shard` (or s3://BUCKET/PREFIX: each shard is "
+                        "downloaded to a temp folder, checked and deleted)")
 
 
 def check_shard(datadir: Path, entry: ShardEntry, dtype: str, vocab_size: int,
@@ -95,8 +98,50 @@ def _column_problems(col, name: str, want_tokens: int, vocab_size: int, pairs: b
     return problems
 
 
+def validate_remote(url: str) -> list[str]:
+    """validate() for s3://BUCKET/PREFIX: the listing against the manifest, then each shard
+    (and the tokenizer) downloaded into a temp folder, checked, deleted (one at a time)."""
+    from data_tools.remote import RemoteError, S3Path, shared_remote
+    from data_tools.remote_folder import read_remote_manifest
+
+    prefix = S3Path.parse(url)
+    remote = shared_remote()
+    m = read_remote_manifest(prefix)
+    objects = remote.list(prefix)
+    problems = [f"{prefix}/{MANIFEST_NAME}: {p}" for p in m.inconsistencies()]
+    with tempfile.TemporaryDirectory(prefix="arrowtrain-validate-") as tmp:
+        local = Path(tmp)
+        tok = m.tokenizer
+        if tok.file not in objects:
+            problems.append(f"{prefix.join(tok.file)}: missing")
+        elif remote.download(prefix.join(tok.file), local / "tok", objects[tok.file]) != tok.sha256:
+            problems.append(f"{prefix.join(tok.file)}: sha256 does not match the manifest")
+        entries = [s for _, s in m.shards()]
+        bar = Progress(len(entries), "validate", unit="shards")
+        for done, entry in enumerate(entries, 1):
+            bar.update(done - 1)
+            if entry.file not in objects:
+                problems.append(f"{prefix.join(entry.file)}: file is missing")
+                continue
+            (local / entry.file).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                remote.download(prefix.join(entry.file), local / entry.file, objects[entry.file])
+            except RemoteError as e:
+                problems.append(f"{prefix.join(entry.file)}: {e}")
+                continue
+            found = check_shard(local, entry, m.dtype, m.tokenizer.vocab_size, m.columns,
+                                m.tokenizer.bos_id if m.tokenizer.bos_prepended else None)
+            problems += [f"{prefix.join(entry.file)}: {p}" for p in found]
+            (local / entry.file).unlink()
+        bar.update(len(entries))
+        bar.close()
+    return problems
+
+
 def validate(datadir: str | Path) -> list[str]:
     """Every problem in the folder as 'file: what is wrong' (empty list: valid)."""
+    if isinstance(datadir, str) and datadir.startswith("s3://"):
+        return validate_remote(datadir)
     datadir = Path(datadir)
     m = read_manifest(datadir)
     problems = [f"{datadir / MANIFEST_NAME}: {p}" for p in m.inconsistencies()]

@@ -126,7 +126,8 @@ def _run_slurm(args) -> int:
                    signal_seconds=args.signal_seconds, omp_threads=args.omp_threads,
                    python=args.python)
     validate(job)  # options first: cheap, and before the config is even read
-    cfg = validate_or_exit(args.config, args.overrides, world_size=job.world_size)
+    cfg = validate_or_exit(args.config, args.overrides, world_size=job.world_size,
+                           ranks_per_node=job.ntasks_per_node)
     job.config = str(Path(args.config).resolve())
     job.run_dir = str(Path(cfg.run_dir).resolve())
     validate(job)

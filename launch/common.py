@@ -34,16 +34,20 @@ def check_all(option: str, values: Iterable[str]) -> list[str]:
     return [check_text(option, v) for v in values]
 
 
-def load_config(config: str, overrides: Sequence[str], world_size: int | None):
+def load_config(config: str, overrides: Sequence[str], world_size: int | None,
+                ranks_per_node: int | None = None):
     """Every pre-flight check, exactly as the ranks will run them (config, command line, data
     folders; torch-free, so the launcher starts fast). Returns the RunConfig as the ranks will
-    run it; raises pretrain.configlib.ConfigError listing every problem."""
+    run it; raises pretrain.configlib.ConfigError listing every problem. `ranks_per_node`:
+    for the node cache of s3:// data."""
     from pretrain.train.preflight import check_run
 
-    return check_run(config, list(overrides), world_size=world_size)
+    return check_run(config, list(overrides), world_size=world_size,
+                     ranks_per_node=ranks_per_node)
 
 
-def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | None):
+def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | None,
+                     ranks_per_node: int | None = None):
     """load_config, or print every problem and exit 2 before any process starts."""
     from pretrain.configlib import ConfigError
 
@@ -53,7 +57,7 @@ def validate_or_exit(config: str, overrides: Sequence[str], world_size: int | No
         print(f"error: --config {config}: no such file", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     try:
-        cfg = load_config(config, overrides, world_size)
+        cfg = load_config(config, overrides, world_size, ranks_per_node)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None

@@ -6,7 +6,8 @@ and this Python (all problems in one message, exit 2). With --no-ssh, run this c
 every node with its --node-rank (DeepSpeed's `--no_ssh` per-node mode). Either way each rank gets
 RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT from DeepSpeed's launcher, and OMP_NUM_THREADS
 plus a fresh ARROWTRAIN_LAUNCH_ID from us (through a DeepSpeed env file for ssh hosts; DeepSpeed
-itself exports PYTHONPATH).
+itself exports PYTHONPATH). With s3:// data the AWS variables go to ssh hosts inside ssh
+(SendEnv; the hosts' sshd needs `AcceptEnv AWS_*`, checked before start), never in the env file.
 
 SIGTERM/SIGUSR1 (and Ctrl-C, as SIGTERM) go to the trainer processes of this launch only — found
 by that id, on every host through pdsh (`python -m launch.signal_trainers`) or on this node with
@@ -28,6 +29,7 @@ import time
 import uuid
 from pathlib import Path
 
+from data_tools.remote import remote_env
 from launch.common import (
     REPO,
     TRAIN_MODULE,
@@ -199,14 +201,28 @@ def _need_pdsh() -> None:
                           "it (e.g. `apt-get install pdsh`); or run with --no-ssh on every node")
 
 
+def send_aws_env(env: dict[str, str]) -> list[str]:
+    """s3:// data: the AWS variables set here travel to the ssh hosts inside the ssh protocol
+    (`-o SendEnv=AWS_*` for pdsh's ssh, DeepSpeed's included; the hosts' sshd must have
+    `AcceptEnv AWS_*`), never on a command line or in a file. Returns their names."""
+    names = sorted(remote_env(env))
+    if names:
+        env["PDSH_SSH_ARGS_APPEND"] = f"{env.get('PDSH_SSH_ARGS_APPEND', '')} -o SendEnv=AWS_*"
+    return names
+
+
 def check_hosts(hosts: list[str], env: dict[str, str], ssh_port: int | None,
-                cwd: str | None = None) -> None:
+                cwd: str | None = None, aws_names: list[str] = ()) -> None:
     """Before anything starts: every host answers over ssh (key only, no prompt) and has this
     working directory (`cwd`, default ours) and this Python — DeepSpeed would `cd` there and go
-    on in $HOME if the folder were missing. All failing hosts in one LaunchError."""
+    on in $HOME if the folder were missing — and receives the AWS variables `aws_names` (names
+    only: values are never printed). All failing hosts in one LaunchError."""
     _need_pdsh()
     cwd, py = shlex.quote(cwd or os.getcwd()), shlex.quote(sys.executable)
     command = (f"cd {cwd} || exit 3; test -x {py} || {{ echo no executable {py} >&2; exit 3; }}")
+    for name in aws_names:   # fixed names from data_tools.remote.ENV_VARS
+        command += (f'; test -n "${{{name}:-}}" || {{ echo "{name} did not arrive over ssh: add '
+                    f"'AcceptEnv AWS_*' to the host's sshd_config\" >&2; exit 4; }}")
     env = dict(env, PDSH_SSH_ARGS_APPEND=f"{env.get('PDSH_SSH_ARGS_APPEND', '')} -o BatchMode=yes")
     failed, output = run_pdsh(hosts, command, env, ssh_port)
     if failed:
@@ -299,7 +315,8 @@ def run_hostfile(args) -> int:
     if args.node_rank is not None and not 0 <= args.node_rank < len(hosts):
         raise LaunchError(f"--node-rank {args.node_rank}: the hostfile has {len(hosts)} nodes")
     world_size = sum(hosts.values())
-    cfg = validate_or_exit(args.config, args.overrides, world_size=world_size)
+    cfg = validate_or_exit(args.config, args.overrides, world_size=world_size,
+                           ranks_per_node=max(hosts.values()))
     if getattr(args, "print_config", False):
         return print_config(cfg)
     local_ranks = list(hosts.values())[args.node_rank or 0]
@@ -314,7 +331,8 @@ def run_hostfile(args) -> int:
         return EXIT_OK
     cmd = deepspeed_command(args, hosts)
     if not args.no_ssh:
-        check_hosts(list(hosts), env, args.ssh_port)
+        aws = send_aws_env(env) if cfg.data.remote() else []
+        check_hosts(list(hosts), env, args.ssh_port, aws_names=aws)
     env["DS_ENV_FILE"] = str(write_env_file(Path(cfg.run_dir).resolve(), env))
     print(f"[launch] {world_size} rank(s) on {len(hosts)} node(s); OMP_NUM_THREADS="
           f"{env['OMP_NUM_THREADS']}; launch {launch_id}; {' '.join(cmd)}", file=sys.stderr,

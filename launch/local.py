@@ -170,7 +170,7 @@ def run_local(config: str, overrides: list[str], nproc: int | None = None,
     from launch.common import validate_or_exit
 
     nproc = nproc or default_nproc()
-    cfg = validate_or_exit(config, overrides, world_size=nproc)
+    cfg = validate_or_exit(config, overrides, world_size=nproc, ranks_per_node=nproc)
     if print_config:
         return _print_config(cfg)
     omp_threads = omp_threads or default_omp_threads(nproc)

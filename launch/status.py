@@ -36,6 +36,7 @@ import yaml
 
 from launch.slurm import EVENTS_FILE, JOBS_FILE
 from pretrain.configlib import parse_yaml
+from pretrain.data.remote_plan import human_bytes
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME, describe_exit
 from pretrain.logs import human_duration
 from pretrain.train import runlock
@@ -138,6 +139,22 @@ def max_steps_of(run_dir: Path) -> int | None:
         return int(cfg["train"]["max_steps"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return None
+
+
+def data_location(run_dir: Path) -> dict[str, Any] | None:
+    """Where the run reads its data (RUNDIR/config.yaml): the folders, and for s3:// ones the
+    node cache (folder and limit; the default limit depends on each node's free space)."""
+    try:
+        data = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    path = data.get("path")
+    paths = [path] if isinstance(path, str) else [e.get("path") for e in path or []]
+    out: dict[str, Any] = {"paths": paths}
+    if any(isinstance(p, str) and p.startswith("s3://") for p in paths):
+        out.update(cache_dir=data.get("cache_dir") or "$TMPDIR/arrowtrain-cache (default)",
+                   cache_limit=data.get("cache_limit"))
+    return out
 
 
 def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
@@ -268,6 +285,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     info["last_val"] = val[-1] if val else None
     info["memory"] = memory_info(rows)
     info["max_steps"] = max_steps_of(run_dir)
+    info["data"] = data_location(run_dir)
     known = [_int(train[-1]["step"])] if train else []
     known += [ckpt["step"]] if ckpt else []
     info["step"] = max(known, default=None)
@@ -282,7 +300,8 @@ def collect(run_dir: Path) -> dict[str, Any]:
     return info
 
 
-SHOWN = ("loss", "lr", "grad_norm", "tokens_per_sec", "step_time_ms")
+SHOWN = ("loss", "lr", "grad_norm", "tokens_per_sec", "step_time_ms", "data_wait_ms",
+         "cache_hit_rate")
 
 
 def memory_info(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -340,6 +359,15 @@ def _layout_text(layout: dict[str, Any] | None) -> str:
             f"resumes on any number of ranks{copy})")
 
 
+def _data_text(data: dict[str, Any]) -> str:
+    text = "data: " + ", ".join(str(p) for p in data["paths"])
+    if "cache_dir" in data:
+        limit = data["cache_limit"]
+        text += (f" (object storage; node cache {data['cache_dir']}, limit "
+                 f"{human_bytes(limit) if limit else 'half of the free space'})")
+    return text
+
+
 def _format(info: dict[str, Any]) -> str:
     out = [f"run folder: {info['run_dir']}", f"state: {info['state']} ({info['why']})"]
     lock = info.get("lock")
@@ -352,6 +380,8 @@ def _format(info: dict[str, Any]) -> str:
     if step is not None or max_steps is not None:
         out.append(f"progress: step {step if step is not None else 0} of "
                    f"{max_steps if max_steps is not None else '?'}")
+    if info.get("data"):
+        out.append(_data_text(info["data"]))
     if info.get("job"):
         out += _format_job(info["job"])
     ckpt = info["checkpoint"]

@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import annotated_types as at
 from pydantic import BaseModel
@@ -39,6 +39,8 @@ def _type_name(annotation: Any) -> str:
     if annotation is Any:
         return "any"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
     if origin is Literal:
         kinds = sorted({type(a).__name__ for a in args})
         return " or ".join(kinds)
@@ -74,13 +76,26 @@ def value_text(value: Any) -> str:
     return str(value)
 
 
+def _bounds(metadata: list[Any]) -> str:
+    metadata = [x for m in metadata for x in (m.metadata if isinstance(m, FieldInfo) else [m])]
+    return ", ".join(f"{sign} {value_text(getattr(m, attr))}" for m in metadata
+                     for kind, attr, sign in BOUNDS if isinstance(m, kind))
+
+
 def _allowed(info: FieldInfo) -> str:
+    """`one of a, b`; `>= 0`; a choice or a bounded number: `one of auto, or int >= 0`."""
     choices = _literal_choices(info.annotation)
-    if choices:
-        return "one of " + ", ".join(value_text(c) for c in choices)
-    bounds = [f"{sign} {value_text(getattr(m, attr))}" for m in info.metadata
-              for kind, attr, sign in BOUNDS if isinstance(m, kind)]
-    return ", ".join(bounds)
+    if not choices:
+        return _bounds(info.metadata)
+    listed = "one of " + ", ".join(value_text(c) for c in choices)
+    others = [a for a in typing.get_args(info.annotation)
+              if typing.get_origin(a) is not Literal and a is not type(None)]
+    if typing.get_origin(info.annotation) is Literal or not others:
+        return listed
+    rest = [" ".join(filter(None, [_type_name(a), _bounds(
+        list(typing.get_args(a)[1:]) if typing.get_origin(a) is Annotated else [])]))
+        for a in others]
+    return f"{listed}, or {' or '.join(rest)}"
 
 
 def _default(info: FieldInfo, section: bool) -> str:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretrain.data.layout import RankSlice, batch_layout_problem, eval_batch_problem
+from pretrain.data.prefetch import FedBatches, train_feeder
 from pretrain.data.source import DataSource
 from pretrain.data.stream import DataError
 
@@ -127,10 +128,12 @@ def train_batches(src: DataSource, global_batch: int, micro_batch: int, rank: in
     global batch). Worker options default to the data config."""
     cfg = src.config
     dataset = TrainMicroBatches(src, global_batch, micro_batch, rank, world, consumed_samples)
-    return _iterate(dataset, _Counting(),
-                    cfg.num_workers if num_workers is None else num_workers,
-                    cfg.pin_memory if pin_memory is None else pin_memory,
-                    prefetch_factor or cfg.prefetch_factor)
+    batches = _iterate(dataset, _Counting(),
+                       cfg.num_workers if num_workers is None else num_workers,
+                       cfg.pin_memory if pin_memory is None else pin_memory,
+                       prefetch_factor or cfg.prefetch_factor)
+    feeder = train_feeder(src, dataset)   # object storage: read-ahead in use order
+    return batches if feeder is None else FedBatches(batches, feeder)
 
 
 def eval_batches(src: DataSource, micro_batch: int, rank: int, world: int,

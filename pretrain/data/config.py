@@ -3,9 +3,15 @@ The keys each objective needs are its own to check (pretrain.objectives: DataSec
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from typing import Annotated, Literal
 
+from pydantic import Field, field_validator, model_validator
+
+from data_tools.errors import DataToolsError
+from data_tools.inputs import parse_size
 from pretrain.configlib import Section
+
+AUTO_BLOCK_SHARDS = 8   # data.shuffle_block_shards "auto" with a folder in object storage
 
 
 class MixEntry(Section):
@@ -48,10 +54,49 @@ class DataConfig(Section):
         None, description="tokenizer.json of the run, checked against the shards: its sha256 "
         "must equal the one in every manifest (null: no check, the folder's own is used)")
     shuffle: bool = Field(True, description="false: identity order (debugging only)")
+    shuffle_block_shards: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
+        "auto", description="the training order's shuffle: 0 one global shuffle; N > 0 "
+        "within blocks of the samples of about N consecutive shard files, the blocks in a "
+        "shuffled order (each epoch anew), so a few shards are read at a time; auto: 0 when "
+        f"every folder is local, {AUTO_BLOCK_SHARDS} when one is in object storage (s3://), "
+        "resolved before the ranks start; a resume refuses a change (it decides the order)")
     num_workers: int = Field(default=1, ge=0,
                              description="loader worker processes per rank (0: in the rank)")
     prefetch_factor: int = Field(default=2, ge=1, description="batches each worker loads ahead")
     pin_memory: bool = Field(False, description="pinned host memory for faster copies to a GPU")
+    # ---- shard folders in object storage (path s3://BUCKET/PREFIX; docs/object-storage.md) ----
+    cache_dir: str | None = Field(
+        None, description="s3:// folders: the node-local folder of whole shards, shared by the "
+        "ranks of a node (null: $TMPDIR/arrowtrain-cache, /tmp/arrowtrain-cache without TMPDIR)")
+    cache_limit: int | None = Field(
+        default=None, gt=0, description="s3:// folders: the most bytes the cache may hold, bytes "
+        "or a size such as \"20GB\" (null: half of the space free on cache_dir's disk); a limit "
+        "too small for one step is refused before any rank starts, naming the smallest one")
+    prefetch_shards: int = Field(
+        default=2, ge=0, description="s3:// folders: shards downloaded ahead of use, in use "
+        "order, beyond those the next micro-batch needs")
+    remote_timeout: float = Field(
+        default=600.0, gt=0, description="s3:// folders: seconds of failing requests before "
+        "training saves a checkpoint and exits 75 (resume me)")
+
+    @field_validator("shuffle_block_shards", mode="before")
+    @classmethod
+    def _blocks(cls, value):
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                               and value >= 0):
+            return value
+        raise ValueError(f"'auto' or a number of shard files >= 0 (0: a global shuffle), "
+                         f"not {value!r}")
+
+    @field_validator("cache_limit", mode="before")
+    @classmethod
+    def _size(cls, value):
+        if isinstance(value, str):
+            try:
+                return parse_size(value)
+            except DataToolsError as e:
+                raise ValueError(str(e)) from None
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
@@ -65,6 +110,16 @@ class DataConfig(Section):
         if isinstance(self.path, list) and not self.path:
             return ["data.path: the list of folders is empty"]
         return []
+
+    def block_shards(self) -> int:
+        """data.shuffle_block_shards resolved: shard files per shuffle block (0: global)."""
+        if self.shuffle_block_shards == "auto":
+            return AUTO_BLOCK_SHARDS if self.remote() else 0
+        return int(self.shuffle_block_shards)
+
+    def remote(self) -> bool:
+        """Whether any folder is in object storage (s3://)."""
+        return any(p.startswith("s3://") for p, _ in self.folders())
 
     def folders(self) -> list[tuple[str, float]]:
         """[(path, weight)] with weights normalised to sum to 1."""

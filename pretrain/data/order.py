@@ -2,6 +2,8 @@
 
 - `Permutation`: a keyed (unbalanced) Feistel network on [0, 2^bits) with cycle walking, a
   bijection of [0, n) for any n; O(1) memory, vectorised over numpy arrays of positions.
+- `BlockPermutation`: the same within contiguous blocks of indices, the blocks in a random
+  order (a shuffle whose consecutive positions read a few shard files: object storage).
 - `Mixture`: which folder the p-th sample comes from, and how many samples that folder gave
   before it, from a fixed table of one block of `MIX_BLOCK` slots (evenly interleaved).
 """
@@ -90,3 +92,46 @@ class Mixture:
         block, slot = np.divmod(np.asarray(positions, np.int64), MIX_BLOCK)
         folder = self.slot_folder[slot]
         return folder, block * self.slots_per_block[folder] + self.slot_rank[slot]
+
+
+class BlockPermutation:
+    """A keyed bijection of [0, n) that stays within blocks: the indices fall into contiguous
+    blocks of `block` (the last one shorter), the blocks are visited in a random order
+    (a Permutation of the blocks), and each block's indices in a random order of its own.
+    Consecutive positions read one block, so over object storage the loader needs only the
+    few shards of the current block at a time (data.shuffle_block_shards)."""
+
+    def __init__(self, n: int, block: int, words: tuple):
+        if n < 1:
+            raise ValueError(f"cannot permute an empty range (n={n})")
+        self.n, self.block, self.words = n, max(1, min(int(block), n)), words
+        self.num_blocks = -(-n // self.block)
+        self.last_size = n - (self.num_blocks - 1) * self.block
+        self.blocks = Permutation(self.num_blocks, derive_keys("blocks", *words))
+        visit = self.blocks(np.arange(self.num_blocks))         # slot -> block (O(blocks))
+        self.last_slot = int(np.flatnonzero(visit == self.num_blocks - 1)[0])
+        self._inner: dict[int, Permutation] = {}
+
+    def _perm(self, b: int) -> Permutation:
+        if b not in self._inner:
+            if len(self._inner) >= 64:
+                self._inner.pop(next(iter(self._inner)))
+            size = self.last_size if b == self.num_blocks - 1 else self.block
+            self._inner[b] = Permutation(size, derive_keys("within", *self.words, b))
+        return self._inner[b]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Images of positions x (int array, values in [0, n))."""
+        x = np.asarray(x, np.int64)
+        size, slot_l, short = self.block, self.last_slot, self.last_size
+        before = x < slot_l * size                     # slots ahead of the short block
+        in_short = ~before & (x < slot_l * size + short)
+        slot = np.where(before, x // size, np.where(in_short, slot_l, (x - short) // size + 1))
+        offset = np.where(before, x % size,
+                          np.where(in_short, x - slot_l * size, (x - short) % size))
+        block = self.blocks(slot)
+        out = np.empty_like(x)
+        for b in np.unique(block).tolist():
+            sel = block == b
+            out[sel] = b * size + self._perm(b)(offset[sel])
+        return out

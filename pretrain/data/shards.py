@@ -6,35 +6,43 @@ again as it is read (stream.py)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow as pa
 
 from data_tools.manifest import SPLITS, Manifest, ManifestError, ShardEntry, sha256_file
+from data_tools.remote import RemoteError, is_remote
+from pretrain.data.cache import NodeCache, ShardRef
 from pretrain.data.pairs import PairSplit
+from pretrain.data.shardset import CachedShards, LocalShards
 from pretrain.data.stream import DataError, SplitStream
 
 VALUE_TYPES = {"uint16": pa.uint16(), "uint32": pa.uint32()}
 
 
 class ShardFolder:
-    """A checked, memory-mapped shard folder. Raises DataError naming the folder or file."""
+    """A checked, memory-mapped shard folder. Raises DataError naming the folder or file.
 
-    def __init__(self, folder: str | Path, tokenizer: str | Path | None = None):
-        self.folder = Path(folder)
-        if not self.folder.is_dir():
-            raise DataError(f"{self.folder}: no such shard folder")
-        try:
-            self.manifest = Manifest.read(self.folder)
-        except ManifestError as e:
-            raise DataError(str(e)) from None
+    An s3:// folder (`cache` given) is checked the same way at open — endpoint, credentials,
+    bucket, manifest, every shard present with its size, the tokenizer (copied into the cache)
+    — and its shards are read through the node cache as batches need them."""
+
+    def __init__(self, folder: str | Path, tokenizer: str | Path | None = None,
+                 cache: NodeCache | None = None):
+        self.remote = is_remote(str(folder))
+        self.cache = cache
+        self.tokenizer_bytes = 0      # s3://: the tokenizer's copy in the node cache
+        if self.remote:
+            self._open_remote(str(folder))
+        else:
+            self._open_local(Path(folder))
         m = self.manifest
         if problems := m.inconsistencies():
-            raise DataError(f"{self.folder / 'manifest.json'}: " + "; ".join(problems))
+            raise DataError(f"{self.folder}/manifest.json: " + "; ".join(problems))
         self.vocab_size, self.eos_id, self.pad_id = (m.tokenizer.vocab_size, m.tokenizer.eos_id,
                                                      m.tokenizer.pad_id)
         self.sentinel_ids = list(m.tokenizer.sentinel_ids)
-        self.tokenizer_path = self.folder / m.tokenizer.file
         self.fingerprint = m.fingerprint
         self._check_tokenizer(tokenizer)
         self.is_pairs = m.is_pairs
@@ -46,6 +54,48 @@ class ShardFolder:
                 self.pairs[split] = self._open_pairs(split)
             else:
                 self.streams[split] = self._open_split(split)
+
+    def _open_local(self, folder: Path) -> None:
+        self.folder = folder
+        if not self.folder.is_dir():
+            raise DataError(f"{self.folder}: no such shard folder")
+        try:
+            self.manifest = Manifest.read(self.folder)
+        except ManifestError as e:
+            raise DataError(str(e)) from None
+        self.tokenizer_path = self.folder / self.manifest.tokenizer.file
+
+    def _open_remote(self, url: str) -> None:
+        """Manifest, shard list and tokenizer from object storage; every failure a DataError
+        naming what is wrong (credentials, bucket, key, endpoint)."""
+        from data_tools.remote_folder import START_DEADLINE_S, open_remote_folder
+
+        self.folder = url.rstrip("/")
+        if self.cache is None:
+            raise DataError(f"{url}: an s3:// folder needs the node cache (data.cache_dir)")
+        try:
+            deadline_s = min(START_DEADLINE_S, self.cache.timeout_s)
+            self.source = open_remote_folder(url, deadline_s=deadline_s)
+            self.manifest = self.source.manifest
+            tok = self.manifest.tokenizer
+            # through the cache like a shard (one download per node, counted in the limit:
+            # remote_plan's tokenizer term), pinned while this process runs
+            self.tokenizer_bytes = self.source.objects[tok.file]
+            ref = ShardRef(self.source.shard_url(tok.file), self.tokenizer_bytes, tok.sha256)
+            self.tokenizer_path = self.cache.get(ref, pin=True,
+                                                 deadline=time.monotonic() + deadline_s)
+        except (RemoteError, ManifestError) as e:
+            raise DataError(str(e)) from None
+
+    def _shards(self, shards: list[ShardEntry]):
+        """The files of one split: local paths, or cache-backed refs to object storage."""
+        if not self.remote:
+            for shard in shards:
+                self._check_file(shard)
+            return LocalShards(self.folder, [self.folder / s.file for s in shards],
+                               [s.file_bytes for s in shards])
+        refs = [ShardRef(self.source.shard_url(s.file), s.file_bytes, s.sha256) for s in shards]
+        return CachedShards(self.folder, refs, self.cache)
 
     def _fail(self, problem: str) -> DataError:
         return DataError(f"{self.folder}: {problem}")
@@ -73,22 +123,8 @@ class ShardFolder:
                              "re-shard with more input" + (" or --val-tokens N"
                                                            if split == "val" else ""))
         shards = [s for s in info.shards if s.documents]
-        for shard in shards:
-            self._check_file(shard)
-        paths = [self.folder / s.file for s in shards]
-        stream = SplitStream(paths, VALUE_TYPES[self.manifest.dtype], self.eos_id,
-                             self.vocab_size)
-        for i, (path, shard) in enumerate(zip(paths, shards)):
-            docs, tokens = stream.file_counts(i)
-            if (docs, tokens) != (shard.documents, shard.tokens):
-                raise DataError(f"{path}: holds {docs} documents / {tokens} tokens, the "
-                                f"manifest says {shard.documents} / {shard.tokens}")
-            top = stream.max_token_sample(i)
-            if top >= self.vocab_size:
-                raise DataError(f"{path}: token id {top} >= vocab_size {self.vocab_size} "
-                                "(shards and manifest disagree; run `python -m data_tools "
-                                "validate`)")
-        return stream
+        return SplitStream(self._shards(shards), VALUE_TYPES[self.manifest.dtype], self.eos_id,
+                           self.vocab_size, [(s.documents, s.tokens) for s in shards])
 
     def _open_pairs(self, split: str) -> PairSplit:
         info = self.manifest.splits[split]
@@ -96,11 +132,9 @@ class ShardFolder:
             raise self._fail(f"the {split} split holds no pairs; re-shard with more input"
                              + (" or a larger --val-fraction" if split == "val" else ""))
         shards = [s for s in info.shards if s.documents]
-        for shard in shards:
-            self._check_file(shard)
-        paths = [self.folder / s.file for s in shards]
-        pairs = PairSplit(paths, VALUE_TYPES[self.manifest.dtype], self.vocab_size)
-        for i, (path, shard) in enumerate(zip(paths, shards)):
+        pairs = PairSplit(self._shards(shards), VALUE_TYPES[self.manifest.dtype],
+                          self.vocab_size)
+        for i, (path, shard) in enumerate(zip(pairs.paths, shards)):
             got = pairs.file_counts(i)
             want = (shard.documents, shard.source_tokens, shard.target_tokens)
             if got != want:

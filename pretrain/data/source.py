@@ -16,7 +16,8 @@ import numpy as np
 
 from data_tools.manifest import SPLITS
 from pretrain.data.config import DataConfig
-from pretrain.data.order import Mixture, Permutation, derive_keys
+from pretrain.data.order import BlockPermutation, Mixture, Permutation, derive_keys
+from pretrain.data.remote_plan import open_cache, size_cache
 from pretrain.data.shards import ShardFolder
 from pretrain.data.stream import DataError
 
@@ -34,7 +35,8 @@ class DataSource:
         self.config, self.seed, self.objective = cfg, int(seed), objective
         paths_weights = cfg.folders()
         self.weights = [w for _, w in paths_weights]
-        self.folders = [ShardFolder(p, cfg.tokenizer if _verify else None)
+        self.cache = open_cache(cfg) if cfg.remote() else None   # s3:// folders: node cache
+        self.folders = [ShardFolder(p, cfg.tokenizer if _verify else None, self.cache)
                         for p, _ in paths_weights]
         self._check_same_tokenizer()
         first = self.folders[0]
@@ -46,6 +48,10 @@ class DataSource:
         if problems:
             raise DataError("; ".join(problems))
         objective.open(self)
+        if self.cache is not None:     # the limit against one step, this process's share
+            size_cache(self.cache, cfg, [f.manifest for f in self.folders if f.remote],
+                       objective.sample_window,
+                       max(f.tokenizer_bytes for f in self.folders if f.remote))
         self._counts = {s: np.array([self._folder_samples(k, s) for k in range(len(self.folders))])
                         for s in SPLITS}
         self._bases = {s: np.concatenate([[0], np.cumsum(c)]) for s, c in self._counts.items()}
@@ -100,14 +106,28 @@ class DataSource:
         if key not in self._perms:
             if len(self._perms) > 64:
                 self._perms.clear()
-            n = int(self._counts["train"][folder])
-            self._perms[key] = Permutation(n, derive_keys("order", self.seed, folder, epoch))
+            n, per_block = int(self._counts["train"][folder]), self._block_samples(folder)
+            self._perms[key] = (
+                BlockPermutation(n, per_block, ("order", self.seed, folder, epoch, per_block))
+                if per_block else Permutation(n, derive_keys("order", self.seed, folder, epoch)))
         return self._perms[key]
+
+    def _block_samples(self, folder: int) -> int:
+        """Training samples per shuffle block of `folder` (data.shuffle_block_shards shard
+        files' worth; 0: a global shuffle)."""
+        shards = self.config.block_shards()
+        if not shards:
+            return 0
+        f = self.folders[folder]
+        files = len((f.pairs if f.is_pairs else f.streams)["train"].shards.sizes)
+        n = int(self._counts["train"][folder])
+        return max(1, -(-n * shards // max(1, files)))
 
     def order(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Training order: positions (n,) -> (train sample index (n,), epoch (n,)).
         Single folder: epoch = position // num_samples, then a permutation keyed by
-        (seed, epoch). Mixtures: each folder runs through its own epochs.
+        (seed, epoch), global or within blocks of shards (data.shuffle_block_shards).
+        Mixtures: each folder runs through its own epochs.
 
         Computed ORDER_BLOCK positions at a time (a micro-batch's positions are contiguous)
         and the last blocks memoised: O(1) memory, the per-call numpy overhead amortised."""
@@ -152,6 +172,15 @@ class DataSource:
     def val_order(self, n: int) -> np.ndarray:
         """The first n val samples in the order evaluation batches them (the objective's)."""
         return self.objective.val_order(self, n)
+
+    def order_view(self) -> DataSource:
+        """A copy sharing the opened folders with memo tables of its own, to compute the
+        order in another thread (the read-ahead over object storage) beside this one."""
+        view = object.__new__(type(self))      # not copy.copy: __setstate__ would reopen
+        view.__dict__.update(self.__dict__)
+        view._perms, view._order_blocks = {}, {}
+        view.objective = view.objective.thread_copy()
+        return view
 
     # ---- pickling for DataLoader workers: reopen by memory map, checks already done -------
     def __getstate__(self) -> dict:

@@ -2,7 +2,9 @@
 
 The stream is doc0 EOS doc1 EOS ... over all shard files in manifest order; it is never
 materialised. All files of the split are mapped into one address range (pretrain.data.vmap)
-and viewed as one int64 array (for the list offsets) and one token array; a record batch
+and viewed as one int64 array (for the list offsets) and one token array (shards in object
+storage: each file has its slot in that range and is mapped there only while the node's cache
+holds it; the files a batch touches are mapped before it is gathered); a record batch
 ("chunk") is then just where its offsets and values start in those views. So a batch of
 windows is gathered with a few dozen numpy calls, however many files and record batches:
 
@@ -22,6 +24,8 @@ with a DataError naming the file and the document, never an IndexError or silent
 
 from __future__ import annotations
 
+import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -70,52 +74,175 @@ def column_chunks(path: Path, buf: pa.Buffer, base: int, value_type: pa.DataType
     return out
 
 
-class SplitStream:
-    """The packed stream of one split over its shard files (in order)."""
+def expand_ranges(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Sorted unique ids in the inclusive ranges [first[i], last[i]]."""
+    span = last - first + 1
+    ids = np.repeat(first, span) + (np.arange(span.sum()) - np.repeat(np.cumsum(span) - span, span))
+    return np.unique(ids)
 
-    def __init__(self, paths: list[Path], value_type: pa.DataType, eos_id: int,
-                 vocab_size: int):
-        self.eos_id, self.vocab_size = eos_id, vocab_size
-        self.paths = paths
-        self.files = MappedFiles(paths)
+
+def group_ranges(first: np.ndarray, last: np.ndarray, budget: int
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Rows (windows) grouped so that each group touches at most `budget` files (a window's
+    files are [first, last]; `budget` >= the most one window touches): [(rows, file ids)]."""
+    groups, rows, ids = [], [], set()
+    for r in np.argsort(first, kind="stable").tolist():
+        mine = set(range(int(first[r]), int(last[r]) + 1))
+        if rows and len(ids | mine) > budget:
+            groups.append((np.array(rows), np.array(sorted(ids))))
+            rows, ids = [], set()
+        rows.append(r)
+        ids |= mine
+    groups.append((np.array(rows), np.array(sorted(ids))))
+    return groups
+
+
+class SplitStream:
+    """The packed stream of one split over its shard files (in order).
+
+    `shards` (pretrain.data.shardset) gives the files: a local folder's are all mapped at once;
+    object-storage shards are mapped lazily, only the files a batch of windows touches, through
+    the node's cache (every file's slot, documents and tokens are known from the manifest, so
+    stream positions and the sample order never depend on what is cached)."""
+
+    def __init__(self, shards, value_type: pa.DataType, eos_id: int, vocab_size: int,
+                 counts: list[tuple[int, int]] | None = None):
+        self.eos_id, self.vocab_size, self.value_type = eos_id, vocab_size, value_type
+        self.shards = shards
+        self.paths = list(shards.names)                    # for messages
+        self.counts = counts                               # manifest (documents, tokens)
+        self.files = MappedFiles(sizes=shards.sizes)
         self.words = self.files.view(np.int64)
         self.tokens = self.files.view(value_type.to_pandas_dtype())
         self.dtype = self.tokens.dtype
-        width = value_type.byte_width
-        tables = [_chunk_table(p, self.files.buffer(i), self.files.address, value_type)
-                  for i, p in enumerate(paths)]
-        self.file_chunks = np.cumsum([0] + [len(t) for t in tables])   # chunks per file
-        o_byte, v_byte, ndocs, first, nvals = np.concatenate(tables).T
+        self.lazy = shards.lazy
+        self._all_mapped = False      # lazy: every file mapped (nothing to check per gather)
+        self._tables: list[np.ndarray] = [self._placeholder(i) for i in range(len(self.paths))]
+        self._rebuild()
+        shards.bind(self._drop)
+        if not self.lazy:
+            for i, path in enumerate(shards.acquire(list(range(len(self.paths))))):
+                self._map(i, path)
+            self._rebuild()
+        else:
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (s := ref()) and s._forget())
+
+    def _forget(self) -> None:
+        """In a forked child (a DataLoader worker): the parent's mappings are the parent's
+        pins; unmap them, the child maps (and pins) what it reads itself."""
+        for i in np.flatnonzero(self.files.mapped):
+            self._unmap(int(i))
+        self._all_mapped = False
+        self._rebuild()
+
+    # ---- the chunk table: one row per record batch, placeholders for unmapped files -------
+    def _placeholder(self, i: int) -> np.ndarray:
+        """(1, 6) row of an unmapped file from the manifest: obase, vbase -1 (never read)."""
+        docs, tokens = self.counts[i] if self.counts is not None else (0, 0)
+        return np.array([[-1, -1, docs, 0, tokens, tokens]], np.int64)
+
+    def _map(self, i: int, path: Path) -> None:
+        """Map file i and read its record batches into its chunk table rows
+        (obase, vbase, docs, off0, tokens, values); checked against the manifest."""
+        self.files.map(i, path)
+        width = self.value_type.byte_width
+        raw = _chunk_table(self.paths[i], self.files.buffer(i), self.files.address,
+                           self.value_type)
+        o_byte, v_byte, ndocs, first, nvals = raw.T
         if (o_byte % 8).any() or (v_byte % width).any():
-            raise DataError(f"{paths[0].parent}: Arrow buffers are not aligned")
-        self.obase = o_byte // 8 + first                    # words[obase + j] = offsets[j]
-        self.vbase = v_byte // width                        # tokens[vbase + o] = values[o]
-        self.ndocs = ndocs
-        self.off0 = self.words[self.obase]
-        ends = self.words[self.obase + ndocs]
-        self.ntok = ends - self.off0
+            raise DataError(f"{self.paths[i]}: Arrow buffers are not aligned")
+        obase = o_byte // 8 + first
+        off0 = self.words[obase]
+        ntok = self.words[obase + ndocs] - off0
+        if ((ntok < 0) | (self.words[obase + ndocs] > nvals)).any():
+            raise DataError(f"{self.paths[i]}: list offsets point outside the values")
+        self._tables[i] = np.stack([obase, v_byte // width, ndocs, off0, ntok, nvals], axis=1)
+        self._check_counts(i)
+
+    def _check_counts(self, i: int) -> None:
+        if self.counts is None:
+            return
+        docs, tokens = (int(x) for x in self._tables[i][:, [2, 4]].sum(axis=0))
+        want = self.counts[i]
+        if (docs, tokens) != tuple(want):
+            raise DataError(f"{self.paths[i]}: holds {docs} documents / {tokens} tokens, the "
+                            f"manifest says {want[0]} / {want[1]}")
+        top = self._max_token_sample(self._tables[i])
+        if top >= self.vocab_size:
+            raise DataError(f"{self.paths[i]}: token id {top} >= vocab_size {self.vocab_size} "
+                            "(shards and manifest disagree; run `python -m data_tools "
+                            "validate`)")
+
+    def _rebuild(self) -> None:
+        """The split-wide arrays over all chunks, from the per-file tables."""
+        table = np.concatenate(self._tables)
+        self.file_chunks = np.cumsum([0] + [len(t) for t in self._tables])   # chunks per file
+        self.obase, self.vbase, self.ndocs, self.off0, self.ntok, _ = (
+            np.ascontiguousarray(c) for c in table.T)
         self.ntok_u64 = self.ntok.astype(np.uint64)     # for the per-batch offset checks
-        bad = np.flatnonzero((self.ntok < 0) | (ends > nvals))
-        if len(bad):
-            f = int(np.searchsorted(self.file_chunks, bad[0], "right") - 1)
-            raise DataError(f"{paths[f]}: list offsets point outside the values")
-        self.doc_base = np.concatenate([[0], np.cumsum(ndocs)])           # (chunks + 1,)
-        self.sbase = np.concatenate([[0], np.cumsum(self.ntok + ndocs)])  # stream bases
+        self.doc_base = np.concatenate([[0], np.cumsum(self.ndocs)])           # (chunks + 1,)
+        self.sbase = np.concatenate([[0], np.cumsum(self.ntok + self.ndocs)])  # stream bases
+        self.file_sbase = self.sbase[self.file_chunks]                         # (files + 1,)
         self.num_docs, self.stream_len = int(self.doc_base[-1]), int(self.sbase[-1])
-        self._search_steps = int(max(1, ndocs.max()) - 1).bit_length()
+        readable = np.flatnonzero((self.obase >= 0) & (self.ntok > 0))   # mapped, not empty
+        self._safe_index = int(self.vbase[readable[0]] + self.off0[readable[0]]) \
+            if len(readable) else 0
+        self._search_steps = int(max(1, self.ndocs.max(initial=1)) - 1).bit_length()
+        self._dirty = False
+
+    def _unmap(self, i: int) -> None:
+        self.files.unmap(i)
+        self._tables[i] = self._placeholder(i)
+
+    # ---- which files windows touch; making them present -------------------------------------
+    def file_ranges(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(first, last) file of each window [s, s + length) (n,), (n,)."""
+        starts = np.asarray(starts, np.int64)
+        return (np.searchsorted(self.file_sbase, starts, "right") - 1,
+                np.searchsorted(self.file_sbase, starts + length - 1, "right") - 1)
+
+    def files_of(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Sorted ids of the files holding stream positions [s, s + length) for s in starts."""
+        return expand_ranges(*self.file_ranges(starts, length))
+
+    def _hold(self, ids: np.ndarray) -> None:
+        """Map files `ids` (all of them), first letting go of this process's least recently
+        used mapped shards if the process's share of the node cache asks for it."""
+        if self.files.mapped[ids].all():
+            self.shards.touch(ids)
+            if self._dirty:
+                self._rebuild()
+            return
+        missing = [int(i) for i in ids if not self.files.mapped[i]]
+        self.shards.make_room(ids, None)
+        try:
+            paths = self.shards.acquire(missing)
+            for i, path in zip(missing, paths):
+                self._map(i, path)
+            self.shards.mapped(ids)
+        finally:
+            self._rebuild()
+            self._all_mapped = bool(self.files.mapped.all())
+
+    def _drop(self, i: int) -> None:
+        """The cache's callback: unmap file i (arrays rebuilt before the next gather)."""
+        self._unmap(i)
+        self._dirty = True
+        self._all_mapped = False
 
     def file_counts(self, i: int) -> tuple[int, int]:
         """(documents, tokens) of file i."""
         a, b = self.file_chunks[i], self.file_chunks[i + 1]
         return int(self.ndocs[a:b].sum()), int(self.ntok[a:b].sum())
 
-    def max_token_sample(self, i: int) -> int:
-        """Largest id in up to RANGE_CHECK_PROBES chunks of file i (first and last tokens)."""
-        a, b = int(self.file_chunks[i]), int(self.file_chunks[i + 1])
+    def _max_token_sample(self, table: np.ndarray) -> int:
+        """Largest id in up to RANGE_CHECK_PROBES chunks of one file's table (first and last
+        tokens of each)."""
         top = 0
-        for c in np.unique(np.linspace(a, b - 1, RANGE_CHECK_PROBES).astype(int)) if b > a else []:
-            lo = int(self.vbase[c] + self.off0[c])
-            hi = lo + int(self.ntok[c])
+        for c in np.unique(np.linspace(0, len(table) - 1, RANGE_CHECK_PROBES).astype(int)):
+            lo = int(table[c, 1] + table[c, 3])
+            hi = lo + int(table[c, 4])
             for x, y in ((lo, min(hi, lo + RANGE_CHECK_BLOCK)),
                          (max(lo, hi - RANGE_CHECK_BLOCK), hi)):
                 if y > x:
@@ -131,6 +258,15 @@ class SplitStream:
         rel = o - self.off0[c]                  # must be in [0, ntok[c]]
         self._check_offsets(g, rel, c)
         return self.sbase[c] + rel + j, self.vbase[c] + o
+
+    def _doc_end(self, g: np.ndarray) -> np.ndarray:
+        """Stream position just after document g's EOS (= where the next one starts), read
+        from g's own chunk (the next document may be in a file that is not mapped)."""
+        c = np.searchsorted(self.doc_base, g, "right") - 1
+        j = g - self.doc_base[c]
+        rel = self.words[self.obase[c] + j + 1] - self.off0[c]      # must be in [0, ntok[c]]
+        self._check_offsets(g, rel, c)
+        return self.sbase[c] + rel + j + 1
 
     def _check_offsets(self, g: np.ndarray, rel: np.ndarray, c: np.ndarray) -> None:
         """Offsets of documents g, relative to their chunk c's first, within the chunk."""
@@ -150,7 +286,7 @@ class SplitStream:
         path, row = self.locate(g)
         return DataError(f"{path}: document {row} (row {row} of the file): {what} -- the shard "
                          "is damaged (changed after it was written?); run `python -m data_tools "
-                         f"validate {path.parent.parent}`")
+                         f"validate {self.shards.folder}`")
 
     def _check_tiling(self, length: int, g_first: np.ndarray, rows: np.ndarray,
                       cols: np.ndarray, first: np.ndarray, after: np.ndarray) -> None:
@@ -204,19 +340,35 @@ class SplitStream:
         rows = np.repeat(np.arange(n), counts)
         row_first = np.cumsum(counts) - counts
         g_in = np.repeat(g_first + 1 - row_first, counts) + np.arange(len(rows))
-        k = len(rows)                               # one lookup for all three kinds of document
-        s, v = self._doc_start(np.concatenate([g_in, g_first,
-                                               np.minimum(g_last + 1, self.num_docs - 1)]))
+        k = len(rows)                               # one lookup for both kinds of document
+        s, v = self._doc_start(np.concatenate([g_in, g_first]))
         cols = s[:k] - starts[rows]                                       # >= 1
-        after = np.where(g_last + 1 < self.num_docs, s[k + n:], self.stream_len) - starts
+        after = self._doc_end(g_last) - starts
         self._check_tiling(length, g_first, rows, cols, s[k:k + n] - starts, after)
         return g_first, counts, rows, cols, v[:k], v[k:k + n] - s[k:k + n], after
 
     def windows(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """stream[s : s + length] for each s in `starts` (n,): tokens (n, length) in the shard
         dtype, doc ids (n, length) int32 from 0 in each window (an EOS belongs to the document
-        it ends)."""
+        it ends). Lazy shards: the files the windows touch are mapped first, in groups that
+        fit this process's share of the node cache (rows gathered group by group)."""
         starts = np.asarray(starts, np.int64)
+        if not self.lazy or not len(starts) or (self._all_mapped and self.shards.all_fit):
+            return self._gather(starts, length)         # warm: as fast as a local folder
+        first, last = self.file_ranges(starts, length)
+        ids = expand_ranges(first, last)
+        if len(ids) <= self.shards.budget:
+            self._hold(ids)
+            return self._gather(starts, length)
+        tokens = np.empty((len(starts), length), self.dtype)
+        docs = np.empty((len(starts), length), np.int32)
+        for rows, ids in group_ranges(first, last, self.shards.budget):
+            self._hold(ids)
+            tokens[rows], docs[rows] = self._gather(starts[rows], length)
+        return tokens, docs
+
+    def _gather(self, starts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """windows() over mapped files."""
         n = len(starts)
         g_first, counts, rows, cols, v_in, delta0, after = self._layout(starts, length)
         delta_in = v_in - (starts[rows] + cols)         # token index - stream position
@@ -237,7 +389,7 @@ class SplitStream:
         inside = np.flatnonzero(end < length)
         eos_rows = np.concatenate([rows, inside])
         eos_cols = np.concatenate([cols - 1, end[inside]])
-        index[eos_rows, eos_cols] = 0                   # any valid index; overwritten below
+        index[eos_rows, eos_cols] = self._safe_index    # a mapped token; overwritten below
         tokens = self.tokens[index]                                       # (n, length)
         tokens[eos_rows, eos_cols] = self.eos_id
         self._check_ids(tokens, g_first, doc_ids)

@@ -4,7 +4,9 @@ Then every shard file of a split is addressed through a single numpy array, so a
 windows spread over hundreds of shard files is still one vectorised gather. Only address space
 is reserved up front (PROT_NONE, no memory); pages are read in by the kernel on first access,
 exactly as with an ordinary mmap. Python's mmap module cannot place a mapping at an address,
-hence libc's mmap through ctypes.
+hence libc's mmap through ctypes. Files can also be mapped into their reserved slots one by one,
+later, and unmapped again: the loader over object storage keeps only the shards of its node's
+cache mapped (pretrain.data.cache).
 """
 
 from __future__ import annotations
@@ -38,11 +40,19 @@ def _mmap(addr: int | None, size: int, prot: int, flags: int, fd: int) -> int:
 
 
 class MappedFiles:
-    """Files mapped back to back (each at a page boundary) into one read-only address range."""
+    """Files mapped back to back (each at a page boundary) into one read-only address range.
 
-    def __init__(self, paths: list[Path]):
-        self.paths = list(paths)
-        self.sizes = [p.stat().st_size for p in self.paths]
+    A slot is reserved for every file up front from its size; a file is mapped into its slot at
+    once (`paths` given) or later (`map`), and can be unmapped again (`unmap`: the slot goes back
+    to inaccessible address space, the file's pages are released). Reading an unmapped slot
+    kills the process (SIGSEGV): callers check `mapped` first."""
+
+    def __init__(self, paths: list[Path] | None = None, sizes: list[int] | None = None):
+        if sizes is None:
+            sizes = [Path(p).stat().st_size for p in paths or []]
+        self.sizes = [int(s) for s in sizes]
+        self.paths: list[Path | None] = [None] * len(self.sizes)
+        self.mapped = np.zeros(len(self.sizes), bool)
         page = mmap.PAGESIZE
         ends = np.cumsum([-(-max(s, 1) // page) * page for s in self.sizes])
         self.starts = [0, *ends[:-1].tolist()]               # byte offset of each file
@@ -50,15 +60,32 @@ class MappedFiles:
         self.address = _mmap(None, self.total, _PROT_NONE,
                              mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1)
         weakref.finalize(self, _libc.munmap, self.address, self.total)
-        for path, start, size in zip(self.paths, self.starts, self.sizes):
-            if size == 0:
-                continue
+        for i, path in enumerate(paths or []):
+            self.map(i, path)
+
+    def map(self, i: int, path: Path) -> None:
+        """Map file i (which must have the size its slot was made for) into its slot."""
+        size = Path(path).stat().st_size
+        if size != self.sizes[i]:
+            raise ValueError(f"{path}: {size} bytes, its slot holds {self.sizes[i]}")
+        if size:
             fd = os.open(path, os.O_RDONLY)
             try:
-                _mmap(self.address + start, size, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED,
-                      fd)
+                _mmap(self.address + self.starts[i], size, mmap.PROT_READ,
+                      mmap.MAP_SHARED | _MAP_FIXED, fd)
             finally:
                 os.close(fd)
+        self.paths[i] = Path(path)
+        self.mapped[i] = True
+
+    def unmap(self, i: int) -> None:
+        """Drop file i's mapping (its slot stays reserved, inaccessible)."""
+        if not self.mapped[i]:
+            return
+        if self.sizes[i]:
+            _mmap(self.address + self.starts[i], self.sizes[i], _PROT_NONE,
+                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE | _MAP_FIXED, -1)
+        self.mapped[i] = False
 
     def view(self, dtype: np.dtype) -> np.ndarray:
         """The whole range as one array of `dtype` (file i starts at byte starts[i])."""
@@ -70,5 +97,5 @@ class MappedFiles:
         return arr
 
     def buffer(self, i: int) -> pa.Buffer:
-        """File i as a zero-copy pyarrow buffer (keeps this mapping alive)."""
+        """File i as a zero-copy pyarrow buffer (keeps this mapping alive; file i mapped)."""
         return pa.foreign_buffer(self.address + self.starts[i], self.sizes[i], base=self)

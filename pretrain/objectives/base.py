@@ -25,6 +25,7 @@ model are imported inside the methods that use them.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,22 @@ class Objective(ABC):
     def batch(self, src: DataSource, split: str, folder: np.ndarray, within: np.ndarray,
               epochs: np.ndarray) -> Batch:
         """Samples `within` (n,) of folders `folder` (n,) of `split`, stacked (n, ...)."""
+
+    def thread_copy(self) -> Objective:
+        """A copy for another thread (the read-ahead over object storage computes the order
+        beside the loader): memo tables of its own, the tables `open` made shared."""
+        return copy.copy(self)
+
+    @property
+    def sample_window(self) -> int | None:
+        """Tokens one sample reads from a split's packed stream; None: one row (pairs)."""
+        return None
+
+    @abstractmethod
+    def file_spans(self, src: DataSource, split: str, k: int, within: np.ndarray
+                   ) -> tuple[Any, np.ndarray, np.ndarray]:
+        """Which shard files samples `within` (n,) of folder k's `split` read: (the split's
+        shard set, pretrain.data.shardset; first file (n,); last file (n,))."""
 
     def train_samples(self, src: DataSource, step: int, micro: int,
                       part: RankSlice) -> tuple[np.ndarray, np.ndarray]:

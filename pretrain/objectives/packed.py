@@ -51,6 +51,17 @@ class PackedObjective(Objective):
     def opened_counts(self, src: DataSource, k: int, split: str) -> SplitCounts:
         return SplitCounts(stream_tokens=src.folders[k].streams[split].stream_len)
 
+    @property
+    def sample_window(self) -> int:
+        return self.window.tokens
+
+    def file_spans(self, src: DataSource, split: str, k: int, within: np.ndarray
+                   ) -> tuple[object, np.ndarray, np.ndarray]:
+        stream = src.folders[k].streams[split]
+        first, last = stream.file_ranges(np.asarray(within, np.int64) * self.window.stride,
+                                         self.window.tokens)
+        return stream.shards, first, last
+
     def windows(self, src: DataSource, split: str, folder: np.ndarray, within: np.ndarray,
                 ) -> tuple[np.ndarray, np.ndarray]:
         """(tokens (n, window), document ids (n, window)) of samples `within` of `folder`."""

@@ -106,6 +106,20 @@ class Seq2Seq(Objective):
                                         tgt_len[rows].astype(np.int32))
                 self.skipped_pairs[split] += pairs.num_pairs - len(rows)
 
+    def thread_copy(self) -> Seq2Seq:
+        other = super().thread_copy()
+        other._pools = {}
+        return other
+
+    def file_spans(self, src: DataSource, split: str, k: int, within: np.ndarray
+                   ) -> tuple[object, np.ndarray, np.ndarray]:
+        """One file per pair: the one holding its row."""
+        pairs = src.folders[k].pairs[split]
+        rows = self._rows[k, split][np.asarray(within, np.int64)]
+        chunk = np.searchsorted(pairs.doc_base, rows, "right") - 1
+        file = np.searchsorted(pairs.file_chunks, chunk, "right") - 1
+        return pairs.shards, file, file
+
     def _lengths(self, split: str, folder: np.ndarray, within: np.ndarray) -> Lengths:
         src_len, tgt_len = np.empty(len(within), np.int64), np.empty(len(within), np.int64)
         for k in np.unique(folder).tolist():

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
 def _train(cfg, denv) -> int:
     """Start the process group and DeepSpeed, train, close."""
+    from data_tools.remote import RemoteError, RemoteUnavailable
     from pretrain.configlib import ConfigError
     from pretrain.data import DataError
     from pretrain.train.checkpoint import CheckpointError, CheckpointSaveError
@@ -77,7 +78,11 @@ def _train(cfg, denv) -> int:
         trainer = Trainer(cfg, denv, device, stop)
         code = trainer.run()
         return code
-    except (ConfigError, DataError, CheckpointError, RunDirBusy) as e:
+    except RemoteUnavailable as e:  # object storage failed inside a step: see remote_data.py
+        _report(e, denv.rank)
+        error = str(e)
+        return EXIT_FAILED
+    except (ConfigError, DataError, CheckpointError, RunDirBusy, RemoteError) as e:
         _report(e, denv.rank)
         code, error = EXIT_CONFIG, str(e)
         return code

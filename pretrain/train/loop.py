@@ -34,6 +34,7 @@ from pretrain.train.memcheck import Calibration
 from pretrain.train.metrics import Metrics
 from pretrain.train.preflight import vocab_problem
 from pretrain.train.progress import Progress
+from pretrain.train.remote_data import RemoteData, eval_indices
 from pretrain.train.resume import apply_hyperparameters, check_resume, data_folders, warn_changes
 from pretrain.train.runlock import acquire_collective
 from pretrain.train.sequence import SequenceParallel
@@ -211,6 +212,7 @@ class Trainer:
         self.metrics = Metrics(cfg.run_dir, self.rank0, cfg.logging.wandb, config_to_dict(cfg),
                                self.step)
         self.stats = DeviceStats(self.device, denv.world_size)
+        self.remote = RemoteData(self.src, cfg.data.remote_timeout) if self.src.cache else None
         self.next_sync = self.step + 1  # the first step (compiles, warms up) is timed alone
         self.flops_per_token = self._flops_per_token()
         if self.rank0 and not use_gpu():
@@ -483,6 +485,8 @@ class Trainer:
                "restart_count": self.restart_count, "time": time.time(),
                **self.memcheck.fields()}
         row.update(self.objective.log_fields(interval.counts))  # seq2seq: padding_fraction
+        if self.remote is not None:  # s3:// data: cache_hit_rate, remote_bytes (all ranks)
+            row.update(self.remote.metrics())
         self.metrics.log(row)
         log.info("step %d/%d loss %.4f lr %.3g tokens/s %.0f step %.0f ms", self.step,
                  self.cfg.train.max_steps, row["loss"], row["lr"], row["tokens_per_sec"],
@@ -522,6 +526,7 @@ class Trainer:
                 self.src, t.global_batch_size, t.micro_batch_size, self.sp.dp_rank,
                 self.sp.dp_world, consumed_samples=self.consumed_samples(),
                 num_workers=d.num_workers, pin_memory=d.pin_memory)
+            self._first_step = self.step
         return self._batch_iter
 
     def _after_sync(self, synced: Synced, out: dict[str, Any], due: Due,
@@ -542,6 +547,11 @@ class Trainer:
             self.save()  # before evaluating: a failing evaluation must not cost the checkpoint
         if stop or self.step == self.cfg.train.max_steps:
             self.wait_for_checkpoint()  # a stop or the end leaves its checkpoint committed
+        if due.eval and self.remote is not None and not self._eval_data_ready():
+            if not (stop or due.save):
+                self.save()
+            self.wait_for_checkpoint()  # the exit-75 checkpoint is committed
+            return EXIT_RESUME
         if due.eval:
             self._eval()
         if stop and self.step < self.cfg.train.max_steps:
@@ -574,7 +584,14 @@ class Trainer:
         while self.step < end:
             t0 = time.perf_counter()
             self._loop = (clock, t0)
+            data_wait_s = 0.0
+            if self.remote is not None:  # s3:// data: every rank has its step's shards?
+                agreed = self.remote.before_step(batches, self.step, self._first_step, self.gas)
+                if agreed.outage:
+                    return self._stop_on_outage(agreed, clock, interval)
+                data_wait_s = agreed.wait_s
             out = self.train_step(batches)
+            out["data_wait_s"] += data_wait_s
             self.step += 1
             self.memcheck.step_done()
             self._collect_garbage()
@@ -591,12 +608,43 @@ class Trainer:
                     return code
         return EXIT_OK if self.step == self.cfg.train.max_steps else None
 
+    def _stop_on_outage(self, agreed, clock: SyncClock, interval: Interval) -> int:
+        """Object storage failed longer than data.remote_timeout on some rank: every rank
+        saves at this step boundary and the run exits 75 (a requeue resumes it exactly)."""
+        log.warning("object storage unavailable for data.remote_timeout (%.0f s) on some rank"
+                    "%s; saving a checkpoint at step %d and exiting %d to be resumed",
+                    self.cfg.data.remote_timeout,
+                    f" (this rank: {agreed.error})" if agreed.error else "", self.step,
+                    EXIT_RESUME)
+        synced = self.sync(clock.seconds_per_step())
+        code = self._after_sync(synced, {}, Due(log=False, eval=False, save=False, stop=True),
+                                interval)
+        return EXIT_RESUME if code is None else code
+
+    def _eval_data_ready(self) -> bool:
+        """s3:// data: every rank has its validation shards (else: outage, logged)."""
+        cfg = self.cfg
+        indices = eval_indices(self.src, cfg.train.micro_batch_size, self.denv.rank,
+                               self.denv.world_size, cfg.eval.max_samples)
+        agreed = self.remote.before_eval(indices)
+        if agreed.outage:
+            log.warning("object storage unavailable for data.remote_timeout during evaluation"
+                        "%s; stopping at step %d with exit %d to be resumed",
+                        f" (this rank: {agreed.error})" if agreed.error else "", self.step,
+                        EXIT_RESUME)
+        return not agreed.outage
+
     def close(self, code: int | None = None, error: str | None = None) -> None:
         """Close the metrics, record the exit (rank 0: `code` as the process will return it,
         None when the caller gives none) and release the run folder."""
         try:
             self._close_saver()
             self.memcheck.stop()
+            batches = getattr(self, "_batch_iter", None)
+            if hasattr(batches, "close"):
+                batches.close()  # the read-ahead thread of s3:// data
+            if self.src.cache is not None:
+                self.src.cache.close()
             self.metrics.close()
         finally:
             try:

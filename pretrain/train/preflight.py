@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_tools.manifest import ManifestError, read_manifest, sha256_file
+from data_tools.manifest import Manifest, ManifestError, read_manifest, sha256_file
+from data_tools.remote import RemoteError, is_remote
 from pretrain.configlib import ConfigError, Problem, config_changes
 from pretrain.data.config import DataConfig
 from pretrain.data.layout import eval_batch_problem
@@ -48,7 +49,7 @@ SPLITS = ("train", "val")
 class FolderFacts:
     """What the checks need from one shard folder (read from its manifest)."""
 
-    folder: Path
+    folder: Path | str                  # str: an s3:// address
     vocab_size: int
     tokenizer_sha256: str
     tokenizer_file: Path
@@ -57,6 +58,8 @@ class FolderFacts:
     stream_tokens: dict[str, int]  # per split: tokens + one EOS per document
     pairs: bool = False  # a pair folder (source -> target)
     rows: dict[str, int] | None = None  # per split: documents, or pairs
+    manifest: Manifest | None = None    # s3:// folders: for the cache size check
+    tokenizer_bytes: int = 0            # s3:// folders: its tokenizer.json (held in the cache)
 
     @property
     def kind(self) -> str:
@@ -67,16 +70,25 @@ class FolderFacts:
         return SplitCounts(stream_tokens=self.stream_tokens[split], rows=self.rows[split])
 
 
-def read_folder(folder: Path) -> FolderFacts:
+def read_folder(folder: Path | str, remote_timeout: float | None = None) -> FolderFacts:
     """The one place this module reads a manifest (the typed `Manifest`; raises ManifestError
-    naming the file and key on a malformed one)."""
-    m = read_manifest(folder)
+    naming the file and key on a malformed one; an s3:// folder's through object storage,
+    RemoteError naming the endpoint, credentials, bucket or key that fails)."""
+    remote = is_remote(str(folder))
+    if remote:
+        from data_tools.remote_folder import START_DEADLINE_S, open_remote_folder
+
+        deadline = min(START_DEADLINE_S, remote_timeout or START_DEADLINE_S)
+        opened = open_remote_folder(str(folder), deadline_s=deadline)  # + every shard
+        m, tok_bytes = opened.manifest, opened.objects[opened.manifest.tokenizer.file]
+    else:
+        m, tok_bytes = read_manifest(folder), 0
     tok = m.tokenizer
     return FolderFacts(
         folder=folder, vocab_size=tok.vocab_size, tokenizer_sha256=tok.sha256,
-        tokenizer_file=folder / (tok.file or "tokenizer.json"), dtype=m.dtype,
-        sentinels=len(tok.sentinel_ids),
-        stream_tokens={s: m.splits[s].tokens + m.splits[s].documents if s in m.splits else 0
+        tokenizer_file=None if remote else folder / (tok.file or "tokenizer.json"),
+        dtype=m.dtype, manifest=m if remote else None, tokenizer_bytes=tok_bytes,
+        sentinels=len(tok.sentinel_ids), stream_tokens={s: m.splits[s].tokens + m.splits[s].documents if s in m.splits else 0
                        for s in SPLITS},
         pairs=m.is_pairs, rows={s: m.splits[s].documents for s in SPLITS})
 
@@ -91,7 +103,9 @@ def resolve_paths(cfg: RunConfig) -> RunConfig:
 
 
 def _resolve_data(data: DataConfig) -> DataConfig:
-    absolute = os.path.abspath
+    def absolute(path: str) -> str:   # s3:// addresses stay as they are
+        return path if is_remote(path) else os.path.abspath(path)
+
     data = data.model_copy()
     if isinstance(data.path, str):
         data.path = absolute(data.path)
@@ -99,6 +113,9 @@ def _resolve_data(data: DataConfig) -> DataConfig:
         data.path = [e.model_copy(update={"path": absolute(e.path)}) for e in data.path]
     if data.tokenizer:
         data.tokenizer = absolute(data.tokenizer)
+    if data.cache_dir:
+        data.cache_dir = absolute(data.cache_dir)
+    data.shuffle_block_shards = data.block_shards()   # "auto" resolved: recorded, resumed
     return data
 
 
@@ -156,6 +173,12 @@ def _init_problems(s: dict[str, Any], facts: list[FolderFacts]) -> list[Problem]
 def _read_folders(data: DataConfig) -> tuple[list[FolderFacts], list[Problem]]:
     facts, problems = [], []
     for path, _ in data.folders():
+        if is_remote(path):
+            try:
+                facts.append(read_folder(path, data.remote_timeout))
+            except (ManifestError, RemoteError) as e:
+                problems.append(Problem(f"data.path: {e}", ("data.path",)))
+            continue
         folder = Path(path)
         if not folder.exists():
             problems.append(Problem(f"data.path {folder}: no such folder", ("data.path",)))
@@ -173,7 +196,7 @@ def _read_folders(data: DataConfig) -> tuple[list[FolderFacts], list[Problem]]:
 def _tokenizer_problems(data: DataConfig, facts: list[FolderFacts]) -> list[Problem]:
     problems, first = [], facts[0]
     for f in facts:
-        if not f.tokenizer_file.is_file():
+        if f.tokenizer_file is not None and not f.tokenizer_file.is_file():
             problems.append(Problem(f"data.path: {f.tokenizer_file} is missing (the shard "
                                     "folder's copy of its tokenizer)", ("data.path",)))
         if (f.tokenizer_sha256, f.dtype) != (first.tokenizer_sha256, first.dtype):
@@ -232,8 +255,8 @@ def _sample_problems(s: dict[str, Any], facts: list[FolderFacts],
     return problems
 
 
-def data_problems(s: dict[str, Any],
-                  world_size: int | None) -> tuple[list[FolderFacts], list[Problem]]:
+def data_problems(s: dict[str, Any], world_size: int | None,
+                  ranks_per_node: int | None = None) -> tuple[list[FolderFacts], list[Problem]]:
     """The config's valid sections (`s`) against the data folders they name: (what the
     manifests say, the problems)."""
     if "data" not in s:
@@ -253,7 +276,26 @@ def data_problems(s: dict[str, Any],
         problems += [problem] if problem else []
     problems += [Problem(f"data.path: {p}", ("data.path", objective.sample_key))  # sentinels
                  for p in objective.folder_problems(facts[0].folder, facts[0].sentinels)]
-    return facts, problems + _sample_problems({**s, "data": data}, facts, world_size)
+    return facts, (problems + _sample_problems({**s, "data": data}, facts, world_size)
+                   + _cache_problems(data, facts, world_size, ranks_per_node))
+
+
+def _cache_problems(data: DataConfig, facts: list[FolderFacts], world_size: int | None,
+                    ranks: int | None) -> list[Problem]:
+    """s3:// folders: the node cache's limit against what one step needs
+    (pretrain.data.remote_plan), for `ranks` ranks per node (default: as the rank sees its
+    node, or all ranks on one)."""
+    from pretrain.data.remote_plan import plan_cache
+    from pretrain.data.remote_plan import ranks_per_node as local_ranks
+
+    manifests = [f.manifest for f in facts if f.manifest is not None]
+    if not manifests:
+        return []
+    plan = plan_cache(data, manifests, ranks or local_ranks(world_size or 1),
+                      objective_for(data).sample_window,
+                      meta_bytes=max(f.tokenizer_bytes for f in facts))
+    problem = plan.problem()
+    return [Problem(problem, ("data.cache_limit", "data.prefetch_shards"))] if problem else []
 
 
 # ---- the checkpoint a resume starts from ----------------------------------------------------
@@ -312,11 +354,12 @@ def resume_findings(cfg: RunConfig) -> tuple[list[Problem], list[str]]:
 
 
 def check_run(config: str | Path, overrides: Sequence[str] | Iterable[str] = (),
-              world_size: int | None = None) -> RunConfig:
+              world_size: int | None = None, ranks_per_node: int | None = None) -> RunConfig:
     """Every pre-flight check; the config as the ranks run it, or one ConfigError listing all
-    problems (those from the command line said to be so)."""
+    problems (those from the command line said to be so). `ranks_per_node`: for the node
+    cache of s3:// data (default: what the environment says, else all ranks on one node)."""
     checked = check_run_config(config, list(overrides), world_size)
-    facts, problems = data_problems(checked.sections, world_size)
+    facts, problems = data_problems(checked.sections, world_size, ranks_per_node)
     checked.problems += problems + _init_problems(checked.sections, facts)
     if checked.problems:
         raise checked.error(str(config))

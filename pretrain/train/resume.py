@@ -2,8 +2,9 @@
 
 Refused (the message names each change): the model's parameter shapes, the data (another
 fingerprint: the changed folder paths, weights or folder contents are named), what decides which
-samples come in which order (seed, objective, lengths, noise, shuffle), the precision, the
-optimizer (offload or not), the parametrization (muP's keys), and a ZeRO stage change the universal checkpoint cannot carry
+samples come in which order (seed, objective, lengths, noise, shuffle and its blocks), the
+precision, the optimizer (offload or not), the parametrization (muP's keys), and a ZeRO stage
+change the universal checkpoint cannot carry
 (reshard.through_universal; another number of ranks resumes at any stage). A change of
 global batch is kept when the samples consumed so far are a whole number of the new batches (the
 loader resumes at an exact step of the new batch), refused otherwise. Everything else (lr,
@@ -30,7 +31,10 @@ log = logging.getLogger(__name__)
 
 # Keys that decide which sample comes at which position (the objectives' own: each names them,
 # pretrain/objectives), or the saved optimizer layout.
-EXACTNESS_KEYS = ("seed", "precision", "data.objective", *exactness_keys(), "data.shuffle")
+EXACTNESS_KEYS = ("seed", "precision", "data.objective", *exactness_keys(), "data.shuffle",
+                  "data.shuffle_block_shards")
+# what a checkpoint written before a key existed ran with
+OLD_DEFAULTS = {"data.shuffle_block_shards": 0}
 
 
 def data_folders(src) -> list[DataFolderRecord]:
@@ -110,7 +114,9 @@ def check_resume(meta: CheckpointMeta, cfg: RunConfig, shapes: dict[str, list[in
     """Raise CheckpointError naming every change that breaks the resume; return the changed
     config keys that are kept (old, new) so the caller can warn."""
     new = config_to_dict(cfg)
-    changes = config_changes(meta.config, new)
+    changes = [(k, OLD_DEFAULTS[k] if a == "<unset>" and k in OLD_DEFAULTS else a, b)
+               for k, a, b in config_changes(meta.config, new)]
+    changes = [(k, a, b) for k, a, b in changes if a != b]
     changed = {k for k, _, _ in changes}
     problems = _partition_problems(meta, cfg.deepspeed.zero_stage)
     problems += _shape_problems(meta.param_shapes, shapes)

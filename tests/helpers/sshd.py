@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pretrain.train.distenv import free_port
 
-PACKAGES = ["openssh-server", "pdsh"]
+PACKAGES = ["openssh-server", "pdsh"]  # installed by `make sysdeps`
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it; left in place (shared)
 
@@ -41,26 +41,17 @@ def _missing() -> list[str]:
                             ("pdsh", shutil.which("pdsh"))) if not ok]
 
 
-def install_packages() -> None:
-    """apt-get install openssh-server pdsh when missing (root only; waits for another apt)."""
+class Missing(RuntimeError):
+    """Packages are missing: the fixture fails naming `make sysdeps` (tests never run apt)."""
+
+
+def check_packages() -> None:
+    """Root and the binaries of openssh-server and pdsh, which `make sysdeps` installs."""
     if os.geteuid() != 0:
-        raise Unavailable("the sshd fixture must run as root (apt, sshd)")
-    if not _missing():
-        return
-    if not shutil.which("apt-get"):
-        raise Unavailable(f"missing {_missing()} and no apt-get to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    lock = ["-o", "DPkg::Lock::Timeout=300"]  # other test sessions may be installing too
-    for cmd in (["apt-get", *lock, "update", "-q"],
-                ["apt-get", *lock, "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
-        try:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise Unavailable(f"{' '.join(cmd)} failed: {e}") from None
-        if res.returncode != 0:
-            raise Unavailable(f"{' '.join(cmd)} failed: {res.stderr.strip()[-500:]}")
+        raise Unavailable("the sshd fixture must run as root (sshd)")
     if _missing():
-        raise Unavailable(f"still missing after apt: {_missing()}")
+        raise Missing(f"missing {', '.join(_missing())}: run `make sysdeps` as root (installs "
+                      f"{' '.join(PACKAGES)})")
 
 
 @dataclass
@@ -125,6 +116,7 @@ X11Forwarding no
 PrintMotd no
 MaxStartups 100:30:200
 MaxSessions 50
+AcceptEnv AWS_*
 """)
     host_pub = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{s.port} {host_pub[0]} {host_pub[1]}\n")
@@ -162,7 +154,7 @@ def _wait_ready(s: Sshd, timeout_s: float = 30) -> None:
 
 
 def start_sshd() -> Sshd:
-    install_packages()
+    check_packages()
     d = Path(tempfile.mkdtemp(prefix="arrowtrain-sshd-", dir="/tmp"))
     tag = uuid.uuid4().hex[:6]
     s = Sshd(d, free_port(), (f"arrowtrain-{tag}-a", f"arrowtrain-{tag}-b"))

@@ -3,8 +3,8 @@
 `slurm`: a real two-node SLURM cluster on this machine (facts: notes/slurm.md).
 `sshd`: a private sshd + pdsh for `launch hostfile` over ssh (tests/helpers/sshd.py).
 
-Installs munge/slurmctld/slurmd/slurm-client with apt when missing, writes slurm.conf into a temp
-folder, starts munged (unless one runs), slurmctld and two slurmd (n1, n2 on 127.0.0.1), waits
+Needs munge/slurmctld/slurmd/slurm-client (`make sysdeps` installs them; a test never runs apt:
+a missing one fails the fixture naming that target), writes slurm.conf into a temp folder, starts munged (unless one runs), slurmctld and two slurmd (n1, n2 on 127.0.0.1), waits
 until both nodes are idle, and on stop ends only the processes it started, by PID, and removes
 the /etc/hosts line it added.
 """
@@ -65,22 +65,17 @@ def _missing_binaries() -> list[str]:
     return [b for b in BINARIES if not (shutil.which(b) or Path("/usr/sbin", b).exists())]
 
 
-def install_packages() -> None:
+class Missing(RuntimeError):
+    """Packages are missing: the fixture fails naming `make sysdeps` (tests never run apt)."""
+
+
+def check_packages() -> None:
+    """Root and the SLURM/munge binaries, which `make sysdeps` installs."""
     if os.geteuid() != 0:
-        raise Unavailable("the SLURM fixture must run as root (apt, munged, slurmd)")
-    if not _missing_binaries():
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"],
-                ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]):
-        try:
-            res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise Unavailable(f"{' '.join(cmd)} failed: {e}") from None
-        if res.returncode != 0:
-            raise Unavailable(f"{' '.join(cmd)} failed: {res.stderr.strip()[-500:]}")
+        raise Unavailable("the SLURM fixture must run as root (munged, slurmd)")
     if _missing_binaries():
-        raise Unavailable(f"still missing after apt: {_missing_binaries()}")
+        raise Missing(f"missing {', '.join(_missing_binaries())}: run `make sysdeps` as root "
+                      f"(installs {' '.join(PACKAGES)})")
 
 
 def _node_topology() -> tuple[str, int]:
@@ -249,7 +244,7 @@ def _remove_hosts_line() -> None:
 
 
 def start_cluster() -> SlurmCluster:
-    install_packages()
+    check_packages()
     d = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
     (d / "state").mkdir()
     for n in ("n1", "n2"):
@@ -277,10 +272,12 @@ def start_cluster() -> SlurmCluster:
     return cluster
 
 
-def _started(start, unavailable: type[Exception], failed: type[Exception]):
+def _started(start, unavailable: type[Exception], failed: type[Exception],
+             missing: type[Exception]):
     """start(), once more if it fails (a port picked as free can be taken by someone else before
-    the daemon binds it); a skip with the reason where it cannot be set up at all (not root,
-    apt failing), a test failure where it does not start."""
+    the daemon binds it); a skip with the reason where it cannot be set up at all (not root), a
+    test failure where it does not start or a package is missing (naming `make sysdeps`: tests
+    never run apt)."""
     try:
         try:
             return start()
@@ -288,14 +285,14 @@ def _started(start, unavailable: type[Exception], failed: type[Exception]):
             return start()
     except unavailable as e:
         pytest.skip(str(e))
-    except failed as e:
+    except (failed, missing) as e:
         pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
 def slurm():
     """A running two-node cluster (n1, n2), or a skip/failure as _started says."""
-    cluster = _started(start_cluster, Unavailable, StartFailed)
+    cluster = _started(start_cluster, Unavailable, StartFailed, Missing)
     try:
         yield cluster
     finally:
@@ -308,7 +305,7 @@ def sshd():
     pdsh, or a skip/failure as _started says."""
     from helpers import sshd
 
-    server = _started(sshd.start_sshd, sshd.Unavailable, sshd.StartFailed)
+    server = _started(sshd.start_sshd, sshd.Unavailable, sshd.StartFailed, sshd.Missing)
     try:
         yield server
     finally:

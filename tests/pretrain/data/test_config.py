@@ -27,3 +27,15 @@ def test_all_problems_reported_together():
     text = str(e.value)
     for expected in ("data.path", "data.seq_len", "data.shuffel: unknown key"):
         assert expected in text, text
+
+
+def test_shuffle_blocks_auto_is_global_locally_and_8_shards_over_s3():
+    def blocks(path, value="auto"):
+        return validate_section(DataConfig, {"path": path, "seq_len": 8,
+                                             "shuffle_block_shards": value}, "data").block_shards()
+
+    assert blocks("data/x") == 0 and blocks("s3://bucket/x") == 8
+    mix = [{"path": "data/x", "weight": 1}, {"path": "s3://bucket/y", "weight": 1}]
+    assert blocks(mix) == 8 and blocks("s3://bucket/x", 0) == 0 and blocks("data/x", 3) == 3
+    with pytest.raises(ConfigError, match="data.shuffle_block_shards"):
+        blocks("data/x", -1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pretrain.data.order import MIX_BLOCK, Mixture, Permutation, derive_keys
+from pretrain.data.order import MIX_BLOCK, BlockPermutation, Mixture, Permutation, derive_keys
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])
@@ -56,3 +56,25 @@ def test_mixing_counts_continue_across_blocks():
 def test_mixing_refuses_a_weight_too_small():
     with pytest.raises(ValueError, match="never be sampled"):
         Mixture([1.0, 1e-6])
+
+
+@pytest.mark.parametrize("n,block", [(1, 8), (7, 3), (100, 8), (1000, 64), (4097, 100),
+                                     (50, 50), (50, 500)])
+def test_block_permutation_is_a_bijection_that_reads_one_block_at_a_time(n, block):
+    perm = BlockPermutation(n, block, ("t", n))
+    image = perm(np.arange(n))
+    assert sorted(image.tolist()) == list(range(n))
+    visited = image // perm.block                    # the block of each position, in order
+    assert (np.diff(visited) != 0).sum() == perm.num_blocks - 1   # each block visited once
+    np.testing.assert_array_equal(perm(np.arange(n)[::-1])[::-1], image)   # any subset
+
+
+def test_block_permutation_shuffles_blocks_and_within_them():
+    n, block = 10_000, 100
+    a = BlockPermutation(n, block, ("order", 1, 0, 0))(np.arange(n))
+    b = BlockPermutation(n, block, ("order", 1, 0, 1))(np.arange(n))
+    assert (a != b).mean() > 0.99                    # another epoch, another order
+    blocks = a[::block] // block
+    assert abs(np.corrcoef(np.arange(len(blocks)), blocks)[0, 1]) < 0.3
+    within = a[:block] - (a[0] // block) * block
+    assert (within == np.arange(block)).mean() < 0.1

@@ -34,6 +34,10 @@ def test_resolves_paths_against_the_working_directory_and_fills_the_vocabulary(
     vocab = read_folder(tiny_data).vocab_size
     assert vocab < 512 and cfg.model.vocab_size == 512  # the tokenizer's, rounded up to 64
     assert not (tmp_path / "runs").exists()  # checking writes nothing
+    assert cfg.data.shuffle_block_shards == 0          # auto resolved: local folders shuffle
+    blocks = check_run(GPT_TINY, ["run_dir=runs/x", "data.path=data",   # globally
+                                  "data.shuffle_block_shards=5"], world_size=2)
+    assert blocks.data.shuffle_block_shards == 5
 
 
 def test_every_data_problem_in_one_error_with_its_origin(tiny_data, tmp_path):

@@ -107,6 +107,22 @@ def test_order_deciding_keys_precision_shapes_and_zero_layout_are_refused():
     assert "checkpoint 0, config 2" in refusal(cfg(deepspeed__zero_stage=2), m=zero0)
 
 
+def test_a_change_of_shuffle_blocks_is_refused_and_an_older_checkpoint_ran_global():
+    """data.shuffle_block_shards decides the order (pre-flight resolves "auto" to a number, so
+    a local folder copied to s3:// under auto is refused too); a checkpoint written before the
+    key existed shuffled globally (0)."""
+    global0 = meta(config=cfg(data__shuffle_block_shards=0))
+    assert "data.shuffle_block_shards: 0 → 8 (decides which samples" in refusal(
+        cfg(data__shuffle_block_shards=8), m=global0)
+    older = config_to_dict(cfg(data__shuffle_block_shards=0))
+    del older["data"]["shuffle_block_shards"]
+    assert check(cfg(data__shuffle_block_shards=0), m=meta(config=cfg())
+                 .model_copy(update={"config": older})) == []
+    assert "data.shuffle_block_shards: 0 → 8" in refusal(
+        cfg(data__shuffle_block_shards=8), m=meta(config=cfg()).model_copy(
+            update={"config": older}))
+
+
 def test_another_rank_count_or_a_zero_stage_among_1_to_3_resumes():
     """The rank count is not checked here (any ZeRO 0-3 checkpoint resumes on any number of
     ranks; reshard.py); a stage changes among 1-3 (the universal checkpoint), never from or to
