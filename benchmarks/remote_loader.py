@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from data_tools.copy import copy_folder  # noqa: E402
-from data_tools.manifest import read_manifest  # noqa: E402
+from data_tools.folder import read_manifest  # noqa: E402
 from data_tools.remote import SERVER_COMPAT_ENV, S3Path, shared_remote  # noqa: E402
 from pretrain.data import DataConfig, train_batches  # noqa: E402
 from pretrain.data.config import AUTO_BLOCK_SHARDS  # noqa: E402

@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from data_tools.exit_codes import EXIT_OK
+from data_tools.folder import read_manifest
 from data_tools.inputs import PAIR_READER_TEXT, READER_TEXT
-from data_tools.manifest import Manifest, SplitInfo, read_manifest
+from data_tools.manifest import Manifest, SplitInfo
 from data_tools.split import (
     USEFUL_VAL_TOKENS,
     USEFUL_VAL_WINDOWS,

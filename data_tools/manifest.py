@@ -323,13 +323,8 @@ def fingerprint(manifest: Manifest) -> str:
 
 
 def read_manifest(datadir: str | os.PathLike) -> Manifest:
-    """Load and check DATADIR/manifest.json; ManifestError names the file and every problem.
-    An s3:// folder's is read from object storage (data_tools.remote_folder; RemoteError
-    names an unreachable endpoint, wrong credentials, a missing bucket)."""
-    if isinstance(datadir, str) and datadir.startswith("s3://"):
-        from data_tools.remote_folder import read_remote_manifest
-
-        return read_remote_manifest(datadir)
+    """Load and check a local DATADIR/manifest.json; ManifestError names the file and every
+    problem. (data_tools.folder.read_manifest also reads s3:// folders.)"""
     return Manifest.read(datadir)
 
 

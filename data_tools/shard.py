@@ -31,6 +31,7 @@ from data_tools.atomic import atomic_path, is_temp_name
 from data_tools.encode import Encoder, encode_in_worker, init_worker
 from data_tools.errors import DataToolsError
 from data_tools.exit_codes import EXIT_OK
+from data_tools.folder import read_manifest
 from data_tools.inputs import (
     InputFile,
     PairFields,
@@ -52,7 +53,6 @@ from data_tools.manifest import (
     SplitInfo,
     TokenizerInfo,
     dtype_for_vocab,
-    read_manifest,
     write_manifest,
 )
 from data_tools.progress import Progress

@@ -189,7 +189,8 @@ def tokenizer_info(tok, path: str | os.PathLike, eos_token: str | None = None,
 
 def _sharded_with(tok_file: Path, sha: str) -> TokenizerInfo | None:
     """The tokenizer block of the manifest beside `tok_file`, if it describes this file."""
-    from data_tools.manifest import MANIFEST_NAME, ManifestError, read_manifest
+    from data_tools.folder import read_manifest
+    from data_tools.manifest import MANIFEST_NAME, ManifestError
     if not (tok_file.parent / MANIFEST_NAME).is_file():
         return None
     try:

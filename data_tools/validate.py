@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from data_tools.errors import DataToolsError
 from data_tools.exit_codes import EXIT_OK
-from data_tools.manifest import MANIFEST_NAME, ShardEntry, read_manifest, sha256_file
+from data_tools.folder import read_manifest
+from data_tools.manifest import MANIFEST_NAME, ShardEntry, sha256_file
 from data_tools.progress import Progress
 from data_tools.writer import tokens_schema
 

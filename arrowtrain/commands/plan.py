@@ -141,7 +141,8 @@ def load_config(args: argparse.Namespace):
 
 
 def _fill_vocab(cfg):
-    from data_tools.manifest import ManifestError, read_manifest
+    from data_tools.folder import read_manifest
+    from data_tools.manifest import ManifestError
     from pretrain.configlib import ConfigError
     from pretrain.model.config import padded_vocab_size
 

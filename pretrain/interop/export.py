@@ -193,7 +193,8 @@ def _check_out_folder(out: Path) -> None:
 
 def _tokenizer_file(run_config: dict, given: str | Path | None) -> Path:
     """tokenizer.json of `given` (a file or shard folder), or of the run's first data folder."""
-    from data_tools.manifest import ManifestError, read_manifest
+    from data_tools.folder import read_manifest
+    from data_tools.manifest import ManifestError
     from pretrain.data.config import DataConfig
 
     if given is not None and Path(given).is_file():

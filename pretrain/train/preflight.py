@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_tools.manifest import Manifest, ManifestError, read_manifest, sha256_file
+from data_tools.folder import read_manifest
+from data_tools.manifest import Manifest, ManifestError, sha256_file
 from data_tools.remote import RemoteError, is_remote
 from pretrain.configlib import ConfigError, Problem, config_changes
 from pretrain.data.config import DataConfig

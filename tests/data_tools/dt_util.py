@@ -130,7 +130,7 @@ def llama3_tokenizer(folder):
 def shard_rows(out):
     import pyarrow as pa
 
-    from data_tools.manifest import read_manifest
+    from data_tools.folder import read_manifest
     rows = []
     for _, s in read_manifest(out).shards():
         with pa.memory_map(str(out / s.file)) as src:

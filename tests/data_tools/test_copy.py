@@ -14,7 +14,7 @@ import pytest
 
 from data_tools.copy import copy_folder
 from data_tools.errors import DataToolsError
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer
 
+from data_tools.folder import read_manifest
 from data_tools.inputs import expand_inputs, iter_records, split_format_suffix
-from data_tools.manifest import read_manifest
 from tests.data_tools.dt_util import cli
 
 LICENCE = ("Permission is hereby granted, free of charge, to any person obtaining a copy\n"

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from data_tools.folder import read_manifest
 from data_tools.inputs import expand_inputs, parse_size
-from data_tools.manifest import read_manifest
 from tests.data_tools.dt_util import cli, stdlib_texts
 
 GOOD = stdlib_texts(6000)[:4]

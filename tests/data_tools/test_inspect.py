@@ -4,7 +4,7 @@ import json
 
 from tokenizers import Tokenizer
 
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from tests.data_tools.dt_util import TRICKY, cli, cli_subprocess, write_jsonl
 
 

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
+from data_tools.folder import read_manifest
 from data_tools.manifest import (
     FORMAT,
     FORMAT_VERSION,
     Manifest,
     ManifestError,
     fingerprint,
-    read_manifest,
     sha256_file,
     write_manifest,
 )

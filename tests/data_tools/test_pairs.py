@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 from tokenizers import Tokenizer
 
-from data_tools.manifest import Manifest, ManifestError, read_manifest
+from data_tools.folder import read_manifest
+from data_tools.manifest import Manifest, ManifestError
 from data_tools.writer import ShardWriter
 from tests.data_tools.dt_util import cli, read_tree, stdlib_texts
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from tests.data_tools.dt_util import REPO, cli, read_tree, stdlib_texts, write_jsonl
 
 

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 from tokenizers import Tokenizer
 
-from data_tools.manifest import fingerprint, read_manifest, sha256_file
+from data_tools.folder import read_manifest
+from data_tools.manifest import fingerprint, sha256_file
 from tests.data_tools.dt_util import TRICKY, cli, cli_subprocess, read_tree, stdlib_texts
 
 

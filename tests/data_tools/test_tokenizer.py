@@ -131,7 +131,7 @@ def shard_with(tok_file, out, corpus, *extra):
 ])
 def test_llama_style_tokenizers_shard_with_their_own_eos_and_bos(tmp_path, style, eos, bos,
                                                                  prepended, capsys):
-    from data_tools.manifest import read_manifest
+    from data_tools.folder import read_manifest
     corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
     if style == "llama3":
         tok_file = llama3_tokenizer(tmp_path / "tok")
@@ -179,7 +179,7 @@ def test_validate_checks_that_every_document_starts_with_the_bos(tmp_path, capsy
 
 
 def test_eos_bos_options_and_the_error_that_lists_the_special_tokens(tmp_path, capsys):
-    from data_tools.manifest import read_manifest
+    from data_tools.folder import read_manifest
     corpus = write_jsonl(tmp_path / "c.jsonl", SENTENCES)
     tok_file = llama_tokenizer(tmp_path / "tok", specials=("<unk>", "<cls>", "<sep>"),
                                template=None)

@@ -2,7 +2,7 @@
 refused and writes nothing (issue 19 item 6: 86,000 of 86,252 tokens left 2 train documents
 with a warning only); one val document is always allowed (the least a val split can be)."""
 
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from tests.data_tools.dt_util import cli
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from data_tools.split import USEFUL_VAL_TOKENS, Doc, TokenBudgetSplit, doc_hash
 from tests.data_tools.dt_util import cli, read_tree
 

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from data_tools.manifest import read_manifest, sha256_file, write_manifest
+from data_tools.folder import read_manifest
+from data_tools.manifest import sha256_file, write_manifest
 from data_tools.validate import validate
 from data_tools.writer import write_arrow
 from tests.data_tools.dt_util import cli, cli_subprocess, shard_folder

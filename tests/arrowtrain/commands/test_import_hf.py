@@ -236,7 +236,7 @@ def test_a_llama_folder_is_continued_on_text_sharded_with_its_own_tokenizer(tmp_
     `<s>` added by its template, no <|endoftext|>) imports, its tokenizer.json shards text with
     EOS `</s>` and each document starting with `<s>` — the ids transformers gives — and a run
     config continuing the imported model on that folder passes the pre-flight."""
-    from data_tools.manifest import read_manifest
+    from data_tools.folder import read_manifest
     from pretrain.train.preflight import check_run
     from tests.data_tools.dt_util import (
         REPO,

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from pretrain.data import DataConfig, DataError, eval_batches, train_batches
 from pretrain.data.synthetic import random_pairs, write_pair_folder
 from pretrain.objectives import open_data

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from data_tools.copy import copy_folder
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from data_tools.remote import S3Path
 from pretrain.data import DataConfig, DataError, train_batches
 from pretrain.data.cache import NodeCache, ShardRef

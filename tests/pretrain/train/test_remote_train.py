@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from helpers.dist import REPO, start_ranks
 
-from data_tools.manifest import read_manifest
+from data_tools.folder import read_manifest
 from pretrain.data import DataConfig
 from pretrain.data.remote_plan import plan_folders
 
