@@ -63,18 +63,8 @@ def _tool(*cmd: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def _int(value: Any) -> int | None:
-    """An int from a damaged file's field: None unless it is a number (or a numeric string)."""
-    if isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if number.is_integer() else None
-
-
 def _float(value: Any) -> float | None:
+    """A finite number from a damaged file's field (or a numeric string); else None."""
     if isinstance(value, bool):
         return None
     try:
@@ -82,6 +72,12 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number == number and abs(number) != float("inf") else None
+
+
+def _int(value: Any) -> int | None:
+    """An int from a damaged file's field: None unless it is a whole number."""
+    number = _float(value)
+    return int(number) if number is not None and number.is_integer() else None
 
 
 def job_state(job_id: str) -> dict[str, Any]:

@@ -173,28 +173,16 @@ class _InFlight:
     thread: threading.Thread | None = field(default=None, repr=False)
 
 
-class _Stager:
+class _Stager(ckpt.EngineSavePatch):
     """Replaces DeepSpeed's checkpoint engine `save` for one checkpoint: each file is staged
     and sent to the writer; a failure is recorded so DeepSpeed still meets its barriers."""
 
     def __init__(self, engine, saver: AsyncCheckpointer, tag_dir: Path):
-        self.ce, self.saver, self.tag_dir = engine.checkpoint_engine, saver, tag_dir
+        super().__init__(engine, tag_dir)
+        self.saver = saver
         self.zipfile = getattr(self.ce, "zipfile_serialization", True)
-        self.error: tuple[str, BaseException] | None = None
 
-    def __enter__(self):
-        self._had_attr = "save" in vars(self.ce)
-        self._orig = self.ce.save
-        self.ce.save = self.stage
-        return self
-
-    def __exit__(self, *exc):
-        if self._had_attr:
-            self.ce.save = self._orig
-        else:
-            del self.ce.save
-
-    def stage(self, state_dict, path, *args, **kwargs) -> None:
+    def _save(self, state_dict, path, *args, **kwargs) -> None:
         if self.error is not None:
             return
         try:
@@ -239,7 +227,7 @@ class AsyncCheckpointer:
                 dist.barrier()
         if stager.error is None:
             rng = tag_dir / f"rng_rank{self.rank}.pt"
-            stager.stage(ckpt.rng_state(), str(rng))
+            stager._save(ckpt.rng_state(), str(rng))
         error = None if stager.error is None else ckpt._describe(stager.error, tag_dir)
         self.writer.send({"op": "end", "tag": tag_dir.name})
         outcome = Outcome(meta.step, tag_dir, blocking_ms=(time.perf_counter() - t0) * 1e3)

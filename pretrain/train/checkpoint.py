@@ -276,14 +276,12 @@ def _disk_full(err: BaseException, directory: Path) -> bool:
 
 # ---- save -------------------------------------------------------------------------------------
 
-class _RecordSaves:
-    """Wraps DeepSpeed's checkpoint engine `save` for one checkpoint: hashes each file right
-    after it is written, and turns a failed write into a recorded error so that DeepSpeed
-    still reaches its closing barrier on this rank (no rank is left waiting)."""
+class EngineSavePatch:
+    """For one checkpoint, DeepSpeed's checkpoint engine `save` is replaced by `self._save`
+    (a context manager: the engine's own method is back on exit, even after an error)."""
 
     def __init__(self, engine, tag_dir: Path):
         self.ce, self.tag_dir = engine.checkpoint_engine, tag_dir
-        self.files: dict[str, FileRecord] = {}
         self.error: tuple[str, BaseException] | None = None
 
     def __enter__(self):
@@ -297,6 +295,19 @@ class _RecordSaves:
             self.ce.save = self._orig
         else:
             del self.ce.save
+
+    def _save(self, state_dict, path, *args, **kwargs):
+        raise NotImplementedError
+
+
+class _RecordSaves(EngineSavePatch):
+    """Wraps DeepSpeed's checkpoint engine `save` for one checkpoint: hashes each file right
+    after it is written, and turns a failed write into a recorded error so that DeepSpeed
+    still reaches its closing barrier on this rank (no rank is left waiting)."""
+
+    def __init__(self, engine, tag_dir: Path):
+        super().__init__(engine, tag_dir)
+        self.files: dict[str, FileRecord] = {}
 
     def _save(self, state_dict, path, *args, **kwargs):
         if self.error is not None:
