@@ -15,7 +15,8 @@ peak per rank next to `arrowtrain plan`'s figure, an ETA in human units from the
 step time, the checkpoint the same command resumes from (the trainer's own choice:
 `pretrain.train.checkpoint_meta.find_resume_tag`, meta.json read as the trainer's
 `CheckpointMeta`) and the rank count and ZeRO stage it was written with (and whether a
-re-sharded universal copy is beside it), the lock holder. For SLURM runs also the job id from
+re-sharded universal copy is beside it), with `checkpoint.remote` the step the remote `latest`
+names (or that the store did not answer within a few seconds), the lock holder. For SLURM runs also the job id from
 RUNDIR/slurm/jobs, its state from `squeue` or the job-completion record (`sacct -c`), the batch
 script's events (start / requeue / finished / failed with exit code). Torch-free.
 """
