@@ -11,11 +11,9 @@ import os
 import random
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from helpers.dist import run_ranks, start_ranks
 from helpers.tamper import payload_is_live, snapshot, write_payload
@@ -160,22 +158,6 @@ def test_second_run_in_the_same_folder_exits_2_naming_the_first(runs, tiny_data,
     steps = [s for s, _ in runs.train_losses(run)]
     assert steps == list(range(1, len(steps) + 1))  # one writer: no interleaved rows
     assert not (run / "run.lock").exists()
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 3.5 MB filesystem (tmpfs): room for one gpt-tiny ZeRO-1 checkpoint, not two."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    yield mnt
-    for _ in range(20):
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.5)
 
 
 def test_disk_full_while_saving_ends_cleanly_with_latest_intact(small_disk, runs, tiny_data,
