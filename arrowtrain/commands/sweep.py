@@ -34,22 +34,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser, number
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME
 
 OVERRIDES_HELP = "dotted config overrides for every run, e.g. train.max_steps=200"
 FIELDS_AFTER = ("seed", "final_train_loss", "final_val_loss", "tokens_per_sec", "status")
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
-    return int(text)
+_count = number(int, lambda n: n >= 1, "a whole number >= 1")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.sweep",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.sweep", __doc__)
     p.add_argument("--config", required=True, help="run config YAML every run starts from")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a swept config key and its values; repeat for more keys")
