@@ -5,7 +5,8 @@ and the trained runs several test files read — built once per session, on firs
 
 `make test` runs the suite on 2 pytest-xdist workers (`--dist loadgroup`): the tests of one file
 stay on one worker, and so do all tests of one real service (SLURM, sshd, Ceph RGW), which thus
-starts once. The shared folders and runs below are built once for all workers (`built_once`).
+starts once; the long files are handed out first. The shared folders and runs below are built
+once for all workers (`built_once`).
 
 Shared runs are read-only: a test that resumes, damages or otherwise changes one works on a copy
 (`copy_run(run, tmp_path / "run")`). What each is made of: helpers/runs.py."""
@@ -58,11 +59,43 @@ def pytest_configure(config):
 SERVICE_FIXTURES = ("slurm", "sshd", "rgw")
 
 
+def xdist_groups(items) -> dict[str, str]:
+    """nodeid -> group for pytest-xdist's `--dist loadgroup`: the tests of one file share a
+    group (its module fixtures are built once), and so do all the tests of one real service (it
+    starts once); both rules together, so a group is a set of files joined by their services."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for item in items:
+        file = item.nodeid.split("::")[0]
+        for service in SERVICE_FIXTURES:
+            if service in getattr(item, "fixturenames", ()):
+                parent[find(file)] = find(f"service:{service}")
+    return {item.nodeid: find(item.nodeid.split("::")[0]) for item in items}
+
+
+# Folders of long tests (real rank processes), handed out before the many short unit tests so
+# the two workers finish together instead of one waiting on a long file at the end.
+LONG_FIRST = ("service:", "tests/pretrain/train/", "tests/launch/", "tests/arrowtrain/demos/",
+              "tests/benchmarks/")
+
+
+def _long_first(group: str) -> int:
+    return next((i for i, p in enumerate(LONG_FIRST) if group.startswith(p)), len(LONG_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:  # pytest-xdist `--dist loadgroup`: one worker per service, per file
-        names = getattr(item, "fixturenames", ())
-        group = next((f for f in SERVICE_FIXTURES if f in names), item.nodeid.split("::")[0])
-        item.add_marker(pytest.mark.xdist_group(group))
+    groups = xdist_groups(items)
+    items.sort(key=lambda item: _long_first(groups[item.nodeid]))  # stable: files keep order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if os.environ.get("ARROWTRAIN_SHOW_GROUPS"):
+        for nodeid, group in groups.items():
+            print(f"group {group} {nodeid}")
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="long trial: run with --slow")
