@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.disks import tmpfs
 from helpers.dist import REPO, run_ranks
 from helpers.runs import (
     copy_run,
@@ -291,6 +292,15 @@ def runs():
     return types.SimpleNamespace(train_args=train_args, read_metrics=read_metrics,
                                  train_losses=train_losses, small_run_args=small_run_args,
                                  copy_run=copy_run, leave_killed_lock=leave_killed_lock)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3.5 MB filesystem (tmpfs): room for one gpt-tiny ZeRO-1 checkpoint, not two."""
+    with tmpfs(tmp_path / "disk", "3500k") as mnt:
+        yield mnt
+
+
 # ---- a real S3 server (Ceph RGW), one per session ----------------------------------------------
 
 @pytest.fixture(scope="session")
