@@ -27,7 +27,7 @@ from helpers.dist import run_ranks, start_ranks
 from pretrain.train import checkpoint_meta as cm
 
 ASYNC = ("checkpoint.async=true",)
-SLOW_WRITER = {"ARROWTRAIN_TEST_WRITER_DELAY_S": "1.0"}
+SLOW_WRITER = {"ARROWTRAIN_TEST_WRITER_DELAY_S": "0.5"}
 NO_DROPOUT = ("model.dropout=0.0",)  # a re-shard re-seeds the per-rank dropout streams
 
 
@@ -77,7 +77,9 @@ def test_ctrl_c_mid_write_commits_exits_75_and_resumes_bitwise(straight_run, run
     for step in (3, stopped):  # the write in flight, then the stop's own save
         assert cm.is_complete(run / "checkpoints" / cm.tag_for(step)), step
 
-    logs = run_ranks(args, tmp_path / "logs2").logs(10**6)
+    # resumed with synchronous saves (cheaper: no writer processes); async to async resumes
+    # are test_async_checkpoint.py's
+    logs = run_ranks([*args, "checkpoint.async=false"], tmp_path / "logs2").logs(10**6)
     assert f"resumed from {run / 'checkpoints' / cm.tag_for(stopped)} at step {stopped}" in logs
     assert runs.train_losses(run) == runs.train_losses(straight_run(1))
     assert _latest(run) == "step_00000008"
@@ -93,9 +95,9 @@ def test_async_checkpoint_resumes_on_another_rank_count_as_a_sync_one(
     assert _latest(run) == cm.tag_for(at)
     assert runs.train_losses(run) == runs.train_losses(sync)  # same rank count: bitwise
 
-    for folder, mode in ((run, "true"), (sync, "false")):  # each resumed as it was saved
+    for folder in (run, sync):  # both resumed alike: only how the checkpoint was written differs
         one = run_ranks(runs.small_run_args(folder, tiny_data, stage, *NO_DROPOUT,
-                                            f"checkpoint.async={mode}", "train.stop_at_step=6"),
+                                            "train.stop_at_step=6"),
                         tmp_path / f"logs_{folder.name}", world_size=1, expect=75)
         logs = one.logs(10**6)
         assert "re-shard from 2 to 1 ranks" in logs and f"at step {at}" in logs, logs
@@ -107,3 +109,24 @@ def test_async_checkpoint_resumes_on_another_rank_count_as_a_sync_one(
     ref = runs.train_losses(straight_run(0, *NO_DROPOUT))  # 2 ranks, uninterrupted
     for (step, a), (_, b) in zip(got[at:], ref[at:6]):
         assert a == pytest.approx(b, rel=1e-3), f"step {step}: {a} vs {b}"
+
+
+def test_the_host_ram_pre_flight_names_what_the_arenas_take():
+    """The start refuses checkpoint.async where MemAvailable cannot hold this node's staging
+    arenas; the figure it names is what the arenas reserve, and it names the way out."""
+    from pretrain.train import async_ckpt
+    from pretrain.train.checkpoint import human_bytes
+
+    gb = 10**9  # 8 GB checkpoint, 1 GB of weights, 4 ranks on 2 nodes of 2
+    assert async_ckpt.node_share_bytes(8 * gb, 0, [0, 1], 4, gb) == 8 * gb  # rank 0 has it all
+    assert async_ckpt.node_share_bytes(8 * gb, 0, [2, 3], 4, gb) == 0
+    assert async_ckpt.node_share_bytes(8 * gb, 1, [2, 3], 4, gb) == 4 * gb  # split by ZeRO
+    assert async_ckpt.node_share_bytes(8 * gb, 3, [0, 1], 4, gb) == 5 * gb  # + rank 0's weights
+    assert async_ckpt.arena_bytes(0) == 0
+    assert async_ckpt.arena_bytes(16 * gb) == 17 * gb + (16 << 20)  # +6% and 16 MiB
+    assert async_ckpt.host_ram_problem(1) is None
+    need = 1 << 60  # more than any host has
+    problem = async_ckpt.host_ram_problem(need)
+    assert problem.startswith(f"checkpoint.async needs ≈ {human_bytes(need)} of host RAM on "
+                              "this node for one staged copy of its ranks' share of a checkpoint")
+    assert "is available: set checkpoint.async=false" in problem
