@@ -25,7 +25,7 @@ from pretrain.train import checkpoint as ckpt
 from pretrain.train import checkpoint_meta as cm
 
 ASYNC = ("checkpoint.async=true",)
-SLOW_WRITER = {"ARROWTRAIN_TEST_WRITER_DELAY_S": "1.0"}
+SLOW_WRITER = {"ARROWTRAIN_TEST_WRITER_DELAY_S": "0.5"}
 
 
 def _latest(run: Path) -> str | None:
