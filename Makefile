@@ -5,6 +5,9 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test` (tests/conftest.py keeps a file, and a real service, on one
+# worker); TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo demo-translate test venv lint bench gpu-wheels clean sysdeps
 
@@ -32,7 +35,7 @@ demo-translate: $(STAMP)
 	$(VPY) -m arrowtrain.demos.translate_demo
 
 test: $(STAMP) sysdeps
-	$(VPY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(VPY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 sysdeps:
 	@missing=""; for b in $(SYSDEP_BINARIES); do \

@@ -1,6 +1,6 @@
-"""Progress of train-tokenizer, shard and validate: a bar on a terminal, plain lines elsewhere
-(issue 18 item 7; pretrain/train/progress.py does the same for the trainer, which data_tools
-cannot import).
+"""Progress of train-tokenizer, shard and validate — and of the trainer, whose
+pretrain/train/progress.py counts steps with this class: a bar on a terminal, plain lines
+elsewhere (issue 18 item 7).
 
 - stderr a terminal: one tqdm bar, and while it is shown every log line goes above it (the
   root handlers write through `tqdm.write`), never glued to it.
@@ -55,23 +55,36 @@ class _AboveTheBar:
 
 
 class Progress:
-    """`update(done)` with the running total (bytes, or `unit`s); `close()` at the end."""
+    """`update(done)` with the running total (bytes, or `unit`s); `close()` at the end. Mode
+    "bar" (a terminal), "lines" (elsewhere) or "off" (not `enabled`: another rank's copy).
+    A subclass may change `log` (where the lines go), `redraw_s` (the bar's least redraw
+    interval) and `line()` (what a plain line says)."""
+
+    log = log
+    redraw_s = 0.1  # tqdm's own default
 
     def __init__(self, total: int, desc: str, unit: str = "B", tty: bool | None = None,
-                 every_seconds: float = EVERY_SECONDS):
+                 every_seconds: float = EVERY_SECONDS, initial: int = 0, enabled: bool = True):
+        tty = stderr_is_tty() if tty is None else tty
+        self.mode = "off" if not enabled else "bar" if tty else "lines"
         self.total, self.desc, self.unit, self.every_s = total, desc, unit, every_seconds
-        self.bar, self._swapped, self.done, self.postfix = None, [], 0, ""
+        self.bar, self._swapped, self.postfix = None, [], ""
+        self.initial = self.done = initial
         self.t0 = self.last_line = time.monotonic()
-        if stderr_is_tty() if tty is None else tty:
+        if self.mode == "bar":
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B",
-                            file=sys.stderr, dynamic_ncols=True)
-            for handler in logging.getLogger().handlers:
-                stream = getattr(handler, "stream", None)
-                if isinstance(handler, logging.StreamHandler) and stream in (sys.stderr,
-                                                                             sys.stdout):
-                    handler.setStream(_AboveTheBar(stream))
-                    self._swapped.append((handler, stream))
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                            unit_scale=unit == "B", mininterval=self.redraw_s, file=sys.stderr,
+                            dynamic_ncols=True)
+            self._redirect_logging()
+
+    def _redirect_logging(self) -> None:
+        for handler in logging.getLogger().handlers:
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and stream in (sys.stderr,
+                                                                         sys.stdout):
+                handler.setStream(_AboveTheBar(stream))
+                self._swapped.append((handler, stream))
 
     def update(self, done: int, postfix: str = "") -> None:
         self.done, self.postfix = done, postfix
@@ -79,11 +92,11 @@ class Progress:
             if postfix:
                 self.bar.set_postfix_str(postfix, refresh=False)
             self.bar.update(done - self.bar.n)
-            return
-        now = time.monotonic()
-        if now - self.last_line >= self.every_s and done < self.total:
-            self.last_line = now
-            log.info("%s", self.line(now))
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if now - self.last_line >= self.every_s and done < self.total:
+                self.last_line = now
+                self.log.info("%s", self.line(now))
 
     def line(self, now: float) -> str:
         """`DESC: DONE of TOTAL (P%), RATE, ETA T` (sizes when counting bytes)."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from launch.common import LaunchError
+from launch.slurm import add_job_options
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 OVERRIDES_HELP = "dotted config overrides, e.g. train.max_steps=100 optim.lr=1e-3"
@@ -54,21 +55,7 @@ def _slurm_parser(sub) -> None:
     stdout)."""
     p = _launcher(sub, "slurm", "render and submit a self-requeueing sbatch job",
                   _slurm_parser.__doc__, dry_run="print the batch script, submit nothing")
-    p.add_argument("--nodes", type=int, default=1, help="nodes to allocate (default 1)")
-    p.add_argument("--gpus-per-node", type=int, default=None,
-                   help="GPUs per node; one task per GPU (default: no GPUs)")
-    p.add_argument("--tasks-per-node", type=int, default=None,
-                   help="tasks (ranks) per node (default: --gpus-per-node, else 1)")
-    p.add_argument("--cpus-per-task", type=int, default=None,
-                   help="CPU cores per task (default: the site's)")
-    p.add_argument("--time", default=None,
-                   help="time limit, e.g. 1-00:00:00 or 30:00 (default: the partition's)")
-    p.add_argument("--partition", default=None, help="partition(s) (default: the site's)")
-    p.add_argument("--account", default=None, help="account to charge (default: yours)")
-    p.add_argument("--qos", default=None, help="quality of service (default: the site's)")
-    p.add_argument("--job-name", default="arrowtrain", help="job name (default arrowtrain)")
-    p.add_argument("--max-requeues", type=int, default=10,
-                   help="requeue at most this many times on exit 75 (default 10)")
+    add_job_options(p)
     p.add_argument("--signal-seconds", type=int, default=300,
                    help="ask for SIGUSR1 this long before the time limit (default 300)")
     p.add_argument("--python", default=sys.executable,
@@ -116,15 +103,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def _run_slurm(args) -> int:
     from launch.common import print_config, validate_or_exit
-    from launch.slurm import SlurmJob, render_script, submit, validate, write_script
+    from launch.slurm import (
+        SlurmJob,
+        job_options,
+        render_script,
+        submit,
+        validate,
+        write_script,
+    )
 
     job = SlurmJob(config=args.config, overrides=list(args.overrides), run_dir="",
-                   nodes=args.nodes, tasks_per_node=args.tasks_per_node,
-                   gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
-                   time=args.time, partition=args.partition, account=args.account, qos=args.qos,
-                   job_name=args.job_name, max_requeues=args.max_requeues,
-                   signal_seconds=args.signal_seconds, omp_threads=args.omp_threads,
-                   python=args.python)
+                   signal_seconds=args.signal_seconds, python=args.python, **job_options(args))
     validate(job)  # options first: cheap, and before the config is even read
     cfg = validate_or_exit(args.config, args.overrides, world_size=job.world_size,
                            ranks_per_node=job.ntasks_per_node)

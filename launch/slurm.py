@@ -67,6 +67,36 @@ class SlurmJob:
         return self.nodes * self.ntasks_per_node
 
 
+# SlurmJob's fields that are a job's options on the command line (`add_job_options`)
+JOB_OPTIONS = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "time", "partition",
+               "account", "qos", "job_name", "max_requeues", "omp_threads")
+
+
+def add_job_options(p, count=int, per: str = "", job_name: str = "arrowtrain") -> None:
+    """The options of one allocation, as `launch slurm` takes them and `arrowtrain sweep
+    --launcher slurm` per run (`per`: " per run"; `count`: its argparse type of the counts)."""
+    p.add_argument("--nodes", type=count, default=1, help=f"nodes to allocate{per} (default: 1)")
+    p.add_argument("--gpus-per-node", type=count, default=None,
+                   help="GPUs per node, one task each (default: no GPUs)")
+    p.add_argument("--tasks-per-node", type=count, default=None,
+                   help="tasks (ranks) per node (default: --gpus-per-node, else 1)")
+    p.add_argument("--cpus-per-task", type=count, default=None,
+                   help="CPU cores per task (default: the site's)")
+    p.add_argument("--time", default=None,
+                   help=f"time limit{per}, e.g. 1-00:00:00 or 30:00 (default: the partition's)")
+    p.add_argument("--partition", default=None, help="partition(s) (default: the site's)")
+    p.add_argument("--account", default=None, help="account to charge (default: yours)")
+    p.add_argument("--qos", default=None, help="quality of service (default: the site's)")
+    p.add_argument("--job-name", default=job_name, help=f"job name (default: {job_name})")
+    p.add_argument("--max-requeues", type=int, default=10,
+                   help=f"requeue at most this many times{per} on exit 75 (default: 10)")
+
+
+def job_options(args) -> dict:
+    """The JOB_OPTIONS of parsed arguments, for SlurmJob(...)."""
+    return {name: getattr(args, name) for name in JOB_OPTIONS}
+
+
 def _positive(problems: list[str], option: str, value: int | None, minimum: int = 1) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                               or value < minimum):

@@ -3,12 +3,20 @@ and the trained runs several test files read — built once per session, on firs
 
 `--slow` runs the long trials marked `@pytest.mark.slow`.
 
+`make test` runs the suite on 2 pytest-xdist workers (`--dist loadgroup`): the tests of one file
+stay on one worker, and so do all tests of one real service (SLURM, sshd, Ceph RGW), which thus
+starts once; the long files are handed out first. The shared folders and runs below are built
+once for all workers (`built_once`).
+
 Shared runs are read-only: a test that resumes, damages or otherwise changes one works on a copy
 (`copy_run(run, tmp_path / "run")`). What each is made of: helpers/runs.py."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.disks import tmpfs
 from helpers.dist import REPO, run_ranks
 from helpers.runs import (
     copy_run,
@@ -47,7 +56,46 @@ def pytest_configure(config):
     setup_logging()
 
 
+SERVICE_FIXTURES = ("slurm", "sshd", "rgw")
+
+
+def xdist_groups(items) -> dict[str, str]:
+    """nodeid -> group for pytest-xdist's `--dist loadgroup`: the tests of one file share a
+    group (its module fixtures are built once), and so do all the tests of one real service (it
+    starts once); both rules together, so a group is a set of files joined by their services."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for item in items:
+        file = item.nodeid.split("::")[0]
+        for service in SERVICE_FIXTURES:
+            if service in getattr(item, "fixturenames", ()):
+                parent[find(file)] = find(f"service:{service}")
+    return {item.nodeid: find(item.nodeid.split("::")[0]) for item in items}
+
+
+# Folders of long tests (real rank processes), handed out before the many short unit tests so
+# the two workers finish together instead of one waiting on a long file at the end.
+LONG_FIRST = ("service:", "tests/pretrain/train/", "tests/launch/", "tests/arrowtrain/demos/",
+              "tests/benchmarks/")
+
+
+def _long_first(group: str) -> int:
+    return next((i for i, p in enumerate(LONG_FIRST) if group.startswith(p)), len(LONG_FIRST))
+
+
 def pytest_collection_modifyitems(config, items):
+    groups = xdist_groups(items)
+    items.sort(key=lambda item: _long_first(groups[item.nodeid]))  # stable: files keep order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if os.environ.get("ARROWTRAIN_SHOW_GROUPS"):
+        for nodeid, group in groups.items():
+            print(f"group {group} {nodeid}")
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="long trial: run with --slow")
@@ -98,6 +146,34 @@ def cli(capsys, caplog):
 
 
 # ---------------------------------------------------------------------------------------------
+# Built once for all xdist workers
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """FOLDER where `build(FOLDER)` ran once for this session, whichever worker asked first: the
+    others wait on a lock, then reuse it. A build that fails leaves no mark, so the next caller
+    tries again (and fails with its own traceback)."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    shared = base / "built_once"
+    shared.mkdir(exist_ok=True)
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _key_name(prefix: str, key: tuple) -> str:
+    return f"{prefix}-{hashlib.sha256(repr(key).encode()).hexdigest()[:12]}"
+
+
+# ---------------------------------------------------------------------------------------------
 # Data folders
 
 
@@ -105,13 +181,14 @@ def cli(capsys, caplog):
 def tiny_data(tmp_path_factory) -> Path:
     """DATADIR of ~1500 documents of a tiny grammar, vocab 512 with 100 T5 sentinels, made with
     the data_tools command line."""
-    root = tmp_path_factory.mktemp("tiny_data")
-    corpus = write_corpus(root / "corpus.jsonl")
-    data_tools("train-tokenizer", corpus, "--vocab-size", "512", "--sentinels", "100",
-               "--out", root / "tok")
-    data_tools("shard", corpus, "--tokenizer", root / "tok" / "tokenizer.json",
-               "--out", root / "data", "--val-fraction", "0.05", "--workers", "1")
-    return root / "data"
+    def build(root: Path) -> None:
+        corpus = write_corpus(root / "corpus.jsonl")
+        data_tools("train-tokenizer", corpus, "--vocab-size", "512", "--sentinels", "100",
+                   "--out", root / "tok")
+        data_tools("shard", corpus, "--tokenizer", root / "tok" / "tokenizer.json",
+                   "--out", root / "data", "--val-fraction", "0.05", "--workers", "1")
+
+    return built_once(tmp_path_factory, "tiny_data", build) / "data"
 
 
 @pytest.fixture(scope="session")
@@ -120,14 +197,16 @@ def pair_data(tmp_path_factory) -> Path:
     1200 pairs, tokenizer learnt from both sides, made with the data_tools command line."""
     from arrowtrain.demos.translate_task import make_task
 
-    root = tmp_path_factory.mktemp("pair_data")
-    paths = make_task(root / "task", train=1200, test=50)
-    fields = ["--source-field", "src", "--target-field", "tgt"]
-    data_tools("train-tokenizer", paths["pairs"], *fields, "--vocab-size", "512",
-               "--out", root / "tok")
-    data_tools("shard", paths["pairs"], *fields, "--tokenizer", root / "tok" / "tokenizer.json",
-               "--out", root / "data", "--val-fraction", "0.1", "--workers", "1")
-    return root / "data"
+    def build(root: Path) -> None:
+        paths = make_task(root / "task", train=1200, test=50)
+        fields = ["--source-field", "src", "--target-field", "tgt"]
+        data_tools("train-tokenizer", paths["pairs"], *fields, "--vocab-size", "512",
+                   "--out", root / "tok")
+        data_tools("shard", paths["pairs"], *fields, "--tokenizer",
+                   root / "tok" / "tokenizer.json", "--out", root / "data",
+                   "--val-fraction", "0.1", "--workers", "1")
+
+    return built_once(tmp_path_factory, "pair_data", build) / "data"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,9 +223,12 @@ def straight_run(tiny_data, tmp_path_factory):
     def get(stage: int, *overrides: str) -> Path:
         key = (stage, overrides)
         if key not in cache:
-            root = tmp_path_factory.mktemp(f"straight_zero{stage}")
-            run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides), root / "logs")
-            cache[key] = root / "run"
+            def build(root: Path) -> None:
+                run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides),
+                          root / "logs")
+
+            name = _key_name(f"straight_zero{stage}", key)
+            cache[key] = built_once(tmp_path_factory, name, build) / "run"
         return cache[key]
 
     return get
@@ -162,11 +244,13 @@ def stopped_run(tiny_data, tmp_path_factory):
     def get(stage: int, at_step: int, *overrides: str, world_size: int = 2) -> Path:
         key = (stage, at_step, overrides, world_size)
         if key not in cache:
-            root = tmp_path_factory.mktemp(f"stopped_zero{stage}_at{at_step}")
-            run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides,
-                                     f"train.stop_at_step={at_step}"),
-                      root / "logs", world_size=world_size, expect=75)
-            cache[key] = root / "run"
+            def build(root: Path) -> None:
+                run_ranks(small_run_args(root / "run", tiny_data, stage, *overrides,
+                                         f"train.stop_at_step={at_step}"),
+                          root / "logs", world_size=world_size, expect=75)
+
+            name = _key_name(f"stopped_zero{stage}_at{at_step}", key)
+            cache[key] = built_once(tmp_path_factory, name, build) / "run"
         return cache[key]
 
     return get
@@ -187,16 +271,19 @@ def restarted_run(stopped_run, tiny_data, tmp_path_factory):
     """RUNDIR of SMALL_RUN at ZeRO-1 stopped at step 4 (stopped_run(1, 4)), left with the lock
     of a process killed -9, then resumed to step 8 by `launch local --nproc 2` (which takes
     the stale lock over). Its launcher output is in RUNDIR/../launch.log."""
-    root = tmp_path_factory.mktemp("restarted")
-    run = copy_run(stopped_run(1, 4), root / "run")
-    leave_killed_lock(run)
-    args = small_run_args(run, tiny_data, 1)
-    res = subprocess.run([sys.executable, "-m", "launch", "local", "--config", args[3],
-                          "--nproc", "2", "--omp-threads", "1", *args[4:]],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
-    (root / "launch.log").write_text(res.stdout + res.stderr)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return run
+    stopped = stopped_run(1, 4)
+
+    def build(root: Path) -> None:
+        run = copy_run(stopped, root / "run")
+        leave_killed_lock(run)
+        args = small_run_args(run, tiny_data, 1)
+        res = subprocess.run([sys.executable, "-m", "launch", "local", "--config", args[3],
+                              "--nproc", "2", "--omp-threads", "1", *args[4:]],
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+        (root / "launch.log").write_text(res.stdout + res.stderr)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "restarted", build) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +292,15 @@ def runs():
     return types.SimpleNamespace(train_args=train_args, read_metrics=read_metrics,
                                  train_losses=train_losses, small_run_args=small_run_args,
                                  copy_run=copy_run, leave_killed_lock=leave_killed_lock)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 3.5 MB filesystem (tmpfs): room for one gpt-tiny ZeRO-1 checkpoint, not two."""
+    with tmpfs(tmp_path / "disk", "3500k") as mnt:
+        yield mnt
+
+
 # ---- a real S3 server (Ceph RGW), one per session ----------------------------------------------
 
 @pytest.fixture(scope="session")

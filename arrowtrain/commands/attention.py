@@ -17,7 +17,6 @@ the weights reproduce the layer's own output (the largest difference is logged).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from arrowtrain.cmdline import command_parser
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.logs import setup_logging
 
@@ -212,9 +212,7 @@ def write_maps(model, tok_file: Path, text: str, target: str | None, out: Path,
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.attention",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.attention", __doc__)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--text", required=True, help="the source sentence (decoder runs: the text)")
     p.add_argument("--target", help="the target sentence (encoder-decoder runs; default: the "

@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 log = logging.getLogger("arrowtrain.commands.config")
@@ -99,9 +100,7 @@ def explain_text(name: str | None) -> str:
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.config",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.config", __doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="{list,explain}")
     sub.add_parser("list", help="the shipped run and model configs, one line of purpose each",
                    description="The shipped configs and their purpose (the first line of each "

@@ -21,6 +21,7 @@ import csv
 import sys
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser, number
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 FIELDS = ("parametrization", "width", "step", "layer", "mean_abs")
@@ -37,16 +38,11 @@ def _widths(text: str) -> list[int]:
     return sorted(widths)
 
 
-def _steps(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number of steps >= 1")
-    return int(text)
+_steps = number(int, lambda n: n >= 1, "a whole number of steps >= 1")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.coord_check",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.coord_check", __doc__)
     p.add_argument("--config", required=True, help="run config YAML (its model, data, optim)")
     p.add_argument("--widths", type=_widths, required=True,
                    help="comma-separated d_model values, e.g. 64,128,256,512")

@@ -19,11 +19,11 @@ wrote (the only line on stdout; progress and notes go to stderr).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser
 from data_tools.atomic import UnsafeOutputError
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.logs import setup_logging
@@ -35,9 +35,7 @@ log = logging.getLogger("arrowtrain.commands.export")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.export",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.export", __doc__)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--out", type=Path,
                    help="output: a .safetensors file, or a folder with --format hf (not with "

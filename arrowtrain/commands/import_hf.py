@@ -11,13 +11,13 @@ your own text, shard it with the model's tokenizer: `arrowtrain data shard ...
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from arrowtrain.cmdline import command_parser
 from data_tools.atomic import (
     UnsafeOutputError,
     atomic_path,
@@ -186,9 +186,7 @@ def import_hf(hf_dir: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.import_hf",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.import_hf", __doc__)
     p.add_argument("hf_dir", type=Path, help="local transformers folder (config.json + "
                    "model.safetensors), e.g. one written by save_pretrained or `hf download "
                    "MODEL_ID --local-dir DIR` (nothing is downloaded here)")

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from arrowtrain.cmdline import command_parser
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 # A model config alone is planned with these run settings (GPT-2-small-like recipe).
@@ -38,8 +39,7 @@ GiB = 2**30
 def parse_args(argv: list[str] | None, prog: str | None) -> argparse.Namespace:
     from pretrain.train.plan.hardware import DEFAULT_GPU, GPUS
 
-    p = argparse.ArgumentParser(prog=prog or "arrowtrain plan", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "arrowtrain plan", __doc__)
     p.add_argument("--config", required=True, help="run config YAML, or a model config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="dotted overrides, e.g. train.micro_batch_size=8 deepspeed.zero_stage=3")

@@ -16,13 +16,13 @@ restart_count changes (SLURM requeues) or where the step sequence starts over.""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser, number
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.train.events import read_events
 from pretrain.train.metrics import read_rows
@@ -214,23 +214,14 @@ def plot(run_dirs, out: str | Path | None = None, smooth: float = DEFAULT_SMOOTH
     return out
 
 
-def _smooth_share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1] (a share of the run's "
-                                         "steps; 0: no smoothing)")
-    return value
+_smooth_share = number(float, lambda x: 0 <= x <= 1,
+                       "in [0, 1] (a share of the run's steps; 0: no smoothing)")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pretrain.logs import setup_logging
 
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.plot",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.plot", __doc__)
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUNDIR",
                    help="run folders (each holds metrics.jsonl); several are overlaid")
     p.add_argument("--out", type=Path, default=None,

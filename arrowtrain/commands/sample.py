@@ -9,11 +9,11 @@ models). Decoder models only."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser, number
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 
 # torch and the model code are imported where they are used: `--help` answers at once.
@@ -111,21 +111,6 @@ def sample_text(source: str | Path, prompt: str, max_new_tokens: int = 64,
     return tok.decode(out[0].tolist(), skip_special_tokens=False)
 
 
-def _checked(kind, check: str, minimum):
-    """An argparse type: `kind` with a lower bound, and a message argparse reports as
-    "argument --x: ..." (exit 2, usage, no traceback)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
-        if not value >= minimum or value != value:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"{text} is not {check}")
-        return value
-    return parse
-
-
 def prompt_text(raw: str) -> str:
     """The prompt as UTF-8 text; the command line hands undecodable bytes over as surrogates."""
     try:
@@ -140,21 +125,19 @@ def prompt_text(raw: str) -> str:
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from pretrain.logs import setup_logging
 
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.sample",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.sample", __doc__)
     p.add_argument("source", type=Path, metavar="RUNDIR|FILE.safetensors",
                    help="a run folder (its newest complete checkpoint) or an exported file")
     p.add_argument("--tokenizer", type=Path, default=None,
                    help="tokenizer.json to use (default: the export's own, or the run's)")
     p.add_argument("--prompt", default="", help="text to continue (UTF-8; default: empty)")
-    p.add_argument("--max-new-tokens", type=_checked(int, "≥ 0", 0), default=64,
+    p.add_argument("--max-new-tokens", type=number(int, lambda n: n >= 0, "≥ 0"), default=64,
                    help="tokens to generate (default: 64)")
-    p.add_argument("--temperature", type=_checked(float, "≥ 0", 0.0),
+    p.add_argument("--temperature", type=number(float, lambda x: x >= 0, "≥ 0"),
                    default=DEFAULT_TEMPERATURE,
                    help="above 0: sampling, flatter as it grows; 0: greedy, the most likely "
                    f"token every time (default: {DEFAULT_TEMPERATURE})")
-    p.add_argument("--top-k", type=_checked(int, "≥ 0 (0: every token)", 0),
+    p.add_argument("--top-k", type=number(int, lambda n: n >= 0, "≥ 0 (0: every token)"),
                    default=DEFAULT_TOP_K,
                    help="sample among the k most likely tokens only; 0: among all "
                    f"(default: {DEFAULT_TOP_K})")

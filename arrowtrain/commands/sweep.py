@@ -34,22 +34,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from arrowtrain.cmdline import command_parser, number
+from launch.slurm import add_job_options
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_RESUME
 
 OVERRIDES_HELP = "dotted config overrides for every run, e.g. train.max_steps=200"
 FIELDS_AFTER = ("seed", "final_train_loss", "final_val_loss", "tokens_per_sec", "status")
 
 
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1")
-    return int(text)
+_count = number(int, lambda n: n >= 1, "a whole number >= 1")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.sweep",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.sweep", __doc__)
     p.add_argument("--config", required=True, help="run config YAML every run starts from")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2,...",
                    help="a swept config key and its values; repeat for more keys")
@@ -77,21 +74,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def _slurm_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("slurm (--launcher slurm; as `launch slurm`, per run)")
-    g.add_argument("--nodes", type=_count, default=1, help="nodes per run (default: 1)")
-    g.add_argument("--gpus-per-node", type=_count, default=None,
-                   help="GPUs per node, one task each (default: no GPUs)")
-    g.add_argument("--tasks-per-node", type=_count, default=None,
-                   help="ranks per node (default: --gpus-per-node, else 1)")
-    g.add_argument("--cpus-per-task", type=_count, default=None,
-                   help="CPU cores per task (default: the site's)")
-    g.add_argument("--time", default=None, help="time limit per run (default: the partition's)")
-    g.add_argument("--partition", default=None, help="partition(s) (default: the site's)")
-    g.add_argument("--account", default=None, help="account to charge (default: yours)")
-    g.add_argument("--qos", default=None, help="quality of service (default: the site's)")
-    g.add_argument("--job-name", default="arrowtrain-sweep",
-                   help="job array name (default: arrowtrain-sweep)")
-    g.add_argument("--max-requeues", type=int, default=10,
-                   help="requeues per run on exit 75 (default: 10)")
+    add_job_options(g, count=_count, per=" per run", job_name="arrowtrain-sweep")
     g.add_argument("--dry-run", action="store_true",
                    help="print the job array script (local: the launch commands), start nothing")
 
@@ -264,17 +247,14 @@ def submit_array(plan: Plan, todo: list, args) -> int:
     from launch.slurm import (
         ArrayTask,
         SlurmJob,
+        job_options,
         render_array_script,
         submit,
         validate_array,
         write_array_script,
     )
 
-    job = SlurmJob(config=plan.config, overrides=[], run_dir=str(plan.dir), nodes=args.nodes,
-                   tasks_per_node=args.tasks_per_node, gpus_per_node=args.gpus_per_node,
-                   cpus_per_task=args.cpus_per_task, time=args.time, partition=args.partition,
-                   account=args.account, qos=args.qos, job_name=args.job_name,
-                   max_requeues=args.max_requeues, omp_threads=args.omp_threads)
+    job = SlurmJob(config=plan.config, overrides=[], run_dir=str(plan.dir), **job_options(args))
     tasks = [ArrayTask(str(plan.run_dir(c.name)), plan.overrides(c)) for c in todo]
     try:
         validate_array(job, tasks, args.parallel)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from arrowtrain.cmdline import command_parser, number
 from pretrain.exit_codes import EXIT_CONFIG, EXIT_OK
 from pretrain.logs import setup_logging
 from pretrain.model.generate import beam_search, greedy
@@ -120,23 +122,12 @@ def _device(text: str) -> str:
     return text
 
 
-def _length_penalty(text: str) -> float:
-    """--length-penalty: a finite alpha >= 0 (nan or inf would rank hypotheses at random)."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
-    return value
+# --length-penalty: a finite alpha >= 0 (nan or inf would rank hypotheses at random)
+_length_penalty = number(float, lambda a: math.isfinite(a) and a >= 0, "a finite number >= 0")
 
 
 def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=prog or "python -m arrowtrain.commands.translate",
-                                description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog or "python -m arrowtrain.commands.translate", __doc__)
     p.add_argument("run_dir", type=Path, help="the run folder (holds checkpoints/)")
     p.add_argument("--input", type=Path, help="source text, UTF-8, one sentence per line "
                    "(lines end at \\n or \\r\\n only, as `arrowtrain data shard` reads them; "

@@ -97,3 +97,14 @@ def write_pair_folder(folder: str | Path, splits: dict[str, Iterable[tuple[Docs,
                             skipped={}, args={"synthetic": True}, timing={}, pairs=True)
     manifest.write(folder)
     return manifest.to_dict()
+
+
+def write_random_pair_folder(folder: str | Path, seed: int, train_pairs: Iterable[int],
+                             val_pairs: Iterable[int], vocab_size: int, *, mean_len: int = 9,
+                             batch_rows: int | None = None) -> dict:
+    """A pair folder of random pairs (`random_pairs`, ids in [2, vocab_size)) from one seed:
+    a train shard per count in `train_pairs`, then a val shard per count in `val_pairs`."""
+    rng = np.random.default_rng(seed)
+    splits = {split: [random_pairs(rng, n, mean_len, 2, vocab_size) for n in counts]
+              for split, counts in (("train", train_pairs), ("val", val_pairs))}
+    return write_pair_folder(folder, splits, vocab_size, batch_rows=batch_rows)

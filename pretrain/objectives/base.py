@@ -3,7 +3,7 @@ object that the run config, the pre-flight, the loader, the trainer and the benc
 instead of each branching on `data.objective`.
 
 An objective owns
-- its data keys: those it needs (`required_problems`), those that decide which sample comes at
+- its data keys: those it needs (`required_keys`), those that decide which sample comes at
   which position (`exactness_keys`: a resume that changes one is refused, train/resume.py) and
   the one that sets a sample's length (`sample_key`, named by problems about sample counts);
 - the folder kind it reads (`folder_kind`) and the model family it trains (`family`);
@@ -92,15 +92,18 @@ class Objective(ABC):
     folder_kind: ClassVar[FolderKind]
     sample_key: ClassVar[str]  # the data key that sets a sample's length
     exactness_keys: ClassVar[tuple[str, ...]]  # data keys that decide the sample order
+    # the data keys (without "data.") this objective needs, each with what its message adds
+    required_keys: ClassVar[dict[str, str]]
 
     def __init__(self, data: DataConfig):
         self.data = data
 
     # ---- the run config (torch-free) ---------------------------------------------------------
     @classmethod
-    @abstractmethod
     def required_problems(cls, data: DataConfig) -> list[str]:
-        """The data keys this objective needs that `data` leaves unset."""
+        """The data keys this objective needs (`required_keys`) that `data` leaves unset."""
+        return [f"data.{key} is required when data.objective is {cls.name}{why}"
+                for key, why in cls.required_keys.items() if getattr(data, key) is None]
 
     def length_problems(self) -> list[Problem]:
         """Lengths that contradict each other, from the data section alone."""

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pretrain.configlib import Problem
-from pretrain.data.config import DataConfig
 from pretrain.objectives.base import Batch, EvalContext, too_long
 from pretrain.objectives.packed import PackedObjective, Window
 
@@ -27,12 +26,7 @@ class Clm(PackedObjective):
     family = "decoder"
     sample_key = "data.seq_len"
     exactness_keys = ("data.seq_len",)
-
-    @classmethod
-    def required_problems(cls, data: DataConfig) -> list[str]:
-        if data.seq_len is None:
-            return ["data.seq_len is required when data.objective is clm"]
-        return []
+    required_keys = {"seq_len": ""}
 
     @cached_property
     def window(self) -> Window:

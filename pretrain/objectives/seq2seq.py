@@ -39,6 +39,9 @@ class Seq2Seq(Objective):
     folder_kind = "pairs"
     sample_key = "data.input_length"
     exactness_keys = ("data.input_length", "data.target_length")
+    required_keys = {
+        "input_length": " (the longest source, EOS included; longer pairs are skipped)",
+        "target_length": " (the longest target, EOS included; longer pairs are skipped)"}
 
     def __init__(self, data: DataConfig):
         super().__init__(data)
@@ -48,13 +51,6 @@ class Seq2Seq(Objective):
         self._pools: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
     # ---- config and checks ---------------------------------------------------------------------
-    @classmethod
-    def required_problems(cls, data: DataConfig) -> list[str]:
-        return [f"data.{key} is required when data.objective is seq2seq (the longest {side}, "
-                "EOS included; longer pairs are skipped)"
-                for key, side in (("input_length", "source"), ("target_length", "target"))
-                if getattr(data, key) is None]
-
     @property
     def tokens_per_sample(self) -> int:
         return self.data.input_length

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pretrain.configlib import Problem
-from pretrain.data.config import DataConfig
 from pretrain.data.span import SpanLengths, corrupt, noise_mask, span_lengths
 from pretrain.objectives.base import Batch, too_long
 from pretrain.objectives.packed import PackedObjective, Window
@@ -32,12 +31,7 @@ class SpanCorruption(PackedObjective):
     sample_key = "data.input_length"
     exactness_keys = ("data.input_length", "data.target_length", "data.noise_density",
                       "data.mean_span_length")
-
-    @classmethod
-    def required_problems(cls, data: DataConfig) -> list[str]:
-        if data.input_length is None:
-            return ["data.input_length is required when data.objective is span_corruption"]
-        return []
+    required_keys = {"input_length": ""}
 
     @cached_property
     def span(self) -> SpanLengths:

@@ -52,8 +52,8 @@ class Arena:
     def __init__(self, reserve_bytes: int = 0):
         self.fd = os.memfd_create("arrowtrain-checkpoint")
         self.size, self.used, self.map = 0, 0, None
-        if reserve_bytes:  # the expected share (+6%: the estimate is within 3%), its pages
-            self._grow(reserve_bytes + reserve_bytes // 16 + (16 << 20), populate=True)
+        if reserve_bytes:  # the expected share and a margin (arena_bytes), its pages
+            self._grow(arena_bytes(reserve_bytes), populate=True)
 
     def reset(self) -> None:
         self.used = 0
@@ -80,6 +80,12 @@ class Arena:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def arena_bytes(share_bytes: int) -> int:
+    """What an arena reserves for a rank's expected share of a checkpoint: +6% (the estimate
+    is within 3%) and 16 MiB (nothing for an empty share)."""
+    return share_bytes + share_bytes // 16 + (16 << 20) if share_bytes else 0
 
 
 class _StagingPickler(pickle.Pickler):

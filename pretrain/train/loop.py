@@ -262,8 +262,8 @@ class Trainer:
         dist.all_gather_object(hosts, socket.gethostname())
         local = [r for r, h in enumerate(hosts) if h == hosts[rank]]
         weights = self.n_params * (2 if cfg.precision in ("bf16", "fp16") else 4)
-        need = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, local,
-                                           world, weights)
+        need = sum(async_ckpt.arena_bytes(async_ckpt.node_share_bytes(  # what the arenas take
+            self.ckpt_bytes, cfg.deepspeed.zero_stage, [r], world, weights)) for r in local)
         problems = [None] * world
         dist.all_gather_object(problems, async_ckpt.host_ram_problem(need)
                                if rank == local[0] else None)

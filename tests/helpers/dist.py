@@ -184,6 +184,16 @@ class Ranks:
                 raise AssertionError(f"ranks timed out after {timeout}s\n{self.logs()}") from None
         return codes
 
+    def wait_for(self, cond, what: str, timeout: float = 300, poll_s: float = 0.005) -> None:
+        """Poll `cond()` until true; fail (with the logs) if a rank exits first or time runs out."""
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if any(p.poll() is not None for p in self.procs):
+                raise AssertionError(f"a rank exited before {what}\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} after {timeout} s\n{self.logs()}")
+            time.sleep(poll_s)
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         for p in self.procs:
             if p.poll() is None:

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers.servers import StartFailed, check_packages
 from pretrain.train.distenv import free_port
 
 PACKAGES = ["openssh-server", "pdsh"]  # installed by `make sysdeps`
@@ -27,31 +28,10 @@ SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it; left in place (shared)
 
 
-class Unavailable(RuntimeError):
-    """sshd/pdsh cannot be set up here (reason in the message): tests skip."""
-
-
-class StartFailed(RuntimeError):
-    """The packages are there but sshd did not come up: tests fail, loudly."""
-
-
 def _missing() -> list[str]:
     return [n for n, ok in (("sshd", SSHD.exists()), ("ssh", shutil.which("ssh")),
                             ("ssh-keygen", shutil.which("ssh-keygen")),
                             ("pdsh", shutil.which("pdsh"))) if not ok]
-
-
-class Missing(RuntimeError):
-    """Packages are missing: the fixture fails naming `make sysdeps` (tests never run apt)."""
-
-
-def check_packages() -> None:
-    """Root and the binaries of openssh-server and pdsh, which `make sysdeps` installs."""
-    if os.geteuid() != 0:
-        raise Unavailable("the sshd fixture must run as root (sshd)")
-    if _missing():
-        raise Missing(f"missing {', '.join(_missing())}: run `make sysdeps` as root (installs "
-                      f"{' '.join(PACKAGES)})")
 
 
 @dataclass
@@ -154,7 +134,7 @@ def _wait_ready(s: Sshd, timeout_s: float = 30) -> None:
 
 
 def start_sshd() -> Sshd:
-    check_packages()
+    check_packages("sshd", "sshd", _missing(), PACKAGES)
     d = Path(tempfile.mkdtemp(prefix="arrowtrain-sshd-", dir="/tmp"))
     tag = uuid.uuid4().hex[:6]
     s = Sshd(d, free_port(), (f"arrowtrain-{tag}-a", f"arrowtrain-{tag}-b"))

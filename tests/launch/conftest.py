@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from helpers.servers import Missing, StartFailed, Unavailable, check_packages
 
 from pretrain.train.distenv import free_port
 
@@ -30,14 +31,6 @@ PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 BINARIES = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged"]
 HOSTS_LINE = "127.0.0.1 n1 n2  # arrowtrain launch tests"
 MUNGE_PID = Path("/run/munge/munged.pid")
-
-
-class Unavailable(RuntimeError):
-    """The cluster cannot be set up here (reason in the message): tests skip."""
-
-
-class StartFailed(RuntimeError):
-    """The packages are there but the daemons did not come up: tests fail, loudly."""
 
 
 def _bindable(port: int) -> bool:
@@ -63,19 +56,6 @@ def _cluster_ports() -> tuple[int, tuple[int, int]]:
 
 def _missing_binaries() -> list[str]:
     return [b for b in BINARIES if not (shutil.which(b) or Path("/usr/sbin", b).exists())]
-
-
-class Missing(RuntimeError):
-    """Packages are missing: the fixture fails naming `make sysdeps` (tests never run apt)."""
-
-
-def check_packages() -> None:
-    """Root and the SLURM/munge binaries, which `make sysdeps` installs."""
-    if os.geteuid() != 0:
-        raise Unavailable("the SLURM fixture must run as root (munged, slurmd)")
-    if _missing_binaries():
-        raise Missing(f"missing {', '.join(_missing_binaries())}: run `make sysdeps` as root "
-                      f"(installs {' '.join(PACKAGES)})")
 
 
 def _node_topology() -> tuple[str, int]:
@@ -244,7 +224,7 @@ def _remove_hosts_line() -> None:
 
 
 def start_cluster() -> SlurmCluster:
-    check_packages()
+    check_packages("SLURM", "munged, slurmd", _missing_binaries(), PACKAGES)
     d = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp"))
     (d / "state").mkdir()
     for n in ("n1", "n2"):
@@ -272,8 +252,7 @@ def start_cluster() -> SlurmCluster:
     return cluster
 
 
-def _started(start, unavailable: type[Exception], failed: type[Exception],
-             missing: type[Exception]):
+def _started(start):
     """start(), once more if it fails (a port picked as free can be taken by someone else before
     the daemon binds it); a skip with the reason where it cannot be set up at all (not root), a
     test failure where it does not start or a package is missing (naming `make sysdeps`: tests
@@ -281,18 +260,18 @@ def _started(start, unavailable: type[Exception], failed: type[Exception],
     try:
         try:
             return start()
-        except failed:
+        except StartFailed:
             return start()
-    except unavailable as e:
+    except Unavailable as e:
         pytest.skip(str(e))
-    except (failed, missing) as e:
+    except (StartFailed, Missing) as e:
         pytest.fail(str(e))
 
 
 @pytest.fixture(scope="session")
 def slurm():
     """A running two-node cluster (n1, n2), or a skip/failure as _started says."""
-    cluster = _started(start_cluster, Unavailable, StartFailed, Missing)
+    cluster = _started(start_cluster)
     try:
         yield cluster
     finally:
@@ -305,7 +284,7 @@ def sshd():
     pdsh, or a skip/failure as _started says."""
     from helpers import sshd
 
-    server = _started(sshd.start_sshd, sshd.Unavailable, sshd.StartFailed, sshd.Missing)
+    server = _started(sshd.start_sshd)
     try:
         yield server
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from data_tools.folder import read_manifest
 from pretrain.data import DataConfig, DataError, eval_batches, train_batches
-from pretrain.data.synthetic import random_pairs, write_pair_folder
+from pretrain.data.synthetic import write_pair_folder, write_random_pair_folder
 from pretrain.objectives import open_data
 
 VOCAB, EOS, PAD = 300, 0, 1
@@ -18,10 +18,8 @@ VOCAB, EOS, PAD = 300, 0, 1
 
 @pytest.fixture(scope="module")
 def pair_folder(tmp_path_factory):
-    rng = np.random.default_rng(0)
     path = tmp_path_factory.mktemp("pairs") / "p"
-    write_pair_folder(path, {"train": [random_pairs(rng, n, 9, 2, VOCAB) for n in (400, 333)],
-                             "val": [random_pairs(rng, 150, 9, 2, VOCAB)]}, VOCAB, batch_rows=57)
+    write_random_pair_folder(path, 0, (400, 333), (150,), VOCAB, batch_rows=57)
     return path
 
 

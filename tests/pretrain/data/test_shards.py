@@ -15,6 +15,12 @@ from pretrain.objectives import open_data
 VOCAB = 512  # as in conftest
 
 
+def _manifest(folder) -> tuple:
+    """(path, dict) of the folder's manifest.json, for a test that edits it by hand."""
+    path = folder / "manifest.json"
+    return path, json.loads(path.read_text())
+
+
 def naive_stream(folder, split="train"):
     """doc0 EOS doc1 EOS ... read with plain pyarrow, and the document number of each token."""
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -102,9 +108,9 @@ def test_refuses_tokenizer_hash_mismatch(tmp_path, make_folder):
 def test_refuses_token_id_not_below_vocab(tmp_path):
     shard = docs_from_lists([[3, 4, 5], [6, VOCAB + 7, 8]])
     write_folder(tmp_path, {"train": [shard], "val": [shard]}, VOCAB + 1)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    path, manifest = _manifest(tmp_path)
     manifest["tokenizer"]["vocab_size"] = VOCAB          # ids were written for a larger vocab
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=f"token id {VOCAB + 7} >= vocab_size {VOCAB}") as e:
         open_data(DataConfig(path=str(tmp_path), seq_len=2), seed=0)
     assert str(tmp_path / "train" / "00000.arrow") in str(e.value)
@@ -151,8 +157,7 @@ def test_refuses_split_shorter_than_one_sample(tmp_path):
 
 def test_refuses_other_format_version_and_edited_manifest(tmp_path, make_folder):
     folder = make_folder(tmp_path / "d")
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
+    path, manifest = _manifest(folder)
     path.write_text(json.dumps({**manifest, "format_version": 2}))
     with pytest.raises(DataError, match="format_version") as e:
         open_folder(folder)
@@ -166,8 +171,7 @@ def test_refuses_other_format_version_and_edited_manifest(tmp_path, make_folder)
 def test_manifest_keys_are_checked_by_the_typed_model(tmp_path, make_folder):
     """A hand-edited manifest: one message naming the file and every bad key."""
     folder = make_folder(tmp_path / "d")
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text())
+    path, manifest = _manifest(folder)
     manifest["tokenizer"]["vocab"] = manifest["tokenizer"].pop("vocab_size")   # renamed key
     manifest["splits"]["val"]["shards"][0]["tokens"] = "400"                   # a string
     path.write_text(json.dumps(manifest))
@@ -198,7 +202,7 @@ def test_refuses_a_shard_outside_the_folder_even_with_a_recomputed_fingerprint(
     from data_tools.manifest import canonical_json
 
     folder = make_folder(tmp_path / "d")
-    m = json.loads((folder / "manifest.json").read_text())
+    path, m = _manifest(folder)
     entry = m["splits"]["train"]["shards"][0]
     (folder / entry["file"]).rename(tmp_path / "outside.arrow")
     entry["file"] = "../outside.arrow"
@@ -206,7 +210,7 @@ def test_refuses_a_shard_outside_the_folder_even_with_a_recomputed_fingerprint(
               for s in info["shards"]]
     m["fingerprint"] = hashlib.sha256(canonical_json(
         [m["format_version"], m["dtype"], m["tokenizer"]["sha256"], shards])).hexdigest()
-    (folder / "manifest.json").write_text(json.dumps(m))
+    path.write_text(json.dumps(m))
     with pytest.raises(DataError, match="inside the shard folder") as e:
         open_folder(folder)
     assert "splits.train.shards[0].file" in str(e.value)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from pretrain.configlib import ConfigError, validate_section
 from pretrain.data import DataConfig, DataError
-from pretrain.data.synthetic import random_docs, random_pairs, write_folder, write_pair_folder
+from pretrain.data.synthetic import random_docs, write_folder, write_random_pair_folder
 from pretrain.objectives import (
     REGISTRY,
     DataSection,
@@ -43,10 +43,8 @@ def docs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
-    rng = np.random.default_rng(1)
     path = tmp_path_factory.mktemp("objectives") / "pairs"
-    write_pair_folder(path, {"train": [random_pairs(rng, n, 9, 2, VOCAB) for n in (300, 200)],
-                             "val": [random_pairs(rng, 120, 9, 2, VOCAB)]}, VOCAB, batch_rows=41)
+    write_random_pair_folder(path, 1, (300, 200), (120,), VOCAB, batch_rows=41)
     return path
 
 

@@ -11,12 +11,11 @@ import os
 import random
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
+from helpers.disks import assert_step_6_save_ran_out_of_room
 from helpers.dist import run_ranks, start_ranks
 from helpers.tamper import payload_is_live, snapshot, write_payload
 
@@ -162,22 +161,6 @@ def test_second_run_in_the_same_folder_exits_2_naming_the_first(runs, tiny_data,
     assert not (run / "run.lock").exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 3.5 MB filesystem (tmpfs): room for one gpt-tiny ZeRO-1 checkpoint, not two."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3500k", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
-    yield mnt
-    for _ in range(20):
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode == 0:
-            break
-        time.sleep(0.5)
-
-
 def test_disk_full_while_saving_ends_cleanly_with_latest_intact(small_disk, runs, tiny_data,
                                                                tmp_path):
     run = small_disk / "run"
@@ -186,11 +169,4 @@ def test_disk_full_while_saving_ends_cleanly_with_latest_intact(small_disk, runs
     assert re.search(r"only \d\.\d MB free for .*; a checkpoint is ≈ 2\.2 MB \(estimated from "
                      r"136,960 parameters\)", logs), logs
     ck = run / "checkpoints"
-    m = re.search(r"no space left on device while saving step 6 to (\S+) \(a checkpoint is ≈ "
-                  r"2\.\d MB, [\d.]+ [kMG]?B free\)\. The partial folder was removed; (\S+) still "
-                  r"names step_00000003", logs)
-    assert m and m.groups() == (str(ck / "step_00000006"), str(ck / cm.LATEST)), logs
-    assert logs.count("no space left on device") == 1 and "Traceback" not in logs
-    assert cm.list_tags(ck) == ["step_00000003"]
-    assert (ck / cm.LATEST).read_text().strip() == "step_00000003"
-    assert ckpt.choose_checkpoint(ck, ["step_00000003"])[1].step == 3
+    assert_step_6_save_ran_out_of_room(logs, ck)

@@ -26,17 +26,6 @@ STEPS_PER_START = 4  # the most steps one start can take before its kill (see ab
 START_UP = ("spawned", "starting", "config written", "training")  # start-up kill triggers
 
 
-def _wait_for(cond, ranks, what: str, timeout: float = 300) -> None:
-    """Poll `cond` every 5 ms; fail (with the logs) if a rank exits first or time runs out."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if any(p.poll() is not None for p in ranks.procs):
-            raise AssertionError(f"a rank exited before {what}\n{ranks.logs()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s\n{ranks.logs()}")
-        time.sleep(0.005)
-
-
 def _saving(ckpt_dir: Path) -> bool:
     """A checkpoint folder exists that has no meta.json yet: a save is in progress."""
     if not ckpt_dir.is_dir():
@@ -70,9 +59,9 @@ def _startup_trigger(ranks, run: Path, rng: random.Random, started_ns: int) -> s
             "config written": lambda: _written_since(run / "config.yaml", started_ns),
             "training": lambda: " training " in _log(log0)}[event]
     first_step = lambda: _steps_logged(log0) >= 1  # noqa: E731
-    _wait_for(lambda: seen() or first_step(), ranks, event)
+    ranks.wait_for(lambda: seen() or first_step(), event)
     until = time.monotonic() + (0.0 if event == "training" else rng.uniform(0.0, 0.5))
-    _wait_for(lambda: time.monotonic() >= until or first_step(), ranks, "the start-up delay")
+    ranks.wait_for(lambda: time.monotonic() >= until or first_step(), "the start-up delay")
     return f"start-up after {event!r}"
 
 
@@ -82,14 +71,14 @@ def _kill_at_random(ranks, run: Path, rng: random.Random, mode: str, started_ns:
         what = _startup_trigger(ranks, run, rng, started_ns)
     else:  # after 1-2 steps of this start, mid-step or while a checkpoint is being written
         k = rng.randint(1, 2)
-        _wait_for(lambda: _steps_logged(log0) >= k, ranks, f"step {k} of this start")
+        ranks.wait_for(lambda: _steps_logged(log0) >= k, f"step {k} of this start")
         if mode == "save":  # checkpoint.every_steps=1: the save of step k or k+1
-            _wait_for(lambda: _saving(run / "checkpoints") or _steps_logged(log0) >= k + 2,
-                      ranks, "a save")
+            ranks.wait_for(lambda: _saving(run / "checkpoints") or _steps_logged(log0) >= k + 2,
+                           "a save")
         else:
             until = time.monotonic() + rng.uniform(0.0, 0.15)
-            _wait_for(lambda: time.monotonic() >= until or _steps_logged(log0) > k, ranks,
-                      "the mid-step delay")
+            ranks.wait_for(lambda: time.monotonic() >= until or _steps_logged(log0) > k,
+                           "the mid-step delay")
         what = f"{mode} after step {k} of this start"
     victim = rng.randrange(len(ranks.procs))
     assert ranks.procs[victim].poll() is None, f"rank {victim} already exited ({what})"

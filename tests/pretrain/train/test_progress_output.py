@@ -63,7 +63,7 @@ def test_progress_lines_every_n_seconds_and_the_tty_switch(monkeypatch):
     assert Progress(10, 0, enabled=False, every_seconds=1, tty=True).mode == "off"
     assert output_is_tty({"ARROWTRAIN_TTY": "1"}) and not output_is_tty({"ARROWTRAIN_TTY": "0"})
     clock = iter([0.0, 1.0, 2.0, 5.0, 11.0, 12.0])
-    monkeypatch.setattr("pretrain.train.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("data_tools.progress.time.monotonic", lambda: next(clock))
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     logger = logging.getLogger("pretrain.train")

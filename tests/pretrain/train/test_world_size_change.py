@@ -51,13 +51,12 @@ def test_zero0_stop_on_two_ranks_resume_on_one(tiny_data, runs, ref, tmp_path):
     _assert_tracks(got, ref, rel=1e-4)
 
 
-def test_zero2_two_ranks_to_one_then_zero3_on_two(tiny_data, runs, ref, tmp_path):
+def test_zero2_two_ranks_to_one_then_zero3_on_two(stopped_run, tiny_data, runs, ref, tmp_path):
     """2 ranks ZeRO-2 -> 1 rank ZeRO-2 (through a leftover of a killed conversion) -> 2 ranks
-    ZeRO-3 (the universal layout loads at every stage 1-3)."""
-    run = tmp_path / "run"
+    ZeRO-3 (the universal layout loads at every stage 1-3). The 2-rank stop at step 4 is the
+    session's (test_async_resume.py resumes it too)."""
+    run = runs.copy_run(stopped_run(2, 4, "model.dropout=0.0"), tmp_path / "run")
     ckpts = run / "checkpoints"
-    run_ranks(_args(runs, tiny_data, run, 2, "train.stop_at_step=4"), tmp_path / "logs_a",
-              world_size=2, expect=75)
     before = sorted(p.name for p in (ckpts / STOP).iterdir())
     # A conversion killed half-way (its pid is gone): a temp folder, never the real name.
     leftover = ckpts / f".{UNIVERSAL}.tmp999999999" / UNIVERSAL / "zero"
