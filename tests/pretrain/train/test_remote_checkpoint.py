@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.ceph import assert_no_secret
 from helpers.dist import REPO, run_ranks, start_ranks
 
 from data_tools.remote import S3Path
 from pretrain.train import checkpoint_meta as cm
-
-SECRET = "arrowtrain-test-secret"   # the fixture user's secret key (tests/helpers/ceph.py)
 
 
 def _remote_tags(s3, url: str) -> dict[str, set[str]]:
@@ -67,14 +66,6 @@ def _status(run: Path, env: dict) -> str:
     return res.stdout
 
 
-def _no_secret(folders: list[Path]) -> None:
-    for folder in folders:
-        for path in folder.rglob("*"):
-            if path.is_file():
-                assert SECRET.encode() not in path.read_bytes(), path
-    assert os.environ.get("AWS_SECRET_ACCESS_KEY") == SECRET
-
-
 def test_uploads_then_resume_from_the_remote_copy_is_bitwise(s3, straight_run, runs,
                                                              tiny_data, tmp_path):
     url = s3.url("ckpt", "run1")
@@ -110,7 +101,7 @@ def test_uploads_then_resume_from_the_remote_copy_is_bitwise(s3, straight_run, r
     out = _status(run, {**os.environ, **env})
     assert "last complete checkpoint: step_00000008" in out, out
     assert f"remote checkpoint: {url}: latest step_00000008 (step 8)" in out, out
-    _no_secret([run, tmp_path / "logs1", tmp_path / "logs2"])
+    assert_no_secret([run, tmp_path / "logs1", tmp_path / "logs2"])
 
 
 def _wait_for_step(run: Path, step: int, ranks, runs, timeout: float = 240) -> None:
