@@ -194,6 +194,18 @@ class Ranks:
                 raise AssertionError(f"no {what} after {timeout} s\n{self.logs()}")
             time.sleep(poll_s)
 
+    def signal_groups_when(self, cond, what: str, sig: int, timeout: float = 240) -> list[int]:
+        """Wait for `cond()`, send `sig` to each rank's process group (each rank leads its own,
+        its helpers in it: as a terminal's Ctrl-C or a scheduler does), and return the ranks'
+        exit codes; whatever still runs at the end is killed."""
+        try:
+            self.wait_for(cond, what)
+            for p in self.procs:
+                os.killpg(p.pid, sig)
+            return self.wait(timeout)
+        finally:
+            self.kill()
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         for p in self.procs:
             if p.poll() is None:

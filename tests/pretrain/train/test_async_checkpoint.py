@@ -161,14 +161,8 @@ def test_sigterm_to_the_process_groups_mid_write_ends_committed_with_75(runs, ti
     run = tmp_path / "run"
     ranks = start_ranks(runs.small_run_args(run, tiny_data, 1, *ASYNC), tmp_path / "logs",
                         env=SLOW_WRITER)
-    try:
-        ranks.wait_for(lambda: _in_flight(run, "step_00000003", None),
-                       "the step-3 write in flight")
-        for p in ranks.procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        codes = ranks.wait(240)
-    finally:
-        ranks.kill()
+    codes = ranks.signal_groups_when(lambda: _in_flight(run, "step_00000003", None),
+                                     "the step-3 write in flight", signal.SIGTERM)
     logs = ranks.logs(10**6)
     assert codes == [75, 75], logs
     stopped = max(s for s, _ in runs.train_losses(run))

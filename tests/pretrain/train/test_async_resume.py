@@ -16,9 +16,7 @@ certainly in flight when the test acts (a checkpoint folder without meta.json, n
 
 from __future__ import annotations
 
-import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -46,28 +44,13 @@ def _first_write_in_flight(run: Path) -> bool:
         return False
 
 
-def _wait_for(cond, ranks, what: str, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if any(p.poll() is not None for p in ranks.procs):
-            raise AssertionError(f"a rank exited before {what}\n{ranks.logs()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {what} after {timeout} s\n{ranks.logs()}")
-        time.sleep(0.01)
-
-
 def test_ctrl_c_mid_write_commits_exits_75_and_resumes_bitwise(straight_run, runs, tiny_data,
                                                                tmp_path):
     run = tmp_path / "run"
     args = runs.small_run_args(run, tiny_data, 1, *ASYNC)
     ranks = start_ranks(args, tmp_path / "logs1", env=SLOW_WRITER)
-    try:
-        _wait_for(lambda: _first_write_in_flight(run), ranks, "the step-3 write in flight")
-        for p in ranks.procs:  # each rank leads its process group, its writer in it
-            os.killpg(p.pid, signal.SIGINT)
-        codes = ranks.wait(240)
-    finally:
-        ranks.kill()
+    codes = ranks.signal_groups_when(lambda: _first_write_in_flight(run),
+                                     "the step-3 write in flight", signal.SIGINT)
     logs = ranks.logs(10**6)
     assert codes == [75, 75], logs
     assert "received SIGINT: will save a checkpoint and stop after step" in logs
