@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from data_tools.remote import RemoteError, S3Path
 from pretrain.configlib import (
     ConfigError,
     Override,
@@ -224,6 +232,28 @@ class CheckpointConfig(Section):
         "writer process per rank writes the files and the checkpoint is committed (meta.json, "
         "latest) once every rank's writer is done; a stop, the last step and the next save wait "
         "for it")
+    remote: str | None = Field(
+        None, description="s3://BUCKET/PREFIX: every committed checkpoint is also uploaded "
+        "there in the background (each rank its own files, then meta.json, then `latest`; "
+        "keep_last applies there too), and a run whose checkpoints folder is missing or older "
+        "resumes from the newest complete copy there; endpoint and credentials from the AWS_* "
+        "environment only (docs/training.md#remote-copies)")
+    remote_timeout: float = Field(
+        600.0, gt=0, description="checkpoint.remote: seconds each request keeps retrying "
+        "through an outage, and the most a stop or the end of the run waits for the upload in "
+        "flight (then a warning names what is not uploaded)")
+
+    @field_validator("remote")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("control characters in the address")
+        try:
+            return str(S3Path.parse(value))
+        except RemoteError as e:
+            raise ValueError(str(e)) from None
 
 
 class WandbConfig(Section):
