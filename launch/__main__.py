@@ -120,6 +120,11 @@ def _run_slurm(args) -> int:
     job.config = str(Path(args.config).resolve())
     job.run_dir = str(Path(cfg.run_dir).resolve())
     validate(job)
+    ckpt = cfg.checkpoint
+    if ckpt.remote and ckpt.remote_timeout >= job.signal_seconds:
+        print(f"warning: checkpoint.remote_timeout={ckpt.remote_timeout:g} s is not below "
+              f"--signal-seconds {job.signal_seconds}: a stop before the time limit may be "
+              "killed while it waits for the upload", file=sys.stderr)
     if args.print_config:
         return print_config(cfg)
     if args.dry_run:

@@ -40,6 +40,12 @@ from helpers.runs import (
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Each xdist worker takes its rendezvous and server ports from its own range below the kernel's
+# ephemeral ports (32768+): a port picked free cannot be taken meanwhile by the other worker's
+# pick or by any outgoing connection (gloo opens many) before its server binds it.
+if os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+    _n = int(os.environ["PYTEST_XDIST_WORKER"][2:]) % 6
+    os.environ.setdefault("ARROWTRAIN_PORT_RANGE", f"{20000 + 2000 * _n}-{21999 + 2000 * _n}")
 
 
 def pytest_addoption(parser):

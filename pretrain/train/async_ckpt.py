@@ -24,6 +24,7 @@ import logging
 import mmap
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ import torch.distributed as dist
 
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.checkpoint_meta import CheckpointMeta, FileRecord, tag_for
-from pretrain.train.ckpt_writer import send_message
+from pretrain.train.ckpt_writer import STOP_SIGNALS, send_message
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +125,16 @@ class WriterProcess:
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             filter(None, [root, os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pretrain.train.ckpt_writer", str(arena.fd)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(arena.fd,), env=env)
+        # started with the stop signals blocked (the mask is inherited): a Ctrl-C while it
+        # starts must not kill it before it ignores them (ckpt_writer.STOP_SIGNALS); this
+        # thread's own signals wait meanwhile, the other threads still take them
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pretrain.train.ckpt_writer", str(arena.fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(arena.fd,), env=env)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.pid = self.proc.pid
 
     def send(self, message: dict[str, Any]) -> None:

@@ -35,6 +35,11 @@ from typing import Any, BinaryIO
 import torch
 
 HEADER = struct.Struct("<Q")
+# The trainer's stop signals: the writer ignores them (the trainer waits for the write in
+# flight, then says `quit`). The trainer starts it with them blocked, so one that comes while
+# this interpreter starts (importing torch takes seconds) stays pending until main() has set
+# them to be ignored, and is then dropped: it cannot kill the writer before that.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # Tests only: hold each file this long before writing it, so that a test can act while a
 # background write is certainly in flight (kill a rank or the writer, and see what follows).
 TEST_DELAY_S = float(os.environ.get("ARROWTRAIN_TEST_WRITER_DELAY_S") or 0)
@@ -174,8 +179,9 @@ def _warm_up() -> None:
 
 def main(argv: list[str]) -> int:
     _die_with_parent()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the trainer
     # answers go on a private copy of stdout; anything else printed (DeepSpeed's import
     # banner, warnings) goes to stderr, the rank's log
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")

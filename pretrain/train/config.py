@@ -239,9 +239,10 @@ class CheckpointConfig(Section):
         "resumes from the newest complete copy there; endpoint and credentials from the AWS_* "
         "environment only (docs/training.md#remote-copies)")
     remote_timeout: float = Field(
-        600.0, gt=0, description="checkpoint.remote: seconds each request keeps retrying "
+        240.0, gt=0, description="checkpoint.remote: seconds each request keeps retrying "
         "through an outage, and the most a stop or the end of the run waits for the upload in "
-        "flight (then a warning names what is not uploaded)")
+        "flight (then a warning names what is not uploaded); below launch slurm's "
+        "--signal-seconds (300), so a stop's wait ends before the time limit")
 
     @field_validator("remote")
     @classmethod

@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import os
+import random
 import socket
 import sys
 from collections.abc import Iterator
@@ -22,11 +23,37 @@ class DistEnv:
     world_size: int
 
 
+PORT_RANGE_ENV = "ARROWTRAIN_PORT_RANGE"
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago: the OS picks it, or, when
+    ARROWTRAIN_PORT_RANGE=LOW-HIGH is set, the first free one from a random place in that range
+    (where only a range is open; the test suite gives each worker its own range below the
+    kernel's ephemeral ports, which no outgoing connection can then take meanwhile)."""
+    span = os.environ.get(PORT_RANGE_ENV)
+    if not span:
+        return _bind_free(0)
+    low, high = _port_range(span)
+    start = random.randrange(low, high + 1)
+    for port in (*range(start, high + 1), *range(low, start)):
+        with contextlib.suppress(OSError):
+            return _bind_free(port)
+    raise OSError(f"{PORT_RANGE_ENV}={span}: no free port in that range on 127.0.0.1")
+
+
+def _bind_free(port: int) -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", port))
         return s.getsockname()[1]
+
+
+def _port_range(span: str) -> tuple[int, int]:
+    low, sep, high = span.partition("-")
+    if sep and low.strip().isdigit() and high.strip().isdigit() \
+            and 1024 <= int(low) <= int(high) <= 65535:
+        return int(low), int(high)
+    raise ValueError(f"{PORT_RANGE_ENV}={span!r}: expected LOW-HIGH, 1024 <= LOW <= HIGH <= 65535")
 
 
 def resolve_dist_env(environ: dict[str, str] | None = None) -> DistEnv:

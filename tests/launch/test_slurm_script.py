@@ -192,3 +192,20 @@ def test_cli_dry_run_validates_config_and_prints_without_submitting(tmp_path, ti
     # world size 2 x micro-batch 2 must divide the global batch: 3 ranks cannot
     bad = cli(launch_main, "slurm", "--config", cfg, "--nodes", "3", "--dry-run")
     assert bad.code == 2 and "global_batch_size" in bad.err
+
+
+def test_a_remote_wait_longer_than_the_signal_lead_is_warned_about(tmp_path, tiny_data, cli):
+    """A stop waits for the checkpoint upload up to checkpoint.remote_timeout: at or above
+    --signal-seconds, the time limit can kill the job while it waits."""
+    from launch.common import REPO
+
+    cfg = str(REPO / "configs" / "gpt-tiny.yaml")
+    args = ("slurm", "--config", cfg, "--nodes", "2", "--dry-run")
+    common = (f"run_dir={tmp_path / 'run'}", f"data.path={tiny_data}",
+              "checkpoint.remote=s3://bucket/ckpt")
+    quiet = cli(launch_main, *args, *common)  # the default remote_timeout is below the lead
+    assert quiet.code == 0 and "remote_timeout" not in quiet.err, quiet.err
+    loud = cli(launch_main, *args, "--signal-seconds", "120", *common,
+               "checkpoint.remote_timeout=120")
+    assert loud.code == 0, loud.err
+    assert "checkpoint.remote_timeout=120 s is not below --signal-seconds 120" in loud.err

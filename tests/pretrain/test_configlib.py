@@ -46,7 +46,7 @@ def test_malformed_overrides_are_all_collected():
     (("logging", "wandb", "projet"), "did you mean `logging.wandb.project`?"),
     (("model", "n_layer"), "did you mean `model.n_layers`?"),
     (("data", "path", "list[MixEntry]", 0, "wieght"), "did you mean `data.path.0.weight`?"),
-    (("checkpoint", "zzzzzz"), "known keys here: async, every_steps, keep_last, save_at_end"),
+    (("checkpoint", "zzzzzz"), "known keys here: async, every_steps, keep_last, remote, remote_timeout, save_at_end"),
 ])
 def test_unknown_keys_suggest_the_closest_known_one(loc, hint):
     assert hint in unknown_key_hint(RunConfig, loc)

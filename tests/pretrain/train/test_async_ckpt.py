@@ -6,6 +6,7 @@ naming the file, with no temp file left. The trainer-level tests are test_async_
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
 
@@ -82,3 +83,28 @@ def test_a_dead_writer_is_reported_with_its_pid(tmp_path):
     assert answer["error"]["writer_died"]
     assert answer["error"]["file"] == f"checkpoint writer process (pid {writer.pid})"
     assert "it died (signal 9)" in answer["error"]["error"]
+
+
+def test_stop_signals_while_the_writer_starts_do_not_kill_it(tmp_path):
+    """Ctrl-C/SIGTERM/SIGUSR1 reach the writer with its rank's process group; one that comes
+    while it still imports torch (seconds) must not end it: the trainer waits for the write in
+    flight and needs its answer."""
+    import signal
+
+    arena = Arena()
+    writer = WriterProcess(arena)
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            os.kill(writer.pid, sig)  # at once: long before the writer's main() runs
+        path = tmp_path / "step" / "file.pt"
+        path.parent.mkdir()
+        writer.send({"op": "file", "path": str(path), "rel": "file.pt",
+                     "payload": stage_payload({"x": torch.ones(3)}, arena), "zipfile": True})
+        writer.send({"op": "end", "tag": "step"})
+        answer = writer.answer()
+    finally:
+        writer.close()
+        arena.close()
+    assert answer["error"] is None, answer
+    assert writer.proc.returncode == 0
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
