@@ -329,12 +329,13 @@ def host_ram_problem(need_bytes: int, available: int | None = None) -> str | Non
 
 
 # checkpoint.async=auto saves in the background only from this share of a checkpoint on a
-# rank. A writer process costs ≈ 3.5 s of CPU to start (it imports torch; +3.7 s on a tiny
-# 2-rank run on a 2-core EPYC) and keeps a staged copy in host RAM; a synchronous save holds
-# every rank for about share / disk write speed, each save: 256 MiB is 0.5-2.7 s at 500-100 MB/s
-# (local SSD with fsync down to a network filesystem), so from here a few saves repay the
-# start-up and a bigger share repays it at once (1.99 GB, gpt2-124m: 5.5 s blocked synchronous
-# against 0.43 s async). Below it a run's saves block for less than the writer costs.
+# rank. A writer process costs ≈ 3.5 s of CPU to start, once per run (it imports torch; a tiny
+# 2-rank run took 3.7 s longer on a 2-core EPYC) and keeps a staged copy in host RAM. A
+# synchronous save holds every rank for about share ÷ write speed at every save: ≈ 360 MB/s
+# measured on that machine (1.99 GB in 5.5 s, gpt2-124m, into the page cache), ≈ 100 MB/s to a
+# network filesystem; for 256 MiB that is 0.75-2.7 s a save, so from here 1-5 saves repay the
+# writer, and a gigabyte share repays it at the first save (async held that run 0.43 s).
+# Below it a run's saves block for less than the writer costs.
 AUTO_MIN_SHARE_BYTES = 256 << 20
 
 

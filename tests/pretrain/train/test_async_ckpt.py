@@ -90,8 +90,12 @@ def test_auto_goes_async_only_for_a_large_share_that_host_ram_can_stage():
     """checkpoint.async resolved from every rank's (host, share, MemAvailable): auto is
     synchronous below AUTO_MIN_SHARE_BYTES or where a node's RAM cannot hold its ranks' arenas
     (saying which and why), true refuses where RAM is short, false never asks."""
-    from pretrain.train.async_ckpt import (AUTO_MIN_SHARE_BYTES, AsyncRefused, arena_bytes,
-                                           choose_async)
+    from pretrain.train.async_ckpt import (
+        AUTO_MIN_SHARE_BYTES,
+        AsyncRefused,
+        arena_bytes,
+        choose_async,
+    )
     from pretrain.train.checkpoint import human_bytes
     from pretrain.train.config import CheckpointConfig
 
