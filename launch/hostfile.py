@@ -331,7 +331,7 @@ def run_hostfile(args) -> int:
         return EXIT_OK
     cmd = deepspeed_command(args, hosts)
     if not args.no_ssh:
-        aws = send_aws_env(env) if cfg.data.remote() else []
+        aws = send_aws_env(env) if cfg.data.remote() or cfg.checkpoint.remote else []
         check_hosts(list(hosts), env, args.ssh_port, aws_names=aws)
     env["DS_ENV_FILE"] = str(write_env_file(Path(cfg.run_dir).resolve(), env))
     print(f"[launch] {world_size} rank(s) on {len(hosts)} node(s); OMP_NUM_THREADS="

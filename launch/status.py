@@ -15,7 +15,8 @@ peak per rank next to `arrowtrain plan`'s figure, an ETA in human units from the
 step time, the checkpoint the same command resumes from (the trainer's own choice:
 `pretrain.train.checkpoint_meta.find_resume_tag`, meta.json read as the trainer's
 `CheckpointMeta`) and the rank count and ZeRO stage it was written with (and whether a
-re-sharded universal copy is beside it), the lock holder. For SLURM runs also the job id from
+re-sharded universal copy is beside it), with `checkpoint.remote` the step the remote `latest`
+names (or that the store did not answer within a few seconds), the lock holder. For SLURM runs also the job id from
 RUNDIR/slurm/jobs, its state from `squeue` or the job-completion record (`sacct -c`), the batch
 script's events (start / requeue / finished / failed with exit code). Torch-free.
 """
@@ -45,6 +46,7 @@ from pretrain.train.checkpoint_meta import (
     find_resume_tag,
     read_meta,
     resume_order,
+    tag_step,
     universal_copy_state,
 )
 from pretrain.train.events import EVENTS_FILE as RUN_EVENTS
@@ -151,6 +153,37 @@ def data_location(run_dir: Path) -> dict[str, Any] | None:
         out.update(cache_dir=data.get("cache_dir") or "$TMPDIR/arrowtrain-cache (default)",
                    cache_limit=data.get("cache_limit"))
     return out
+
+
+REMOTE_STATUS_S = 5.0  # how long status tries the store for the remote `latest`
+
+
+def remote_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """checkpoint.remote of the run (RUNDIR/config.yaml): the tag and step its remote `latest`
+    names, or why it could not be read (never an exception: status works without the store)."""
+    try:
+        url = yaml.safe_load((run_dir / "config.yaml").read_text())["checkpoint"]["remote"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    if not isinstance(url, str):
+        return None
+    from data_tools.remote import RemoteError, S3Path, shared_remote
+    from pretrain.train.remote_ckpt import read_remote_latest
+
+    try:
+        tag = read_remote_latest(shared_remote(), S3Path.parse(url), REMOTE_STATUS_S)
+    except RemoteError as e:
+        return {"url": url, "tag": None, "step": None, "error": str(e)}
+    return {"url": url, "tag": tag, "step": tag_step(tag) if tag else None, "error": None}
+
+
+def _remote_text(remote: dict[str, Any]) -> str:
+    if remote["error"]:
+        return (f"remote checkpoint: {remote['url']}: latest unknown, the store did not "
+                f"answer within {REMOTE_STATUS_S:.0f} s ({remote['error']})")
+    if remote["tag"] is None:
+        return f"remote checkpoint: {remote['url']}: none yet (no `latest` there)"
+    return f"remote checkpoint: {remote['url']}: latest {remote['tag']} (step {remote['step']})"
 
 
 def eta_seconds(run_dir: Path, rows: list[dict[str, Any]]) -> float | None:
@@ -282,6 +315,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     info["memory"] = memory_info(rows)
     info["max_steps"] = max_steps_of(run_dir)
     info["data"] = data_location(run_dir)
+    info["remote_checkpoint"] = remote_checkpoint(run_dir)
     known = [_int(train[-1]["step"])] if train else []
     known += [ckpt["step"]] if ckpt else []
     info["step"] = max(known, default=None)
@@ -383,6 +417,8 @@ def _format(info: dict[str, Any]) -> str:
     ckpt = info["checkpoint"]
     out.append(f"last complete checkpoint: {ckpt or 'none'}"
                f"{_layout_text(info.get('checkpoint_layout'))}")
+    if info.get("remote_checkpoint"):
+        out.append(_remote_text(info["remote_checkpoint"]))
     if info.get("checkpoint_note"):
         out.append(f"note: {info['checkpoint_note']}; the trainer resumes from the newest "
                    "complete checkpoint")

@@ -42,6 +42,7 @@ from pretrain.train.checkpoint_meta import (
     is_complete,
     list_tags,
     meta_problem,
+    pinned_tags,
     resume_candidates,
     tag_for,
     tag_step,
@@ -453,10 +454,11 @@ def drop_universal_copies(ckpt_dir: Path, tags: Iterable[str] | None = None) -> 
 
 def prune(ckpt_dir: Path, keep_last: int, keep: str) -> None:
     """Delete all but the newest `keep_last` complete checkpoints (and stale partial ones)
-    older than `keep`, each with its universal copy (`step_N_universal`, reshard.py)."""
+    older than `keep`, each with its universal copy (`step_N_universal`, reshard.py); never
+    one whose upload (checkpoint.remote) is still in flight."""
     tags = list_tags(ckpt_dir)
     complete = [t for t in tags if is_complete(ckpt_dir / t)]
-    kept = set(complete[-keep_last:]) | {keep}
+    kept = set(complete[-keep_last:]) | {keep} | pinned_tags(ckpt_dir)  # uploads in flight
     for t in tags:
         if t not in kept and tag_step(t) < tag_step(keep):
             shutil.rmtree(ckpt_dir / t, ignore_errors=True)

@@ -146,6 +146,20 @@ def is_complete(tag_dir: Path) -> bool:
     return meta is not None and not size_problems(tag_dir, meta)
 
 
+# ---- checkpoints waiting for their upload (checkpoint.remote, pretrain/train/remote_ckpt.py) --
+
+UPLOAD_PINS = ".uploading"  # checkpoints/.uploading/TAG.rankR: rank R still uploads TAG
+
+
+def pinned_tags(ckpt_dir: Path) -> set[str]:
+    """Tags some rank still uploads: pruning keeps them (the local copy goes only once the
+    remote one is complete)."""
+    pins = ckpt_dir / UPLOAD_PINS
+    if not pins.is_dir():
+        return set()
+    return {p.name.rsplit(".rank", 1)[0] for p in pins.iterdir() if ".rank" in p.name}
+
+
 # ---- which checkpoint a run resumes from ---------------------------------------------------
 
 def list_tags(ckpt_dir: Path) -> list[str]:

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from data_tools.remote import RemoteError, S3Path
 from pretrain.configlib import (
     ConfigError,
     Override,
@@ -233,6 +234,28 @@ class CheckpointConfig(Section):
         "for it. false: saves stop training while they write. auto: in the background where "
         "a rank's share of a checkpoint is at least 256 MiB and host RAM holds the staged copy, "
         "else synchronous (decided at each start, logged, recorded in run_events.jsonl)")
+    remote: str | None = Field(
+        None, description="s3://BUCKET/PREFIX: every committed checkpoint is also uploaded "
+        "there in the background (each rank its own files, then meta.json, then `latest`; "
+        "keep_last applies there too), and a run whose checkpoints folder is missing or older "
+        "resumes from the newest complete copy there; endpoint and credentials from the AWS_* "
+        "environment only (docs/training.md#remote-copies)")
+    remote_timeout: float = Field(
+        600.0, gt=0, description="checkpoint.remote: seconds each request keeps retrying "
+        "through an outage, and the most a stop or the end of the run waits for the upload in "
+        "flight (then a warning names what is not uploaded)")
+
+    @field_validator("remote")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("control characters in the address")
+        try:
+            return str(S3Path.parse(value))
+        except RemoteError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("async_", mode="before")
     @classmethod

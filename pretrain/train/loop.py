@@ -25,7 +25,7 @@ from pretrain.objectives import EvalContext, open_data
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
 from pretrain.train.async_ckpt import Outcome
-from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta
+from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta, tag_step
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.distenv import DistEnv
 from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
@@ -151,6 +151,7 @@ class Trainer:
                 self.memcheck.stop()
             if getattr(self, "saver", None) is not None:
                 self.saver.close()
+            self._close_uploads()
             self._release_lock()
             raise
 
@@ -168,6 +169,7 @@ class Trainer:
     def _start(self) -> None:
         """Resume or start; nothing in the run folder changes before the checkpoint passed."""
         cfg, denv = self.cfg, self.denv
+        remote_plan = self._fetch_remote()  # checkpoint.remote: a newer copy there comes here
         found = ckpt.choose_resume(self.ckpt_dir) if cfg.resume == "auto" else None
         self.resume_tag, meta = found or (None, None)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -218,7 +220,37 @@ class Trainer:
         if self.rank0 and not use_gpu():
             self._warn_if_slow_on_cpu()
         self.saver = self._start_async() if cfg.checkpoint.async_ is not False else None
+        self.uploader = self._start_uploads(remote_plan)
         self._record_start()
+
+    def _fetch_remote(self):
+        """checkpoint.remote (collective): the store answers, and with `resume: auto` a remote
+        copy newer than the local checkpoints is downloaded and verified first
+        (pretrain/train/remote_ckpt.py)."""
+        c = self.cfg.checkpoint
+        if c.remote is None:
+            return None
+        from pretrain.train import remote_ckpt
+
+        return remote_ckpt.fetch_newer(self.ckpt_dir, c.remote, c.remote_timeout,
+                                       self.denv.rank, self.denv.world_size,
+                                       download=self.cfg.resume == "auto")
+
+    def _start_uploads(self, plan):
+        """This rank's upload thread; the checkpoint resumed from goes up first when the
+        remote copy is older (a run stopped before its upload finished)."""
+        c = self.cfg.checkpoint
+        if c.remote is None:
+            return None
+        from pretrain.train import remote_ckpt
+
+        uploader = remote_ckpt.Uploader(self.ckpt_dir, c.remote, self.denv.rank,
+                                        self.denv.world_size, c.keep_last, c.remote_timeout)
+        remote_step = tag_step(plan.remote_latest or "")
+        if self.resume_tag and tag_step(self.resume_tag) > (-1 if remote_step is None
+                                                            else remote_step):
+            uploader.submit(self.ckpt_dir / self.resume_tag)
+        return uploader
 
     def _start_async(self):
         """checkpoint.async true or auto (collective): every rank's share of a checkpoint and
@@ -418,8 +450,8 @@ class Trainer:
         if outcome.error is not None:
             raise ckpt.CheckpointSaveError(outcome.error)
         self.ckpt_bytes = outcome.total_bytes or self.ckpt_bytes
-        # checkpoint.remote (issue 21 item 3, not built yet): every committed checkpoint, sync
-        # or async, passes here on every rank — the upload of outcome.tag_dir starts here.
+        if getattr(self, "uploader", None) is not None:  # checkpoint.remote: in the background
+            self.uploader.submit(outcome.tag_dir)
         self.metrics.log({"step": self.step, "checkpoint_step": outcome.step,
                           "checkpoint_blocking_ms": round(outcome.blocking_ms, 1),
                           "checkpoint_write_ms": round(outcome.write_ms, 1)})
@@ -643,6 +675,7 @@ class Trainer:
         None when the caller gives none) and release the run folder."""
         try:
             self._close_saver()
+            self._close_uploads()
             self.memcheck.stop()
             batches = getattr(self, "_batch_iter", None)
             if hasattr(batches, "close"):
@@ -672,6 +705,13 @@ class Trainer:
                 self._settle(outcome)
         except Exception:  # noqa: BLE001 - closing must go on
             log.exception("closing the background checkpoint writer failed")
+
+    def _close_uploads(self) -> None:
+        """checkpoint.remote: wait for the uploads in flight (at most remote_timeout; a
+        warning names what is not uploaded)."""
+        uploader, self.uploader = getattr(self, "uploader", None), None
+        if uploader is not None:
+            uploader.close()
 
     def _release_lock(self) -> None:
         if self.lock is not None:

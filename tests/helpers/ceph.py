@@ -253,3 +253,13 @@ def start_rgw() -> Rgw:
         r.stop()
         raise StartFailed(f"could not start Ceph RGW in {d}: {e}\n{tail}") from None
     return r
+
+
+def assert_no_secret(folders: list[Path]) -> None:
+    """The fixture user's secret key appears in no file under `folders` (run folders, logs,
+    caches), while the environment the runs got did hold it."""
+    for folder in folders:
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert SECRET_KEY.encode() not in path.read_bytes(), path
+    assert os.environ.get("AWS_SECRET_ACCESS_KEY") == SECRET_KEY

@@ -8,7 +8,6 @@ for bit. No secret lands in the run folder, the cache or the logs."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -17,13 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.ceph import assert_no_secret
 from helpers.dist import REPO, start_ranks
 
 from data_tools.folder import read_manifest
 from pretrain.data import DataConfig
 from pretrain.data.remote_plan import plan_folders
-
-SECRET = "arrowtrain-test-secret"   # the fixture user's secret key (tests/helpers/ceph.py)
 
 
 def _data_tools(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -112,15 +110,8 @@ def test_outage_saves_and_exits_75_then_a_cold_resume_is_exact(
     rows = [r for r in runs.read_metrics(run) if "loss" in r]
     assert all(0 <= r["cache_hit_rate"] <= 1 and r["remote_bytes"] > 0 and
                r["data_wait_ms"] >= 0 for r in rows)
-    _no_secret_anywhere([run, cache, tmp_path / "logs1", tmp_path / "logs2"])
+    assert_no_secret([run, cache, tmp_path / "logs1", tmp_path / "logs2"])
     status = subprocess.run([sys.executable, "-m", "launch", "status", str(run)], cwd=REPO,
                             env=env, capture_output=True, text=True, timeout=60)
     assert f"data: {url} (object storage; node cache {cache}" in status.stdout, status.stdout
 
-
-def _no_secret_anywhere(folders: list[Path]) -> None:
-    for folder in folders:
-        for path in folder.rglob("*"):
-            if path.is_file():
-                assert SECRET.encode() not in path.read_bytes(), path
-    assert json.dumps(os.environ.get("AWS_SECRET_ACCESS_KEY")) == json.dumps(SECRET)
