@@ -163,18 +163,12 @@ def delete_tag(remote: Remote, root: S3Path, tag: str, names: set[str]) -> None:
             remote.delete(root.join(tag, name))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
+    """One committed checkpoint waiting for its upload (tag = the folder's name)."""
     tag_dir: Path
+    tag: str
     queued_at: float
-
-    @property
-    def tag(self) -> str:
-        return self.tag_dir.name
-
-    @property
-    def step(self) -> int:
-        return tag_step(self.tag) or 0
 
 
 class Uploader:
@@ -202,7 +196,7 @@ class Uploader:
     def submit(self, tag_dir: Path) -> None:
         pin(self.ckpt_dir, tag_dir.name, self.rank)
         with self._cond:
-            self._queue.append(Job(tag_dir, time.monotonic()))
+            self._queue.append(Job(tag_dir, tag_dir.name, time.monotonic()))
             waiting = len(self._queue) + (self._current is not None)
             self._cond.notify_all()
         if waiting > 2 and self.rank == 0:
