@@ -226,12 +226,14 @@ class CheckpointConfig(Section):
     every_steps: int = Field(1000, gt=0, description="save a checkpoint every N steps")
     keep_last: int = Field(3, ge=1, description="complete checkpoints kept (older are deleted)")
     save_at_end: bool = Field(True, description="save at the last step")
-    async_: bool = Field(
-        False, alias="async", description="save in the background: training waits only while "
-        "the state is copied to host memory (one staged copy per node, checked at start), a "
-        "writer process per rank writes the files and the checkpoint is committed (meta.json, "
+    async_: Literal["auto", True, False] = Field(
+        "auto", alias="async", description="true: save in the background: training waits only "
+        "while the state is copied to host memory (one staged copy per node, checked at start), "
+        "a writer process per rank writes the files and the checkpoint is committed (meta.json, "
         "latest) once every rank's writer is done; a stop, the last step and the next save wait "
-        "for it")
+        "for it. false: saves stop training while they write. auto: in the background where "
+        "a rank's share of a checkpoint is at least 256 MiB and host RAM holds the staged copy, "
+        "else synchronous (decided at each start, logged, recorded in run_events.jsonl)")
     remote: str | None = Field(
         None, description="s3://BUCKET/PREFIX: every committed checkpoint is also uploaded "
         "there in the background (each rank its own files, then meta.json, then `latest`; "
@@ -255,6 +257,15 @@ class CheckpointConfig(Section):
             return str(S3Path.parse(value))
         except RemoteError as e:
             raise ValueError(str(e)) from None
+
+    @field_validator("async_", mode="before")
+    @classmethod
+    def _async_mode(cls, value):
+        if isinstance(value, bool) or value == "auto":
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ValueError(f"true, false or auto, not {value!r}")
 
 
 class WandbConfig(Section):

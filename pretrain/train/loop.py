@@ -219,7 +219,7 @@ class Trainer:
         self.flops_per_token = self._flops_per_token()
         if self.rank0 and not use_gpu():
             self._warn_if_slow_on_cpu()
-        self.saver = self._start_async() if cfg.checkpoint.async_ else None
+        self.saver = self._start_async() if cfg.checkpoint.async_ is not False else None
         self.uploader = self._start_uploads(remote_plan)
         self._record_start()
 
@@ -253,27 +253,30 @@ class Trainer:
         return uploader
 
     def _start_async(self):
-        """checkpoint.async (collective): the host-RAM pre-flight for one staged copy of this
-        node's share, the commit threads' own gloo group, this rank's writer process."""
+        """checkpoint.async true or auto (collective): every rank's share of a checkpoint and
+        its host's free RAM, gathered so that every rank decides alike (async_ckpt.choose_async:
+        auto goes async only for a large share that host RAM can stage); then the commit
+        threads' own gloo group and this rank's writer process. None: synchronous saves."""
         from pretrain.train import async_ckpt
 
         cfg, rank, world = self.cfg, self.denv.rank, self.denv.world_size
-        hosts = [None] * world
-        dist.all_gather_object(hosts, socket.gethostname())
-        local = [r for r, h in enumerate(hosts) if h == hosts[rank]]
         weights = self.n_params * (2 if cfg.precision in ("bf16", "fp16") else 4)
-        need = sum(async_ckpt.arena_bytes(async_ckpt.node_share_bytes(  # what the arenas take
-            self.ckpt_bytes, cfg.deepspeed.zero_stage, [r], world, weights)) for r in local)
-        problems = [None] * world
-        dist.all_gather_object(problems, async_ckpt.host_ram_problem(need)
-                               if rank == local[0] else None)
-        if found := [p for p in problems if p]:
-            err = ConfigError(found[:1])
-            err.all_ranks = True
-            raise err
-        group = dist.new_group(backend="gloo")  # the commit threads' own collectives
         mine = async_ckpt.node_share_bytes(self.ckpt_bytes, cfg.deepspeed.zero_stage, [rank],
                                            world, weights)
+        ranks = [None] * world  # [(host, share bytes, MemAvailable bytes)]
+        dist.all_gather_object(ranks, (socket.gethostname(), mine,
+                                       async_ckpt.available_ram_bytes()))
+        try:
+            background, why = async_ckpt.choose_async(cfg.checkpoint.async_, ranks)
+        except async_ckpt.AsyncRefused as e:
+            err = ConfigError([str(e)])
+            err.all_ranks = True
+            raise err from None
+        if self.rank0:
+            log.info("%s", why)
+        if not background:
+            return None
+        group = dist.new_group(backend="gloo")  # the commit threads' own collectives
         return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last, mine)
 
     def _warn_if_slow_on_cpu(self) -> None:
@@ -290,7 +293,8 @@ class Trainer:
         if self.rank0:
             events.record(self.cfg.run_dir, "start", step=self.step,
                           resumed_from=self.resume_tag, world_size=self.denv.world_size,
-                          max_steps=self.cfg.train.max_steps)
+                          max_steps=self.cfg.train.max_steps,
+                          checkpoint_async=self.saver is not None)  # auto resolved here
 
     def _init_from(self, model: torch.nn.Module, resuming: bool) -> None:
         """Load init_from's weights into the fresh model, unless resuming (logged either way)."""

@@ -4,6 +4,7 @@ committed) and a resume, at ZeRO-1 and ZeRO-3; each save logs checkpoint_blockin
 checkpoint_write_ms. Faults: kill -9 of a rank while its writer is in flight resumes from the
 previous complete checkpoint, bitwise; a killed writer process is reported and `latest` stays;
 a full disk during a background write gives the clear message, the partial folder is removed.
+The default checkpoint.async=auto saves a tiny run synchronously and says why.
 
 ARROWTRAIN_TEST_WRITER_DELAY_S holds each file in the writer for a moment, so that a write is
 certainly in flight when a test acts (the kills are triggered by what the run shows on disk:
@@ -18,11 +19,13 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers.disks import assert_step_6_save_ran_out_of_room
 from helpers.dist import run_ranks, start_ranks
 
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import checkpoint_meta as cm
+from pretrain.train import events
 
 ASYNC = ("checkpoint.async=true",)
 SLOW_WRITER = {"ARROWTRAIN_TEST_WRITER_DELAY_S": "0.5"}
@@ -68,6 +71,21 @@ def _alive(pid: int) -> bool:
 
 def _save_rows(run: Path, runs) -> dict[int, dict]:
     return {r["checkpoint_step"]: r for r in runs.read_metrics(run) if "checkpoint_step" in r}
+
+
+def test_auto_saves_a_tiny_run_synchronously_and_says_why(straight_run):
+    """The default checkpoint.async=auto: a few-MB checkpoint is saved synchronously (no
+    writer process to start), rank 0 says so once, and the start row records the choice while
+    config.yaml keeps `auto` (decided anew at each start)."""
+    run = straight_run(0)
+    logs = [(run.parent / "logs" / f"rank{r}.log").read_text() for r in (0, 1)]
+    line = re.findall(r"checkpoints: synchronous \(checkpoint\.async=auto: a rank saves at "
+                      r"most [\d.]+ MB, below 256 MiB\)", logs[0])
+    assert len(line) == 1 and "checkpoints:" not in logs[1], logs
+    assert "writing in the background" not in logs[0]
+    starts = [r for r in events.read_jsonl(run / events.EVENTS_FILE) if r["event"] == "start"]
+    assert [r["checkpoint_async"] for r in starts] == [False]
+    assert yaml.safe_load((run / "config.yaml").read_text())["checkpoint"]["async"] == "auto"
 
 
 @pytest.mark.parametrize("stage", [1, 3])

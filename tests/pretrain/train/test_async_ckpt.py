@@ -1,13 +1,15 @@
 """The staging arena and the writer process of checkpoint.async, without DeepSpeed: what the
 writer writes loads back (weights-only) equal to what was staged — views still share their
 storage, dtypes, Parameters and requires_grad kept — and a write error comes back as an answer
-naming the file, with no temp file left. The trainer-level tests are test_async_checkpoint.py."""
+naming the file, with no temp file left; what checkpoint.async true/false/auto resolves to from
+every rank's figures. The trainer-level tests are test_async_checkpoint.py."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 
+import pytest
 import torch
 
 from pretrain.train.async_ckpt import Arena, WriterProcess, stage_payload
@@ -108,3 +110,40 @@ def test_stop_signals_while_the_writer_starts_do_not_kill_it(tmp_path):
     assert answer["error"] is None, answer
     assert writer.proc.returncode == 0
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+
+
+def test_auto_goes_async_only_for_a_large_share_that_host_ram_can_stage():
+    """checkpoint.async resolved from every rank's (host, share, MemAvailable): auto is
+    synchronous below AUTO_MIN_SHARE_BYTES or where a node's RAM cannot hold its ranks' arenas
+    (saying which and why), true refuses where RAM is short, false never asks."""
+    from pretrain.train.async_ckpt import (
+        AUTO_MIN_SHARE_BYTES,
+        AsyncRefused,
+        arena_bytes,
+        choose_async,
+    )
+    from pretrain.train.checkpoint import human_bytes
+    from pretrain.train.config import CheckpointConfig
+
+    big, tiny, plenty = 1 << 30, 3_100_000, 1 << 40
+    assert AUTO_MIN_SHARE_BYTES == 256 << 20  # the figure the config's description names
+    assert "256 MiB" in CheckpointConfig.model_fields["async_"].description
+    assert choose_async("auto", [("a", tiny, plenty), ("a", 0, plenty)]) == (
+        False, "checkpoints: synchronous (checkpoint.async=auto: a rank saves at most 3.1 MB, "
+               "below 256 MiB)")
+    assert choose_async("auto", [("a", big, plenty), ("b", big, plenty)]) == (
+        True, "checkpoints: in the background (checkpoint.async=auto: a rank saves up to "
+              "1.07 GB, at least 256 MiB, and host RAM holds the staging arenas)")
+    short = [("a", big, plenty), ("a", big, plenty), ("b", big, 2 * big), ("b", big, None)]
+    need = 2 * arena_bytes(big)  # node b's two arenas; its first rank's MemAvailable counts
+    assert choose_async("auto", short) == (
+        False, f"checkpoints: synchronous (checkpoint.async=auto: host RAM on b has "
+               f"{human_bytes(2 * big)} available, the staging arenas need ≈ "
+               f"{human_bytes(need)})")
+    assert choose_async("auto", [("a", big, None)])[0]  # no /proc/meminfo: nothing to check
+    with pytest.raises(AsyncRefused, match=f"needs ≈ {human_bytes(need)} of host RAM on this "
+                                           "node.* set checkpoint.async=false"):
+        choose_async(True, short)
+    assert choose_async(True, [("a", tiny, plenty)])[0]
+    assert choose_async(False, short) == (False, "checkpoints: synchronous "
+                                                 "(checkpoint.async=false)")

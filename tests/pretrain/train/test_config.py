@@ -236,3 +236,17 @@ def test_lever_values_are_checked(tmp_path):
                                           r"\(precision is bf16_autocast\)"):
         load_run_config(write(tmp_path, GOOD), ["deepspeed.check_grad_overflow=true",
                                                 "precision=bf16_autocast"])
+
+
+def test_checkpoint_async_takes_true_false_or_auto(tmp_path):
+    """Default auto; YAML booleans and the words from an override; anything else is an error
+    naming the key."""
+    assert load_run_config(write(tmp_path, GOOD)).checkpoint.async_ == "auto"
+    yaml_bool = {**GOOD, "checkpoint": {"async": False}}
+    assert load_run_config(write(tmp_path, yaml_bool)).checkpoint.async_ is False
+    for text, value in (("true", True), ("false", False), ("auto", "auto")):
+        cfg = load_run_config(write(tmp_path, GOOD), [f"checkpoint.async={text}"])
+        assert cfg.checkpoint.async_ == value and type(cfg.checkpoint.async_) is type(value)
+    with pytest.raises(ConfigError, match=r"checkpoint\.async.*true, false or auto, not "
+                                          r"'maybe'"):
+        load_run_config(write(tmp_path, GOOD), ["checkpoint.async=maybe"])
