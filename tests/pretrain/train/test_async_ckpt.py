@@ -55,18 +55,26 @@ def test_staged_state_is_written_and_loads_back_equal(tmp_path):
         loaded["view_b"].untyped_storage().data_ptr()  # one storage, written once
 
 
-def test_a_failed_write_is_answered_with_the_file_and_no_temp_left(tmp_path):
+def _write_one(target, state: dict, before=None) -> tuple[dict, WriterProcess]:
+    """A fresh writer writes `state` staged to `target` as one checkpoint's one file; its answer
+    and the (closed) writer. `before(writer)` runs right after the writer starts."""
     arena = Arena()
     writer = WriterProcess(arena)
     try:
-        target = tmp_path / "missing-dir" / "file.pt"  # its folder does not exist
-        writer.send({"op": "file", "path": str(target), "rel": "file.pt",
-                     "payload": stage_payload({"w": torch.ones(3)}, arena), "zipfile": True})
+        if before:
+            before(writer)
+        writer.send({"op": "file", "path": str(target), "rel": target.name,
+                     "payload": stage_payload(state, arena), "zipfile": True})
         writer.send({"op": "end", "tag": "step"})
-        answer = writer.answer()
+        return writer.answer(), writer
     finally:
         writer.close()
         arena.close()
+
+
+def test_a_failed_write_is_answered_with_the_file_and_no_temp_left(tmp_path):
+    target = tmp_path / "missing-dir" / "file.pt"  # its folder does not exist
+    answer, _ = _write_one(target, {"w": torch.ones(3)})
     assert answer["files"] == {} and answer["error"]["file"] == str(target)
     assert "No such file or directory" in answer["error"]["error"]
     assert not answer["error"]["disk_full"]
@@ -93,20 +101,13 @@ def test_stop_signals_while_the_writer_starts_do_not_kill_it(tmp_path):
     flight and needs its answer."""
     import signal
 
-    arena = Arena()
-    writer = WriterProcess(arena)
-    try:
+    def stop_signals(writer: WriterProcess) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             os.kill(writer.pid, sig)  # at once: long before the writer's main() runs
-        path = tmp_path / "step" / "file.pt"
-        path.parent.mkdir()
-        writer.send({"op": "file", "path": str(path), "rel": "file.pt",
-                     "payload": stage_payload({"x": torch.ones(3)}, arena), "zipfile": True})
-        writer.send({"op": "end", "tag": "step"})
-        answer = writer.answer()
-    finally:
-        writer.close()
-        arena.close()
+
+    path = tmp_path / "step" / "file.pt"
+    path.parent.mkdir()
+    answer, writer = _write_one(path, {"x": torch.ones(3)}, before=stop_signals)
     assert answer["error"] is None, answer
     assert writer.proc.returncode == 0
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
