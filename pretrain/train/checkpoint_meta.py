@@ -80,6 +80,19 @@ class CheckpointMeta(BaseModel):
             return {k: {"bytes": x} if isinstance(x, int) else x for k, x in v.items()}
         return v
 
+    @field_validator("files")
+    @classmethod
+    def _inside_the_folder(cls, v: dict[str, FileRecord]) -> dict[str, FileRecord]:
+        """Names are relative paths inside the checkpoint folder: a meta.json from elsewhere
+        (a remote copy, a folder copied in) must not make a download or a check touch
+        `../../.bashrc` or `/etc/passwd`."""
+        for name in v:
+            parts = name.split("/")
+            if (not name or name.startswith("/") or "\\" in name or ".." in parts
+                    or "" in parts or any(ord(c) < 32 for c in name)):
+                raise ValueError(f"file name {name!r} is not a path inside the checkpoint folder")
+        return v
+
     @property
     def zero_stage(self) -> int:
         return int(self.config["deepspeed"]["zero_stage"])
