@@ -41,6 +41,20 @@ from helpers.runs import (
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _pin_inductor_cache_dir() -> None:
+    """torch's compiler sets TORCHINDUCTOR_CACHE_DIR in os.environ the first time it compiles in
+    this process (to its default folder). That variable is read when the ranks import torch, so
+    the fork server (helpers/forkserver.py) refuses ranks whose environment has it while its own
+    did not: every 2-rank run after the suite's first in-process compile started a fresh
+    interpreter (+7 s each). Set it to that same default now, before anything starts."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    cache_dir()
+
+
+_pin_inductor_cache_dir()
 # Each xdist worker takes its rendezvous and server ports from its own range below the kernel's
 # ephemeral ports (32768+): a port picked free cannot be taken meanwhile by the other worker's
 # pick or by any outgoing connection (gloo opens many) before its server binds it.

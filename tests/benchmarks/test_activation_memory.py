@@ -2,18 +2,16 @@
 policy, each policy holding fewer bytes than none, the chunked loss peaking lower."""
 
 import json
-import subprocess
-import sys
 
-from helpers.dist import REPO
+from helpers.dist import run_python
 
 
 def test_policies_and_loss_kinds():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/activation_memory.py", "--config", "gpt-tiny",
-         "--vocab-size", "4096", "--batch", "2", "--seq-len", "64", "--loss-chunk-rows", "16"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    proc = run_python(["benchmarks/activation_memory.py", "--config", "gpt-tiny",
+                       "--vocab-size", "4096", "--batch", "2", "--seq-len", "64", "--loss-chunk-rows", "16"],
+                       timeout=300,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                            "DS_ACCELERATOR": "cpu"})
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["identical_losses"] and len(out["results"]) == 5

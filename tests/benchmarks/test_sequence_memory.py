@@ -2,17 +2,14 @@
 holds at most 0.6x the activations of one rank on the whole row, and the losses agree."""
 
 import json
-import subprocess
-import sys
 
-from helpers.dist import REPO
+from helpers.dist import run_python
 
 
 def test_two_ranks_hold_about_half():
-    proc = subprocess.run(
-        [sys.executable, "benchmarks/sequence_memory.py", "--config", "llama-tiny",
-         "--seq-len", "256", "--doc-masking"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_python(["benchmarks/sequence_memory.py", "--config", "llama-tiny",
+                       "--seq-len", "256", "--doc-masking"],
+                       timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["losses_agree"] and out["P"] == 2 and len(out["ranks"]) == 2

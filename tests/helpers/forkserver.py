@@ -15,7 +15,8 @@ imports only, never runs a torch op, and never touches CUDA. Environment variabl
 read at import time (OMP_NUM_THREADS, DS_ACCELERATOR, ...) are the server's; a request that sets
 them differently is refused, and the caller starts a plain process instead.
 
-Protocol (JSON lines): the client writes {"id", "args", "env", "cwd", "log"} to stdin; the server
+Protocol (JSON lines): the client writes {"id", "args", "env", "cwd", "stdout"} (optional:
+"stderr", else it goes to stdout's file; "stdin", else /dev/null) to stdin; the server
 answers {"ready", "threads"} once, {"id", "pid"} per request, and {"pid", "code"} when a child
 ends (code as subprocess.Popen.returncode: -N for signal N). EOF on stdin: the server kills the
 children still running and exits.
@@ -68,6 +69,13 @@ def _run(args: list[str]) -> None:
         runpy.run_path(args[0], run_name="__main__")
 
 
+def _redirect(fd: int, path: str, flags: int) -> None:
+    opened = os.open(path, flags, 0o644)
+    if opened != fd:  # the lowest free descriptor: fd itself when it was closed
+        os.dup2(opened, fd)
+        os.close(opened)
+
+
 def _child(req: dict, base_path: list[str], close: list[int]) -> None:
     """In the forked child: become the requested process, run it, never return."""
     code = 1
@@ -75,13 +83,9 @@ def _child(req: dict, base_path: list[str], close: list[int]) -> None:
         os.setsid()
         for fd in close:
             os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        log = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(null)
-        os.close(log)
+        _redirect(0, req.get("stdin") or os.devnull, os.O_RDONLY)
+        _redirect(1, req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        _redirect(2, req.get("stderr") or req["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])

@@ -7,20 +7,17 @@ micro-batches and two sequence lengths. --slow: the full grid (3 × 2 × 2 × 2)
 ranks."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from helpers.dist import REPO
+from helpers.dist import run_python
 
 TOLERANCE = 0.15
 POINTS = ["0:none:2:64", "2:full:4:64", "3:none:2:128", "3:full:4:128"]
 
 
 def run_grid(ranks: int, *args: str) -> dict:
-    proc = subprocess.run([sys.executable, "benchmarks/plan_memory.py", "--ranks", str(ranks),
-                           "--steps", "2", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+    proc = run_python(["benchmarks/plan_memory.py", "--ranks", str(ranks),
+                       "--steps", "2", *args], timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
