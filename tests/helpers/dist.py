@@ -186,13 +186,16 @@ def run_python(args: list[str], *, env: dict | None = None, cwd: Path = REPO,
     """`python ARGS...` to its end, as `subprocess.run([sys.executable, *args],
     capture_output=True, text=True)` returns it — a process of its own running the real entry
     point, forked from the warm interpreter (torch and DeepSpeed imported: ~4 s less per command
-    on 2 cores). OMP_NUM_THREADS is 1 unless `env` says otherwise. For tests of what a command
-    does; a test of what a fresh interpreter prints or imports at start (stdout holds the
-    result alone, torch is not imported) runs `sys.executable` itself."""
+    on 2 cores). OMP_NUM_THREADS is 1 and TORCHINDUCTOR_CACHE_DIR the suite's unless `env` says
+    otherwise. For tests of what a command does; a test of what a fresh interpreter prints or
+    imports at start (stdout holds the result alone, torch is not imported) runs
+    `sys.executable` itself."""
     import tempfile
 
     env = dict(os.environ if env is None else env)
     env.setdefault("OMP_NUM_THREADS", "1")
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:  # a cache folder, pinned by tests/conftest.py
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", os.environ["TORCHINDUCTOR_CACHE_DIR"])
     with tempfile.TemporaryDirectory(prefix="run_python") as tmp:
         out, err, inp = Path(tmp, "out"), Path(tmp, "err"), None
         if input is not None:
