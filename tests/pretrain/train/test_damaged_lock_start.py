@@ -6,22 +6,20 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 
-from helpers.dist import REPO
+from helpers.dist import REPO, run_python
 
 from pretrain.train.runlock import LOCK_NAME
 
 
 def _start(run, tiny_data) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pretrain.train", "--config",
-                           str(REPO / "configs" / "gpt-tiny.yaml"), f"run_dir={run}",
-                           f"data.path={tiny_data}", "logging.progress_bar=false",
-                           "train.max_steps=2", "logging.wandb.mode=disabled",
-                           "eval.at_end=false", "checkpoint.save_at_end=false"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    return run_python(["-m", "pretrain.train", "--config",
+                       str(REPO / "configs" / "gpt-tiny.yaml"), f"run_dir={run}",
+                       f"data.path={tiny_data}", "logging.progress_bar=false",
+                       "train.max_steps=2", "logging.wandb.mode=disabled",
+                       "eval.at_end=false", "checkpoint.save_at_end=false"],
+                      timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
 
 
 def test_a_run_lock_that_is_a_directory(tiny_data, tmp_path):

@@ -6,12 +6,9 @@ run."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from helpers.dist import REPO, run_ranks
+from helpers.dist import REPO, run_python, run_ranks
 
 from pretrain.configlib import ConfigError
 from pretrain.train.preflight import check_run, read_folder, split_samples
@@ -114,7 +111,7 @@ def test_attention_maps_of_a_decoder_run_and_translate_refuses_it(straight_run, 
     assert sorted(p.name for p in (tmp_path / "att").glob("*.png")) == \
         ["decoder.self.0.png", "decoder.self.1.png"]
     # translate as a real subprocess: its exit code, one line, no traceback
-    proc = subprocess.run([sys.executable, "-m", "arrowtrain.commands.translate", str(run)],
-                          input="a b\n", cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_python(["-m", "arrowtrain.commands.translate", str(run)], input="a b\n",
+                      timeout=300)
     assert proc.returncode == 2 and "needs an encoder-decoder run" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -5,11 +5,9 @@ with a message naming the step; a resume refused for a changed model shape."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import yaml
-from helpers.dist import REPO, run_ranks
+from helpers.dist import REPO, run_python, run_ranks
 from helpers.tamper import snapshot
 
 
@@ -18,11 +16,11 @@ def test_alone_relative_paths_and_nonfinite_loss_stop(tiny_data, tmp_path):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.train", "--config", str(REPO / "configs/gpt-tiny.yaml"),
+    proc = run_python(
+        ["-m", "pretrain.train", "--config", str(REPO / "configs/gpt-tiny.yaml"),
          "run_dir=runs/nan", "data.path=data", "model.init_std=1.0e30", "train.max_steps=3",
          "data.seq_len=32", "logging.progress_bar=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        cwd=tmp_path, env=env, timeout=240)
     assert proc.returncode == 1, proc.stderr
     assert "non-finite loss (nan) at step 1" in proc.stderr
     assert "Traceback" not in proc.stderr

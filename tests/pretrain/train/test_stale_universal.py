@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-from helpers.dist import REPO, run_ranks
+from helpers.dist import run_python, run_ranks
 
 STOP = "step_00000004"
 UNIVERSAL = STOP + "_universal"
@@ -35,10 +33,9 @@ def _args(runs, tiny_data, run, *extra):
 
 
 def _export_universal(run, deepspeed_log="warning"):
-    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.export", str(run),
-                          "--format", "universal"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu",
-                                           "ARROWTRAIN_DEEPSPEED_LOG": deepspeed_log})
+    res = run_python(["-m", "arrowtrain.commands.export", str(run), "--format", "universal"],
+                     timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu",
+                                       "ARROWTRAIN_DEEPSPEED_LOG": deepspeed_log})
     assert res.returncode == 0, res.stderr
     # DeepSpeed's own prints only when asked for (issue 18 item 7)
     assert ("Extracting ZeRO fragments" in res.stderr) == (deepspeed_log == "info"), res.stderr
@@ -115,9 +112,8 @@ def test_offline_conversion_takes_the_run_lock(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     lock = RunLock(run, purpose="a test holding the folder").acquire()
     try:
-        res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.export", str(run),
-                              "--format", "universal"], cwd=REPO, capture_output=True,
-                             text=True, timeout=300)
+        res = run_python(["-m", "arrowtrain.commands.export", str(run), "--format",
+                          "universal"], timeout=300)
     finally:
         lock.release()
     assert res.returncode == 2, res.stderr

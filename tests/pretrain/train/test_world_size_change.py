@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers.dist import REPO, run_ranks
+from helpers.dist import run_python, run_ranks
 
 from launch.status import collect
 
@@ -88,9 +86,8 @@ def test_zero3_one_rank_to_two_after_offline_conversion(tiny_data, runs, ref, tm
               world_size=1, expect=75)
     assert collect(run)["checkpoint_layout"] == {"ranks": 1, "zero_stage": 3,
                                                  "universal_copy": False}
-    res = subprocess.run([sys.executable, "-m", "arrowtrain.commands.export", str(run),
-                          "--format", "universal"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    res = run_python(["-m", "arrowtrain.commands.export", str(run), "--format", "universal"],
+                     timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
     assert res.returncode == 0, res.stderr
     assert f"wrote {ckpts / UNIVERSAL}" in res.stderr
     assert collect(run)["checkpoint_layout"]["universal_copy"] is True
