@@ -3,8 +3,9 @@ and the trained runs several test files read — built once per session, on firs
 
 `--slow` runs the long trials marked `@pytest.mark.slow`.
 
-`TEST_WORKERS=N make test` runs the suite on N pytest-xdist workers (`--dist loadgroup`; the
-default, 0, is one process: the fastest on 2 cores): the tests of one file stay on one worker,
+`make test` runs the suite on 2 pytest-xdist workers where there are 2 cores or more
+(`TEST_WORKERS=N` to choose, 0 for one process; `--dist loadgroup`): the tests of one file stay
+on one worker,
 and so do all tests of one real service (SLURM, sshd, Ceph RGW), which thus starts once; the
 long files are handed out first. The shared folders and runs below are built once for all
 workers (`built_once`).
