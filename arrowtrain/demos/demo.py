@@ -102,7 +102,8 @@ def report(cfg, data_dir: Path) -> None:
     run([sys.executable, "-m", "arrowtrain.commands.plot", str(run_dir)])
     print(f"\nmetrics: {run_dir / 'metrics.jsonl'}\nplots:   {run_dir} (*.png)\n"
           f"W&B:     {run_dir / 'wandb'} (offline; `wandb sync` uploads it)\n"
-          f"checkpoints: {run_dir / 'checkpoints'}  status: python -m launch status {run_dir}")
+          f"checkpoints: {run_dir / 'checkpoints'}\n"
+          f"status:  {sys.executable} -m arrowtrain launch status {run_dir}")
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
