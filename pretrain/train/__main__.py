@@ -65,6 +65,7 @@ def _train(cfg, denv) -> int:
     from pretrain.configlib import ConfigError
     from pretrain.data import DataError
     from pretrain.train.checkpoint import CheckpointError, CheckpointSaveError
+    from pretrain.train.ckpt_writer import fork_writer
     from pretrain.train.engine import init_distributed
     from pretrain.train.loop import NonFiniteLoss, Trainer
     from pretrain.train.runlock import RunDirBusy
@@ -72,10 +73,13 @@ def _train(cfg, denv) -> int:
 
     trainer, code, error = None, EXIT_FAILED, None
     set_deepspeed_level(cfg.logging.deepspeed_level)  # its INFO chatter only when asked for
+    # checkpoint.async: the writer forks now, before any thread of the process group exists
+    # (auto may still decide for synchronous saves: the trainer then ends it unused)
+    writer = fork_writer() if cfg.checkpoint.async_ is not False else None
     stop = StopFlag()  # from here on a signal means "save and stop", even during start-up
     try:
         device = init_distributed(denv)
-        trainer = Trainer(cfg, denv, device, stop)
+        trainer = Trainer(cfg, denv, device, stop, writer=writer)
         code = trainer.run()
         return code
     except RemoteUnavailable as e:  # object storage failed inside a step: see remote_data.py
@@ -96,6 +100,8 @@ def _train(cfg, denv) -> int:
     finally:
         if trainer is not None:
             trainer.close(code, error)  # run_events.jsonl: the exit code and step
+        if writer is not None:
+            writer.close()  # done already unless the trainer never started
         _teardown()
         log.info("rank %d exiting", denv.rank)
 

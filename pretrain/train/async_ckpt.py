@@ -4,9 +4,9 @@ At a save step every rank runs DeepSpeed's `save_checkpoint` as usual, but the c
 engine's `save` only *stages* each file: its tensor storages are copied into a host arena (a
 memfd, reused by every save) and the rest of the object is pickled with references into the
 arena. That copy is all the training loop waits for (`checkpoint_blocking_ms`). The rank's
-writer process (ckpt_writer.py) then writes the files (temp, fsync, rename, sha256), and a
-commit thread per rank waits for its writer and meets the other ranks' commit threads over a
-separate gloo group: when every writer is done, rank 0 writes meta.json, then `latest`, then
+writer process (ckpt_writer.py, forked from the rank at its start) then writes the files
+(temp, fsync, rename, sha256), and a commit thread per rank waits for its writer and meets the
+other ranks' commit threads over a separate gloo group: when every writer is done, rank 0 writes meta.json, then `latest`, then
 prunes — exactly the synchronous commit (checkpoint.py), so `latest` never names an unfinished
 checkpoint (`checkpoint_write_ms`: save step to commit). A failure anywhere removes the partial
 folder and leaves `latest` alone; the ranks learn of it at the next sync step and stop
@@ -19,14 +19,10 @@ thread; the commit threads use only their own group.
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
 import os
 import pickle
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,7 +34,7 @@ import torch.distributed as dist
 
 from pretrain.train import checkpoint as ckpt
 from pretrain.train.checkpoint_meta import CheckpointMeta, FileRecord, tag_for
-from pretrain.train.ckpt_writer import STOP_SIGNALS, send_message
+from pretrain.train.ckpt_writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -118,53 +114,6 @@ def stage_payload(obj: Any, arena: Arena) -> bytes:
     return buf.getvalue()
 
 
-class WriterProcess:
-    """The rank's writer (python -m pretrain.train.ckpt_writer), its stderr the rank's."""
-
-    def __init__(self, arena: Arena):
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [root, os.environ.get("PYTHONPATH")])))
-        # started with the stop signals blocked (the mask is inherited): a Ctrl-C while it
-        # starts must not kill it before it ignores them (ckpt_writer.STOP_SIGNALS); this
-        # thread's own signals wait meanwhile, the other threads still take them
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pretrain.train.ckpt_writer", str(arena.fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(arena.fd,), env=env)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.pid = self.proc.pid
-
-    def send(self, message: dict[str, Any]) -> None:
-        send_message(self.proc.stdin, message)
-
-    def answer(self) -> dict[str, Any]:
-        """The writer's answer for the checkpoint sent last (blocks; the GIL is free)."""
-        line = self.proc.stdout.readline()
-        if line:
-            return json.loads(line)
-        code = self.proc.wait()
-        how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        return {"files": {}, "write_s": 0.0, "error": {
-            "file": f"checkpoint writer process (pid {self.pid})", "disk_full": False,
-            "writer_died": True,
-            "error": f"it died ({how}) before the checkpoint's files were written"}}
-
-    def close(self, timeout: float = 60) -> None:
-        try:
-            self.send({"op": "quit"})
-            self.proc.stdin.close()
-        except (OSError, ValueError):
-            pass
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @dataclass
 class Outcome:
     """A save as it ended (the same on every rank): `error` is the message every rank raises."""
@@ -206,13 +155,15 @@ class _Stager(ckpt.EngineSavePatch):
 
 
 class AsyncCheckpointer:
-    """One rank's staging arena, writer process and commit thread (one save in flight)."""
+    """One rank's staging arena, writer process and commit thread (one save in flight). The
+    writer was forked at the rank's start (ckpt_writer.fork_writer); it gets the arena here."""
 
-    def __init__(self, group, keep_last: int, reserve_bytes: int = 0):
+    def __init__(self, group, keep_last: int, writer: Writer, reserve_bytes: int = 0):
         self.group, self.keep_last = group, keep_last
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.arena = Arena(reserve_bytes)
-        self.writer = WriterProcess(self.arena)
+        self.writer = writer
+        writer.attach(self.arena.fd)
         self.inflight: _InFlight | None = None
 
     def send_file(self, path: Path, tag_dir: Path, obj: Any, zipfile: bool) -> None:
@@ -337,13 +288,12 @@ def host_ram_problem(need_bytes: int, available: int | None = None) -> str | Non
 
 
 # checkpoint.async=auto saves in the background only from this share of a checkpoint on a
-# rank. A writer process costs ≈ 3.5 s of CPU to start, once per run (it imports torch; a tiny
-# 2-rank run took 3.7 s longer on a 2-core EPYC) and keeps a staged copy in host RAM. A
-# synchronous save holds every rank for about share ÷ write speed at every save: ≈ 360 MB/s
-# measured on that machine (1.99 GB in 5.5 s, gpt2-124m, into the page cache), ≈ 100 MB/s to a
-# network filesystem; for 256 MiB that is 0.75-2.7 s a save, so from here 1-5 saves repay the
-# writer, and a gigabyte share repays it at the first save (async held that run 0.43 s).
-# Below it a run's saves block for less than the writer costs.
+# rank. A background save keeps a staged copy in host RAM for the run (the writer itself is
+# forked from the rank and starts in milliseconds). A synchronous save holds every rank for
+# about share ÷ write speed at every save: ≈ 360 MB/s measured on a 2-core EPYC (1.99 GB in
+# 5.5 s, gpt2-124m, into the page cache; async held that run 0.43 s), ≈ 100 MB/s to a network
+# filesystem; for 256 MiB that is 0.75-2.7 s a save. Below it a save holds the loop for less
+# than a second, not worth the RAM.
 AUTO_MIN_SHARE_BYTES = 256 << 20
 
 

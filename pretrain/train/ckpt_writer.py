@@ -1,20 +1,23 @@
 """The background checkpoint writer: one process per rank when `checkpoint.async` is on
-(pretrain/train/async_ckpt.py starts it; docs/training.md#async-checkpoints).
+(pretrain/train/async_ckpt.py uses it; docs/training.md#async-checkpoints).
 
-    python -m pretrain.train.ckpt_writer ARENA_FD
-
-The trainer stages a checkpoint's tensors into a shared arena (a memfd passed as ARENA_FD) and
-sends one job per file on stdin: 8 bytes of length, then a pickle whose tensor storages are
-references into the arena. The writer rebuilds each file's objects over the arena (no copy),
-writes it as DeepSpeed's torch engine would (temp file, fsync, rename), hashes it, and at the
-end of each checkpoint answers with one JSON line on stdout: the files with size and sha256, or
-the first error (the failed file's temp is removed; the rest of that checkpoint is skipped).
+`fork_writer()` forks it from the rank at start-up, before the process group and the model
+exist, so it shares the rank's imported torch and DeepSpeed (it starts in milliseconds; a fresh
+interpreter took ≈ 3.5 s of CPU to import them). It waits on a socket for the staging arena (a
+memfd, handed over once the trainer knows how large a save is), then takes one job per file:
+8 bytes of length, then a pickle whose tensor storages are references into the arena. It
+rebuilds each file's objects over the arena (no copy), writes it as DeepSpeed's torch engine
+would (temp file, fsync, rename), hashes it, and at the end of each checkpoint answers with one
+JSON line: the files with size and sha256, or the first error (the failed file's temp is
+removed; the rest of that checkpoint is skipped). A run that turns out synchronous
+(`checkpoint.async: auto`) closes the socket and the writer exits having done nothing.
 
 A separate process, not a thread: serialising and hashing gigabytes would hold the trainer's
-GIL. It runs at nice +10, so that where CPUs are short the training loop goes first. Signals
-that stop the trainer (SIGINT, SIGTERM, SIGUSR1) are ignored here, because the trainer waits
-for the write in flight before it stops and then says `quit`; a writer whose trainer dies goes
-with it (PR_SET_PDEATHSIG, and EOF on stdin)."""
+GIL. It runs at nice +10, so that where CPUs are short the training loop goes first, and is
+named `ckpt-writer` (ps, /proc/PID/comm). Signals that stop the trainer (SIGINT, SIGTERM,
+SIGUSR1) are ignored here, because the trainer waits for the write in flight before it stops
+and then says `quit`; a writer whose trainer dies goes with it (PR_SET_PDEATHSIG, and EOF on
+the socket)."""
 
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ import mmap
 import os
 import pickle
 import signal
+import socket
 import struct
-import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -36,14 +40,15 @@ import torch
 
 HEADER = struct.Struct("<Q")
 # The trainer's stop signals: the writer ignores them (the trainer waits for the write in
-# flight, then says `quit`). The trainer starts it with them blocked, so one that comes while
-# this interpreter starts (importing torch takes seconds) stays pending until main() has set
-# them to be ignored, and is then dropped: it cannot kill the writer before that.
+# flight, then says `quit`). They are blocked over the fork, so one that comes right then
+# stays pending until the child has set them to be ignored, and is then dropped.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # Tests only: hold each file this long before writing it, so that a test can act while a
 # background write is certainly in flight (kill a rank or the writer, and see what follows).
 TEST_DELAY_S = float(os.environ.get("ARROWTRAIN_TEST_WRITER_DELAY_S") or 0)
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PROCESS_NAME = "ckpt-writer"  # its name in ps and /proc/PID/comm
 
 
 def send_message(stream: BinaryIO, message: dict[str, Any]) -> None:
@@ -162,35 +167,32 @@ def describe_error(path: Path, exc: BaseException) -> dict[str, Any]:
     return _describe((str(path), exc), path.parent)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> bool:
+    """Killed when the rank dies (PR_SET_PDEATHSIG); False if it is gone already."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: EOF on stdin still ends the writer
+        libc.prctl(PR_SET_NAME, PROCESS_NAME.encode())
+    except (OSError, AttributeError):  # not Linux: EOF on the socket still ends the writer
         pass
+    return os.getppid() == parent
 
 
-def _warm_up() -> None:
-    """Import DeepSpeed now, while the trainer starts: the first checkpoint's objects (loss
-    scaler, ZeRO enums) would import it on unpickling, adding seconds to its write."""
-    with contextlib.suppress(Exception):  # then unpickling imports it, or says why not
-        import deepspeed  # noqa: F401
-
-
-def main(argv: list[str]) -> int:
-    _die_with_parent()
+def _serve(sock: socket.socket, parent: int) -> int:
+    """The writer's life (in the forked child): ignore the stop signals, wait for the arena,
+    then write each checkpoint's files as the jobs come."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked by the trainer
-    # answers go on a private copy of stdout; anything else printed (DeepSpeed's import
-    # banner, warnings) goes to stderr, the rank's log
-    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked over the fork
+    if not _die_with_parent(parent):
+        return 0
     torch.set_num_threads(1)
     os.nice(10)  # background work: where CPUs are short, the training loop goes first
-    _warm_up()
-    arena = ArenaView(int(argv[0]))
-    jobs = sys.stdin.buffer
+    _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+    if not fds:
+        return 0  # closed before an arena came: this run saves synchronously
+    arena = ArenaView(fds[0])
+    jobs, answers = sock.makefile("rb"), sock.makefile("w")
     current = Checkpoint()
     while (msg := read_message(jobs)) is not None:
         if msg["op"] == "file":
@@ -204,5 +206,88 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+class Writer:
+    """The rank's handle on its writer process (`fork_writer`): `attach` hands it the arena,
+    `send` a job, `answer` the outcome of the checkpoint sent last, `close` ends it."""
+
+    def __init__(self, pid: int, sock: socket.socket):
+        self.pid, self.sock = pid, sock
+        self.jobs, self.answers = sock.makefile("wb"), sock.makefile("r")
+        self.returncode: int | None = None
+
+    def attach(self, arena_fd: int) -> None:
+        socket.send_fds(self.sock, [b"A"], [arena_fd])
+
+    def send(self, message: dict[str, Any]) -> None:
+        send_message(self.jobs, message)
+
+    def answer(self) -> dict[str, Any]:
+        """The writer's answer for the checkpoint sent last (blocks; the GIL is free)."""
+        try:
+            line = self.answers.readline()
+        except OSError:  # reset: it died with jobs unread
+            line = ""
+        if line:
+            return json.loads(line)
+        code = self.wait()
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        return {"files": {}, "write_s": 0.0, "error": {
+            "file": f"checkpoint writer process (pid {self.pid})", "disk_full": False,
+            "writer_died": True,
+            "error": f"it died ({how}) before the checkpoint's files were written"}}
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its exit status, as subprocess's returncode (-N: signal N); TimeoutError after
+        `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() > deadline:
+                raise TimeoutError(f"checkpoint writer process (pid {self.pid}) still runs")
+            else:
+                time.sleep(0.01)
+        return self.returncode
+
+    def close(self, timeout: float = 60) -> None:
+        """Say quit (after the write in flight), close the socket and reap it (idempotent)."""
+        if self.sock is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.send({"op": "quit"})
+        for f in (self.jobs, self.answers, self.sock):
+            with contextlib.suppress(OSError):
+                f.close()
+        self.sock = None
+        try:
+            self.wait(timeout)
+        except TimeoutError:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+
+
+def fork_writer() -> Writer:
+    """The rank's writer, forked now from the rank (call it early, before the process group
+    and the model: the child then shares the imported torch and DeepSpeed for free, and no
+    other thread of the rank holds a lock it could need). The stop signals are blocked over
+    the fork (the mask is inherited) until the child ignores them: a Ctrl-C to the process
+    group right then must not end it. The child never returns into the caller's code."""
+    parent = os.getpid()
+    mine, theirs = socket.socketpair()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the writer
+            code = 1
+            try:
+                mine.close()
+                code = _serve(theirs, parent)
+            except BaseException:  # noqa: BLE001 - said on the rank's stderr, then gone
+                traceback.print_exc()
+            finally:
+                os._exit(code)  # no atexit, no flush of the rank's buffers
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    theirs.close()
+    return Writer(pid, mine)

@@ -26,6 +26,7 @@ from pretrain.train import checkpoint as ckpt
 from pretrain.train import events, reshard
 from pretrain.train.async_ckpt import Outcome
 from pretrain.train.checkpoint_meta import CheckpointMeta, read_meta, tag_step
+from pretrain.train.ckpt_writer import Writer, fork_writer
 from pretrain.train.config import RunConfig, config_to_dict
 from pretrain.train.distenv import DistEnv
 from pretrain.train.engine import grad_accum_steps, initialize, use_gpu
@@ -127,8 +128,10 @@ class SyncClock:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
-                 stop: StopFlag | None = None, measure_memory: bool = True):
+                 stop: StopFlag | None = None, measure_memory: bool = True,
+                 writer: Writer | None = None):
         self.stop = stop or StopFlag()
+        self.writer = writer  # checkpoint.async: forked at the rank's start (__main__._train)
         self.stop.when, self.stop.before_exit = self._stop_when, self._stopped_unsaved
         self._loop: tuple[SyncClock, float] | None = None  # (clock, step start) while training
         self.measure_memory = measure_memory  # memory_peak_bytes (pretrain/train/memcheck.py)
@@ -274,10 +277,14 @@ class Trainer:
             raise err from None
         if self.rank0:
             log.info("%s", why)
+        writer, self.writer = self.writer, None
         if not background:
+            if writer is not None:
+                writer.close()  # it never got an arena: it exits at once
             return None
         group = dist.new_group(backend="gloo")  # the commit threads' own collectives
-        return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last, mine)
+        writer = writer or fork_writer()  # a caller that did not fork one at the start
+        return async_ckpt.AsyncCheckpointer(group, cfg.checkpoint.keep_last, writer, mine)
 
     def _warn_if_slow_on_cpu(self) -> None:
         from pretrain.train.cpu_check import cpu_step_warning

@@ -47,17 +47,17 @@ def _in_flight(run: Path, tag: str, previous: str | None) -> bool:
 
 
 def _writers(pid: int) -> list[int]:
-    """The checkpoint writer processes whose parent is `pid`."""
+    """The checkpoint writer processes (named ckpt-writer) whose parent is `pid`."""
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (entry / "cmdline").read_bytes()
+            name = (entry / "comm").read_text().strip()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == pid and b"pretrain.train.ckpt_writer" in cmd:
+        if ppid == pid and name == "ckpt-writer":
             out.append(int(entry.name))
     return out
 

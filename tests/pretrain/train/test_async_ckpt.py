@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from pretrain.train.async_ckpt import Arena, WriterProcess, stage_payload
+from pretrain.train.async_ckpt import Arena, stage_payload
+from pretrain.train.ckpt_writer import Writer, fork_writer
+
+
+def _writer(arena: Arena) -> Writer:
+    writer = fork_writer()  # forked from this test process, as a rank forks its own
+    writer.attach(arena.fd)
+    return writer
 
 
 def _state() -> dict:
@@ -25,7 +35,7 @@ def _state() -> dict:
 
 def test_staged_state_is_written_and_loads_back_equal(tmp_path):
     arena = Arena(reserve_bytes=1 << 16)
-    writer = WriterProcess(arena)
+    writer = _writer(arena)
     try:
         state = _state()
         expected = {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state.items()}
@@ -55,14 +65,15 @@ def test_staged_state_is_written_and_loads_back_equal(tmp_path):
         loaded["view_b"].untyped_storage().data_ptr()  # one storage, written once
 
 
-def _write_one(target, state: dict, before=None) -> tuple[dict, WriterProcess]:
+def _write_one(target, state: dict, before=None) -> tuple[dict, Writer]:
     """A fresh writer writes `state` staged to `target` as one checkpoint's one file; its answer
-    and the (closed) writer. `before(writer)` runs right after the writer starts."""
+    and the (closed) writer. `before(writer)` runs right after the fork."""
     arena = Arena()
-    writer = WriterProcess(arena)
+    writer = fork_writer()
     try:
         if before:
             before(writer)
+        writer.attach(arena.fd)
         writer.send({"op": "file", "path": str(target), "rel": target.name,
                      "payload": stage_payload(state, arena), "zipfile": True})
         writer.send({"op": "end", "tag": "step"})
@@ -83,9 +94,9 @@ def test_a_failed_write_is_answered_with_the_file_and_no_temp_left(tmp_path):
 
 def test_a_dead_writer_is_reported_with_its_pid(tmp_path):
     arena = Arena()
-    writer = WriterProcess(arena)
+    writer = _writer(arena)
     try:
-        writer.proc.kill()
+        os.kill(writer.pid, signal.SIGKILL)
         answer = writer.answer()
     finally:
         writer.close()
@@ -97,20 +108,34 @@ def test_a_dead_writer_is_reported_with_its_pid(tmp_path):
 
 def test_stop_signals_while_the_writer_starts_do_not_kill_it(tmp_path):
     """Ctrl-C/SIGTERM/SIGUSR1 reach the writer with its rank's process group; one that comes
-    while it still imports torch (seconds) must not end it: the trainer waits for the write in
-    flight and needs its answer."""
-    import signal
-
-    def stop_signals(writer: WriterProcess) -> None:
+    right after the fork (before it has set them to be ignored) must not end it: the trainer
+    waits for the write in flight and needs its answer."""
+    def stop_signals(writer: Writer) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            os.kill(writer.pid, sig)  # at once: long before the writer's main() runs
+            os.kill(writer.pid, sig)  # at once, as the child starts
 
     path = tmp_path / "step" / "file.pt"
     path.parent.mkdir()
     answer, writer = _write_one(path, {"x": torch.ones(3)}, before=stop_signals)
     assert answer["error"] is None, answer
-    assert writer.proc.returncode == 0
+    assert writer.returncode == 0
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+
+
+def test_a_writer_closed_before_it_gets_an_arena_exits_at_once():
+    """checkpoint.async=auto forks the writer at the start and may then save synchronously:
+    closing it unused ends it cleanly; while it lives it is named `ckpt-writer` (ps, /proc)."""
+    writer = fork_writer()
+    try:
+        comm = Path(f"/proc/{writer.pid}/comm")
+        deadline = time.monotonic() + 10
+        while comm.read_text().strip() != "ckpt-writer" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert comm.read_text().strip() == "ckpt-writer"
+    finally:
+        writer.close(timeout=10)
+    assert writer.returncode == 0
+    writer.close()  # again: nothing happens
 
 
 def test_auto_goes_async_only_for_a_large_share_that_host_ram_can_stage():
