@@ -31,6 +31,7 @@ import pickle
 import signal
 import socket
 import struct
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -285,6 +286,7 @@ def fork_writer() -> Writer:
                 code = _serve(theirs, parent)
             except BaseException:  # noqa: BLE001 - said on the rank's stderr, then gone
                 traceback.print_exc()
+                sys.stderr.flush()
             finally:
                 os._exit(code)  # no atexit, no flush of the rank's buffers
     finally:

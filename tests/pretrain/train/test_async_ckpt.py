@@ -106,6 +106,25 @@ def test_a_dead_writer_is_reported_with_its_pid(tmp_path):
     assert "it died (signal 9)" in answer["error"]["error"]
 
 
+def test_a_writer_that_fails_says_why_on_stderr_and_is_reported_dead(capfd):
+    """A job it cannot read (here: not a pickle) ends the forked writer through os._exit(1)
+    after its traceback, flushed to the rank's stderr; the trainer's answer says it died."""
+    from pretrain.train.ckpt_writer import HEADER
+
+    arena = Arena()
+    writer = _writer(arena)
+    try:
+        writer.jobs.write(HEADER.pack(4) + b"oops")
+        writer.jobs.flush()
+        answer = writer.answer()
+    finally:
+        writer.close()
+        arena.close()
+    assert answer["error"]["writer_died"]
+    assert "it died (exit code 1)" in answer["error"]["error"]
+    assert "UnpicklingError" in capfd.readouterr().err
+
+
 def test_stop_signals_while_the_writer_starts_do_not_kill_it(tmp_path):
     """Ctrl-C/SIGTERM/SIGUSR1 reach the writer with its rank's process group; one that comes
     right after the fork (before it has set them to be ignored) must not end it: the trainer
