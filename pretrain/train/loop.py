@@ -126,6 +126,17 @@ class SyncClock:
             self.last = (time.perf_counter() - self.t0) / self.steps
 
 
+
+def freeze_heap() -> None:
+    """Put every object alive now out of the cyclic GC's reach (gc.freeze): the imported torch
+    and DeepSpeed (~320k objects), then the model and engine, all of which live as long as the
+    run. A full collection (DeepSpeed's at engine start, the trainer's at each save) then scans
+    only what came after: 1 ms instead of ~140 ms on a tiny model's run, and a rank started by
+    fork (the checkpoint writer's parent, a test's fork server) no longer copies its inherited
+    heap page by page. Reference counting still frees these objects; only garbage cycles among
+    them stay, made once at start."""
+    gc.freeze()
+
 class Trainer:
     def __init__(self, cfg: RunConfig, denv: DistEnv, device: torch.device,
                  stop: StopFlag | None = None, measure_memory: bool = True,
@@ -194,6 +205,7 @@ class Trainer:
         universal = load_tag is not None and load_tag != self.resume_tag
         self.sp = SequenceParallel.create(denv.rank, denv.world_size,
                                           cfg.parallel.sequence_parallel_size)
+        freeze_heap()  # before DeepSpeed's full collection at engine start
         self.engine, self.scheduler = initialize(model, cfg, denv.world_size, universal, self.sp)
         self.step, self._base = 0, (0, 0)  # (step, consumed samples) this start began at
         if meta is not None:
@@ -225,6 +237,7 @@ class Trainer:
         self.saver = self._start_async() if cfg.checkpoint.async_ is not False else None
         self.uploader = self._start_uploads(remote_plan)
         self._record_start()
+        freeze_heap()  # the engine, optimizer and loggers too: the saves' collections skip them
 
     def _fetch_remote(self):
         """checkpoint.remote (collective): the store answers, and with `resume: auto` a remote
@@ -556,7 +569,8 @@ class Trainer:
     def _collect_garbage(self) -> None:
         """Python's automatic GC is off (deepspeed.python_gc_every_steps): collect the young
         generations here, at the same step on every rank — what torchtitan does (a full
-        collection takes 0.1-0.4 s on this code's heap; it runs at checkpoint saves)."""
+        collection runs at checkpoint saves; it scans only what the run made after its start,
+        freeze_heap)."""
         n = self.cfg.deepspeed.python_gc_every_steps
         if n and self.step % n == 0:
             gc.collect(1)
