@@ -76,6 +76,7 @@ def pytest_configure(config):
     from pretrain.logs import setup_logging
 
     setup_logging()
+    config.pluginmanager.register(GroupCheck(), "arrowtrain-group-check")
 
 
 SERVICE_FIXTURES = ("slurm", "sshd", "rgw")
@@ -110,6 +111,45 @@ def _long_first(group: str) -> int:
     return next((i for i, p in enumerate(LONG_FIRST) if group.startswith(p)), len(LONG_FIRST))
 
 
+class GroupCheck:
+    """`--dist loadgroup` must group: in an xdist worker, pytest-xdist tags every test's id with
+    its group ("...::test@service:rgw") and the controller hands out tests by that tag. Without
+    it the groups are silently ignored (pytest 9.2 with pytest-xdist 3.8, pytest-xdist#1386:
+    each worker then started its own SLURM, sshd and RGW and built each module's fixtures
+    again). The run stops instead, naming the cause."""
+
+    KNOWN_BAD = ("9.2", "3.8")  # pytest >= 9.2 with pytest-xdist <= 3.8
+
+    def pytest_configure(self, config):
+        import xdist
+
+        if config.getoption("dist", "no") != "loadgroup":
+            return
+        bad_pytest, bad_xdist = self.KNOWN_BAD
+        if _version(pytest.__version__) >= _version(bad_pytest) and \
+                _version(xdist.__version__) <= _version(bad_xdist):
+            raise pytest.UsageError(self.message(xdist.__version__))
+
+    @pytest.hookimpl(trylast=True)  # in a worker, after xdist's own hook tagged the ids
+    def pytest_collection_modifyitems(self, config, items):
+        import xdist
+
+        if getattr(config.option, "loadgroup", False) and any("@" not in i.nodeid for i in items):
+            os.write(2, (self.message(xdist.__version__) + "\n").encode())
+            pytest.exit(self.message(xdist.__version__), returncode=pytest.ExitCode.USAGE_ERROR)
+
+    @staticmethod
+    def message(xdist_version: str) -> str:
+        return (f"--dist loadgroup does not group with pytest {pytest.__version__} and "
+                f"pytest-xdist {xdist_version} (pytest-xdist#1386): run `make venv` "
+                "(pyproject.toml pins a pytest that works) or TEST_WORKERS=0")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(".")[:2] if x.isdigit())
+
+
+@pytest.hookimpl(tryfirst=True)  # our marks first: xdist's hook reads them (it is a plain one)
 def pytest_collection_modifyitems(config, items):
     groups = xdist_groups(items)
     items.sort(key=lambda item: _long_first(groups[item.nodeid]))  # stable: files keep order
