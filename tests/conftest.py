@@ -368,7 +368,7 @@ def small_disk(tmp_path):
 @pytest.fixture(scope="session")
 def rgw():
     """Ceph RGW on 127.0.0.1 (tests/helpers/ceph.py), started once for the whole session
-    (~12 s) and stopped by PID at the end. Missing packages fail naming `make sysdeps`; a
+    (~1 s) and stopped by PID at the end. Missing packages fail naming `make sysdeps`; a
     daemon that does not come up fails with its log tail."""
     from helpers.ceph import StartFailed, Unavailable, start_rgw
 
