@@ -230,7 +230,7 @@ def _start_daemons(r: Rgw, fsid: str) -> None:
 
 
 def start_rgw() -> Rgw:
-    """A running Ceph RGW with one S3 user (ACCESS_KEY / SECRET_KEY); ~1 s (12 s before the monitor stopped batching for 1 s)."""
+    """A running Ceph RGW with one S3 user (ACCESS_KEY / SECRET_KEY); ~1 s on a 2-core box."""
     if missing := missing_binaries():
         raise Unavailable(f"Ceph RGW is not installed (missing {', '.join(missing)}): run "
                           "`make sysdeps` as root (installs ceph-mon ceph-osd radosgw)")
