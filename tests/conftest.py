@@ -77,6 +77,9 @@ def pytest_configure(config):
 
     setup_logging()
     config.pluginmanager.register(GroupCheck(), "arrowtrain-group-check")
+    # the groups below are marks; declared here too, so a run without xdist (-p no:xdist) is no
+    # "unknown marker" error
+    config.addinivalue_line("markers", "xdist_group(name): tests that share one xdist worker")
 
 
 SERVICE_FIXTURES = ("slurm", "sshd", "rgw")
@@ -121,10 +124,10 @@ class GroupCheck:
     KNOWN_BAD = ("9.2", "3.8")  # pytest >= 9.2 with pytest-xdist <= 3.8
 
     def pytest_configure(self, config):
-        import xdist
-
         if config.getoption("dist", "no") != "loadgroup":
             return
+        import xdist
+
         bad_pytest, bad_xdist = self.KNOWN_BAD
         if _version(pytest.__version__) >= _version(bad_pytest) and \
                 _version(xdist.__version__) <= _version(bad_xdist):
@@ -132,9 +135,11 @@ class GroupCheck:
 
     @pytest.hookimpl(trylast=True)  # in a worker, after xdist's own hook tagged the ids
     def pytest_collection_modifyitems(self, config, items):
-        import xdist
+        if not getattr(config.option, "loadgroup", False):
+            return
+        if any("@" not in i.nodeid for i in items):
+            import xdist
 
-        if getattr(config.option, "loadgroup", False) and any("@" not in i.nodeid for i in items):
             os.write(2, (self.message(xdist.__version__) + "\n").encode())
             pytest.exit(self.message(xdist.__version__), returncode=pytest.ExitCode.USAGE_ERROR)
 
