@@ -30,9 +30,17 @@ class Request:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with a TCP RST (SO_LINGER 0), as a crashing peer or middlebox would."""
+    """Close with a TCP RST (SO_LINGER 0), as a crashing peer or middlebox would.
+
+    `shutdown(SHUT_RD)` first: the other pump thread is usually blocked in `recv` on this
+    socket, and on Linux a `close` from another thread does not end that call, so the socket
+    stayed open, nothing was sent and the peer waited for its own timeout (a "reset" was a
+    stall of ~8 s). SHUT_RD ends the blocked `recv` and sends nothing; the close then sends
+    the RST."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RD)
     sock.close()
 
 
