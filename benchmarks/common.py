@@ -5,6 +5,7 @@ this module as `benchmarks.common`. Torch is imported only by `device_name`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 CPUINFO = Path("/proc/cpuinfo")
 
@@ -38,3 +39,19 @@ def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_model()} (CPU, {torch.get_num_threads()} threads)"
+
+
+def end_rank(code: int = 0) -> NoReturn:
+    """End a rank process the way the trainer does (pretrain/train/__main__.exit_now): flush,
+    then `os._exit`, without the interpreter's teardown. There, a gloo worker thread still
+    releasing the last asynchronous all-reduce's tensors needs the GIL and aborts the process
+    ("terminate called without an active exception", exit 250: ~1 run in 10 of
+    plan_memory.py's 2 ranks on a 2-core box), after every figure was printed."""
+    import logging
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -173,7 +173,9 @@ def main(argv=None) -> int:
     if "RANK" not in os.environ:
         return launch(args, argv)
     rank_main(args)
-    return 0
+    from benchmarks.common import end_rank
+
+    end_rank(0)
 
 
 if __name__ == "__main__":

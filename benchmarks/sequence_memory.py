@@ -28,7 +28,7 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import device_name  # noqa: E402
+from benchmarks.common import device_name, end_rank  # noqa: E402
 from pretrain.configlib import load_yaml, validate_section  # noqa: E402
 from pretrain.memory import TensorMemory  # noqa: E402
 from pretrain.model import ModelConfig, build_model  # noqa: E402
@@ -106,7 +106,8 @@ def main() -> None:
     p.add_argument("--rank-main", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.rank_main:
-        return rank_main(args)
+        rank_main(args)
+        end_rank(0)
     one = run_ranks(args, 1)[0]
     many = run_ranks(args, args.sequence_parallel)
     P = args.sequence_parallel
