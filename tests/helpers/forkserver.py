@@ -112,6 +112,22 @@ def _child(req: dict, base_path: list[str], close: list[int]) -> None:
         os._exit(code)
 
 
+def _probe_deepspeed_ops() -> None:
+    """DeepSpeed probes which of its ops this machine can build (compiler subprocesses) on the
+    first read of `deepspeed.ops.__compatible_ops__`, which every CPU rank makes at its start
+    (pretrain.train.engine.init_distributed): ~60 ms of CPU per rank, done once here instead.
+    The answer depends on the machine and on DS_ACCELERATOR (an import-time variable above);
+    CPU only, so the server never touches CUDA."""
+    if os.environ.get("DS_ACCELERATOR") != "cpu":
+        return
+    try:
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__  # noqa: B018 - the read runs and caches the probe
+    except Exception as e:  # noqa: BLE001 - each child probes again and fails loudly
+        print(f"forkserver: probing DeepSpeed's ops failed: {e}", file=sys.stderr)
+
+
 def serve() -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed while importing goes to stderr, never into the protocol
@@ -121,6 +137,7 @@ def serve() -> None:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - the children import it again and fail loudly
             print(f"forkserver: preloading {name} failed: {e}", file=sys.stderr)
+    _probe_deepspeed_ops()
     # The preloaded heap (~320k objects) out of the cyclic GC's reach, as Python's docs advise
     # before forking: a child's full collection (DeepSpeed runs one at engine start) would
     # otherwise write to every inherited object's GC header and copy the whole heap page by
