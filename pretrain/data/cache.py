@@ -37,6 +37,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -332,11 +333,13 @@ class NodeCache:
 
     # ---- getting a shard --------------------------------------------------------------------
     def get(self, ref: ShardRef, pin: bool = True, urgent: bool = True,
-            deadline: float | None = None) -> Path | None:
+            deadline: float | None = None,
+            cancelled: Callable[[], bool] | None = None) -> Path | None:
         """The shard's local path, downloaded if needed (pinned when `pin`). Urgent: waits for
         room or for another process's download until `deadline` (monotonic; default now +
         timeout), then RemoteUnavailable. Not urgent (read-ahead): None when there is no room
-        without deleting a shard needed sooner, or when it is being downloaded elsewhere."""
+        without deleting a shard needed sooner, or when it is being downloaded elsewhere.
+        None too, between waits, once `cancelled()` is true (a closing read-ahead)."""
         deadline = deadline or time.monotonic() + self.gather_timeout_s
         t0, wait, first = time.monotonic(), POLL_S[0], True
         while True:
@@ -360,7 +363,7 @@ class NodeCache:
                         return self._take(ref, pin, False if urgent else None, t0)
                 finally:
                     self._changes.done()
-            if not urgent:
+            if not urgent or (cancelled is not None and cancelled()):
                 return None
             first = False
             if time.monotonic() + wait > deadline:

@@ -227,7 +227,10 @@ class Feeder:
         return uses
 
     def _fetch(self, ref: ShardRef, urgent: bool) -> bool:
-        return self.cache.get(ref, pin=False, urgent=urgent) is not None
+        """The read-ahead's fetch; an urgent one that waits for room ends within one cache poll
+        (<= 0.25 s) of close(), which would otherwise wait out its 10 s join for it."""
+        return self.cache.get(ref, pin=False, urgent=urgent,
+                              cancelled=lambda: self._closed) is not None
 
     def _ahead(self, k: int, now: set[str]) -> list[tuple[ShardRef, int]]:
         """The next `depth` distinct shards after micro-batch k's, in first-use order, with

@@ -237,6 +237,36 @@ def test_eviction_drops_the_farthest_next_use_first(s3, tmp_path):
     assert cache.used_bytes() <= 3000
 
 
+def test_a_read_ahead_waiting_for_room_ends_when_its_loader_closes(s3, tmp_path):
+    """The cache is full of pinned shards, so an urgent fetch waits for room (up to the data
+    timeout). Cancelled, it gives up within a cache poll; the read-ahead cancels its own fetch
+    on close(), which returned only after its 10 s join before."""
+    import hashlib
+
+    from pretrain.data.prefetch import Feeder
+
+    refs = []
+    for i in range(3):
+        data = bytes([i]) * 1000
+        path = S3Path.parse(s3.url(f"w/{i}"))
+        s3.remote.put_bytes(path, data)
+        refs.append(ShardRef(path, 1000, hashlib.sha256(data).hexdigest()))
+    cache = NodeCache(tmp_path / "c", limit_bytes=2000, budget=1, timeout_s=30)
+    for ref in refs[:2]:
+        cache.get(ref, pin=True)                       # held by "the consumer": no room
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    t0 = time.monotonic()
+    assert cache.get(refs[2], pin=False, cancelled=stop.is_set) is None
+    assert time.monotonic() - t0 < 3
+    feeder = Feeder(cache, lambda k: [refs[2]], lambda k: k, depth=0, total_shards=3)
+    time.sleep(0.3)                                    # its fetch is waiting for room now
+    t0 = time.monotonic()
+    feeder.close()
+    assert time.monotonic() - t0 < 3 and not feeder._thread.is_alive()
+    assert not cache.present(refs[2].sha256)
+
+
 def test_a_limit_below_one_shuffle_block_is_warned_about_with_the_number():
     from pretrain.data.remote_plan import CachePlan
 
