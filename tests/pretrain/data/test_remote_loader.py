@@ -213,14 +213,21 @@ def test_changed_object_is_retried_once_then_named(uploaded, s3, many_shards, tm
                 if p.name.startswith(".")]                # no temp file left behind
 
 
-def test_eviction_drops_the_farthest_next_use_first(s3, tmp_path):
+def _put_shards(s3, prefix: str, n: int) -> list[ShardRef]:
+    """n objects of 1000 bytes (object i holds byte i) as the cache's shard references."""
+    import hashlib
+
     refs = []
-    for i in range(4):
+    for i in range(n):
         data = bytes([i]) * 1000
-        path = S3Path.parse(s3.url(f"e/{i}"))
+        path = S3Path.parse(s3.url(f"{prefix}/{i}"))
         s3.remote.put_bytes(path, data)
-        import hashlib
         refs.append(ShardRef(path, 1000, hashlib.sha256(data).hexdigest()))
+    return refs
+
+
+def test_eviction_drops_the_farthest_next_use_first(s3, tmp_path):
+    refs = _put_shards(s3, "e", 4)
     cache = NodeCache(tmp_path / "c", limit_bytes=3000, budget=1, timeout_s=10)
     for ref in refs[:3]:
         cache.get(ref, pin=False)
@@ -241,16 +248,9 @@ def test_a_read_ahead_waiting_for_room_ends_when_its_loader_closes(s3, tmp_path)
     """The cache is full of pinned shards, so an urgent fetch waits for room (up to the data
     timeout). Cancelled, it gives up within a cache poll; the read-ahead cancels its own fetch
     on close(), which returned only after its 10 s join before."""
-    import hashlib
-
     from pretrain.data.prefetch import Feeder
 
-    refs = []
-    for i in range(3):
-        data = bytes([i]) * 1000
-        path = S3Path.parse(s3.url(f"w/{i}"))
-        s3.remote.put_bytes(path, data)
-        refs.append(ShardRef(path, 1000, hashlib.sha256(data).hexdigest()))
+    refs = _put_shards(s3, "w", 3)
     cache = NodeCache(tmp_path / "c", limit_bytes=2000, budget=1, timeout_s=30)
     for ref in refs[:2]:
         cache.get(ref, pin=True)                       # held by "the consumer": no room
