@@ -111,14 +111,15 @@ def measure(cfg, denv, device) -> int:
 
 
 def device_name(device) -> str:
+    """The GPU's name, else the CPU model (benchmarks.common; each rank here runs one thread,
+    so no thread count)."""
     import torch
+
+    from benchmarks.common import cpu_model
 
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()} (CPU)"
-    return "CPU"
+    return f"{cpu_model()} (CPU)"
 
 
 def rank_main(args) -> None:
