@@ -89,16 +89,26 @@ def check_layout(global_batch: int, micro_batch: int, rank: int, world: int) -> 
 class _CarryErrors(Dataset):
     """In a DataLoader worker, a DataError comes back as a batch holding only its message, so
     the main process raises it with that one message (torch would re-raise it wrapped in the
-    worker's traceback)."""
+    worker's traceback). `closing` is set by the main process when it stops reading: a worker
+    waiting in the node cache (s3:// data) then gives up at once, so that torch's shutdown does
+    not wait out its 5 s join per worker and then kill it."""
 
-    def __init__(self, dataset: Dataset):
-        self.dataset = dataset
+    def __init__(self, dataset: Dataset, closing):
+        self.dataset, self.closing = dataset, closing
 
     def __getitem__(self, k: int):
         try:
             return self.dataset[k]
         except DataError as e:
             return {_ERROR_KEY: str(e)}
+
+
+def _arm_worker(worker_id: int) -> None:
+    """worker_init_fn: the worker's copy of the node cache watches its loader's `closing`."""
+    wrapped = torch.utils.data.get_worker_info().dataset
+    cache = getattr(getattr(wrapped.dataset, "src", None), "cache", None)
+    if cache is not None:
+        cache.closing = wrapped.closing.is_set
 
 
 _ERROR_KEY = "data_error"
@@ -110,14 +120,19 @@ def _iterate(dataset: Dataset, sampler, num_workers: int, pin_memory: bool,
         for k in sampler:
             yield dataset[k]
         return
-    loader = DataLoader(_CarryErrors(dataset), batch_size=None, sampler=sampler,
+    closing = torch.multiprocessing.Event()
+    loader = DataLoader(_CarryErrors(dataset, closing), batch_size=None, sampler=sampler,
                         num_workers=num_workers, prefetch_factor=prefetch_factor,
-                        persistent_workers=False,
+                        persistent_workers=False, worker_init_fn=_arm_worker,
                         pin_memory=pin_memory and torch.cuda.is_available())
-    for batch in loader:
-        if _ERROR_KEY in batch:
-            raise DataError(batch[_ERROR_KEY])
-        yield batch
+    workers = iter(loader)  # a local: it (and its workers' shutdown) outlives the `finally`
+    try:
+        for batch in workers:
+            if _ERROR_KEY in batch:
+                raise DataError(batch[_ERROR_KEY])
+            yield batch
+    finally:
+        closing.set()
 
 
 def train_batches(src: DataSource, global_batch: int, micro_batch: int, rank: int, world: int,

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_tools.remote import RemoteError, RemoteUnavailable, S3Path, shared_remote
+from pretrain.data.stream import DataError
 
 log = logging.getLogger("pretrain.data")
 
@@ -157,6 +158,10 @@ def _alive(pid: int, start: str | None = None) -> bool:
     return now is not None and (start is None or start == now)
 
 
+class LoaderClosed(DataError):
+    """A DataLoader worker's wait in the cache ended because its loader is closing."""
+
+
 class NodeCache:
     """One process's handle on the node cache (see the module doc)."""
 
@@ -181,6 +186,9 @@ class NodeCache:
         self.files_registered = 0             # shard files of the splits read through it
         self._tlock = _root_lock(self.root)
         self._changes = _root_changes(self.root)
+        # set in a DataLoader worker (pretrain.data.batches): true once its loader is closing;
+        # a wait for room or for another process's download then ends with LoaderClosed
+        self.closing: Callable[[], bool] | None = None
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (c := ref()) and c._after_fork())
 
@@ -365,6 +373,9 @@ class NodeCache:
                     self._changes.done()
             if not urgent or (cancelled is not None and cancelled()):
                 return None
+            if self.closing is not None and self.closing():
+                raise LoaderClosed(f"{ref.url}: the loader closed while this process waited "
+                                   "for the shard in the node cache")
             first = False
             if time.monotonic() + wait > deadline:
                 raise RemoteUnavailable(f"{ref.url}: not in the node cache {self.root} after "

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from data_tools.copy import copy_folder
 from data_tools.folder import read_manifest
@@ -265,6 +267,40 @@ def test_a_read_ahead_waiting_for_room_ends_when_its_loader_closes(s3, tmp_path)
     feeder.close()
     assert time.monotonic() - t0 < 3 and not feeder._thread.is_alive()
     assert not cache.present(refs[2].sha256)
+
+
+class _WaitsForRoom(torch.utils.data.Dataset):
+    """Item 0 at once; every later item waits for a shard with no room for it in the cache."""
+
+    def __init__(self, cache: NodeCache, ref: ShardRef):
+        self.src = types.SimpleNamespace(cache=cache)   # where batches finds a source's cache
+        self.ref = ref
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, k: int) -> dict:
+        if k:
+            self.src.cache.get(self.ref, pin=True)
+        return {"k": torch.tensor([k])}
+
+
+def test_a_dataloader_worker_waiting_for_room_ends_when_its_loader_closes(s3, tmp_path):
+    """data.num_workers > 0: a worker prefetching a batch whose shard waits for room gives up
+    when the loader closes, so torch's shutdown does not wait its 5 s join before killing it."""
+    from pretrain.data.batches import _iterate
+
+    refs = _put_shards(s3, "dw", 3)
+    cache = NodeCache(tmp_path / "c", limit_bytes=2000, budget=1, timeout_s=30)
+    for ref in refs[:2]:
+        cache.get(ref, pin=True)                       # held by the main process: no room
+    batches = _iterate(_WaitsForRoom(cache, refs[2]), range(8), num_workers=1,
+                       pin_memory=False, prefetch_factor=2)
+    assert next(batches)["k"].tolist() == [0]
+    time.sleep(0.5)                                    # the worker waits for item 1's shard
+    t0 = time.monotonic()
+    batches.close()
+    assert time.monotonic() - t0 < 2.5
 
 
 def test_a_limit_below_one_shuffle_block_is_warned_about_with_the_number():
