@@ -16,8 +16,6 @@ from safetensors.torch import load_file, save_file
 from arrowtrain.commands.import_hf import main
 from pretrain.interop.export import load_exported
 
-transformers = pytest.importorskip("transformers")  # a dev dependency: always there in CI
-
 V, T = 100, 32
 GPT2 = dict(vocab_size=V, n_positions=T, n_embd=32, n_layer=2, n_head=4,
             activation_function="gelu", layer_norm_epsilon=1e-6)
@@ -35,6 +33,7 @@ def _keep_caplog(monkeypatch):
 
 def hf_model(kind: str, **update):
     """A random transformers model whose every parameter is off its init."""
+    import transformers  # a dev dependency; not at collection, which every xdist worker runs
     torch.manual_seed(0)
     config = transformers.GPT2Config(**{**GPT2, **update}) if kind == "gpt2" else \
         transformers.LlamaConfig(**{**LLAMA, **update})
@@ -236,6 +235,8 @@ def test_a_llama_folder_is_continued_on_text_sharded_with_its_own_tokenizer(tmp_
     `<s>` added by its template, no <|endoftext|>) imports, its tokenizer.json shards text with
     EOS `</s>` and each document starting with `<s>` — the ids transformers gives — and a run
     config continuing the imported model on that folder passes the pre-flight."""
+    import transformers
+
     from data_tools.folder import read_manifest
     from pretrain.train.preflight import check_run
     from tests.data_tools.dt_util import (
