@@ -109,7 +109,9 @@ def test_other_host_holder_is_refused_while_it_beats_and_taken_over_after_its_le
     finally:
         beat.send_signal(signal.SIGKILL)  # the remote run dies: its heartbeat stops
         beat.wait(30)
-    time.sleep(LEASE_S + 0.5)
+    assert try_lock(tmp_path).returncode == 2  # its last heartbeat is still within the lease
+    last = time.time() - LEASE_S - 1           # the lease runs out (the file's age says so)
+    os.utime(tmp_path / LOCK_NAME, (last, last))
     took = try_lock(tmp_path)
     assert took.returncode == 0, took.stderr
     assert "no heartbeat for" in took.stderr
