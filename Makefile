@@ -6,11 +6,11 @@ VPY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 # pytest-xdist workers for `make test` (tests/conftest.py keeps a file, and a real service, on one
-# worker): 2 where there are 2 cores or more, 0 (one process) on a single core. Measured one after
-# the other on a 2-core AMD EPYC: 2 workers 11 min 43 s, one process 15 min 41 s (the workers
-# overlap one test's waits on servers, signals and disks with the other's work). A third worker
-# on 2 cores was slower (2-core Xeon: 5 min 23 s against 5 min 0 s with 2).
-TEST_WORKERS ?= $(shell [ "$$(nproc 2>/dev/null || echo 1)" -ge 2 ] && echo 2 || echo 0)
+# worker): 3 where there are 2 cores or more, 0 (one process) on a single core. The workers
+# overlap one test's waits on servers, signals, disks and single-threaded start-ups with the
+# others' work. Measured one after the other on a 2-core Xeon (3, 2, 3, 2 workers): 212, 221,
+# 218, 229 s; one process is about 1.5x slower than 2 workers.
+TEST_WORKERS ?= $(shell [ "$$(nproc 2>/dev/null || echo 1)" -ge 2 ] && echo 3 || echo 0)
 
 .PHONY: demo demo-translate test venv lint bench gpu-wheels clean sysdeps
 

@@ -98,6 +98,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "checkpoint, the last metrics line and an ETA.")
     st.add_argument("run_dir", metavar="RUNDIR", help="the run folder (run_dir of the config)")
     st.add_argument("--json", action="store_true", help="print one JSON object instead")
+    st.add_argument("--remote-timeout", type=float, default=None, metavar="SECONDS",
+                    help="with checkpoint.remote: how long to try the store for the remote "
+                    "`latest` before reporting it unknown (default: 5)")
     return parser
 
 
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             return run_hostfile(args)
         from launch.status import run_status
 
-        return run_status(args.run_dir, as_json=args.json)
+        return run_status(args.run_dir, as_json=args.json, remote_timeout_s=args.remote_timeout)
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG

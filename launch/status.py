@@ -155,12 +155,13 @@ def data_location(run_dir: Path) -> dict[str, Any] | None:
     return out
 
 
-REMOTE_STATUS_S = 5.0  # how long status tries the store for the remote `latest`
+REMOTE_STATUS_S = 5.0  # how long status tries the store for the remote `latest` (--remote-timeout)
 
 
-def remote_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+def remote_checkpoint(run_dir: Path, timeout_s: float = REMOTE_STATUS_S) -> dict[str, Any] | None:
     """checkpoint.remote of the run (RUNDIR/config.yaml): the tag and step its remote `latest`
-    names, or why it could not be read (never an exception: status works without the store)."""
+    names, or why it could not be read within `timeout_s` (never an exception: status works
+    without the store)."""
     try:
         url = yaml.safe_load((run_dir / "config.yaml").read_text())["checkpoint"]["remote"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
@@ -171,16 +172,17 @@ def remote_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     from pretrain.train.remote_ckpt import read_remote_latest
 
     try:
-        tag = read_remote_latest(shared_remote(), S3Path.parse(url), REMOTE_STATUS_S)
+        tag = read_remote_latest(shared_remote(), S3Path.parse(url), timeout_s)
     except RemoteError as e:
-        return {"url": url, "tag": None, "step": None, "error": str(e)}
-    return {"url": url, "tag": tag, "step": tag_step(tag) if tag else None, "error": None}
+        return {"url": url, "tag": None, "step": None, "error": str(e), "timeout_s": timeout_s}
+    return {"url": url, "tag": tag, "step": tag_step(tag) if tag else None, "error": None,
+            "timeout_s": timeout_s}
 
 
 def _remote_text(remote: dict[str, Any]) -> str:
     if remote["error"]:
         return (f"remote checkpoint: {remote['url']}: latest unknown, the store did not "
-                f"answer within {REMOTE_STATUS_S:.0f} s ({remote['error']})")
+                f"answer within {remote['timeout_s']:g} s ({remote['error']})")
     if remote["tag"] is None:
         return f"remote checkpoint: {remote['url']}: none yet (no `latest` there)"
     return f"remote checkpoint: {remote['url']}: latest {remote['tag']} (step {remote['step']})"
@@ -285,7 +287,7 @@ def run_state(lock: dict[str, Any] | None, events: list[dict[str, Any]],
     return "not started", "no run events, no checkpoint"
 
 
-def collect(run_dir: Path) -> dict[str, Any]:
+def collect(run_dir: Path, remote_timeout_s: float = REMOTE_STATUS_S) -> dict[str, Any]:
     slurm_dir = run_dir / "slurm"
     info: dict[str, Any] = {"run_dir": str(run_dir)}
     jobs = (slurm_dir / JOBS_FILE).read_text().split() if (slurm_dir / JOBS_FILE).is_file() else []
@@ -315,7 +317,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
     info["memory"] = memory_info(rows)
     info["max_steps"] = max_steps_of(run_dir)
     info["data"] = data_location(run_dir)
-    info["remote_checkpoint"] = remote_checkpoint(run_dir)
+    info["remote_checkpoint"] = remote_checkpoint(run_dir, remote_timeout_s)
     known = [_int(train[-1]["step"])] if train else []
     known += [ckpt["step"]] if ckpt else []
     info["step"] = max(known, default=None)
@@ -439,11 +441,17 @@ def _format(info: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def run_status(run_dir: str, as_json: bool = False) -> int:
+def run_status(run_dir: str, as_json: bool = False, remote_timeout_s: float | None = None) -> int:
     path = Path(run_dir)
     if not path.is_dir():
         print(f"error: RUNDIR {run_dir}: no such folder", file=sys.stderr)
         return EXIT_CONFIG
-    info = collect(path.resolve())
+    if remote_timeout_s is None:
+        remote_timeout_s = REMOTE_STATUS_S
+    elif not remote_timeout_s > 0:
+        print(f"error: --remote-timeout: must be > 0 seconds, got {remote_timeout_s:g}",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    info = collect(path.resolve(), remote_timeout_s)
     print(json.dumps(info) if as_json else _format(info))
     return EXIT_OK

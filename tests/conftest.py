@@ -3,7 +3,7 @@ and the trained runs several test files read — built once per session, on firs
 
 `--slow` runs the long trials marked `@pytest.mark.slow`.
 
-`make test` runs the suite on 2 pytest-xdist workers where there are 2 cores or more
+`make test` runs the suite on 3 pytest-xdist workers where there are 2 cores or more
 (`TEST_WORKERS=N` to choose, 0 for one process; `--dist loadgroup`): the tests of one file stay
 on one worker,
 and so do all tests of one real service (SLURM, sshd, Ceph RGW), which thus starts once; the
@@ -114,7 +114,7 @@ def xdist_groups(items) -> dict[str, str]:
 
 
 # Folders of long tests (real rank processes), handed out before the many short unit tests so
-# the two workers finish together instead of one waiting on a long file at the end.
+# the workers finish together instead of one waiting on a long file at the end.
 LONG_FIRST = ("service:", "tests/pretrain/train/", "tests/launch/", "tests/arrowtrain/demos/",
               "tests/benchmarks/")
 

@@ -165,7 +165,7 @@ class SlurmCluster:
                                check=False).stdout.split()
                 if rec and rec[-1] not in ("REQUEUED", "PENDING", "RUNNING"):
                     return rec[-1]
-            time.sleep(1)
+            time.sleep(0.25)
         raise AssertionError(f"job {job_id} not done after {timeout_s}s\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:

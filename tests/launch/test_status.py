@@ -96,3 +96,14 @@ def test_status_shows_measured_and_planned_memory(tmp_path):
     assert info["memory"] == {"planned_bytes": 2**30, "peak_bytes": 2**30 + 2**28}
     assert "memory per rank: peak 1.250 GiB, planned 1.000 GiB (measured/planned 1.25)" \
         in _format(info)
+
+
+def test_remote_timeout_must_be_positive_and_its_help_gives_the_default(tmp_path, cli):
+    from launch.__main__ import build_parser, main
+    from launch.status import REMOTE_STATUS_S
+
+    res = cli(main, "status", tmp_path, "--remote-timeout", "0")
+    assert res.code == 2 and "--remote-timeout: must be > 0 seconds, got 0" in res.err
+    assert res.out == ""
+    status = build_parser()._subparsers._group_actions[0].choices["status"]
+    assert f"(default: {REMOTE_STATUS_S:g})" in " ".join(status.format_help().split())
