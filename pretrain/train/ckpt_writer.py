@@ -46,7 +46,8 @@ HEADER = struct.Struct("<Q")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 # Tests only: hold each file this long before writing it, so that a test can act while a
 # background write is certainly in flight (kill a rank or the writer, and see what follows).
-TEST_DELAY_S = float(os.environ.get("ARROWTRAIN_TEST_WRITER_DELAY_S") or 0)
+# Read when a file is written, not at import (a module imported once and forked keeps its own).
+TEST_DELAY_ENV = "ARROWTRAIN_TEST_WRITER_DELAY_S"
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PROCESS_NAME = "ckpt-writer"  # its name in ps and /proc/PID/comm
@@ -142,8 +143,9 @@ class Checkpoint:
         if self.error is not None:
             return  # this checkpoint failed already: it will be removed
         path = Path(job["path"])
-        if TEST_DELAY_S:
-            time.sleep(TEST_DELAY_S)
+        delay_s = float(os.environ.get(TEST_DELAY_ENV) or 0)
+        if delay_s:
+            time.sleep(delay_s)
         try:
             obj = _ArenaUnpickler(job["payload"], arena).load()
             self.files[job["rel"]] = write_file(path, obj, job["zipfile"])

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import importlib.abc
 import json
 import os
 import select
@@ -121,6 +122,33 @@ def _child(req: dict, base_path: list[str], close: list[int]) -> None:
         os._exit(code)
 
 
+class _RefusePyarrow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "pyarrow" or name.startswith("pyarrow."):
+            raise ImportError(f"{name}: not preloaded")
+        return None
+
+
+def _preload_project() -> None:
+    """This repository's `pretrain` modules (its configs' pydantic models, the model, the engine
+    set-up: ~0.1 s of CPU in every forked rank otherwise), except those that import pyarrow (its
+    import starts jemalloc's background thread, and the server forks only single-threaded):
+    the children import those themselves. No module reads the environment at import time (the
+    children's differs from the server's)."""
+    import pkgutil
+
+    import pretrain
+
+    refuse = _RefusePyarrow()
+    sys.meta_path.insert(0, refuse)
+    try:
+        for info in pkgutil.walk_packages(pretrain.__path__, "pretrain."):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(info.name)
+    finally:
+        sys.meta_path.remove(refuse)
+
+
 def _probe_deepspeed_ops() -> None:
     """DeepSpeed probes which of its ops this machine can build (compiler subprocesses) on the
     first read of `deepspeed.ops.__compatible_ops__`, which every CPU rank makes at its start
@@ -146,6 +174,7 @@ def serve() -> None:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - the children import it again and fail loudly
             print(f"forkserver: preloading {name} failed: {e}", file=sys.stderr)
+    _preload_project()
     _probe_deepspeed_ops()
     # The preloaded heap (~320k objects) out of the cyclic GC's reach, as Python's docs advise
     # before forking: a child's full collection (DeepSpeed runs one at engine start) would

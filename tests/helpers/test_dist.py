@@ -52,3 +52,46 @@ def test_a_compile_in_this_process_keeps_the_ranks_on_the_fork_server():
     assert run_python(["-c", "pass"]).returncode == 0  # the server is up
     cache_dir()  # what the first torch.compile in this process does
     assert fork_server().fits(rank_env(0, 2, free_port()))
+
+
+def test_the_projects_modules_come_preloaded_but_not_pyarrow():
+    res = run_python(["-c", "import sys; print(sorted(m for m in ('pretrain.train.config', "
+                      "'pretrain.model.decoder', 'pyarrow') if m in sys.modules))"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['pretrain.model.decoder', 'pretrain.train.config']"
+
+
+def _reads_environment(node) -> bool:
+    """An `os.environ[...]`, `os.environ.get(...)` or `os.getenv(...)` anywhere under node."""
+    import ast
+
+    for n in ast.walk(node):
+        if isinstance(n, ast.Subscript) and ast.unparse(n.value) == "os.environ":
+            return True
+        if isinstance(n, ast.Call) and ast.unparse(n.func) in ("os.environ.get", "os.getenv"):
+            return True
+    return False
+
+
+def test_no_preloaded_module_reads_the_environment_at_import_time():
+    """The fork server imports `pretrain` once; its children run with other environments, so a
+    value read at import would be the server's (functions read it when called)."""
+    import ast
+    from pathlib import Path
+
+    import pretrain
+
+    found = []
+    for path in sorted(Path(pretrain.__path__[0]).rglob("*.py")):
+        todo = list(ast.parse(path.read_text()).body)
+        while todo:
+            node = todo.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                todo += node.decorator_list + node.args.defaults + node.args.kw_defaults
+                continue
+            if isinstance(node, ast.ClassDef):
+                todo += node.body + node.decorator_list + node.bases
+                continue
+            if node is not None and _reads_environment(node):
+                found.append(f"{path}:{node.lineno}")
+    assert found == []
