@@ -57,13 +57,6 @@ def _pin_inductor_cache_dir() -> None:
 
 
 _pin_inductor_cache_dir()
-# An xdist worker's own torch ops run on one thread, as its ranks' do (OMP_NUM_THREADS=1): the
-# tests' models are tiny, and 3 workers of 2 OpenMP threads each on 2 cores spin-wait in the
-# time other workers' ranks need (the same in-process tests alone: 18.7 s with 1 or 2 threads).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
-
-    torch.set_num_threads(1)
 # Each xdist worker takes its rendezvous and server ports from its own range below the kernel's
 # ephemeral ports (32768+): a port picked free cannot be taken meanwhile by the other worker's
 # pick or by any outgoing connection (gloo opens many) before its server binds it.
