@@ -3,7 +3,9 @@
 A trainer rank spends most of a tiny test run importing: torch, DeepSpeed, torch._dynamo (which
 torch's optimizers import on construction) and inductor (which DeepSpeed's ZeRO checks import),
 ~4 s of CPU per rank and launch on a 2-core box. This server imports those third-party modules
-once, and nothing of this repository, then forks one child per rank on request. Each child is a
+once, and this repository's `pretrain` modules that do not import pyarrow (no module of it
+reads the environment at import time: tests/helpers/test_dist.py checks), then forks one child
+per rank on request. Each child is a
 real, separate process running the real entry point — `python -m pretrain.train ...`, a `-c`
 script, a script file — with its own environment, working directory, session and log file, and
 exits through the same paths (the trainer's `os._exit`, SystemExit, a traceback and 1). Only the
